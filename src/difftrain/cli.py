@@ -1,0 +1,226 @@
+"""The `difftrain` command: thin verbs that parse, validate and call the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from difftrain.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Train, sample and evaluate diffusion models end to end.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+@data_app.command("prepare", epilog="Example: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`")
+def data_prepare(
+    source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), or a folder/file of MNIST-style IDX files."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
+    resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
+    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
+    fit: str = typer.Option("crop", help="How to make images square: 'crop' (center crop) or 'pad'."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many images."),
+    test_fraction: float = typer.Option(0.1, help="Fraction held out for evaluation (ignored when the source has its own test split)."),
+    seed: int = typer.Option(0, help="Seed of the train/test split."),
+    strict: bool = typer.Option(False, help="Fail if any input file is rejected."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+) -> None:
+    """Validate a source and write it once as arrays + manifest.json; the source is never modified."""
+    from difftrain.data import describe_dataset, prepare_dataset
+
+    ds = prepare_dataset(source, out_dir, resolution=resolution, channels=channels, fit=fit, limit=limit,
+                         test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite)
+    rejected = ds.manifest.get("rejected", [])
+    for item in rejected:
+        _warn(f"rejected {item['path']}: {item['reason']}")
+    _print_info(describe_dataset(ds))
+    console.print(f"prepared {out_dir} ({len(rejected)} input(s) rejected)")
+
+
+def _print_info(info: dict) -> None:
+    table = Table(show_header=False, box=None)
+    for key, value in info.items():
+        table.add_row(f"[bold]{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    out.print(table)
+
+
+@data_app.command("info", epilog="Example: `difftrain data info data/mine --json`")
+def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Summarise a prepared dataset."""
+    from difftrain.data import describe_dataset, load_dataset
+
+    info = describe_dataset(load_dataset(path))
+    print(json.dumps(info, indent=2)) if as_json else _print_info(info)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+             epilog="Examples: `difftrain train --preset digits --out runs/digits train.duration_images=20000`  \n"
+                    "`difftrain train --preset mnist --data data/mnist --out runs/mnist`  \n"
+                    "`difftrain train --out runs/digits --resume`")
+def train(
+    ctx: typer.Context,
+    preset: Optional[str] = typer.Option(None, help="Start from a preset: digits, mnist."),
+    config: Optional[Path] = typer.Option(None, help="YAML config file (applied over the preset)."),
+    data: Optional[str] = typer.Option(None, help="Prepared dataset folder (sets data.path)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<preset>-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest valid checkpoint."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a diffusion model; extra `key=value` arguments override config fields (see `difftrain config`)."""
+    from difftrain.config import load_config, read_config
+    from difftrain.training.trainer import train as run_training
+
+    overrides = list(ctx.args)
+    if data:
+        overrides.append(f"data.path={data}")
+    if resume:
+        if out_dir is None:
+            raise UserError("--resume needs --out RUN, the run to continue")
+        cfg = load_config(preset, config, overrides, base=read_config(out_dir / "config.yaml"))
+    else:
+        cfg = load_config(preset, config, overrides)
+    if out_dir is None:
+        import time
+
+        out_dir = Path("runs") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console)
+    console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
+                  f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
+    out.print(str(out_dir))
+
+
+@app.command(epilog="Example: `difftrain sample runs/digits --n 100 --out samples.npz --sampler dpmpp_2m --steps 20 --guidance 1.5`")
+def sample(
+    run: Path = typer.Argument(..., help="Run directory."),
+    n: int = typer.Option(100, "--n", min=1, help="Number of samples."),
+    out_file: Path = typer.Option(..., "--out", help="Samples file to write (.npz); a PNG grid is written beside it."),
+    sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none."),
+    class_label: Optional[int] = typer.Option(None, "--class", help="Sample only this class index (default: balanced over classes)."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
+    raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Generate samples into the samples file: images uint8 (N,H,W,C), labels int64 (N,), JSON meta."""
+    from difftrain.evaluation.run_eval import sample_run
+    from difftrain.run import open_run
+    from difftrain.sampling import SamplingSpec
+
+    r = open_run(run)
+    sc = r.config.sample
+    if class_label is not None and not (0 <= class_label < max(r.num_classes, 1)) or (class_label is not None and not r.num_classes):
+        raise UserError(f"--class {class_label}: the model has {r.num_classes} classes" + (" (it is unconditional)" if not r.num_classes else ""))
+    spec = SamplingSpec(sampler or sc.sampler, steps or sc.steps, sc.schedule, sc.guidance if guidance is None else guidance, seed)
+    spec.check()
+    dev = _device(device)
+    with Progress(console=console) as bar:
+        task = bar.add_task("sample", total=n)
+        result = sample_run(run, n, spec, out_file, checkpoint=checkpoint, class_label=class_label, ema=not raw_weights,
+                            device=dev, progress=lambda k: bar.advance(task, k), warn=_warn)
+    console.print(f"{n} samples, {spec.network_evaluations} network evaluations each, from {result['meta']['checkpoint']}")
+    out.print(str(out_file))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is usable here; use --device cpu")
+    return name
+
+
+@app.command("eval", epilog="Example: `difftrain eval runs/digits --n 1000 --sampler heun --steps 18`")
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples to generate (default: eval.n_samples)."),
+    sampler: Optional[str] = typer.Option(None, help="Sampler (default: the run's config)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Sample and score a checkpoint: Frechet distance (and its floor) and classifier agreement."""
+    from difftrain.evaluation.run_eval import evaluate_run
+    from difftrain.report.card import write_report
+    from difftrain.run import open_run
+    from difftrain.sampling import SamplingSpec
+
+    sc = open_run(run).config.sample
+    spec = SamplingSpec(sampler or sc.sampler, steps or sc.steps, sc.schedule, sc.guidance if guidance is None else guidance, seed)
+    with console.status("sampling and evaluating"):
+        record = evaluate_run(run, n=n, spec=spec, checkpoint=checkpoint, warn=_warn)
+    write_report(run)
+    if as_json:
+        print(json.dumps(record, indent=2))
+    else:
+        _print_info({k: record[k] for k in ("frechet_distance", "frechet_floor", "label_agreement", "classifier_test_accuracy",
+                                             "n_samples", "sampler", "steps", "network_evaluations", "guidance") if k in record})
+
+
+@app.command(epilog="Example: `difftrain demo --out runs/demo`")
+def demo(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/demo-<time>)."),
+    images: Optional[int] = typer.Option(None, help="Training images (default: the digits preset's 55,000)."),
+) -> None:
+    """Train a class-conditional model on the built-in digits, sample every class, evaluate, write a report."""
+    from difftrain.demo import run_demo
+
+    path = run_demo(out_dir, images, console)
+    out.print(str(path))
+
+
+@app.command("config", epilog="Example: `difftrain config --preset digits`")
+def show_config(
+    preset: Optional[str] = typer.Option(None, help="Show this preset's values."),
+    config: Optional[Path] = typer.Option(None, help="Show this YAML file's values."),
+) -> None:
+    """List every config field with its value and description."""
+    from difftrain.config import describe_fields, load_config
+
+    cfg = load_config(preset, config).model_dump(mode="json")
+    table = Table("key", "value", "description")
+    for key, _default, desc in describe_fields():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        table.add_row(key, json.dumps(node), desc)
+    out.print(table)
+
+
+def main() -> None:
+    # One CPU thread per process under a multi-process launch, so processes do not thrash.
+    if "LOCAL_RANK" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        app()
+    except UserError as e:
+        console.print(f"[red]error:[/] {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: checkpoints already written stay valid; continue with --resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

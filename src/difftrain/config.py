@@ -1,0 +1,231 @@
+"""Typed configuration: every field has a default and a one-line description.
+
+A config is built from a preset, then a YAML file, then `key=value` overrides
+(e.g. `train.batch_size=64`), each step validated; the fully resolved config is
+saved in every run as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from difftrain import atomic
+from difftrain.errors import UserError
+
+
+class Section(BaseModel):
+    # Unknown keys are typos: refuse them instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    path: str | None = Field("digits", description="Prepared dataset folder, or a built-in dataset name ('digits') prepared into the run.")
+
+
+class ModelConfig(Section):
+    arch: Literal["unet"] = Field("unet", description="Network: 'unet' is diffusers' UNet2DModel.")
+    channels: list[int] = Field([64, 128, 128], description="Output channels of each UNet resolution level (one level per entry).")
+    attention: list[bool] = Field([False, True, False], description="Self-attention at each resolution level.")
+    layers_per_block: int = Field(2, ge=1, description="ResNet blocks per resolution level.")
+    attention_head_dim: int = Field(32, ge=1, description="Channels per attention head.")
+    norm_groups: int = Field(32, ge=1, description="Groups of the GroupNorm layers (must divide every channel count).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the ResNet blocks.")
+    conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "ModelConfig":
+        if len(self.attention) != len(self.channels):
+            raise ValueError(f"model.attention has {len(self.attention)} entries but model.channels has {len(self.channels)}; give one per level")
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"model.channels {bad} are not divisible by model.norm_groups={self.norm_groups}")
+        return self
+
+
+class DiffusionConfig(Section):
+    formulation: Literal["edm", "vp"] = Field("edm", description="'edm' (Karras et al. 2022 preconditioning) or 'vp' (DDPM discrete schedule).")
+    prediction: Literal["eps", "v"] = Field("eps", description="Network target for 'vp': noise 'eps' or velocity 'v'.")
+    weighting: Literal["edm", "min_snr", "uniform"] = Field("edm", description="Loss weighting over noise levels: 'edm', 'min_snr' (min-SNR-gamma) or 'uniform' (MSE on the network's target).")
+    min_snr_gamma: float = Field(5.0, gt=0, description="Gamma of the min-SNR weighting.")
+    sigma_data: float = Field(0.5, gt=0, description="EDM: standard deviation of the data.")
+    p_mean: float = Field(-1.2, description="EDM: mean of log(sigma) during training.")
+    p_std: float = Field(1.2, gt=0, description="EDM: standard deviation of log(sigma) during training.")
+    beta_schedule: Literal["linear", "scaled_linear"] = Field("linear", description="VP: beta schedule (diffusers' names).")
+    beta_start: float = Field(1e-4, gt=0, description="VP: first beta.")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="VP: last beta.")
+    num_timesteps: int = Field(1000, ge=2, description="VP: number of discrete timesteps.")
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "lamb"] = Field("adamw", description="Optimizer: 'adamw' or 'lamb' (You et al. 2020).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    warmup_images: int = Field(10_000, ge=0, description="Linear LR warm-up, in training images.")
+    schedule: Literal["constant", "cosine", "inverse_sqrt"] = Field("constant", description="LR after warm-up: 'constant', 'cosine' (to 0 at the end) or 'inverse_sqrt'.")
+    decay_images: int = Field(100_000, gt=0, description="'inverse_sqrt': images after which the LR falls as 1/sqrt(images).")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this value (0 disables).")
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(128, ge=1, description="Images per optimizer step (all micro-batches and processes together).")
+    accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradient accumulation).")
+    duration_images: int | None = Field(55_000, ge=1, description="Training length in images (ignored when duration_steps is set).")
+    duration_steps: int | None = Field(None, ge=1, description="Training length in optimizer steps (overrides duration_images).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto' uses bf16 on GPUs that support it, full precision on CPU.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="'auto' picks a GPU when there is one.")
+    ema_halflife_images: int = Field(500_000, ge=1, description="EMA half-life in training images (Karras et al. 2022).")
+    ema_rampup: float | None = Field(0.05, gt=0, description="Cap the EMA half-life at this fraction of images seen (None disables).")
+    seed: int = Field(0, description="Seed for weights, data order and noise.")
+    log_every_images: int = Field(2_000, ge=1, description="Log loss and speed to metrics.jsonl/TensorBoard every this many images.")
+    grid_every_images: int = Field(20_000, ge=0, description="Write a PNG sample grid every this many images (0: only at the end).")
+    checkpoint_every_images: int = Field(20_000, ge=0, description="Write a checkpoint every this many images (0: only at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Keep the latest K checkpoints.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default).")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> "TrainConfig":
+        if self.batch_size % self.accumulation:
+            raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.accumulation={self.accumulation}")
+        return self
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // self.accumulation
+
+
+class SampleConfig(Section):
+    sampler: Literal["heun", "euler", "dpmpp_2m", "ddim", "ddpm"] = Field("heun", description="Default sampler for grids, `sample` and evaluation.")
+    steps: int = Field(18, ge=1, description="Sampling steps (heun uses 2*steps-1 network evaluations).")
+    schedule: Literal["karras", "uniform"] = Field("karras", description="Noise levels: 'karras' (rho=7) or 'uniform' timesteps.")
+    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance weight (1: none).")
+    batch_size: int = Field(500, ge=1, description="Samples per network call.")
+
+
+class EvalConfig(Section):
+    n_samples: int = Field(1000, ge=10, description="Samples generated for the evaluation at the end of training.")
+    classifier_epochs: int = Field(20, ge=1, description="Epochs of the small feature classifier trained on the prepared dataset.")
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# Presets are overrides of the defaults, so a reader sees what each one changes.
+PRESETS: dict[str, dict[str, Any]] = {
+    # sklearn digits: 8x8 grayscale, 1797 images; a few CPU minutes.
+    "digits": {
+        "data": {"path": "digits"},
+        "model": {"channels": [64, 128], "attention": [False, True], "layers_per_block": 2},
+        "optim": {"lr": 2e-3, "warmup_images": 5_000},
+        "train": {"batch_size": 128, "duration_images": 55_000, "ema_halflife_images": 5_000,
+                  "log_every_images": 2_560, "grid_every_images": 11_000, "checkpoint_every_images": 11_000},
+    },
+    # MNIST 28x28: pass --data with a folder prepared from the IDX files.
+    "mnist": {
+        "data": {"path": None},
+        "model": {"channels": [32, 64, 128], "attention": [False, False, True], "layers_per_block": 1},
+        "optim": {"lr": 2e-3, "warmup_images": 10_000},
+        "train": {"batch_size": 128, "duration_images": 300_000, "ema_halflife_images": 20_000,
+                  "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validate(raw: dict[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key}: {err['msg']}")
+        raise UserError(f"invalid config ({origin}):\n" + "\n".join(lines) + "\nSee `difftrain config` for every setting and its description.") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into its key path and its YAML-parsed value."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value (e.g. train.batch_size=64)")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] = (),
+                base: Config | None = None) -> Config:
+    """Defaults (or `base`), then a preset, then a YAML file, then `key=value` overrides."""
+    raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
+    preset_values = copy.deepcopy(PRESETS.get(preset or "", {}))
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        raw = _merge(raw, preset_values)
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections (data, model, train, ...)")
+        raw = _merge(raw, loaded)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+    return _validate(raw, file and str(file) or (preset and f"preset {preset}") or "defaults")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    atomic.write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def read_config(path: str | Path) -> Config:
+    """Read a run's saved config.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: is {path.parent} a difftrain run directory?")
+    return _validate(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every setting, for `difftrain config`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += describe_fields(ann, f"{prefix}{name}.")
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+    return rows

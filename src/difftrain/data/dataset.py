@@ -1,0 +1,128 @@
+"""The prepared-dataset format: a folder with manifest.json and its arrays, loaded and checked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difftrain.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+_REQUIRED = ("kind", "shape", "dtype", "count", "num_classes", "class_names", "source", "channel_stats")
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset in memory: uint8 images (N, H, W, C) and int64 labels (None if unlabelled)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    test_images: np.ndarray
+    test_labels: np.ndarray | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"] or 0
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"] or [])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.manifest["shape"]
+        return h, w, c
+
+
+def _broken(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}. Prepare it with `difftrain data prepare SOURCE --out {path}`.")
+
+
+def _load_array(folder: Path, name: str) -> np.ndarray:
+    try:
+        return np.load(folder / name, allow_pickle=False)
+    except FileNotFoundError:
+        raise _broken(folder, f"{name} is missing") from None
+    except (OSError, ValueError) as e:
+        raise _broken(folder, f"{name} is unreadable ({e})") from None
+
+
+def _labels_fit(labels: np.ndarray, n: int, num_classes: int) -> bool:
+    if labels.dtype != np.int64 or labels.shape != (n,):
+        return False
+    return n == 0 or 0 <= labels.min() <= labels.max() < num_classes
+
+
+def load_dataset(path: str | Path) -> PreparedDataset:
+    """Load a folder written by `prepare_dataset`, checking its arrays against the manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise _broken(path, "no prepared dataset here (not a folder)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _broken(path, f"no {MANIFEST}, so this is not a prepared dataset") from None
+    except (OSError, ValueError) as e:
+        raise _broken(path, f"{MANIFEST} is unreadable ({e})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise _broken(
+            path, f"{MANIFEST} has format_version {version!r}; this difftrain reads {FORMAT_VERSION}"
+        )
+
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise _broken(path, f"{MANIFEST} lacks {', '.join(missing)}")
+
+    num_classes = manifest["num_classes"]
+    arrays: dict[str, np.ndarray | None] = {}
+    for split in SPLITS:
+        n = manifest["count"].get(split) if isinstance(manifest["count"], dict) else None
+        expected = (n, *manifest["shape"])
+        images = _load_array(path, f"{split}_images.npy")
+        if images.dtype != np.uint8 or images.shape != expected:
+            raise _broken(
+                path,
+                f"{split}_images.npy holds {images.dtype} {images.shape}; the manifest says uint8 {expected}",
+            )
+        labels = _load_array(path, f"{split}_labels.npy") if num_classes else None
+        if labels is not None and not _labels_fit(labels, n, num_classes):
+            raise _broken(
+                path,
+                f"{split}_labels.npy holds {labels.dtype} {labels.shape}; "
+                f"expected int64 ({n},) with values below {num_classes}",
+            )
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    return PreparedDataset(path=path, manifest=manifest, **arrays)  # type: ignore[arg-type]
+
+
+def describe_dataset(ds: PreparedDataset) -> dict[str, Any]:
+    """A JSON-able summary of `ds` for `difftrain data info`."""
+    m = ds.manifest
+    counts = m.get("class_counts") or {}
+    classes = [
+        {"name": name, **{split: counts[split][i] for split in SPLITS if split in counts}}
+        for i, name in enumerate(ds.class_names)
+    ]
+    return {
+        "path": str(ds.path.resolve()),
+        "kind": m["kind"],
+        "shape": list(ds.image_shape),
+        "dtype": m["dtype"],
+        "count": dict(m["count"]),
+        "num_classes": ds.num_classes,
+        "classes": classes,
+        "source": dict(m["source"]),
+        "provenance": m.get("provenance"),
+        "channel_stats": m["channel_stats"],
+        "rejected": len(m.get("rejected", [])),
+        "created": m.get("created"),
+    }

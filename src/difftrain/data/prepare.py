@@ -1,0 +1,410 @@
+"""Prepare a dataset: read a source, validate and convert every image, split, write atomically.
+
+Every source (builtin, IDX, image folder) becomes a list of samples; one loop reads, checks and
+converts them (images.conform_image), and one function writes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from rich.console import Console
+from rich.progress import track
+
+import difftrain
+from difftrain.atomic import atomic_directory, write_json
+from difftrain.data.builtin import BUILTIN_DATASETS, load_builtin
+from difftrain.data.dataset import FORMAT_VERSION, MANIFEST, PreparedDataset
+from difftrain.data.idx import IdxFiles, find_idx_files, idx_files_for, is_idx_images, parse_idx
+from difftrain.data.image_folder import scan_image_folder
+from difftrain.data.images import FITS, BadImage, conform_image, decode_image, to_channels
+from difftrain.errors import UserError
+
+_SHOWN_REJECTIONS = 5  # how many rejected files an error message lists
+
+
+class SourceDigest:
+    """sha256 over the source bytes read: (relative name, content hash) in sorted-name order."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, bytes] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        self._files[name] = hashlib.sha256(data).digest()
+
+    def read(self, path: Path, name: str) -> bytes:
+        data = path.read_bytes()  # opened read-only; the source is never written
+        self.add(name, data)
+        return data
+
+    def hexdigest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self._files):
+            h.update(name.encode() + b"\0" + self._files[name])
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Sample:
+    name: str  # shown in `rejected`: the path relative to the source, or FILE[row]
+    label: int | None
+    read: Callable[[], np.ndarray]  # native uint8 (H, W, C); raises BadImage
+
+
+@dataclass
+class _Source:
+    kind: str  # "builtin" | "idx" | "folder"
+    path: str  # absolute path, or "builtin:NAME"
+    folder: Path | None  # where nothing may be written
+    provenance: str
+    class_names: list[str] | None
+    train: list[_Sample]
+    test: list[_Sample] | None  # the source's own test split, if it has one
+    rejected: list[dict[str, str]]  # found before reading (e.g. unsupported file types)
+    digest: SourceDigest
+
+
+def _array_samples(images: np.ndarray, labels: np.ndarray | None, name: str) -> list[_Sample]:
+    return [
+        _Sample(
+            f"{name}[{i}]", None if labels is None else int(labels[i]), partial(operator.getitem, images, i)
+        )
+        for i in range(len(images))
+    ]
+
+
+def _builtin_source(name: str) -> _Source:
+    ds = load_builtin(name)
+    digest = SourceDigest()
+    digest.add(name, ds.images.tobytes() + ds.labels.tobytes())
+    samples = _array_samples(ds.images, ds.labels, name)
+    return _Source(
+        "builtin", f"builtin:{name}", None, ds.provenance, ds.class_names, samples, None, [], digest
+    )
+
+
+def _idx_source(location: Path, files: IdxFiles) -> _Source:
+    digest = SourceDigest()
+
+    def samples(images_path: Path, labels_path: Path | None) -> list[_Sample]:
+        images = parse_idx(digest.read(images_path, images_path.name), images_path, ndim=3)[..., None]
+        labels = None
+        if labels_path is not None:
+            labels = parse_idx(digest.read(labels_path, labels_path.name), labels_path, ndim=1).astype(
+                np.int64
+            )
+            if len(labels) != len(images):
+                raise UserError(
+                    f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}; "
+                    "the two files must come from the same dataset."
+                )
+        return _array_samples(images, labels, images_path.name)
+
+    train = samples(files.train_images, files.train_labels)
+    test = samples(files.test_images, files.test_labels) if files.test_images else None
+    labels = [s.label for s in train + (test or []) if s.label is not None]
+    class_names = [str(c) for c in range(max(labels) + 1)] if labels else None
+    provenance = f"user-supplied IDX files from {location} (the dataset's own licence applies)"
+    folder = location if location.is_dir() else location.parent
+    return _Source("idx", str(location), folder, provenance, class_names, train, test, [], digest)
+
+
+def _read_image_file(digest: SourceDigest, path: Path, name: str) -> np.ndarray:
+    try:
+        data = digest.read(path, name)
+    except OSError as e:
+        raise BadImage(f"cannot read the file ({e.strerror or e})") from None
+    return decode_image(data)
+
+
+def _folder_source(root: Path) -> _Source:
+    folder = scan_image_folder(root)
+    digest = SourceDigest()
+    labels = folder.labels or [None] * len(folder.files)
+    samples = [
+        _Sample(f, label, partial(_read_image_file, digest, root / f, f))
+        for f, label in zip(folder.files, labels, strict=True)
+    ]
+    provenance = f"user-supplied images from {root}"
+    return _Source(
+        "folder", str(root), root, provenance, folder.class_names, samples, None, folder.rejected, digest
+    )
+
+
+def _open_source(source: str | Path) -> _Source:
+    """Find out what `source` is and list its samples (IDX arrays are read and checked here)."""
+    if isinstance(source, str) and (source in BUILTIN_DATASETS or source.startswith("builtin:")):
+        return _builtin_source(source.removeprefix("builtin:"))
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise UserError(
+            f"source {source} not found. Give a folder of images, a folder of IDX files, an IDX images "
+            f"file, or a builtin dataset name ({', '.join(sorted(BUILTIN_DATASETS))})."
+        )
+    if path.is_file():
+        if not is_idx_images(path):
+            raise UserError(
+                f"{path} is a file but not an IDX images file (*-idx3-ubyte[.gz]); "
+                "to prepare images, pass the folder that holds them."
+            )
+        return _idx_source(path, idx_files_for(path))
+    idx_files = find_idx_files(path)
+    return _idx_source(path, idx_files) if idx_files else _folder_source(path)
+
+
+def _check_options(
+    resolution: int | None, channels: int | None, fit: str, limit: int | None, test_fraction: float
+) -> None:
+    def positive_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    if resolution is not None and not positive_int(resolution):
+        raise UserError(f"resolution must be a positive whole number of pixels, got {resolution!r}.")
+    if channels not in (None, 1, 3):
+        raise UserError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+    if fit not in FITS:
+        raise UserError(f"fit must be one of {', '.join(FITS)}, got {fit!r}.")
+    if limit is not None and not positive_int(limit):
+        raise UserError(f"limit must be a positive number of images, got {limit!r}.")
+    if not 0 <= test_fraction < 1:
+        raise UserError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
+
+
+def _check_out(out: Path, src: _Source, overwrite: bool) -> Path:
+    out = out.expanduser().resolve()
+    if src.folder is not None and (
+        out == src.folder or src.folder in out.parents or out in src.folder.parents
+    ):
+        raise UserError(
+            f"--out {out} overlaps the source folder {src.folder}; preparing never writes into (or "
+            "replaces) the source. Choose an output folder outside it."
+        )
+    if out.exists():
+        if not overwrite:
+            raise UserError(f"{out} already exists. Pass --overwrite to replace it, or choose another --out.")
+        # --overwrite deletes the old folder: only ever a prepared dataset or an empty folder.
+        if not out.is_dir() or not ((out / MANIFEST).is_file() or not any(out.iterdir())):
+            raise UserError(
+                f"{out} exists and is not a prepared dataset, so --overwrite will not delete it. "
+                "Choose another --out."
+            )
+    return out
+
+
+def _strata(samples: list[_Sample]) -> np.ndarray:
+    # Unlabelled data is one stratum, so stratified picking is plain random picking.
+    return np.array([s.label or 0 for s in samples], dtype=np.int64)
+
+
+def _pick(strata: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of k items drawn at random, in proportion to each stratum's size."""
+    if k >= len(strata):
+        return np.arange(len(strata))
+    classes, counts = np.unique(strata, return_counts=True)
+    quota = counts * k / len(strata)
+    take = np.floor(quota).astype(int)
+    # The largest remainders get the items that flooring left over.
+    take[np.argsort(take - quota, kind="stable")[: k - take.sum()]] += 1
+    picked = [rng.permutation(np.flatnonzero(strata == c))[:t] for c, t in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def _apply_limit(
+    src: _Source, limit: int | None, rng: np.random.Generator
+) -> tuple[list[_Sample], list[_Sample] | None]:
+    """Cap the samples to read at `limit`, drawn stratified; an own test split gets its proportional share."""
+    if limit is None:
+        return src.train, src.test
+
+    def subset(samples: list[_Sample], k: int) -> list[_Sample]:
+        return [samples[i] for i in _pick(_strata(samples), k, rng)]
+
+    if src.test is None:
+        return subset(src.train, limit), None
+    n_test = round(limit * len(src.test) / (len(src.train) + len(src.test)))
+    return subset(src.train, limit - n_test), subset(src.test, n_test)
+
+
+def _read(
+    samples: list[_Sample], *, channels: int | None, resolution: int | None, fit: str, progress: bool
+) -> tuple[list[int], list[np.ndarray], list[dict[str, str]]]:
+    """Read, validate and convert every sample: (indices kept, their pixels, rejections)."""
+    kept: list[int] = []
+    pixels: list[np.ndarray] = []
+    rejected: list[dict[str, str]] = []
+    console = Console(stderr=True)  # stdout stays clean for --json output
+    for i, sample in enumerate(
+        track(samples, description="Reading images", disable=not progress, console=console)
+    ):
+        try:
+            image = conform_image(sample.read(), channels=channels, resolution=resolution, fit=fit)
+        except BadImage as e:
+            rejected.append({"path": sample.name, "reason": e.reason})
+            continue
+        if pixels and image.shape[:2] != pixels[0].shape[:2]:
+            (h0, w0), (h, w) = pixels[0].shape[:2], image.shape[:2]
+            raise UserError(
+                f"images differ in size ({samples[kept[0]].name} is {w0}x{h0}, {sample.name} is {w}x{h}); "
+                "set a square size to resize them all to, e.g. --resolution 64."
+            )
+        kept.append(i)
+        pixels.append(image)
+    return kept, pixels, rejected
+
+
+def _rejection_list(rejected: list[dict[str, str]]) -> str:
+    shown = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:_SHOWN_REJECTIONS])
+    more = len(rejected) - _SHOWN_REJECTIONS
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _channel_stats(images: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and std of `images` scaled to [0, 1], exact, from 256-bin histograms."""
+    values = np.arange(256) / 255
+    mean, std = [], []
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256) / images[..., c].size
+        m = float(hist @ values)
+        mean.append(m)
+        std.append(float(np.sqrt(hist @ (values - m) ** 2)))
+    return {"mean": mean, "std": std}
+
+
+def _test_mask(
+    kept: list[int],
+    n_train: int,
+    labels: np.ndarray | None,
+    own_split: bool,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Which kept images are test images: the source's own split, else a stratified random share."""
+    is_test = np.array(kept) >= n_train
+    if not own_split:
+        strata = labels if labels is not None else np.zeros(len(kept), np.int64)
+        # Keep at least one training image, however small the source.
+        n_test = min(round(len(kept) * test_fraction), len(kept) - 1)
+        is_test[_pick(strata, n_test, rng)] = True
+    return is_test
+
+
+def _manifest(
+    src: _Source, arrays: dict[str, np.ndarray], rejected: list[dict[str, str]], options: dict[str, Any]
+) -> dict[str, Any]:
+    train, test = arrays["train_images"], arrays["test_images"]
+    num_classes = len(src.class_names) if src.class_names is not None else None
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": "image",
+        "shape": list(train.shape[1:]),
+        "dtype": "uint8",
+        "count": {"train": len(train), "test": len(test)},
+        "num_classes": num_classes,
+        "class_names": src.class_names,
+    }
+    if num_classes is not None:
+        manifest["class_counts"] = {
+            split: np.bincount(arrays[f"{split}_labels"], minlength=num_classes).tolist()
+            for split in ("train", "test")
+        }
+    return manifest | {
+        "source": {"path": src.path, "kind": src.kind, "sha256": src.digest.hexdigest()},
+        "channel_stats": _channel_stats(train),
+        "provenance": src.provenance,
+        "rejected": rejected,
+        "options": options,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "difftrain_version": difftrain.__version__,
+    }
+
+
+def _write(out: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any], overwrite: bool) -> None:
+    try:
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            write_json(tmp / MANIFEST, manifest)
+    except FileExistsError:
+        raise UserError(
+            f"{out} appeared while preparing. Pass --overwrite to replace it, or choose another --out."
+        ) from None
+
+
+def prepare_dataset(
+    source: str | Path,
+    out: str | Path,
+    *,
+    resolution: int | None = None,  # square side in pixels; None keeps the native size if all images share it
+    channels: int | None = None,  # 1 or 3; None: the source's (a folder: 3 if any image has colour)
+    fit: str = "crop",  # "crop": fill the square, cut the overflow; "pad": fit inside, pad with black
+    limit: int | None = None,  # read at most this many images (stratified random subset)
+    test_fraction: float = 0.1,  # held-out share when the source has no test split of its own
+    seed: int = 0,  # drives the limit subset and the split
+    strict: bool = False,  # fail if any input is rejected instead of skipping it
+    overwrite: bool = False,  # replace an existing prepared dataset at `out`
+    progress: bool = True,  # show a progress bar while reading
+) -> PreparedDataset:
+    """Read `source`, validate and convert every image, split it, and write a prepared dataset to `out`.
+
+    `source` is a builtin name ("digits"; write "./digits" for a folder of that name), a folder of
+    IDX files (t10k-* becomes the test split), one IDX images file, or a folder of images (class
+    subfolders become labels). With its own test split, `limit` is shared between train and test
+    in the source's proportion. Bad files are listed in the manifest's `rejected`.
+    """
+    _check_options(resolution, channels, fit, limit, test_fraction)
+    src = _open_source(source)
+    out = _check_out(Path(out), src, overwrite)
+    rng = np.random.default_rng(seed)
+
+    train, test = _apply_limit(src, limit, rng)
+    samples = train + (test or [])
+    kept, pixels, read_rejected = _read(
+        samples, channels=channels, resolution=resolution, fit=fit, progress=progress
+    )
+    rejected = src.rejected + read_rejected
+    if not pixels:
+        raise UserError(
+            f"no usable images in {src.path} ({_rejection_list(rejected) or 'no image files found'})."
+        )
+    if strict and rejected:
+        raise UserError(
+            f"{len(rejected)} input(s) in {src.path} rejected in strict mode: {_rejection_list(rejected)}. "
+            "Fix or remove them, or prepare without --strict to skip them."
+        )
+
+    # With channels=None, grey images join colour ones as RGB (a folder mixing both).
+    wanted = channels or max(p.shape[-1] for p in pixels)
+    images = np.stack([to_channels(p, wanted) for p in pixels])
+    labels = np.array([samples[i].label for i in kept], np.int64) if src.class_names is not None else None
+    is_test = _test_mask(kept, len(train), labels, test is not None, test_fraction, rng)
+    if is_test.all():
+        raise UserError(f"no usable training images in {src.path}; every usable image is in its test split.")
+
+    arrays = {"train_images": images[~is_test], "test_images": images[is_test]}
+    if labels is not None:
+        arrays |= {"train_labels": labels[~is_test], "test_labels": labels[is_test]}
+    options = {
+        "resolution": resolution,
+        "channels": channels,
+        "fit": fit,
+        "limit": limit,
+        "test_fraction": test_fraction,
+        "seed": seed,
+    }
+    manifest = _manifest(src, arrays, rejected, options)
+    _write(out, arrays, manifest, overwrite)
+    return PreparedDataset(
+        path=out,
+        manifest=manifest,
+        train_images=arrays["train_images"],
+        train_labels=arrays.get("train_labels"),
+        test_images=arrays["test_images"],
+        test_labels=arrays.get("test_labels"),
+    )

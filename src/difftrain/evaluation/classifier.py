@@ -1,0 +1,112 @@
+"""A small classifier trained on the prepared dataset: its features measure sample quality.
+
+Inception features know nothing of 8x8 digits; a classifier trained on the data itself
+is the honest feature space for small grayscale data. It is cached beside the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from difftrain import atomic
+from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
+from difftrain.modalities import image
+
+FEATURES = 64
+
+
+class SmallClassifier(nn.Module):
+    """Three conv stages and global pooling; `features` is the 64-d penultimate layer."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+
+        self.body = nn.Sequential(stage(channels, width, 1), stage(width, 2 * width, 2), stage(2 * width, FEATURES, 2),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _batches(images: np.ndarray, batch: int = 512):
+    for i in range(0, len(images), batch):
+        yield image.to_model(torch.from_numpy(images[i:i + batch]))
+
+
+@torch.no_grad()
+def features(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model.features(x).numpy() for x in _batches(images)]) if len(images) else np.zeros((0, FEATURES))
+
+
+@torch.no_grad()
+def predict(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(x).argmax(1).numpy() for x in _batches(images)])
+
+
+def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
+    """Train on the train split; return the classifier and its held-out accuracy."""
+    if not ds.num_classes:
+        raise UserError(f"{ds.path} has no labels: the feature classifier needs a labelled dataset")
+    torch.manual_seed(seed)
+    model = SmallClassifier(ds.image_shape[2], ds.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    x_all = image.to_model(torch.from_numpy(ds.train_images))
+    y_all = torch.from_numpy(ds.train_labels)
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * max(1, len(x_all) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x_all), (batch,), generator=gen)
+        x = x_all[idx]
+        # Shift by up to 1/16 of the size (none for 8x8 digits, where a pixel is a stroke) so
+        # features do not hinge on exact pixel positions.
+        pad = x.shape[-1] // 16
+        dx, dy = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        loss = nn.functional.cross_entropy(model(x), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    accuracy = float((predict(model, ds.test_images) == ds.test_labels).mean()) if len(ds.test_images) else float("nan")
+    return model, accuracy
+
+
+def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
+    """The dataset's cached classifier, trained and saved beside the dataset on first use."""
+    folder = Path(ds.path) / "classifier"
+    key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed]).encode()).hexdigest()[:12]
+    weights, meta_file = folder / f"classifier-{key}.safetensors", folder / f"classifier-{key}.json"
+    model = SmallClassifier(ds.image_shape[2], ds.num_classes)
+    if weights.is_file() and meta_file.is_file():
+        model.load_state_dict(load_file(weights))
+        return model.eval(), json.loads(meta_file.read_text())
+    model, accuracy = train_classifier(ds, epochs, seed)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"name": "difftrain-small-classifier", "test_accuracy": accuracy, "epochs": epochs, "seed": seed}
+    try:
+        with atomic.atomic_file(weights) as tmp:
+            save_file(state, tmp)
+        meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        atomic.write_json(meta_file, meta)
+    except OSError:
+        pass  # a read-only dataset folder: use the classifier without caching it
+    return model.eval(), meta

@@ -1,0 +1,102 @@
+"""A run directory: its config, the dataset it trained on, and denoisers from its checkpoints.
+
+    RUN/config.yaml        fully resolved config
+    RUN/dataset.json       manifest of the prepared dataset (shape, classes, source)
+    RUN/checkpoints/       see training/checkpoint.py
+    RUN/samples/           PNG grids over training
+    RUN/metrics.jsonl      training and evaluation records
+    RUN/tensorboard/       TensorBoard events
+    RUN/README.md          model card and report
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difftrain import atomic
+from difftrain.config import Config, read_config
+from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
+from difftrain.diffusion import Denoiser, build_formulation
+from difftrain.errors import UserError
+from difftrain.models import build_network
+from difftrain.training.checkpoint import Checkpoint, resolve_checkpoint
+
+BUILTIN_DATASETS = ("digits",)
+
+
+def resolve_dataset(config: Config, run_dir: Path, progress: bool = True) -> PreparedDataset:
+    """Open the configured dataset; a built-in name is prepared once into RUN/data."""
+    path = config.data.path
+    if not path:
+        raise UserError("no dataset: pass --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)")
+    if path in BUILTIN_DATASETS:
+        target = Path(run_dir) / "data"
+        if not (target / "manifest.json").is_file():
+            prepare_dataset(path, target, test_fraction=0.2, overwrite=target.exists(), progress=progress)
+        return load_dataset(target)
+    return load_dataset(Path(path))
+
+
+def formulation_of(config: Config):
+    d = config.diffusion
+    return build_formulation(d.formulation, prediction=d.prediction, sigma_data=d.sigma_data, p_mean=d.p_mean, p_std=d.p_std,
+                             beta_start=d.beta_start, beta_end=d.beta_end, num_timesteps=d.num_timesteps, beta_schedule=d.beta_schedule)
+
+
+def dataset_summary(ds: PreparedDataset) -> dict[str, Any]:
+    """What a run keeps of its dataset, so it samples without the data present."""
+    m = ds.manifest
+    return {"path": str(Path(ds.path).resolve()), "shape": list(ds.image_shape), "num_classes": ds.num_classes,
+            "class_names": ds.class_names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance")}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: Config
+    dataset: dict[str, Any]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.dataset["shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.dataset["num_classes"] or 0) if self.config.model.conditional else 0
+
+    def build_network(self) -> torch.nn.Module:
+        return build_network(self.config.model, self.image_shape, self.num_classes)
+
+    def checkpoint(self, which: str = "latest", warn=print) -> Checkpoint:
+        return resolve_checkpoint(self.path, which, warn)
+
+    def denoiser(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
+        net = self.build_network()
+        try:
+            net.load_state_dict(checkpoint.weights(ema))
+        except RuntimeError as e:
+            raise UserError(f"{checkpoint.path} does not match the network in {self.path / 'config.yaml'}: {str(e)[:300]}") from None
+        return Denoiser(net.to(device).eval().requires_grad_(False), formulation_of(self.config))
+
+
+def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset) -> None:
+    from difftrain.config import save_config
+
+    save_config(config, Path(run_dir) / "config.yaml")
+    atomic.write_json(Path(run_dir) / "dataset.json", dataset_summary(ds))
+
+
+def open_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run directory {path} does not exist")
+    config = read_config(path / "config.yaml")
+    info = path / "dataset.json"
+    if not info.is_file():
+        raise UserError(f"{info} is missing: is {path} a difftrain run directory?")
+    return Run(path, config, json.loads(info.read_text()))

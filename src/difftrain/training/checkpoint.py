@@ -1,0 +1,130 @@
+"""Checkpoints: one folder each, written atomically, verified by hash when read.
+
+    checkpoints/ckpt-000055000/      (named by training images seen)
+        model.safetensors            network weights
+        ema.safetensors              EMA weights (what sampling uses)
+        state.pt                     optimizer + RNG state, read with weights_only=True
+        info.json                    step, images seen, sha256 of each file above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from difftrain import __version__, atomic
+from difftrain.errors import UserError
+
+FILES = ("model.safetensors", "ema.safetensors", "state.pt")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, truncated or corrupted."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def images(self) -> int:
+        return int(self.info["images_seen"])
+
+    def weights(self, ema: bool = True) -> dict[str, torch.Tensor]:
+        return _read_safetensors(self.path / ("ema.safetensors" if ema else "model.safetensors"))
+
+    def training_state(self) -> dict[str, Any]:
+        file = self.path / "state.pt"
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means a corrupt file
+            raise CheckpointError(f"cannot read {file}: {e}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+
+
+def _state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, *, net: torch.nn.Module, ema: torch.nn.Module, state: dict[str, Any],
+                    step: int, images_seen: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically, then prune all but the newest `keep`."""
+    final = Path(run_dir) / "checkpoints" / f"ckpt-{images_seen:09d}"
+    with atomic.atomic_directory(final, overwrite=True) as tmp:
+        save_file(_state_dict(net), tmp / "model.safetensors")
+        save_file(_state_dict(ema), tmp / "ema.safetensors")
+        torch.save(state, tmp / "state.pt")
+        info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
+                **(extra or {}), "sha256": {name: _sha256(tmp / name) for name in FILES}}
+        atomic.write_json(tmp / "info.json", info)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first (temporary folders excluded)."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(p for p in folder.glob("ckpt-*") if p.is_dir()) if folder.is_dir() else []
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Open one checkpoint folder, checking every file against the hash recorded at save time."""
+    path = Path(path)
+    info_file = path / "info.json"
+    try:
+        info = json.loads(info_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{info_file} is missing: {path} is not a complete checkpoint") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {info_file}: {e}") from None
+    for name, digest in info.get("sha256", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{file} is corrupted or truncated (its hash differs from the one saved in info.json)")
+    return Checkpoint(path, info)
+
+
+def latest_checkpoint(run_dir: Path, warn=print) -> Checkpoint | None:
+    """The newest valid checkpoint; damaged newer ones are reported through `warn` and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return open_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"skipping damaged checkpoint: {e}")
+    return None
+
+
+def resolve_checkpoint(run_dir: Path, which: str = "latest", warn=print) -> Checkpoint:
+    """'latest' or a path to a checkpoint folder; a clear error when there is none."""
+    if which == "latest":
+        ckpt = latest_checkpoint(run_dir, warn)
+        if ckpt is None:
+            raise CheckpointError(f"{run_dir} has no valid checkpoint in {Path(run_dir) / 'checkpoints'}; train it first (`difftrain train --out {run_dir}`)")
+        return ckpt
+    return open_checkpoint(Path(which))

@@ -1,0 +1,218 @@
+"""The training loop. It knows neither the formulation nor the modality: it sees a
+denoiser, a loss and batches of tensors. Durations, LR schedule and EMA count
+training images, so results do not depend on the batch split or process count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from difftrain.config import Config, TrainConfig
+from difftrain.data import PreparedDataset
+from difftrain.data.loader import ArrayBatches
+from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.errors import UserError
+from difftrain.modalities import image
+from difftrain.run import formulation_of, resolve_dataset, save_run_info
+from difftrain.sampling import SamplingSpec, generate
+from difftrain.training.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from difftrain.training.ema import EMA, ema_beta
+from difftrain.training.metrics_log import MetricsLog
+from difftrain.training.optim import build_optimizer, learning_rate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    images: int
+    seconds: float
+    images_per_second: float
+    final_loss: float
+    nonfinite_steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    if cfg.device == "cuda" and not cuda:
+        raise UserError("train.device=cuda but no CUDA GPU is usable; use train.device=auto or cpu")
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision != "no" and not cuda:
+        raise UserError(f"train.mixed_precision={precision} needs a GPU here; use train.mixed_precision=auto or no")
+    return Accelerator(cpu=cfg.device == "cpu" or not (cuda or cfg.device == "mps"), mixed_precision=precision)
+
+
+def total_images(cfg: TrainConfig) -> int:
+    return cfg.duration_steps * cfg.batch_size if cfg.duration_steps else cfg.duration_images
+
+
+def _due(images: int, prev: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (prev, images]."""
+    return every > 0 and images // every > prev // every
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
+          console: Console | None = None) -> TrainResult:
+    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted."""
+    run_dir = Path(run_dir)
+    tc = config.train
+    console = console or Console(stderr=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    accelerator = make_accelerator(tc)
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+    if tc.batch_size % (tc.accumulation * world):
+        raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {world} processes")
+    per_process = tc.micro_batch // world
+    goal = total_images(tc)
+
+    existing = latest_checkpoint(run_dir, warn=lambda m: console.print(f"[yellow]{m}"))
+    if existing and not resume:
+        raise UserError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+    if resume and not existing and list_checkpoints(run_dir):
+        raise UserError(f"no valid checkpoint left in {run_dir / 'checkpoints'} to resume from")
+    dataset = dataset or resolve_dataset(config, run_dir, progress=progress and main)
+    if dataset.num_classes == 0 and config.model.conditional:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_info(run_dir, config, dataset)
+
+    # Network, EMA and optimizer; the seed fixes the initial weights.
+    torch.manual_seed(tc.seed)
+    from difftrain.models import build_network
+
+    num_classes = dataset.num_classes if config.model.conditional else 0
+    net = build_network(config.model, dataset.image_shape, num_classes)
+    ema = EMA(net)
+    optimizer = build_optimizer(net.parameters(), config.optim)
+    device = accelerator.device
+    # One noise stream for the whole global batch, identical on every process: each takes
+    # its slice, so accumulation and the process count do not change the random numbers.
+    noise_gen = torch.Generator(device).manual_seed(tc.seed * 7919 + 1)
+    step = images = nonfinite = 0
+    if existing and resume:
+        net.load_state_dict(existing.weights(ema=False))
+        ema.net.load_state_dict(existing.weights(ema=True))
+        state = existing.training_state()
+        optimizer.load_state_dict(state["optimizer"])
+        noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, images, nonfinite = existing.info["step"], existing.images, state.get("nonfinite_steps", 0)
+        if main:
+            console.print(f"resuming from {existing.path} ({images:,} images, step {step})")
+    net, optimizer = accelerator.prepare(net, optimizer)
+    ema.net.to(device)
+    denoiser = Denoiser(net, formulation_of(config))
+    raw_net = accelerator.unwrap_model(net)
+    batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device)
+    log = MetricsLog(run_dir, enabled=main)
+    null_label = raw_net.null_label if num_classes else None
+    height, width, channels = dataset.image_shape
+    shape_chw = (channels, height, width)
+
+    # Fixed noise and labels for the grids, so grids over training are comparable.
+    # Ten per class, one class per row.
+    grid_n = 10 * num_classes if num_classes else 64
+    grid_labels = np.arange(grid_n) // 10 if num_classes else None
+
+    def write_grid() -> None:
+        if not main:
+            return
+        ema_denoiser = Denoiser(ema.net, denoiser.formulation)
+        spec = SamplingSpec(config.sample.sampler, config.sample.steps, config.sample.schedule, config.sample.guidance, seed=tc.seed)
+        imgs = generate(ema_denoiser, grid_n, dataset.image_shape, grid_labels, spec, null_label=null_label, device=device)
+        image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
+
+    def checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(), "nonfinite_steps": nonfinite}
+            save_checkpoint(run_dir, net=raw_net, ema=ema.net, state=state, step=step, images_seen=images,
+                            keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
+        accelerator.wait_for_everyone()
+
+    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
+    bar = Progress(*columns, console=console, disable=not (progress and main), transient=False)
+    history: list[dict] = []
+    window_loss, window_n, window_start, window_images = 0.0, 0, time.perf_counter(), images
+    start_time, start_images = time.perf_counter(), images
+    last_loss = math.nan
+    net.train()
+    with bar:
+        task = bar.add_task("train", total=goal, completed=images, loss="-", speed="-")
+        while images < goal and (stop_at_step is None or step < stop_at_step):
+            lr = learning_rate(config.optim, images, goal)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
+            sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
+            noise = torch.randn((tc.batch_size, *shape_chw), generator=noise_gen, device=device)
+            keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
+            for micro in range(tc.accumulation):
+                # This process's share of micro-batch `micro` of the global batch.
+                start = micro * tc.micro_batch + accelerator.process_index * per_process
+                part = slice(start, start + per_process)
+                x0, labels = batches.batch(images + start, per_process)
+                if labels is not None:
+                    labels = torch.where(keep_label[part], labels, null_label)
+                sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
+                with sync, accelerator.autocast():
+                    loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
+                                          min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
+                    # Sum over the whole global batch; DDP averages over processes.
+                    accelerator.backward(loss.sum() / (tc.batch_size // world))
+                step_loss += loss.detach().sum()
+            grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
+            step_loss = accelerator.reduce(step_loss, "sum") / tc.batch_size
+            if torch.isfinite(grad_norm) and torch.isfinite(step_loss):
+                optimizer.step()
+                ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup))
+                window_loss += step_loss.item()
+                window_n += 1
+            else:
+                # A NaN/Inf never reaches the weights: skip the update, count it, go on.
+                nonfinite += 1
+                if accelerator.scaler is not None:
+                    optimizer.step()  # lets the fp16 GradScaler lower its scale; it skips the update itself
+                log.write({"images": images, "step": step, "event": "nonfinite_skipped", "nonfinite_steps": nonfinite})
+            prev, step, images = images, step + 1, images + tc.batch_size
+
+            if _due(images, prev, tc.log_every_images) or images >= goal:
+                now = time.perf_counter()
+                speed = (images - window_images) / max(now - window_start, 1e-9)
+                last_loss = window_loss / window_n if window_n else math.nan
+                record = {"images": images, "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                          "images_per_s": speed, "nonfinite_steps": nonfinite}
+                history.append(record)
+                log.write(record)
+                bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
+                window_loss, window_n, window_start, window_images = 0.0, 0, now, images
+            bar.update(task, completed=min(images, goal))
+            if _due(images, prev, tc.checkpoint_every_images) and images < goal:
+                checkpoint()
+            if _due(images, prev, tc.grid_every_images) and images < goal:
+                write_grid()
+    seconds = time.perf_counter() - start_time
+    if not list_checkpoints(run_dir) or latest_checkpoint(run_dir, warn=lambda m: None).images != images:
+        checkpoint()
+    write_grid()
+    log.close()
+    return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss, nonfinite, history)

@@ -1,0 +1,94 @@
+"""The tool the way a user runs it: train, sample, evaluate and report from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from difftrain.cli import app
+from tests.conftest import tiny_overrides
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    result = runner.invoke(app, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def difftrain(*args: str) -> subprocess.CompletedProcess:
+    """Run the real entry point, as a user would (error handling included)."""
+    return subprocess.run([sys.executable, "-c", "from difftrain.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, digits_dir):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cli("train", "--out", run, "--no-progress", *tiny_overrides(digits_dir, **{"train.duration_steps": 8}))
+    return run
+
+
+def test_every_verb_has_help_with_an_example():
+    for verb in (["train"], ["sample"], ["eval"], ["demo"], ["config"], ["data", "prepare"], ["data", "info"]):
+        result = cli(*verb, "--help")
+        assert "Example" in result.output, verb
+
+
+def test_sample_writes_the_samples_file(trained_run, tmp_path):
+    out = tmp_path / "s.npz"
+    cli("sample", trained_run, "--n", 20, "--out", out, "--sampler", "dpmpp_2m", "--steps", 5, "--guidance", 2, "--seed", 3)
+    with np.load(out) as f:
+        images, labels, meta = f["images"], f["labels"], json.loads(str(f["meta"]))
+    assert images.dtype == np.uint8 and images.shape == (20, 8, 8, 1)
+    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [2] * 10
+    assert meta["sampler"] == "dpmpp_2m" and meta["steps"] == 5 and meta["guidance"] == 2 and meta["seed"] == 3
+    assert meta["network_evaluations"] == 2 * 5 and meta["checkpoint"].endswith("ckpt-000000128")
+    assert out.with_suffix(".png").is_file()
+    # Same seed, same images; another seed, other images.
+    again, other = tmp_path / "again.npz", tmp_path / "other.npz"
+    cli("sample", trained_run, "--n", 20, "--out", again, "--sampler", "dpmpp_2m", "--steps", 5, "--guidance", 2, "--seed", 3)
+    cli("sample", trained_run, "--n", 20, "--out", other, "--sampler", "dpmpp_2m", "--steps", 5, "--guidance", 2, "--seed", 4)
+    assert np.array_equal(np.load(again)["images"], images)
+    assert not np.array_equal(np.load(other)["images"], images)
+
+
+def test_sample_one_class(trained_run, tmp_path):
+    cli("sample", trained_run, "--n", 6, "--out", tmp_path / "c.npz", "--class", 7, "--steps", 3)
+    assert np.load(tmp_path / "c.npz")["labels"].tolist() == [7] * 6
+
+
+def test_eval_logs_and_reports(trained_run):
+    result = cli("eval", trained_run, "--n", 100, "--steps", 4, "--json")
+    record = json.loads(result.stdout[result.stdout.index("{"):])
+    assert record["n_samples"] == 100 and record["frechet_floor"] > 0 and 0 <= record["label_agreement"] <= 1
+    lines = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "eval"
+    report = (trained_run / "README.md").read_text()
+    assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report
+
+
+def test_resume_from_cli_extends_the_run(trained_run):
+    cli("train", "--out", trained_run, "--resume", "--no-progress", "train.duration_steps=9")
+    info = json.loads(sorted((trained_run / "checkpoints").glob("ckpt-*"))[-1].joinpath("info.json").read_text())
+    assert info["step"] == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "digits", "train.batch_sise=3"], "train.batch_sise"),
+    (["train", "--preset", "mnist"], "--data"),
+    (["sample", "/no/such/run", "--out", "x.npz"], "/no/such/run"),
+    (["data", "prepare", "/no/such/folder", "--out", "x"], "/no/such/folder"),
+    (["data", "info", "/no/such/dataset"], "difftrain data prepare"),
+])
+def test_user_mistakes_get_a_clear_error_not_a_traceback(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-c", "from difftrain.cli import main; main()", *args],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,437 @@
+"""The diffusion math against closed-form answers.
+
+Gaussian data x0 ~ N(MU, COV) has the exact denoiser E[x0 | x] = MU + COV (COV + sigma^2 I)^-1 (x - MU).
+An "ideal net" inverts each formulation's preconditioning so that Denoiser(ideal net) is that exact
+denoiser; samplers driven by it must reproduce MU and COV, and every loss must be minimised by it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difftrain.diffusion import (
+    EDM,
+    SAMPLERS,
+    VP,
+    WEIGHTINGS,
+    Denoiser,
+    ancestral_step,
+    build_formulation,
+    denoising_loss,
+    guided_denoiser,
+    karras_sigmas,
+    loss_weight,
+    network_evaluations,
+    sampling_sigmas,
+)
+
+# Data: a 4-vector stored as a (1, 2, 2) "image", non-diagonal covariance with eigenvalues in [0.05, 1].
+SHAPE = (1, 2, 2)
+EIGS = torch.tensor([1.0, 0.5, 0.2, 0.05])
+Q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)))
+COV = Q @ torch.diag(EIGS) @ Q.T
+MU = torch.tensor([0.3, -0.2, 0.1, -0.05])
+
+FORMULATIONS = {
+    "edm": dict(name="edm"),
+    "vp_eps": dict(name="vp", prediction="eps"),
+    "vp_v": dict(name="vp", prediction="v"),
+    "vp_eps_scaled": dict(name="vp", prediction="eps", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+}
+
+
+def make(key: str):
+    kwargs = dict(FORMULATIONS[key])
+    return build_formulation(kwargs.pop("name"), **kwargs)
+
+
+def gaussian_data(n: int, seed: int = 0, mu: torch.Tensor = MU, cov: torch.Tensor = COV) -> torch.Tensor:
+    z = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+    return (mu + z @ torch.linalg.cholesky(cov).T).reshape(n, *SHAPE)
+
+
+def posterior_mean(x: torch.Tensor, sigma: torch.Tensor, mu: torch.Tensor = MU, cov: torch.Tensor = COV) -> torch.Tensor:
+    """E[x0 | x0 + sigma n = x] = mu + cov (cov + sigma^2 I)^-1 (x - mu), per-sample sigma (B,), via cov's eigenbasis."""
+    eigs, q = torch.linalg.eigh(cov)
+    z = (x.reshape(len(x), 4) - mu) @ q
+    z = z * eigs / (eigs + sigma.view(-1, 1) ** 2)
+    return (mu + z @ q.T).reshape(x.shape)
+
+
+def sigma_from_c_noise(formulation, c_noise: torch.Tensor) -> torch.Tensor:
+    # The net sees only c_noise; invert it (EDM: c_noise = ln(sigma)/4; VP: fractional timestep).
+    return (4 * c_noise).exp() if isinstance(formulation, EDM) else formulation.t_to_sigma(c_noise)
+
+
+class IdealNet(torch.nn.Module):
+    """F = (D_exact(x) - c_skip x) / c_out, with x = x_in / c_in: makes Denoiser(F) the exact denoiser."""
+
+    def __init__(self, formulation, mu=MU, cov=COV, perturbation=None, delta=0.0):
+        super().__init__()
+        self.formulation, self.mu, self.cov = formulation, mu, cov
+        self.perturbation, self.delta = perturbation, delta  # F + delta * h(x_in, c_noise)
+
+    def forward(self, x_in, c_noise, class_labels=None):
+        sigma = sigma_from_c_noise(self.formulation, c_noise)
+        c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in self.formulation.scalings(sigma))
+        x = x_in / c_in
+        F = (posterior_mean(x, sigma, self.mu, self.cov) - c_skip * x) / c_out
+        if self.perturbation is not None:
+            F = F + self.delta * self.perturbation(x_in, c_noise)
+        return F
+
+
+def ideal_denoise_fn(formulation):
+    denoiser = Denoiser(IdealNet(formulation), formulation)
+    return lambda x, sigma: denoiser(x, sigma)
+
+
+def relative_cov_error(samples: torch.Tensor) -> tuple[float, float]:
+    flat = samples.reshape(len(samples), 4).double()
+    mean_err = (flat.mean(0) - MU.double()).norm()
+    cov_err = (torch.cov(flat.T) - COV.double()).norm() / COV.double().norm()
+    return float(mean_err), float(cov_err)
+
+
+# 1. Samplers reproduce the data distribution. ---------------------------------------------------
+
+N_SAMPLES = 20_000
+# Monte Carlo error of the sample covariance at 20k samples is ~2% of ||COV||_F (mean: ~0.01); the step counts
+# keep discretisation error at or below ~2% (see test_sampler_convergence_order for the deterministic ones).
+COV_TOL = 0.05  # Frobenius error of the covariance, relative to ||COV||_F
+MEAN_TOL = 0.03  # Euclidean error of the mean (~3 standard errors)
+SAMPLER_CASES = [
+    # sampler, kwargs, schedule, steps
+    ("euler", {}, "karras", 256),
+    ("heun", {}, "karras", 64),
+    ("heun", dict(s_churn=10.0, s_tmin=0.05, s_tmax=50.0), "karras", 128),
+    ("dpmpp_2m", {}, "karras", 64),
+    ("ddim", {}, "uniform", 256),
+    ("ddim", dict(eta=0.5), "karras", 500),
+    ("ddpm", {}, "uniform", 1000),  # VP: the full 1000-step DDPM chain
+]
+
+
+@pytest.mark.parametrize("key", ["edm", "vp_eps"])
+@pytest.mark.parametrize("sampler,kwargs,schedule,steps", SAMPLER_CASES)
+def test_sampler_reproduces_gaussian(key, sampler, kwargs, schedule, steps):
+    formulation = make(key)
+    sigmas = sampling_sigmas(formulation, steps, schedule)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N_SAMPLES, *SHAPE, generator=g) * sigmas[0]
+    out = SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas, generator=g, **kwargs)
+    mean_err, cov_err = relative_cov_error(out)
+    assert mean_err < MEAN_TOL, (mean_err, cov_err)
+    assert cov_err < COV_TOL, (mean_err, cov_err)
+
+
+def exact_output_distribution(sampler: str, formulation, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of a deterministic sampler's output, exactly: it is affine in its start x.
+
+    Started from the true marginal N(MU, COV + sigma_max^2 I), the exact ODE would end at N(MU, COV), so what
+    remains is discretisation error alone (no Monte Carlo noise, no sigma_max truncation).
+    """
+    sigmas = sampling_sigmas(formulation, steps, "karras")
+    chol = torch.linalg.cholesky(COV + sigmas[0] ** 2 * torch.eye(4))
+    x = (MU + torch.cat([torch.zeros(1, 4), chol.T])).reshape(5, *SHAPE)
+    out = SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas).reshape(5, 4).double()
+    b, A = out[0], out[1:] - out[0]
+    return b, A.T @ A
+
+
+@pytest.mark.parametrize("key", ["edm", "vp_eps"])
+@pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_sampler_convergence_order(key, sampler, order):
+    # Without Monte Carlo noise, doubling the steps divides the covariance error by ~2^order.
+    errors = []
+    for steps in (16, 32, 64):
+        mean, cov = exact_output_distribution(sampler, make(key), steps)
+        errors.append(float((cov - COV.double()).norm() / COV.double().norm()))
+        assert (mean - MU.double()).norm() < 1e-4  # MU is a fixed point of every step
+    ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+    lo, hi = (1.6, 2.5) if order == 1 else (3.5, 6.0)
+    assert all(lo < r < hi for r in ratios), (errors, ratios)
+    assert errors[-1] < (0.1 if order == 1 else 0.01), errors
+
+
+def test_ddim_eta_one_is_ddpm_posterior():
+    # One step t -> t-1 in VP coordinates (x_t = sqrt(abar_t) x_sigma) must be Ho 2020 eq. 7.
+    vp = VP()
+    abar = vp.alphas_cumprod
+    for t in (1, 10, 500, 999):
+        beta_t = 1 - abar[t] / abar[t - 1]
+        sigma, sigma_next = vp.sigmas[t].double(), vp.sigmas[t - 1].double()
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta=1.0)
+        # Variance: sigma_up^2 abar_{t-1} = beta_tilde = (1 - abar_{t-1}) / (1 - abar_t) beta_t.
+        beta_tilde = (1 - abar[t - 1]) / (1 - abar[t]) * beta_t
+        assert torch.allclose(sigma_up**2 * abar[t - 1], beta_tilde, rtol=1e-5)
+        # Mean: the Euler step to sigma_down, x0 + (sigma_down/sigma)(x - x0), is the posterior mean.
+        x0, x = 0.7, -1.3  # any scalars: the step is affine in both
+        mean_sigma_space = x0 + sigma_down / sigma * (x - x0)
+        x_t = abar[t].sqrt() * x
+        mu_tilde = abar[t - 1].sqrt() * beta_t / (1 - abar[t]) * x0 + (1 - beta_t).sqrt() * (1 - abar[t - 1]) / (1 - abar[t]) * x_t
+        assert torch.allclose(abar[t - 1].sqrt() * mean_sigma_space, mu_tilde, rtol=1e-5, atol=1e-6)
+
+
+# 2. Every formulation x weighting is minimised by the exact denoiser. ---------------------------------
+
+N_LOSS = 20_000
+PERTURBATIONS = {
+    "bias": lambda x_in, c_noise: torch.ones_like(x_in),
+    "scale": lambda x_in, c_noise: x_in,
+    "nonlinear": lambda x_in, c_noise: torch.tanh(x_in.flip(-1)) * torch.cos(c_noise).view(-1, 1, 1, 1),
+}
+
+
+def per_sample_loss(formulation, weighting, x0, *, delta=0.0, perturbation=None, mu=MU, cov=COV):
+    net = IdealNet(formulation, mu, cov, perturbation, delta)
+    # The same seed for every call: common random numbers (same sigma and noise per sample).
+    return denoising_loss(Denoiser(net, formulation), x0, weighting=weighting, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("key", list(FORMULATIONS))
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_loss_minimised_by_exact_denoiser(key, weighting):
+    formulation = make(key)
+    x0 = gaussian_data(N_LOSS)
+    l0 = per_sample_loss(formulation, weighting, x0).double()
+    for name, h in PERTURBATIONS.items():
+        # The loss is exactly quadratic in delta (F -> F + delta h): L(delta) = L(0) + b delta + c delta^2.
+        lp = per_sample_loss(formulation, weighting, x0, delta=1.0, perturbation=h).double()
+        lm = per_sample_loss(formulation, weighting, x0, delta=-1.0, perturbation=h).double()
+        b, c = (lp - lm) / 2, (lp + lm - 2 * l0) / 2
+        delta_star = -b.mean() / (2 * c.mean())
+        delta_se = b.std() / math.sqrt(N_LOSS) / (2 * c.mean())
+        # The minimiser sits at 0: statistically (4 standard errors) and small against the unit perturbation.
+        assert c.mean() > 0
+        assert abs(delta_star) < 4 * delta_se, (name, float(delta_star), float(delta_se))
+        assert abs(delta_star) < 0.05, (name, float(delta_star))
+    # A denoiser for the wrong data distribution (identity covariance, zero mean) scores worse.
+    diff = per_sample_loss(formulation, weighting, x0, mu=torch.zeros(4), cov=torch.eye(4)).double() - l0
+    assert diff.mean() > 4 * diff.std() / math.sqrt(N_LOSS), float(diff.mean())
+
+
+@pytest.mark.parametrize("key", ["edm", "vp_eps", "vp_v"])
+def test_weightings_in_network_target_space(key):
+    # Re-draw the loss's sigma and noise, then compare with the MSE on the network's own target.
+    formulation = make(key)
+    B = 256
+    x0 = gaussian_data(B)
+    net = lambda x_in, c_noise, labels: 0.3 * x_in + 0.1  # noqa: E731 (any net will do)
+    losses = {w: denoising_loss(Denoiser(net, formulation), x0, weighting=w, generator=torch.Generator().manual_seed(5)) for w in WEIGHTINGS}
+    g = torch.Generator().manual_seed(5)
+    sigma = formulation.sample_training_sigma(B, generator=g)
+    n = torch.randn(x0.shape, generator=g)
+    s = sigma.view(-1, 1, 1, 1)
+    x = x0 + s * n
+    c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in formulation.scalings(sigma))
+    F = net(c_in * x, None, None)
+    if key == "vp_eps":
+        target, snr_factor = n, 1 / sigma**2  # eps-MSE = SNR * x0-MSE
+    elif key == "vp_v":
+        alpha, sig = 1 / (s**2 + 1).sqrt(), s / (s**2 + 1).sqrt()
+        target, snr_factor = alpha * n - sig * x0, 1 / sigma**2 + 1  # v-MSE = (SNR + 1) * x0-MSE
+    else:
+        target, snr_factor = (x0 - c_skip * x) / c_out, None  # Karras 2022 eq. 8, effective training target
+    target_mse = ((F - target) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(losses["uniform"], target_mse, rtol=1e-4, atol=1e-5)
+    if snr_factor is not None:
+        # Hang et al. 2023: min(SNR, gamma)/SNR on eps-MSE, min(SNR, gamma)/(SNR + 1) on v-MSE.
+        min_snr = (1 / sigma**2).clamp(max=5.0)
+        torch.testing.assert_close(losses["min_snr"], min_snr / snr_factor * target_mse, rtol=1e-4, atol=1e-5)
+    else:
+        # For EDM, lambda = 1/c_out^2: the EDM weighting is the uniform one on F.
+        torch.testing.assert_close(losses["edm"], target_mse, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_weight_rejects_unknown_weighting():
+    with pytest.raises(ValueError, match="min_snr"):
+        loss_weight(torch.ones(2), EDM(), "snr")
+
+
+# 3. Preconditioning, schedules and bookkeeping. ------------------------------------------------
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_vp_preconditioning_round_trip(prediction):
+    vp = VP(prediction=prediction)
+    # abar from the DDPM definition, independently of the package.
+    abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
+    t = torch.tensor([0, 1, 17, 250, 500, 998, 999])
+    a, sigma = abar[t].view(-1, 1, 1, 1), vp.sigmas[t]
+    x0, eps = gaussian_data(len(t), seed=3), torch.randn(len(t), *SHAPE, generator=torch.Generator().manual_seed(4))
+    x = x0 + sigma.view(-1, 1, 1, 1) * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0  # Salimans & Ho 2022
+    target = eps if prediction == "eps" else v
+    seen = {}
+
+    def oracle(x_in, c_noise, labels):
+        seen.update(x_in=x_in, c_noise=c_noise)
+        return target
+
+    torch.testing.assert_close(Denoiser(oracle, vp)(x, sigma), x0, rtol=0, atol=2e-4)
+    torch.testing.assert_close(seen["x_in"], a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=0, atol=1e-5)  # DDPM's x_t
+    torch.testing.assert_close(seen["c_noise"], t.float(), rtol=0, atol=1e-3)
+
+
+def test_vp_tables():
+    vp = VP()
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(vp.sigmas.numpy(), np.sqrt((1 - abar) / abar), rtol=1e-6)
+    assert vp.sigma_min == pytest.approx(float(np.sqrt((1 - abar[0]) / abar[0])), rel=1e-6)
+    assert vp.sigma_max == pytest.approx(float(np.sqrt((1 - abar[-1]) / abar[-1])), rel=1e-6)
+    scaled = VP(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    abar = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+    np.testing.assert_allclose(scaled.sigmas.numpy(), np.sqrt((1 - abar) / abar), rtol=1e-6)
+    # Training sigmas are table entries.
+    drawn = vp.sample_training_sigma(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.isin(drawn, vp.sigmas).all()
+
+
+def test_sigma_to_t():
+    vp = VP()
+    torch.testing.assert_close(vp.sigma_to_t(vp.sigmas), torch.arange(1000).float(), rtol=0, atol=1e-3)
+    t = torch.rand(500, generator=torch.Generator().manual_seed(0)) * 999
+    torch.testing.assert_close(vp.sigma_to_t(vp.t_to_sigma(t)), t, rtol=0, atol=1e-3)
+    # Between neighbours, t is linear in log-sigma; outside the table it clamps to the ends.
+    mid = (vp.sigmas[10].log() * 0.25 + vp.sigmas[11].log() * 0.75).exp()
+    assert float(vp.sigma_to_t(mid.view(1))) == pytest.approx(10.75, abs=1e-3)
+    assert vp.sigma_to_t(torch.tensor([1e-4, 1e4])).tolist() == [0.0, 999.0]
+
+
+def test_edm_scalings():
+    edm = EDM()
+    assert (edm.sigma_data, edm.p_mean, edm.p_std, edm.sigma_min, edm.sigma_max) == (0.5, -1.2, 1.2, 0.002, 80.0)
+    c_skip, c_out, c_in, c_noise = edm.scalings(torch.tensor([0.5]))  # at sigma = sigma_data
+    assert (float(c_skip), float(c_out), float(c_in)) == pytest.approx((0.5, 0.5 / math.sqrt(2), 1 / (0.5 * math.sqrt(2))))
+    assert float(c_noise) == pytest.approx(math.log(0.5) / 4)
+    # Unit variance of the network input and of the effective target (Karras 2022 Appendix B.6).
+    sigma = torch.tensor([0.01, 0.3, 2.0, 50.0])
+    c_skip, c_out, c_in, _ = edm.scalings(sigma)
+    torch.testing.assert_close(c_in**2 * (0.25 + sigma**2), torch.ones(4))
+    torch.testing.assert_close((0.25 * (1 - c_skip) ** 2 + c_skip**2 * sigma**2) / c_out**2, torch.ones(4))
+    # ln(sigma) ~ N(-1.2, 1.2^2).
+    log_sigma = edm.sample_training_sigma(100_000, generator=torch.Generator().manual_seed(0)).log()
+    assert float(log_sigma.mean()) == pytest.approx(-1.2, abs=0.02)
+    assert float(log_sigma.std()) == pytest.approx(1.2, abs=0.02)
+
+
+def test_build_formulation_errors():
+    with pytest.raises(ValueError, match="'edm' or 'vp'"):
+        build_formulation("ddpm")
+    with pytest.raises(ValueError, match="prediction"):
+        build_formulation("vp", prediction="x0")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        build_formulation("vp", beta_schedule="cosine")
+    assert isinstance(build_formulation("edm", sigma_data=1.0), EDM) and build_formulation("edm", sigma_data=1.0).sigma_data == 1.0
+
+
+def test_denoiser_broadcasts_sigma_and_keeps_float32():
+    edm = EDM()
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    net = lambda x_in, c_noise, labels: torch.sin(x_in) + c_noise.view(-1, 1, 1, 1)  # noqa: E731
+    d = Denoiser(net, edm)
+    ref = d(x, torch.full((3,), 0.7))
+    torch.testing.assert_close(d(x, 0.7), ref)
+    torch.testing.assert_close(d(x, torch.tensor(0.7)), ref)
+    bf16 = Denoiser(lambda x_in, c_noise, labels: net(x_in, c_noise, labels).bfloat16(), edm)
+    out = bf16(x, 0.7)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0.02)
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(10, 0.002, 80.0)
+    assert s.shape == (11,) and float(s[-1]) == 0.0
+    assert float(s[0]) == pytest.approx(80.0) and float(s[-2]) == pytest.approx(0.002)
+    assert (s[1:] < s[:-1]).all()
+    # rho = 1 is evenly spaced in sigma.
+    torch.testing.assert_close(karras_sigmas(5, 1.0, 5.0, rho=1.0), torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0]))
+
+
+def test_sampling_sigmas():
+    vp = VP()
+    torch.testing.assert_close(sampling_sigmas(vp, 10, "uniform"), torch.cat([vp.sigmas[torch.arange(999, 0, -100)], torch.zeros(1)]))
+    edm = sampling_sigmas(EDM(), 4, "uniform")
+    torch.testing.assert_close(edm[:-1].log(), torch.linspace(math.log(80.0), math.log(0.002), 4))
+    assert float(edm[-1]) == 0.0
+    karras = sampling_sigmas(vp, 7)
+    assert float(karras[0]) == pytest.approx(vp.sigma_max) and float(karras[-2]) == pytest.approx(vp.sigma_min)
+    with pytest.raises(ValueError, match="karras"):
+        sampling_sigmas(vp, 10, "cosine")
+
+
+@pytest.mark.parametrize("sampler,kwargs", [("euler", {}), ("heun", {}), ("heun", dict(s_churn=5.0)), ("dpmpp_2m", {}), ("ddim", {}), ("ddpm", {})])
+def test_network_evaluations_counts_calls(sampler, kwargs):
+    calls = []
+    denoise = lambda x, sigma: calls.append(1) or 0.5 * x  # noqa: E731
+    SAMPLERS[sampler](denoise, torch.randn(2, 3), karras_sigmas(10, 0.01, 10.0), **kwargs)
+    assert len(calls) == network_evaluations(sampler, 10)
+    assert network_evaluations("heun", 10) == 19 and network_evaluations("euler", 10) == 10
+    with pytest.raises(ValueError, match="heun"):
+        network_evaluations("plms", 10)
+
+
+# 4. Classifier-free guidance. --------------------------------------------------------------------
+
+class CountingNet(torch.nn.Module):
+    """A class-conditional toy net that records the batch size of each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+        self.embed = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # 3 classes + null = 3
+
+    def forward(self, x_in, c_noise, class_labels):
+        self.batches.append(len(x_in))
+        emb = 0 if class_labels is None else self.embed[class_labels]
+        return torch.tanh(x_in) + emb * c_noise.view(-1, 1, 1, 1)
+
+
+def test_guidance():
+    net = CountingNet()
+    d = Denoiser(net, EDM())
+    x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(1))
+    sigma, labels, null = torch.tensor(1.3), torch.tensor([0, 1, 2, 1, 0]), torch.full((5,), 3)
+    d_cond, d_uncond = d(x, sigma, labels), d(x, sigma, null)
+    net.batches.clear()
+    # w = 1 and unlabelled: one plain call.
+    torch.testing.assert_close(guided_denoiser(d, labels, 1.0, null_label=3)(x, sigma), d_cond)
+    torch.testing.assert_close(guided_denoiser(d, None, 3.0, null_label=3)(x, sigma), d(x, sigma))
+    assert net.batches == [5, 5, 5]
+    net.batches.clear()
+    # w = 0 is the unconditional model; any w is D_u + w (D_c - D_u), from one batched call.
+    torch.testing.assert_close(guided_denoiser(d, labels, 0.0, null_label=3)(x, sigma), d_uncond)
+    torch.testing.assert_close(guided_denoiser(d, labels, 2.5, null_label=3)(x, sigma), d_uncond + 2.5 * (d_cond - d_uncond))
+    assert net.batches == [10, 10]
+    with pytest.raises(ValueError, match="null_label"):
+        guided_denoiser(d, labels, 2.0)
+
+
+# 5. Reproducibility. -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler,kwargs", [("heun", dict(s_churn=20.0)), ("ddim", dict(eta=0.5)), ("ddpm", {})])
+def test_stochastic_samplers_reproducible(sampler, kwargs):
+    formulation = EDM()
+    sigmas = sampling_sigmas(formulation, 12)
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(64, *SHAPE, generator=g) * sigmas[0]
+        return SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas, generator=g, **kwargs)
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.allclose(run(0), run(1))
+
+
+def test_loss_reproducible():
+    formulation = VP()
+    d = Denoiser(IdealNet(formulation), formulation)
+    x0 = gaussian_data(64)
+    loss = lambda seed: denoising_loss(d, x0, weighting="min_snr", generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert loss(0).shape == (64,)
+    assert torch.equal(loss(0), loss(0))
+    assert not torch.equal(loss(0), loss(1))

@@ -1,0 +1,139 @@
+"""The trainer against its own invariants: resume == uninterrupted, accumulation == big batch,
+non-finite steps never reach the weights, damaged checkpoints are detected and skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difftrain.errors import UserError
+from difftrain.training import checkpoint as ckpt_mod
+from difftrain.training import trainer as trainer_mod
+from difftrain.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, open_checkpoint
+from difftrain.training.trainer import train
+
+
+def weights(run, name="model.safetensors"):
+    return load_file(latest_checkpoint(run).path / name)
+
+
+def assert_same(a: dict, b: dict, atol=0.0, rtol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_config):
+    # Dropout and label dropout draw random numbers too: resume must restore every RNG.
+    cfg = tiny_config(**{"train.duration_steps": 6, "model.dropout": 0.1, "optim.schedule": "cosine"})
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_at_step=3)
+    assert latest_checkpoint(tmp_path / "split").info["step"] == 3
+    result = train(cfg, tmp_path / "split", progress=False, resume=True)
+    assert result.steps == 6
+    assert_same(weights(tmp_path / "full"), weights(tmp_path / "split"), atol=1e-6, rtol=1e-5)
+    assert_same(weights(tmp_path / "full", "ema.safetensors"), weights(tmp_path / "split", "ema.safetensors"), atol=1e-6, rtol=1e-5)
+
+
+def test_accumulation_equals_large_batch(tmp_path, tiny_config):
+    runs, logs = {}, {}
+    for k in (1, 4):
+        cfg = tiny_config(**{"train.duration_steps": 2, "train.accumulation": k, "optim.warmup_images": 0})
+        logs[k] = train(cfg, tmp_path / f"acc{k}", progress=False).history
+        runs[k] = weights(tmp_path / f"acc{k}")
+    # The gradient norm is scale-sensitive (Adam's update is not): it pins the 1/batch normalisation.
+    for a, b in zip(logs[1], logs[4]):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # atol 1e-5 = 1% of one Adam step: Adam normalises gradients that are analytically zero
+    # (attention key biases), which turns float rounding into visible but tiny differences.
+    assert_same(runs[1], runs[4], atol=1e-5, rtol=1e-4)
+
+
+def test_weights_change_and_loss_is_logged(tmp_path, tiny_config):
+    cfg = tiny_config()
+    torch.manual_seed(cfg.train.seed)
+    result = train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in records)
+    assert result.images == 4 * 16
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "dataset.json").is_file()
+    assert list((tmp_path / "run" / "tensorboard").iterdir()), "TensorBoard events missing"
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["grid-000000064.png"]
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
+    real_loss = trainer_mod.denoising_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer_mod, "denoising_loss", flaky_loss)
+    cfg = tiny_config()
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.nonfinite_steps == 1
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run", name).values())
+    events = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "nonfinite_skipped" and e["step"] == 1 for e in events)
+    assert latest_checkpoint(tmp_path / "run").training_state()["nonfinite_steps"] == 1
+
+
+def test_checkpoints_keep_last_k_and_skip_damaged(tmp_path, tiny_config):
+    cfg = tiny_config(**{"train.duration_steps": 6, "train.checkpoint_every_images": 16, "train.keep_checkpoints": 2})
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    names = [p.name for p in list_checkpoints(run)]
+    assert names == ["ckpt-000000080", "ckpt-000000096"]
+    # Truncate the newest: it is reported by name and the previous one is used.
+    newest = run / "checkpoints" / names[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        open_checkpoint(newest.parent)
+    warnings = []
+    assert latest_checkpoint(run, warn=warnings.append).path.name == names[0]
+    assert "corrupted or truncated" in warnings[0] and names[-1] in warnings[0]
+    # Resume falls back to the previous valid checkpoint and finishes the run.
+    result = train(cfg, run, progress=False, resume=True)
+    assert result.steps == 6
+
+
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config(**{"train.duration_steps": 4, "train.checkpoint_every_images": 32})
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real_save = ckpt_mod.save_file
+
+    def crash_on_third(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second checkpoint's model weights
+            raise OSError("disk full")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", crash_on_third)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, run, progress=False)
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-000000032"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "temporary folder left behind"
+    assert open_checkpoint(run / "checkpoints" / "ckpt-000000032").images == 32
+
+
+def test_existing_run_needs_resume(tmp_path, tiny_config):
+    cfg = tiny_config(**{"train.duration_steps": 1})
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_state_file_loads_with_weights_only(tmp_path, tiny_config):
+    train(tiny_config(**{"train.duration_steps": 1}), tmp_path / "run", progress=False)
+    state = torch.load(latest_checkpoint(tmp_path / "run").path / "state.pt", weights_only=True)
+    assert {"optimizer", "noise_rng", "torch_rng", "nonfinite_steps"} <= state.keys()
