@@ -90,7 +90,7 @@ def ideal_denoise_fn(formulation):
     return lambda x, sigma: denoiser(x, sigma)
 
 
-def relative_cov_error(samples: torch.Tensor) -> tuple[float, float]:
+def moment_errors(samples: torch.Tensor) -> tuple[float, float]:
     flat = samples.reshape(len(samples), 4).double()
     mean_err = (flat.mean(0) - MU.double()).norm()
     cov_err = (torch.cov(flat.T) - COV.double()).norm() / COV.double().norm()
@@ -124,7 +124,7 @@ def test_sampler_reproduces_gaussian(key, sampler, kwargs, schedule, steps):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_SAMPLES, *SHAPE, generator=g) * sigmas[0]
     out = SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas, generator=g, **kwargs)
-    mean_err, cov_err = relative_cov_error(out)
+    mean_err, cov_err = moment_errors(out)
     assert mean_err < MEAN_TOL, (mean_err, cov_err)
     assert cov_err < COV_TOL, (mean_err, cov_err)
 
@@ -355,6 +355,7 @@ def test_karras_sigmas():
 def test_sampling_sigmas():
     vp = VP()
     torch.testing.assert_close(sampling_sigmas(vp, 10, "uniform"), torch.cat([vp.sigmas[torch.arange(999, 0, -100)], torch.zeros(1)]))
+    assert vp.sigma_to_t(sampling_sigmas(vp, 3, "uniform")[:-1]).round().tolist() == [999, 666, 332]  # diffusers' "trailing"
     edm = sampling_sigmas(EDM(), 4, "uniform")
     torch.testing.assert_close(edm[:-1].log(), torch.linspace(math.log(80.0), math.log(0.002), 4))
     assert float(edm[-1]) == 0.0
@@ -362,6 +363,31 @@ def test_sampling_sigmas():
     assert float(karras[0]) == pytest.approx(vp.sigma_max) and float(karras[-2]) == pytest.approx(vp.sigma_min)
     with pytest.raises(ValueError, match="karras"):
         sampling_sigmas(vp, 10, "cosine")
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 1.0)])
+def test_ddim_ddpm_match_diffusers(sampler, eta):
+    # Our sigma-space DDIM/DDPM on the VP table against diffusers' schedulers ("trailing" spacing), same noise.
+    diffusers = pytest.importorskip("diffusers")
+    if sampler == "ddim":
+        scheduler, step_kwargs = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), dict(eta=eta)
+    else:
+        scheduler, step_kwargs = diffusers.DDPMScheduler(clip_sample=False, timestep_spacing="trailing"), {}
+    scheduler.set_timesteps(10)
+    vp = VP()
+    sigmas = sampling_sigmas(vp, 10, "uniform")
+    torch.testing.assert_close(vp.sigma_to_t(sigmas[:-1]), scheduler.timesteps.float(), rtol=0, atol=1e-3)
+    eps_net = lambda x_t, t: torch.tanh(x_t) * 0.5 + t.view(-1, 1, 1, 1) / 1000  # noqa: E731 (any eps-net will do)
+    x_T = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    x, g = x_T, torch.Generator().manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(eps_net(x, t.float().expand(8)), t, x, generator=g, **step_kwargs).prev_sample
+    denoiser = Denoiser(lambda x_in, c_noise, labels: eps_net(x_in, c_noise), vp)
+    # diffusers' x_T is x_sigma * sqrt(abar_T); its last step lands on abar = 1, i.e. sigma space itself.
+    start = x_T * (1 + sigmas[0] ** 2).sqrt()
+    kwargs = dict(eta=eta) if sampler == "ddim" else {}
+    ours = SAMPLERS[sampler](lambda x, sigma: denoiser(x, sigma), start, sigmas, generator=torch.Generator().manual_seed(1), **kwargs)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sampler,kwargs", [("euler", {}), ("heun", {}), ("heun", dict(s_churn=5.0)), ("dpmpp_2m", {}), ("ddim", {}), ("ddpm", {})])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,8 @@ def digits_and_classifier(digits_dir):
 def test_feature_classifier_is_accurate_and_cached(digits_and_classifier, digits_dir):
     ds, _, meta = digits_and_classifier
     assert meta["test_accuracy"] > 0.9
-    assert len(list((digits_dir / "classifier").glob("*.safetensors"))) == 1
+    cached = [json.loads(p.read_text()) for p in (digits_dir / "classifier").glob("*.json")]
+    assert [m["weights_sha256"] for m in cached if m["epochs"] == 10] == [meta["weights_sha256"]]
     _, again = load_or_train_classifier(ds, epochs=10)
     assert again["weights_sha256"] == meta["weights_sha256"]
 

@@ -57,7 +57,7 @@ def sample_heun(
     *,
     generator: torch.Generator | None = None,
     s_churn: float = 0.0,  # total added noise over the run; 0 = deterministic ODE sampler
-    s_tmin: float = 0.0,  # churn only for sigma in [s_tmin, s_tmax]
+    s_tmin: float = 0.0,  # churn only for sigma in [s_tmin, s_tmax]; for VP keep sigma*1.414 inside the sigma table
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,  # >1 slightly over-noises to offset the denoiser's detail loss
 ) -> Tensor:

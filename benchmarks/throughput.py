@@ -1,0 +1,150 @@
+"""Training speed of difftrain's trainer against the plain reference loop, in one process.
+
+Both train the same network (same preset) on the same data with the same batch size, and both
+exclude their first `--warmup` steps from the timing. (a) "ours" is difftrain's `train()` with
+progress off and intermediate grids and checkpoints off; its own log records time the steps
+after the warm-up (log every warmup*batch images; the windows after the first are summed), so
+it writes a log record (JSON line + TensorBoard flush) every `warmup` steps: the default 20 at
+batch 128 is the digits preset's own log interval. It still writes one checkpoint and one grid
+(made cheap: 1 Euler step) after the loop, untimed.
+(b) "reference" is reference_loop.train_step, diffusers' recipe. The two alternate A, B, A, B
+(`--rounds` times each) to cancel drift; the median images/s of each side is reported.
+
+Memory: before each measurement the kernel's peak-RSS counter (VmHWM) is reset through
+/proc/self/clear_refs, so `*_peak_rss_mb` is the whole process's peak resident memory during
+that measurement (both libraries, the data, Python), the max over rounds. Where the reset is not
+possible it falls back to ru_maxrss, the process's lifetime peak, which cannot tell the two apart.
+
+Run (the full benchmark):
+    python benchmarks/throughput.py --data data/digits --preset digits --batch 128 --steps 100 \
+        --warmup 20 --rounds 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common
+from difftrain.config import Config, load_config
+from difftrain.data import PreparedDataset
+from difftrain.training.trainer import make_accelerator, train
+from reference_loop import build_reference, train_step
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb(reset_works: bool) -> float:
+    if reset_works:
+        return proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_ours(config: Config, ds: PreparedDataset, warmup: int, steps: int) -> float:
+    """Images/s of difftrain's trainer over `steps` steps after `warmup` steps, from its log records."""
+    batch = config.train.batch_size
+    overrides = {"duration_steps": warmup + steps, "log_every_images": warmup * batch,
+                 "grid_every_images": 0, "checkpoint_every_images": 0}
+    config = config.model_copy(update={
+        "train": config.train.model_copy(update=overrides),
+        "sample": config.sample.model_copy(update={"sampler": "euler", "steps": 1})})
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(config, run_dir, progress=False, dataset=ds)
+    timed = result.history[1:]  # records after the one closing the warm-up window
+    seconds = sum((r["images"] - prev["images"]) / r["images_per_s"] for prev, r in zip(result.history, timed))
+    return (timed[-1]["images"] - result.history[0]["images"]) / seconds
+
+
+def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: int, seed: int,
+                      device: torch.device) -> float:
+    """Images/s of reference_loop.train_step over `steps` steps after `warmup` steps."""
+    num_classes = ds.num_classes if config.model.conditional else 0
+    batch = config.train.batch_size
+    ref = build_reference(config, ds.image_shape, num_classes, warmup + steps, seed=seed, device=device)
+    batches = common.shuffled_batches(ds.train_images, ds.train_labels if num_classes else None, batch, seed=seed, device=device)
+    noise_gen = torch.Generator(device).manual_seed(seed + 1)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        train_step(ref, *next(batches), noise_gen)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's train.batch_size)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before each measurement; also ours' log interval")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each side, alternating")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (both sides)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="difftrain config override")
+    args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
+
+    common.set_threads(args.threads)
+    device = common.pick_device(args.device)
+    overrides = [f"train.seed={args.seed}", f"train.device={device.type}"]
+    overrides += [f"train.batch_size={args.batch}"] if args.batch else []
+    overrides += [f"train.threads={args.threads}"] if args.threads else []
+    config = load_config(args.preset, overrides=overrides + args.override)
+    ds = common.load_data(args.data)
+    precision = make_accelerator(config.train).mixed_precision  # what "auto" resolves to here
+    rss_before = proc_status_mb("VmRSS")
+
+    speeds: dict[str, list[float]] = {"ours": [], "reference": []}
+    peaks: dict[str, list[float]] = {"ours": [], "reference": []}
+    reset_works = False
+    for _ in range(args.rounds):
+        for side in ("ours", "reference"):
+            gc.collect()
+            reset_works = reset_peak_rss()
+            if side == "ours":
+                speeds[side].append(measure_ours(config, ds, args.warmup, args.steps))
+            else:
+                speeds[side].append(measure_reference(config, ds, args.warmup, args.steps, args.seed, device))
+            peaks[side].append(peak_rss_mb(reset_works))
+
+    ours, reference = statistics.median(speeds["ours"]), statistics.median(speeds["reference"])
+    common.emit({"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference,
+                 "ours_runs": speeds["ours"], "reference_runs": speeds["reference"], "batch": config.train.batch_size,
+                 "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "preset": args.preset,
+                 "device": str(device), "ours_mixed_precision": precision,
+                 "reference_mixed_precision": "no",
+                 "rss_before_mb": rss_before, "ours_peak_rss_mb": max(peaks["ours"]), "reference_peak_rss_mb": max(peaks["reference"]),
+                 "peak_rss_measures": "process VmHWM, reset before each measurement" if reset_works
+                 else "ru_maxrss: process lifetime peak, not separable per side",
+                 "overrides": overrides + args.override})
+
+
+if __name__ == "__main__":
+    main()
