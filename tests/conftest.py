@@ -22,6 +22,16 @@ def digits_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_digits_dir(tmp_path_factory) -> Path:
+    """40 training images: a few steps of batch 16 cross an epoch boundary."""
+    from difftrain.data import prepare_dataset
+
+    out = tmp_path_factory.mktemp("data") / "digits50"
+    prepare_dataset("digits", out, limit=50, test_fraction=0.2, progress=False)
+    return out
+
+
 def tiny_overrides(data: Path, **extra) -> list[str]:
     """A model small enough that a training step takes milliseconds."""
     base = {

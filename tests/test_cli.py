@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -74,10 +75,40 @@ def test_eval_logs_and_reports(trained_run):
     assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report
 
 
-def test_resume_from_cli_extends_the_run(trained_run):
-    cli("train", "--out", trained_run, "--resume", "--no-progress", "train.duration_steps=9")
-    info = json.loads(sorted((trained_run / "checkpoints").glob("ckpt-*"))[-1].joinpath("info.json").read_text())
+def test_resume_from_cli_extends_the_run(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    cli("train", "--out", run, "--resume", "--no-progress", "train.duration_steps=9")
+    info = json.loads(sorted((run / "checkpoints").glob("ckpt-*"))[-1].joinpath("info.json").read_text())
     assert info["step"] == 9
+
+
+def test_sample_from_a_chosen_checkpoint_and_raw_weights(trained_run, tmp_path):
+    ckpt = sorted((trained_run / "checkpoints").glob("ckpt-*"))[-1]
+    cli("sample", trained_run, "--n", 10, "--out", tmp_path / "ema.npz", "--steps", 3, "--checkpoint", ckpt)
+    cli("sample", trained_run, "--n", 10, "--out", tmp_path / "raw.npz", "--steps", 3, "--raw-weights")
+    ema, raw = np.load(tmp_path / "ema.npz"), np.load(tmp_path / "raw.npz")
+    assert json.loads(str(ema["meta"]))["weights"] == "ema" and json.loads(str(raw["meta"]))["weights"] == "model"
+    assert json.loads(str(ema["meta"]))["checkpoint"] == str(ckpt.resolve())
+    assert not np.array_equal(ema["images"], raw["images"])
+
+
+def test_unlabelled_images_train_an_unconditional_model(tmp_path, digits_dir):
+    from PIL import Image
+
+    from difftrain.data import load_dataset
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i, img in enumerate(load_dataset(digits_dir).train_images[:40]):
+        Image.fromarray(img[..., 0]).save(folder / f"{i}.png")
+    cli("data", "prepare", folder, "--out", tmp_path / "prepared")
+    overrides = tiny_overrides(tmp_path / "prepared", **{"train.duration_steps": 2})
+    cli("train", "--out", tmp_path / "run", "--no-progress", *overrides)
+    cli("sample", tmp_path / "run", "--n", 8, "--out", tmp_path / "s.npz", "--steps", 2)
+    with np.load(tmp_path / "s.npz") as f:
+        assert "labels" not in f.files and f["images"].shape == (8, 8, 8, 1)
+    result = difftrain("sample", tmp_path / "run", "--n", 8, "--out", tmp_path / "g.npz", "--guidance", 2)
+    assert result.returncode == 2 and "unconditional" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -86,9 +117,21 @@ def test_resume_from_cli_extends_the_run(trained_run):
     (["sample", "/no/such/run", "--out", "x.npz"], "/no/such/run"),
     (["data", "prepare", "/no/such/folder", "--out", "x"], "/no/such/folder"),
     (["data", "info", "/no/such/dataset"], "difftrain data prepare"),
+    (["train", "--preset", "digits", "model.attention_head_dim=48"], "attention_head_dim"),
 ])
 def test_user_mistakes_get_a_clear_error_not_a_traceback(args, message, tmp_path):
     result = subprocess.run([sys.executable, "-c", "from difftrain.cli import main; main()", *args],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, digits_dir):
+    # The real `difftrain demo` path with a tiny model and budget: train, sample, evaluate, report.
+    overrides = [o for o in tiny_overrides(digits_dir, **{"eval.n_samples": 100}) if not o.startswith(("data.path", "train.duration"))]
+    result = cli("demo", "--out", tmp_path / "demo", "--images", 64, *overrides)
+    assert result.stdout.strip().endswith(str(tmp_path / "demo"))
+    report = (tmp_path / "demo" / "README.md").read_text()
+    assert "## Evaluation" in report and "class-conditional" in report
+    assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
+    assert (tmp_path / "demo" / "samples" / "eval-samples.png").is_file()

@@ -232,6 +232,11 @@ def test_out_rules(image_folder, tmp_path):
     with pytest.raises(UserError, match="not a prepared dataset"):
         prepare("digits", keep, overwrite=True)
     assert (keep / "thesis.tex").exists()
+    # A manifest.json of someone else's (a web app, another tool) does not make a folder ours.
+    (keep / "manifest.json").write_text('{"name": "my web app"}')
+    with pytest.raises(UserError, match="not a prepared dataset"):
+        prepare("digits", keep, overwrite=True)
+    assert (keep / "thesis.tex").exists()
     assert leftovers(tmp_path) == []
 
 

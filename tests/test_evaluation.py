@@ -59,8 +59,11 @@ def test_feature_classifier_is_accurate_and_cached(digits_and_classifier, digits
 
 def test_real_images_score_at_the_floor_and_noise_far_above(digits_and_classifier):
     ds, model, _ = digits_and_classifier
-    real = evaluate_samples(ds.train_images, ds.train_labels, ds, model)
-    assert real["frechet_distance"] == pytest.approx(real["frechet_floor"], rel=0.25)
+    # Half the training images as "samples": the floor draws its own random half, so the two differ.
+    half = len(ds.train_images) // 2
+    real = evaluate_samples(ds.train_images[:half], ds.train_labels[:half], ds, model)
+    assert real["frechet_distance"] != real["frechet_floor"]
+    assert real["frechet_distance"] == pytest.approx(real["frechet_floor"], rel=0.3)
     assert real["label_agreement"] > 0.95
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, size=(300, *ds.image_shape), dtype=np.uint8)

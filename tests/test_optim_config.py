@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -99,3 +98,18 @@ def test_every_field_has_a_description():
     rows = describe_fields()
     assert len(rows) > 40
     assert all(desc for _, _, desc in rows), [k for k, _, d in rows if not d]
+
+
+def test_config_choices_match_the_implementations():
+    import typing
+
+    from difftrain.config import DiffusionConfig, SampleConfig
+    from difftrain.diffusion import SAMPLERS, WEIGHTINGS
+
+    assert set(typing.get_args(SampleConfig.model_fields["sampler"].annotation)) == set(SAMPLERS)
+    assert set(typing.get_args(DiffusionConfig.model_fields["weighting"].annotation)) == set(WEIGHTINGS)
+
+
+def test_a_training_length_is_required():
+    with pytest.raises(UserError, match="training needs a length"):
+        load_config("digits", overrides=["train.duration_images=null"])

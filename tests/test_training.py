@@ -27,9 +27,15 @@ def assert_same(a: dict, b: dict, atol=0.0, rtol=0.0):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_config):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_equals_uninterrupted(tmp_path, small_digits_dir, accumulation):
     # Dropout and label dropout draw random numbers too: resume must restore every RNG.
-    cfg = tiny_config(**{"train.duration_steps": 6, "model.dropout": 0.1, "optim.schedule": "cosine"})
+    # 40 training images and batch 16: the 6 steps cross two epoch boundaries.
+    from difftrain.config import load_config
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(overrides=tiny_overrides(small_digits_dir, **{
+        "train.duration_steps": 6, "model.dropout": 0.1, "optim.schedule": "cosine", "train.accumulation": accumulation}))
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "split", progress=False, stop_at_step=3)
     assert latest_checkpoint(tmp_path / "split").info["step"] == 3
@@ -55,9 +61,16 @@ def test_accumulation_equals_large_batch(tmp_path, tiny_config):
 
 
 def test_weights_change_and_loss_is_logged(tmp_path, tiny_config):
+    from difftrain.models import build_network
+
     cfg = tiny_config()
     torch.manual_seed(cfg.train.seed)
+    initial = build_network(cfg.model, (8, 8, 1), 10).state_dict()
     result = train(cfg, tmp_path / "run", progress=False)
+    trained = weights(tmp_path / "run")
+    assert trained.keys() == initial.keys()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert len(changed) > 0.9 * len(initial)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in records)
@@ -137,3 +150,36 @@ def test_state_file_loads_with_weights_only(tmp_path, tiny_config):
     train(tiny_config(**{"train.duration_steps": 1}), tmp_path / "run", progress=False)
     state = torch.load(latest_checkpoint(tmp_path / "run").path / "state.pt", weights_only=True)
     assert {"optimizer", "noise_rng", "torch_rng", "nonfinite_steps"} <= state.keys()
+
+
+def test_resume_with_a_different_network_is_refused_and_keeps_the_run(tmp_path, tiny_config):
+    train(tiny_config(**{"train.duration_steps": 1}), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(UserError, match="does not fit the network"):
+        train(tiny_config(**{"train.duration_steps": 2, "model.channels": "[32, 32]"}), tmp_path / "run", progress=False, resume=True)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
+def test_checkpoints_are_ordered_by_images_not_by_name(tmp_path):
+    for images in (999_999_999, 1_000_000_000, 5):
+        (tmp_path / "checkpoints" / f"ckpt-{images:09d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "damaged-ckpt-000000007").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000000005", "ckpt-999999999", "ckpt-1000000000"]
+
+
+def test_training_into_a_foreign_folder_is_refused(tmp_path, tiny_config):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt"):
+        train(tiny_config(), tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_sets_aside_damaged_newer_checkpoints(tmp_path, tiny_config):
+    cfg = tiny_config(**{"train.duration_steps": 4, "train.checkpoint_every_images": 32})
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    newest = list_checkpoints(run)[-1]
+    (newest / "state.pt").write_bytes(b"garbage")
+    train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"duration_steps": 5})}), run, progress=False, resume=True)
+    assert (run / "checkpoints" / f"damaged-{newest.name}").is_dir()
+    assert latest_checkpoint(run).info["step"] == 5

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -87,14 +88,15 @@ def train(
     from difftrain.training.trainer import train as run_training
 
     overrides = list(ctx.args)
-    if data:
-        overrides.append(f"data.path={data}")
     if resume:
         if out_dir is None:
             raise UserError("--resume needs --out RUN, the run to continue")
         cfg = load_config(preset, config, overrides, base=read_config(out_dir / "config.yaml"))
     else:
         cfg = load_config(preset, config, overrides)
+    if data:
+        # Set directly, not as an override: a path is no YAML value ("2024", "no", "#x").
+        cfg.data.path = data
     if out_dir is None:
         import time
 
@@ -122,14 +124,13 @@ def sample(
     """Generate samples into the samples file: images uint8 (N,H,W,C), labels int64 (N,), JSON meta."""
     from difftrain.evaluation.run_eval import sample_run
     from difftrain.run import open_run
-    from difftrain.sampling import SamplingSpec
 
     r = open_run(run)
-    sc = r.config.sample
-    if class_label is not None and not (0 <= class_label < max(r.num_classes, 1)) or (class_label is not None and not r.num_classes):
-        raise UserError(f"--class {class_label}: the model has {r.num_classes} classes" + (" (it is unconditional)" if not r.num_classes else ""))
-    spec = SamplingSpec(sampler or sc.sampler, steps or sc.steps, sc.schedule, sc.guidance if guidance is None else guidance, seed)
-    spec.check()
+    if class_label is not None and not 0 <= class_label < r.num_classes:
+        raise UserError(f"--class {class_label}: " + (f"choose 0..{r.num_classes - 1}" if r.num_classes else "the model is unconditional"))
+    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    if out_file.suffix != ".npz":
+        raise UserError(f"--out {out_file}: the samples file must end in .npz")
     dev = _device(device)
     with Progress(console=console) as bar:
         task = bar.add_task("sample", total=n)
@@ -152,7 +153,7 @@ def _device(name: str) -> str:
 @app.command("eval", epilog="Example: `difftrain eval runs/digits --n 1000 --sampler heun --steps 18`")
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples to generate (default: eval.n_samples)."),
+    n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples to generate (default: eval.n_samples)."),
     sampler: Optional[str] = typer.Option(None, help="Sampler (default: the run's config)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
@@ -164,10 +165,8 @@ def evaluate(
     from difftrain.evaluation.run_eval import evaluate_run
     from difftrain.report.card import write_report
     from difftrain.run import open_run
-    from difftrain.sampling import SamplingSpec
 
-    sc = open_run(run).config.sample
-    spec = SamplingSpec(sampler or sc.sampler, steps or sc.steps, sc.schedule, sc.guidance if guidance is None else guidance, seed)
+    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
     with console.status("sampling and evaluating"):
         record = evaluate_run(run, n=n, spec=spec, checkpoint=checkpoint, warn=_warn)
     write_report(run)
@@ -178,15 +177,20 @@ def evaluate(
                                              "n_samples", "sampler", "steps", "network_evaluations", "guidance") if k in record})
 
 
-@app.command(epilog="Example: `difftrain demo --out runs/demo`")
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+             epilog="Example: `difftrain demo --out runs/demo --images 20000 eval.n_samples=500`")
 def demo(
+    ctx: typer.Context,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/demo-<time>)."),
     images: Optional[int] = typer.Option(None, help="Training images (default: the digits preset's 55,000)."),
 ) -> None:
-    """Train a class-conditional model on the built-in digits, sample every class, evaluate, write a report."""
+    """Train a class-conditional model on the built-in digits, sample every class, evaluate, write a report.
+
+    Extra `key=value` arguments override the digits preset (see `difftrain config --preset digits`).
+    """
     from difftrain.demo import run_demo
 
-    path = run_demo(out_dir, images, console)
+    path = run_demo(out_dir, images, console, overrides=list(ctx.args))
     out.print(str(path))
 
 
@@ -213,13 +217,18 @@ def main() -> None:
     if "LOCAL_RANK" in os.environ and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        app()
+        # standalone_mode=False: Ctrl-C and usage errors reach this handler instead of click's.
+        code = app(standalone_mode=False)
     except UserError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: checkpoints already written stay valid; continue with --resume")
+    except click.exceptions.Abort:
+        console.print("[yellow]interrupted[/]: checkpoints already written stay valid; continue with `difftrain train --out RUN --resume`")
         sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ class ModelConfig(Section):
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
             raise ValueError(f"model.channels {bad} are not divisible by model.norm_groups={self.norm_groups}")
+        # Attention layers (always in the middle block) split channels into heads.
+        bad = [c for c in self.channels if c % self.attention_head_dim]
+        if bad:
+            raise ValueError(f"model.channels {bad} are not multiples of model.attention_head_dim={self.attention_head_dim}")
         return self
 
 
@@ -92,6 +96,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_batch(self) -> "TrainConfig":
+        if self.duration_images is None and self.duration_steps is None:
+            raise ValueError("set train.duration_images or train.duration_steps: training needs a length")
         if self.batch_size % self.accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.accumulation={self.accumulation}")
         return self

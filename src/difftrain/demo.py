@@ -13,12 +13,12 @@ from difftrain.report.card import write_report
 from difftrain.training.trainer import train
 
 
-def run_demo(out: Path | None = None, images: int | None = None, console: Console | None = None) -> Path:
+def run_demo(out: Path | None = None, images: int | None = None, console: Console | None = None,
+             overrides: list[str] = ()) -> Path:
     """Prepare digits, train a class-conditional model, sample every class, evaluate, report."""
     console = console or Console(stderr=True)
     out = Path(out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    overrides = [f"train.duration_images={images}"] if images else []
-    config = load_config("digits", overrides=overrides)
+    config = load_config("digits", overrides=[*overrides, *([f"train.duration_images={images}"] if images else [])])
     console.rule("[bold]1/3 train (built-in digits, class-conditional)")
     result = train(config, out, console=console)
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s)")

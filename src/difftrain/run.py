@@ -14,32 +14,36 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from difftrain import atomic
-from difftrain.config import Config, read_config
-from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
+from difftrain.config import Config, read_config, save_config
+from difftrain.data import PreparedDataset, prepare_dataset
+from difftrain.data.builtin import BUILTIN_DATASETS
 from difftrain.diffusion import Denoiser, build_formulation
 from difftrain.errors import UserError
 from difftrain.models import build_network
 from difftrain.training.checkpoint import Checkpoint, resolve_checkpoint
 
-BUILTIN_DATASETS = ("digits",)
+if TYPE_CHECKING:
+    from difftrain.sampling import SamplingSpec
 
+def resolve_dataset(config: Config, run_dir: Path, progress: bool = True, prepare: bool = True) -> Path:
+    """The configured dataset's folder; a built-in name is prepared once into RUN/data.
 
-def resolve_dataset(config: Config, run_dir: Path, progress: bool = True) -> PreparedDataset:
-    """Open the configured dataset; a built-in name is prepared once into RUN/data."""
+    Under several processes only one may prepare (`prepare=True`); the others wait, then load.
+    """
     path = config.data.path
     if not path:
         raise UserError("no dataset: pass --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)")
-    if path in BUILTIN_DATASETS:
+    if str(path) in BUILTIN_DATASETS:
         target = Path(run_dir) / "data"
-        if not (target / "manifest.json").is_file():
+        if prepare and not (target / "manifest.json").is_file():
             prepare_dataset(path, target, test_fraction=0.2, overwrite=target.exists(), progress=progress)
-        return load_dataset(target)
-    return load_dataset(Path(path))
+        return target
+    return Path(path)
 
 
 def formulation_of(config: Config):
@@ -72,23 +76,34 @@ class Run:
     def build_network(self) -> torch.nn.Module:
         return build_network(self.config.model, self.image_shape, self.num_classes)
 
+    def sampling_spec(self, seed: int = 0, **overrides) -> "SamplingSpec":
+        """The run's configured sampler settings, with `overrides` (None values ignored)."""
+        from difftrain.sampling import SamplingSpec
+
+        return SamplingSpec.from_config(self.config.sample, seed, **overrides)
+
     def checkpoint(self, which: str = "latest", warn=print) -> Checkpoint:
         return resolve_checkpoint(self.path, which, warn)
 
     def denoiser(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
         net = self.build_network()
-        try:
-            net.load_state_dict(checkpoint.weights(ema))
-        except RuntimeError as e:
-            raise UserError(f"{checkpoint.path} does not match the network in {self.path / 'config.yaml'}: {str(e)[:300]}") from None
+        load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")
         return Denoiser(net.to(device).eval().requires_grad_(False), formulation_of(self.config))
 
 
 def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset) -> None:
-    from difftrain.config import save_config
-
     save_config(config, Path(run_dir) / "config.yaml")
     atomic.write_json(Path(run_dir) / "dataset.json", dataset_summary(ds))
+
+
+def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path, config_file: Path) -> None:
+    """Load a checkpoint's weights; a network/config mismatch is a user error, not a traceback."""
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3] or [str(e)[:300]]
+        raise UserError(f"{source} does not fit the network that {config_file} describes "
+                        f"(was a model setting or the dataset changed?): {' '.join(s.strip() for s in first)}") from None
 
 
 def open_run(path: str | Path) -> Run:

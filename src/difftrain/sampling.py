@@ -27,6 +27,16 @@ class SamplingSpec:
     guidance: float = 1.0
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, sample_config, seed: int = 0, **overrides) -> "SamplingSpec":
+        """From a config's `sample` section; `overrides` that are None keep the config's value."""
+        values = {"sampler": sample_config.sampler, "steps": sample_config.steps, "schedule": sample_config.schedule,
+                  "guidance": sample_config.guidance, "seed": seed}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        spec = cls(**values)
+        spec.check()
+        return spec
+
     def check(self) -> None:
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}")
@@ -34,6 +44,8 @@ class SamplingSpec:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.guidance < 0:
             raise UserError(f"--guidance must be >= 0 (got {self.guidance})")
+        if self.schedule not in ("karras", "uniform"):
+            raise UserError(f"unknown noise schedule '{self.schedule}'; choose karras or uniform")
 
     @property
     def network_evaluations(self) -> int:
@@ -52,10 +64,15 @@ def generate(denoiser: Denoiser, n: int, shape: tuple[int, int, int], labels: np
              progress=None) -> np.ndarray:
     """n samples as uint8 (n, H, W, C); the same spec and seed give the same images."""
     spec.check()
+    if labels is None and spec.guidance != 1:
+        raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)
     height, width, channels = shape
     generator = torch.Generator(device).manual_seed(spec.seed)
-    sigmas = sampling_sigmas(denoiser.formulation, spec.steps, spec.schedule, device=device)
+    try:
+        sigmas = sampling_sigmas(denoiser.formulation, spec.steps, spec.schedule, device=device)
+    except ValueError as e:
+        raise UserError(f"sampling: {e}") from None
     sample = SAMPLERS[spec.sampler]
     out = []
     for start in range(0, n, batch_size):

@@ -1,18 +1,15 @@
 """Prepare a dataset: read a source, validate and convert every image, split, write atomically.
 
-Every source (builtin, IDX, image folder) becomes a list of samples; one loop reads, checks and
-converts them (images.conform_image), and one function writes the result.
+Every source (sources.py) becomes a list of samples; one loop reads, checks and converts them
+(images.conform_image), and one function writes the result.
 """
 
 from __future__ import annotations
 
-import hashlib
-import operator
-from dataclasses import dataclass
+import json
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -20,143 +17,12 @@ from rich.progress import track
 
 import difftrain
 from difftrain.atomic import atomic_directory, write_json
-from difftrain.data.builtin import BUILTIN_DATASETS, load_builtin
 from difftrain.data.dataset import FORMAT_VERSION, MANIFEST, PreparedDataset
-from difftrain.data.idx import IdxFiles, find_idx_files, idx_files_for, is_idx_images, parse_idx
-from difftrain.data.image_folder import scan_image_folder
-from difftrain.data.images import FITS, BadImage, conform_image, decode_image, to_channels
+from difftrain.data.images import FITS, BadImage, conform_image, to_channels
+from difftrain.data.sources import Sample, Source, open_source
 from difftrain.errors import UserError
 
 _SHOWN_REJECTIONS = 5  # how many rejected files an error message lists
-
-
-class SourceDigest:
-    """sha256 over the source bytes read: (relative name, content hash) in sorted-name order."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, bytes] = {}
-
-    def add(self, name: str, data: bytes) -> None:
-        self._files[name] = hashlib.sha256(data).digest()
-
-    def read(self, path: Path, name: str) -> bytes:
-        data = path.read_bytes()  # opened read-only; the source is never written
-        self.add(name, data)
-        return data
-
-    def hexdigest(self) -> str:
-        h = hashlib.sha256()
-        for name in sorted(self._files):
-            h.update(name.encode() + b"\0" + self._files[name])
-        return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _Sample:
-    name: str  # shown in `rejected`: the path relative to the source, or FILE[row]
-    label: int | None
-    read: Callable[[], np.ndarray]  # native uint8 (H, W, C); raises BadImage
-
-
-@dataclass
-class _Source:
-    kind: str  # "builtin" | "idx" | "folder"
-    path: str  # absolute path, or "builtin:NAME"
-    folder: Path | None  # where nothing may be written
-    provenance: str
-    class_names: list[str] | None
-    train: list[_Sample]
-    test: list[_Sample] | None  # the source's own test split, if it has one
-    rejected: list[dict[str, str]]  # found before reading (e.g. unsupported file types)
-    digest: SourceDigest
-
-
-def _array_samples(images: np.ndarray, labels: np.ndarray | None, name: str) -> list[_Sample]:
-    return [
-        _Sample(
-            f"{name}[{i}]", None if labels is None else int(labels[i]), partial(operator.getitem, images, i)
-        )
-        for i in range(len(images))
-    ]
-
-
-def _builtin_source(name: str) -> _Source:
-    ds = load_builtin(name)
-    digest = SourceDigest()
-    digest.add(name, ds.images.tobytes() + ds.labels.tobytes())
-    samples = _array_samples(ds.images, ds.labels, name)
-    return _Source(
-        "builtin", f"builtin:{name}", None, ds.provenance, ds.class_names, samples, None, [], digest
-    )
-
-
-def _idx_source(location: Path, files: IdxFiles) -> _Source:
-    digest = SourceDigest()
-
-    def samples(images_path: Path, labels_path: Path | None) -> list[_Sample]:
-        images = parse_idx(digest.read(images_path, images_path.name), images_path, ndim=3)[..., None]
-        labels = None
-        if labels_path is not None:
-            labels = parse_idx(digest.read(labels_path, labels_path.name), labels_path, ndim=1).astype(
-                np.int64
-            )
-            if len(labels) != len(images):
-                raise UserError(
-                    f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}; "
-                    "the two files must come from the same dataset."
-                )
-        return _array_samples(images, labels, images_path.name)
-
-    train = samples(files.train_images, files.train_labels)
-    test = samples(files.test_images, files.test_labels) if files.test_images else None
-    labels = [s.label for s in train + (test or []) if s.label is not None]
-    class_names = [str(c) for c in range(max(labels) + 1)] if labels else None
-    provenance = f"user-supplied IDX files from {location} (the dataset's own licence applies)"
-    folder = location if location.is_dir() else location.parent
-    return _Source("idx", str(location), folder, provenance, class_names, train, test, [], digest)
-
-
-def _read_image_file(digest: SourceDigest, path: Path, name: str) -> np.ndarray:
-    try:
-        data = digest.read(path, name)
-    except OSError as e:
-        raise BadImage(f"cannot read the file ({e.strerror or e})") from None
-    return decode_image(data)
-
-
-def _folder_source(root: Path) -> _Source:
-    folder = scan_image_folder(root)
-    digest = SourceDigest()
-    labels = folder.labels or [None] * len(folder.files)
-    samples = [
-        _Sample(f, label, partial(_read_image_file, digest, root / f, f))
-        for f, label in zip(folder.files, labels, strict=True)
-    ]
-    provenance = f"user-supplied images from {root}"
-    return _Source(
-        "folder", str(root), root, provenance, folder.class_names, samples, None, folder.rejected, digest
-    )
-
-
-def _open_source(source: str | Path) -> _Source:
-    """Find out what `source` is and list its samples (IDX arrays are read and checked here)."""
-    if isinstance(source, str) and (source in BUILTIN_DATASETS or source.startswith("builtin:")):
-        return _builtin_source(source.removeprefix("builtin:"))
-    path = Path(source).expanduser().resolve()
-    if not path.exists():
-        raise UserError(
-            f"source {source} not found. Give a folder of images, a folder of IDX files, an IDX images "
-            f"file, or a builtin dataset name ({', '.join(sorted(BUILTIN_DATASETS))})."
-        )
-    if path.is_file():
-        if not is_idx_images(path):
-            raise UserError(
-                f"{path} is a file but not an IDX images file (*-idx3-ubyte[.gz]); "
-                "to prepare images, pass the folder that holds them."
-            )
-        return _idx_source(path, idx_files_for(path))
-    idx_files = find_idx_files(path)
-    return _idx_source(path, idx_files) if idx_files else _folder_source(path)
 
 
 def _check_options(
@@ -177,7 +43,16 @@ def _check_options(
         raise UserError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
 
 
-def _check_out(out: Path, src: _Source, overwrite: bool) -> Path:
+def _is_prepared_dataset(folder: Path) -> bool:
+    """A manifest.json that difftrain wrote: any other file of that name is the user's."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest and manifest.get("kind") == "image"
+
+
+def _check_out(out: Path, src: Source, overwrite: bool) -> Path:
     out = out.expanduser().resolve()
     if src.folder is not None and (
         out == src.folder or src.folder in out.parents or out in src.folder.parents
@@ -190,7 +65,7 @@ def _check_out(out: Path, src: _Source, overwrite: bool) -> Path:
         if not overwrite:
             raise UserError(f"{out} already exists. Pass --overwrite to replace it, or choose another --out.")
         # --overwrite deletes the old folder: only ever a prepared dataset or an empty folder.
-        if not out.is_dir() or not ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        if not out.is_dir() or not (_is_prepared_dataset(out) or not any(out.iterdir())):
             raise UserError(
                 f"{out} exists and is not a prepared dataset, so --overwrite will not delete it. "
                 "Choose another --out."
@@ -198,7 +73,7 @@ def _check_out(out: Path, src: _Source, overwrite: bool) -> Path:
     return out
 
 
-def _strata(samples: list[_Sample]) -> np.ndarray:
+def _strata(samples: list[Sample]) -> np.ndarray:
     # Unlabelled data is one stratum, so stratified picking is plain random picking.
     return np.array([s.label or 0 for s in samples], dtype=np.int64)
 
@@ -217,13 +92,13 @@ def _pick(strata: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _apply_limit(
-    src: _Source, limit: int | None, rng: np.random.Generator
-) -> tuple[list[_Sample], list[_Sample] | None]:
+    src: Source, limit: int | None, rng: np.random.Generator
+) -> tuple[list[Sample], list[Sample] | None]:
     """Cap the samples to read at `limit`, drawn stratified; an own test split gets its proportional share."""
     if limit is None:
         return src.train, src.test
 
-    def subset(samples: list[_Sample], k: int) -> list[_Sample]:
+    def subset(samples: list[Sample], k: int) -> list[Sample]:
         return [samples[i] for i in _pick(_strata(samples), k, rng)]
 
     if src.test is None:
@@ -233,7 +108,7 @@ def _apply_limit(
 
 
 def _read(
-    samples: list[_Sample], *, channels: int | None, resolution: int | None, fit: str, progress: bool
+    samples: list[Sample], *, channels: int | None, resolution: int | None, fit: str, progress: bool
 ) -> tuple[list[int], list[np.ndarray], list[dict[str, str]]]:
     """Read, validate and convert every sample: (indices kept, their pixels, rejections)."""
     kept: list[int] = []
@@ -296,7 +171,7 @@ def _test_mask(
 
 
 def _manifest(
-    src: _Source, arrays: dict[str, np.ndarray], rejected: list[dict[str, str]], options: dict[str, Any]
+    src: Source, arrays: dict[str, np.ndarray], rejected: list[dict[str, str]], options: dict[str, Any]
 ) -> dict[str, Any]:
     train, test = arrays["train_images"], arrays["test_images"]
     num_classes = len(src.class_names) if src.class_names is not None else None
@@ -359,7 +234,7 @@ def prepare_dataset(
     in the source's proportion. Bad files are listed in the manifest's `rejected`.
     """
     _check_options(resolution, channels, fit, limit, test_fraction)
-    src = _open_source(source)
+    src = open_source(source)
     out = _check_out(Path(out), src, overwrite)
     rng = np.random.default_rng(seed)
 

@@ -19,6 +19,7 @@ from difftrain import atomic
 from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
 from difftrain.modalities import image
+from difftrain.training.checkpoint import sha256_file
 
 FEATURES = 64
 
@@ -105,7 +106,7 @@ def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 
     try:
         with atomic.atomic_file(weights) as tmp:
             save_file(state, tmp)
-        meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        meta["weights_sha256"] = sha256_file(weights)
         atomic.write_json(meta_file, meta)
     except OSError:
         pass  # a read-only dataset folder: use the classifier without caching it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
 from difftrain.evaluation import classifier as clf
 from difftrain.evaluation.frechet import frechet_between
 
@@ -17,7 +18,10 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
     (real vs real) is the number a perfect generator would get.
     """
     if images.shape[1:] != tuple(ds.image_shape):
-        raise ValueError(f"samples have shape {images.shape[1:]}, the dataset {tuple(ds.image_shape)}")
+        raise UserError(f"samples have shape {images.shape[1:]}, the dataset {ds.path} has {tuple(ds.image_shape)}")
+    if len(images) < 10 or len(ds.test_images) < 10:
+        raise UserError(f"a Frechet distance needs at least 10 samples and 10 held-out images (got {len(images)} and "
+                        f"{len(ds.test_images)}); prepare {ds.path} with a --test-fraction above 0 or generate more samples")
     n = min(len(images), len(ds.train_images))
     rng = np.random.default_rng(seed)
     real = ds.train_images[rng.choice(len(ds.train_images), n, replace=False)]

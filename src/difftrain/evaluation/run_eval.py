@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from difftrain.data import load_dataset
@@ -14,6 +14,7 @@ from difftrain.evaluation.first_eval import evaluate_samples
 from difftrain.modalities import image
 from difftrain.run import open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, spec_meta, write_samples
+from difftrain.training.metrics_log import MetricsLog
 
 
 def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path, *, checkpoint: str = "latest",
@@ -30,10 +31,13 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     meta = {"run": str(Path(run_dir).resolve()), "checkpoint": str(ckpt.path.resolve()), "images_seen": ckpt.images,
             "weights": "ema" if ema else "model", **spec_meta(spec), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_samples(out, images, labels, meta)
-    # Grid: one class per row when conditional, in class order.
-    order = labels.argsort(kind="stable") if labels is not None else slice(None)
-    columns = max(1, min(10, n // max(run.num_classes, 1))) if run.num_classes else None
-    image.save_grid(images[order][: 10 * max(run.num_classes, 1) if run.num_classes else 100], Path(out).with_suffix(".png"), columns)
+    # Grid beside the file: up to 100 images; when conditional, one class per row, in class order.
+    if labels is None or class_label is not None:
+        image.save_grid(images[:100], Path(out).with_suffix(".png"))
+    else:
+        per_class = max(1, min(10, n // run.num_classes))
+        rows = [images[labels == c][:per_class] for c in range(run.num_classes)]
+        image.save_grid(np.concatenate(rows), Path(out).with_suffix(".png"), columns=per_class)
     return {"images": images, "labels": labels, "meta": meta}
 
 
@@ -41,8 +45,7 @@ def evaluate_run(run_dir: str | Path, *, n: int | None = None, spec: SamplingSpe
                  progress=None, warn=print) -> dict:
     """Sample n images, compute the first evaluation, append it to metrics.jsonl."""
     run = open_run(run_dir)
-    spec = spec or SamplingSpec(run.config.sample.sampler, run.config.sample.steps, run.config.sample.schedule,
-                                run.config.sample.guidance, seed=run.config.train.seed)
+    spec = spec or run.sampling_spec(seed=run.config.train.seed)
     n = n or run.config.eval.n_samples
     out = Path(run_dir) / "samples" / "eval-samples.npz"
     with torch.inference_mode():
@@ -54,6 +57,7 @@ def evaluate_run(run_dir: str | Path, *, n: int | None = None, spec: SamplingSpe
               "classifier_test_accuracy": clf_meta.get("test_accuracy"), "extractor": clf_meta.get("name"),
               "extractor_sha256": clf_meta.get("weights_sha256"), "samples_file": str(out), **spec_meta(spec),
               "checkpoint": sampled["meta"]["checkpoint"]}
-    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    log = MetricsLog(Path(run_dir))
+    log.write(record)
+    log.close()
     return record

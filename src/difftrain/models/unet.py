@@ -6,6 +6,7 @@ import torch
 from diffusers import UNet2DModel
 
 from difftrain.config import ModelConfig
+from difftrain.errors import UserError
 
 
 class UNet(torch.nn.Module):
@@ -34,6 +35,10 @@ class UNet(torch.nn.Module):
 def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> UNet:
     """A UNet2DModel sized by the config for images of shape (H, W, C)."""
     height, width, channels = image_shape
+    factor = 2 ** (len(cfg.channels) - 1)  # every level but the last halves the size
+    if height % factor or width % factor:
+        raise UserError(f"{height}x{width} images cannot pass {len(cfg.channels)} UNet levels (each halves the size): "
+                        f"use fewer entries in model.channels or a --resolution divisible by {factor}")
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     unet = UNet2DModel(

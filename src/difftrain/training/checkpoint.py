@@ -50,7 +50,7 @@ class Checkpoint:
             raise CheckpointError(f"cannot read {file}: {e}") from None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -78,17 +78,23 @@ def save_checkpoint(run_dir: Path, *, net: torch.nn.Module, ema: torch.nn.Module
         save_file(_state_dict(ema), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
         info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
-                **(extra or {}), "sha256": {name: _sha256(tmp / name) for name in FILES}}
+                **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in FILES}}
         atomic.write_json(tmp / "info.json", info)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def checkpoint_images(path: Path) -> int:
+    """Training images seen, from a checkpoint folder's name (ckpt-000055000)."""
+    return int(path.name.removeprefix("ckpt-"))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders of a run, oldest first (temporary folders excluded)."""
+    """Checkpoint folders of a run, oldest first (temporary and set-aside folders excluded)."""
     folder = Path(run_dir) / "checkpoints"
-    return sorted(p for p in folder.glob("ckpt-*") if p.is_dir()) if folder.is_dir() else []
+    found = [p for p in folder.glob("ckpt-*") if p.is_dir() and p.name.removeprefix("ckpt-").isdigit()] if folder.is_dir() else []
+    return sorted(found, key=checkpoint_images)
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
@@ -105,7 +111,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file} is missing")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CheckpointError(f"{file} is corrupted or truncated (its hash differs from the one saved in info.json)")
     return Checkpoint(path, info)
 

@@ -18,14 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from difftrain.config import Config, TrainConfig
-from difftrain.data import PreparedDataset
+from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.errors import UserError
 from difftrain.modalities import image
-from difftrain.run import formulation_of, resolve_dataset, save_run_info
+from difftrain.models import build_network
+from difftrain.run import formulation_of, load_weights, resolve_dataset, save_run_info
 from difftrain.sampling import SamplingSpec, generate
-from difftrain.training.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from difftrain.training.checkpoint import Checkpoint, checkpoint_images, latest_checkpoint, list_checkpoints, save_checkpoint
 from difftrain.training.ema import EMA, ema_beta
 from difftrain.training.metrics_log import MetricsLog
 from difftrain.training.optim import build_optimizer, learning_rate
@@ -64,6 +65,31 @@ def _due(images: int, prev: int, every: int) -> bool:
     return every > 0 and images // every > prev // every
 
 
+RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "metrics.jsonl", "tensorboard", "README.md", "data"}
+
+
+def _resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Checkpoint | None:
+    """The checkpoint to resume from, after refusing to train over anything else."""
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise UserError(f"--out {run_dir} is a folder with other files ({', '.join(foreign[:3])}); choose a new or empty folder for the run")
+    if not resume:
+        if list_checkpoints(run_dir):
+            raise UserError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+        return None
+    existing = latest_checkpoint(run_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    if existing is None and list_checkpoints(run_dir):
+        raise UserError(f"no valid checkpoint left in {run_dir / 'checkpoints'} to resume from")
+    # Damaged checkpoints newer than the one resumed from are set aside (kept, never deleted),
+    # so they cannot shadow or displace the checkpoints that this run writes next.
+    for path in list_checkpoints(run_dir):
+        if existing is not None and checkpoint_images(path) > existing.images:
+            path.rename(path.with_name(f"damaged-{path.name}"))
+            console.print(f"[yellow]warning:[/] set aside damaged checkpoint as {path.with_name(f'damaged-{path.name}')}")
+    return existing
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
           console: Console | None = None) -> TrainResult:
@@ -81,22 +107,17 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     per_process = tc.micro_batch // world
     goal = total_images(tc)
 
-    existing = latest_checkpoint(run_dir, warn=lambda m: console.print(f"[yellow]{m}"))
-    if existing and not resume:
-        raise UserError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
-    if resume and not existing and list_checkpoints(run_dir):
-        raise UserError(f"no valid checkpoint left in {run_dir / 'checkpoints'} to resume from")
-    dataset = dataset or resolve_dataset(config, run_dir, progress=progress and main)
+    existing = _resumable_checkpoint(run_dir, resume, console) if main or resume else None
+    if dataset is None:
+        # One process prepares a built-in dataset; the others wait for it, then all load it.
+        path = resolve_dataset(config, run_dir, progress=progress and main, prepare=main)
+        accelerator.wait_for_everyone()
+        dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_info(run_dir, config, dataset)
 
     # Network, EMA and optimizer; the seed fixes the initial weights.
     torch.manual_seed(tc.seed)
-    from difftrain.models import build_network
-
     num_classes = dataset.num_classes if config.model.conditional else 0
     net = build_network(config.model, dataset.image_shape, num_classes)
     ema = EMA(net)
@@ -106,16 +127,22 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # its slice, so accumulation and the process count do not change the random numbers.
     noise_gen = torch.Generator(device).manual_seed(tc.seed * 7919 + 1)
     step = images = nonfinite = 0
-    if existing and resume:
-        net.load_state_dict(existing.weights(ema=False))
-        ema.net.load_state_dict(existing.weights(ema=True))
+    if existing is not None:
+        load_weights(net, existing.weights(ema=False), existing.path, run_dir / "config.yaml")
+        load_weights(ema.net, existing.weights(ema=True), existing.path, run_dir / "config.yaml")
         state = existing.training_state()
         optimizer.load_state_dict(state["optimizer"])
         noise_gen.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, images, nonfinite = existing.info["step"], existing.images, state.get("nonfinite_steps", 0)
         if main:
             console.print(f"resuming from {existing.path} ({images:,} images, step {step})")
+    # Only now, with the checkpoint known to fit, does the run's config change.
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_info(run_dir, config, dataset)
     net, optimizer = accelerator.prepare(net, optimizer)
     ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
@@ -135,14 +162,15 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         if not main:
             return
         ema_denoiser = Denoiser(ema.net, denoiser.formulation)
-        spec = SamplingSpec(config.sample.sampler, config.sample.steps, config.sample.schedule, config.sample.guidance, seed=tc.seed)
+        spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
         imgs = generate(ema_denoiser, grid_n, dataset.image_shape, grid_labels, spec, null_label=null_label, device=device)
         image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
         if main:
-            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(), "nonfinite_steps": nonfinite}
+            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "nonfinite_steps": nonfinite}
             save_checkpoint(run_dir, net=raw_net, ema=ema.net, state=state, step=step, images_seen=images,
                             keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
@@ -211,7 +239,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             if _due(images, prev, tc.grid_every_images) and images < goal:
                 write_grid()
     seconds = time.perf_counter() - start_time
-    if not list_checkpoints(run_dir) or latest_checkpoint(run_dir, warn=lambda m: None).images != images:
+    latest = latest_checkpoint(run_dir, warn=lambda m: None)
+    if latest is None or latest.images != images:
         checkpoint()
     write_grid()
     log.close()
