@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -101,7 +100,12 @@ def train(
         import time
 
         out_dir = Path("runs") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console)
+    try:
+        result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: checkpoints already written stay valid; continue with "
+                      f"`difftrain train --out {out_dir} --resume`")
+        raise typer.Exit(130) from None
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
                   f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
     out.print(str(out_dir))
@@ -217,18 +221,10 @@ def main() -> None:
     if "LOCAL_RANK" in os.environ and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        # standalone_mode=False: Ctrl-C and usage errors reach this handler instead of click's.
-        code = app(standalone_mode=False)
+        app()
     except UserError as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(2)
-    except click.exceptions.Abort:
-        console.print("[yellow]interrupted[/]: checkpoints already written stay valid; continue with `difftrain train --out RUN --resume`")
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

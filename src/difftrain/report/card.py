@@ -57,7 +57,7 @@ def write_report(run_dir: str | Path) -> Path:
         ("EMA half-life", f"{cfg.train.ema_halflife_images:,} images (ramp-up {cfg.train.ema_rampup})"),
         *([("training images / steps", f"{train_logs[-1]['images']:,} / {train_logs[-1]['step']:,}"),
            ("final loss", train_logs[-1]["loss"]),
-           ("speed", f"{train_logs[-1]['images_per_s']:.0f} images/s"),
+           ("speed (last log window)", f"{train_logs[-1]['images_per_s']:.0f} images/s"),
            ("skipped non-finite steps", train_logs[-1]["nonfinite_steps"])] if train_logs else []),
     ]), ""]
     if grids:
