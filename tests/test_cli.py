@@ -135,3 +135,8 @@ def test_demo_runs_end_to_end(tmp_path, digits_dir):
     assert "## Evaluation" in report and "class-conditional" in report
     assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
     assert (tmp_path / "demo" / "samples" / "eval-samples.png").is_file()
+
+
+def test_config_lists_every_field_with_its_value():
+    out = cli("config", "--preset", "digits").stdout
+    assert "[false, true]" in out and "train.ema_halflife_images" in out and "5000" in out

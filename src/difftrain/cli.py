@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from difftrain.errors import UserError
 
@@ -55,7 +56,7 @@ def data_prepare(
 def _print_info(info: dict) -> None:
     table = Table(show_header=False, box=None)
     for key, value in info.items():
-        table.add_row(f"[bold]{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        table.add_row(Text(key, style="bold"), Text(json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
     out.print(table)
 
 
@@ -212,7 +213,7 @@ def show_config(
         node = cfg
         for part in key.split("."):
             node = node[part]
-        table.add_row(key, json.dumps(node), desc)
+        table.add_row(key, Text(json.dumps(node)), desc)  # Text: "[false, true]" is not markup
     out.print(table)
 
 
