@@ -82,6 +82,8 @@ def train(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<preset>-<time>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest valid checkpoint."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    auto_batch: bool = typer.Option(False, "--auto-batch", help="First find the largest micro-batch that fits in memory "
+                                    "(as `difftrain doctor` does) and set train.accumulation to keep the batch size."),
 ) -> None:
     """Train a diffusion model; extra `key=value` arguments override config fields (see `difftrain config`)."""
     from difftrain.config import load_config, read_config
@@ -97,6 +99,8 @@ def train(
     if data:
         # Set directly, not as an override: a path is no YAML value ("2024", "no", "#x").
         cfg.data.path = data
+    if auto_batch:
+        _apply_auto_batch(cfg, preset)
     if out_dir is None:
         import time
 
@@ -215,6 +219,85 @@ def show_config(
             node = node[part]
         table.add_row(key, Text(json.dumps(node)), desc)  # Text: "[false, true]" is not markup
     out.print(table)
+
+
+def _apply_auto_batch(cfg, preset: Optional[str]) -> None:
+    """Set train.accumulation so that the micro-batch fits in memory, measured by real steps."""
+    from difftrain.hardware.probe import data_shape, fit_micro_batch
+    from difftrain.hardware.verdicts import size
+
+    with console.status("auto-batch: measuring memory at growing micro-batches"):
+        fit = fit_micro_batch(cfg, data_shape(cfg, preset))
+    if fit.micro_batch is None:
+        raise UserError(f"--auto-batch: not even micro-batch {fit.by_batch[0].micro_batch} fits in {size(fit.budget_bytes)} "
+                        f"({fit.budget_source}); try " + "; or ".join(fit.suggestions))
+    cfg.train.accumulation = fit.accumulation
+    console.print(f"auto-batch: batch {fit.batch_size} = micro-batch {fit.micro_batch} x accumulation {fit.accumulation}, "
+                  f"about {size(fit.need_bytes)} of {size(fit.budget_bytes)} ({fit.budget_source})")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+             epilog="Examples: `difftrain doctor --preset digits`  \n"
+                    "`difftrain doctor --preset mnist --data data/mnist --out runs/mnist --memory-budget 8 --json`")
+def doctor(
+    ctx: typer.Context,
+    preset: Optional[str] = typer.Option(None, help="Check this preset: digits, mnist."),
+    config: Optional[Path] = typer.Option(None, help="YAML config file (applied over the preset)."),
+    data: Optional[str] = typer.Option(None, help="Prepared dataset folder (sets data.path)."),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Where the run will write (its free disk is checked)."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001,
+                                                  help="GB the run may use (default: free GPU memory x 0.9; on CPU available RAM x 0.8)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
+) -> None:
+    """Check the machine and fit the config before training: environment, a probe of real training steps
+    (peak memory, speed, predicted time and disk), the largest micro-batch that fits, and PASS/WARN/FAIL
+    verdicts with fixes. Exit code 1 when any check fails. Extra `key=value` arguments override config fields.
+    """
+    from difftrain.config import load_config
+    from difftrain.hardware.doctor import run_doctor
+
+    cfg = load_config(preset, config, list(ctx.args))
+    if data:
+        cfg.data.path = data
+    budget = int(memory_budget * 2**30) if memory_budget else None
+    if as_json:
+        report = run_doctor(cfg, out_dir, preset=preset, memory_budget=budget)
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        with console.status("doctor: probing the config with real training steps"):
+            report = run_doctor(cfg, out_dir, preset=preset, memory_budget=budget)
+        _print_doctor(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_doctor(report) -> None:
+    from difftrain.hardware.verdicts import duration, size
+
+    env, probe, fit = report.environment, report.probe, report.fit
+    info = {"os": env.os, "python": env.python, "torch": f"{env.torch} (CUDA {env.cuda.torch_cuda_version}, cuDNN {env.cuda.cudnn_version})",
+            "accelerate / diffusers": f"{env.accelerate} / {env.diffusers}",
+            "cpu": f"{env.cpu_model}, {env.cpu_cores} cores, {env.torch_threads} torch threads",
+            "ram": f"{size(env.ram_available_bytes)} available of {size(env.ram_total_bytes)}",
+            "disk": f"{size(env.disk.free_bytes)} free at {env.disk.checked}"}
+    for gpu in env.gpus:
+        info[f"cuda:{gpu.index}"] = (f"{gpu.name}, {size(gpu.free_memory_bytes)} free of {size(gpu.total_memory_bytes)}, capability "
+                                     f"{gpu.capability}, bf16 {gpu.bf16}, fp16 {gpu.fp16}, tf32 {gpu.tf32}")
+    if env.distributed.world_size > 1:
+        info["distributed"] = f"rank {env.distributed.rank} of {env.distributed.world_size}"
+    if probe:
+        info.update({"probe": f"{probe.parameters:,} parameters on {probe.device} ({probe.precision} mixed precision), {probe.data}",
+                     "speed": f"{probe.images_per_second:,.0f} images/s; {duration(probe.predicted_wall_seconds)} for {probe.duration_images:,} images",
+                     "checkpoint": f"{size(probe.checkpoint_bytes)} each, {size(probe.disk_needed_bytes)} for {probe.checkpoints_on_disk}",
+                     "sampling": f"{probe.sample_seconds_per_image * 1000:.1f} ms per image"})
+    if fit:
+        info["memory by micro-batch"] = ", ".join(f"{r.micro_batch}: {size(r.peak_bytes) if r.peak_bytes is not None else 'out of memory' if r.out_of_memory else 'not run'}"
+                                                  for r in fit.by_batch)
+    _print_info(info)
+    colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
+    for v in report.verdicts:  # Text: messages hold config values such as "[16, 32]", which are not markup
+        out.print(Text.assemble((v.status, colour[v.status]), f" {v.check}: {v.message}" + (f"\n     fix: {v.fix}" if v.fix else "")))
+    out.print(f"({report.seconds:.0f} s)")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.errors import UserError
+from difftrain.hardware.memory import PeakMemory
 from difftrain.modalities import image
 from difftrain.models import build_network
 from difftrain.run import formulation_of, load_weights, resolve_dataset, save_run_info
@@ -90,6 +91,44 @@ def _resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Chec
     return existing
 
 
+def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
+               optimizer: torch.optim.Optimizer, batches: ArrayBatches, images: int, noise_gen: torch.Generator,
+               null_label: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step on the global batch at stream position `images`: (mean loss, grad norm, applied).
+
+    A NaN/Inf loss or gradient never reaches the weights: the update is skipped and `applied` is False.
+    """
+    tc = config.train
+    world, device = accelerator.num_processes, accelerator.device
+    per_process = tc.micro_batch // world
+    height, width, channels = batches.images.shape[1:]
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = torch.zeros((), device=device)
+    sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
+    noise = torch.randn((tc.batch_size, channels, height, width), generator=noise_gen, device=device)
+    keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
+    for micro in range(tc.accumulation):
+        # This process's share of micro-batch `micro` of the global batch.
+        start = micro * tc.micro_batch + accelerator.process_index * per_process
+        part = slice(start, start + per_process)
+        x0, labels = batches.batch(images + start, per_process)
+        if labels is not None:
+            labels = torch.where(keep_label[part], labels, null_label)
+        sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
+        with sync, accelerator.autocast():
+            loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
+                                  min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
+            # Sum over the whole global batch; DDP averages over processes.
+            accelerator.backward(loss.sum() / (tc.batch_size // world))
+        step_loss += loss.detach().sum()
+    grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
+    step_loss = accelerator.reduce(step_loss, "sum") / tc.batch_size
+    applied = bool(torch.isfinite(grad_norm) and torch.isfinite(step_loss))
+    if applied or accelerator.scaler is not None:
+        optimizer.step()  # on a non-finite fp16 step this lets the GradScaler lower its scale; it skips the update itself
+    return step_loss, grad_norm, applied
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
           console: Console | None = None) -> TrainResult:
@@ -104,7 +143,6 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     world = accelerator.num_processes
     if tc.batch_size % (tc.accumulation * world):
         raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {world} processes")
-    per_process = tc.micro_batch // world
     goal = total_images(tc)
 
     existing = _resumable_checkpoint(run_dir, resume, console) if main or resume else None
@@ -115,6 +153,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
+
+    # Peak memory from here on (model, optimizer state, activations), as `difftrain doctor` measures it.
+    memory = PeakMemory(accelerator.device).__enter__()
 
     # Network, EMA and optimizer; the seed fixes the initial weights.
     torch.manual_seed(tc.seed)
@@ -150,8 +191,6 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device)
     log = MetricsLog(run_dir, enabled=main)
     null_label = raw_net.null_label if num_classes else None
-    height, width, channels = dataset.image_shape
-    shape_chw = (channels, height, width)
 
     # Fixed noise and labels for the grids, so grids over training are comparable.
     # Ten per class, one class per row.
@@ -189,37 +228,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             lr = learning_rate(config.optim, images, goal)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=device)
-            sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
-            noise = torch.randn((tc.batch_size, *shape_chw), generator=noise_gen, device=device)
-            keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
-            for micro in range(tc.accumulation):
-                # This process's share of micro-batch `micro` of the global batch.
-                start = micro * tc.micro_batch + accelerator.process_index * per_process
-                part = slice(start, start + per_process)
-                x0, labels = batches.batch(images + start, per_process)
-                if labels is not None:
-                    labels = torch.where(keep_label[part], labels, null_label)
-                sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
-                with sync, accelerator.autocast():
-                    loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
-                                          min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
-                    # Sum over the whole global batch; DDP averages over processes.
-                    accelerator.backward(loss.sum() / (tc.batch_size // world))
-                step_loss += loss.detach().sum()
-            grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
-            step_loss = accelerator.reduce(step_loss, "sum") / tc.batch_size
-            if torch.isfinite(grad_norm) and torch.isfinite(step_loss):
-                optimizer.step()
+            step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, null_label)
+            if applied:
                 ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup))
                 window_loss += step_loss.item()
                 window_n += 1
             else:
-                # A NaN/Inf never reaches the weights: skip the update, count it, go on.
+                # A NaN/Inf never reached the weights (train_step skipped the update): count it, go on.
                 nonfinite += 1
-                if accelerator.scaler is not None:
-                    optimizer.step()  # lets the fp16 GradScaler lower its scale; it skips the update itself
                 log.write({"images": images, "step": step, "event": "nonfinite_skipped", "nonfinite_steps": nonfinite})
             prev, step, images = images, step + 1, images + tc.batch_size
 
@@ -228,7 +244,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                 speed = (images - window_images) / max(now - window_start, 1e-9)
                 last_loss = window_loss / window_n if window_n else math.nan
                 record = {"images": images, "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                          "images_per_s": speed, "nonfinite_steps": nonfinite}
+                          "images_per_s": speed, "nonfinite_steps": nonfinite, "peak_memory_bytes": memory.so_far()}
                 history.append(record)
                 log.write(record)
                 bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")

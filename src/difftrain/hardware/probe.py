@@ -1,0 +1,369 @@
+"""Real training steps of the user's config on this machine: peak memory by micro-batch, the largest
+micro-batch that fits a memory budget, speed, and from those the run's time, checkpoint size and disk.
+
+The pieces are the trainer's own (`make_accelerator`, `build_network`, `EMA`, `build_optimizer`,
+`Denoiser`, `train_step`), so what is measured is what `difftrain train` runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from difftrain.config import Config
+from difftrain.data import PreparedDataset, load_dataset
+from difftrain.data.builtin import BUILTIN_DATASETS
+from difftrain.data.loader import ArrayBatches
+from difftrain.diffusion import Denoiser
+from difftrain.errors import UserError
+from difftrain.hardware.memory import PeakMemory, release_memory, rss_bytes
+from difftrain.hardware.report import meminfo
+from difftrain.models import build_network
+from difftrain.run import formulation_of
+from difftrain.sampling import SamplingSpec
+from difftrain.training.ema import EMA
+from difftrain.training.optim import build_optimizer
+from difftrain.training.trainer import make_accelerator, total_images, train_step
+
+# (H, W, C) and classes of data the probe can stand in for with random tensors: it measures compute.
+BUILTIN_SHAPES = {"digits": ((8, 8, 1), 10)}
+PRESET_SHAPES = {"mnist": ((28, 28, 1), 10)}  # presets whose data.path is left to --data
+SWEEP_SIZES = 7  # micro-batches tried: the configured one and up to 6 powers of two below it
+SWEEP_STEPS = 2  # steps at each: the second holds the optimizer state that the first creates
+
+
+@dataclass
+class DataShape:
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    source: str  # where the shape came from
+    dataset: PreparedDataset | None = None  # the real data when prepared, else random tensors stand in
+
+
+def data_shape(config: Config, preset: str | None = None) -> DataShape:
+    """The shape and classes the config trains on, without preparing anything."""
+    path = config.data.path
+    if path and str(path) in BUILTIN_DATASETS:
+        if str(path) not in BUILTIN_SHAPES:
+            raise UserError(f"difftrain doctor does not know the shape of built-in dataset '{path}'; prepare it and pass --data DIR")
+        shape, classes = BUILTIN_SHAPES[str(path)]
+        return DataShape(shape, classes, f"random tensors shaped as built-in '{path}'")
+    if path:
+        ds = load_dataset(path)
+        return DataShape(ds.image_shape, ds.num_classes, f"prepared dataset {path}", ds)
+    if preset in PRESET_SHAPES:
+        shape, classes = PRESET_SHAPES[preset]
+        return DataShape(shape, classes, f"random tensors shaped as the {preset} preset's data (no --data)")
+    raise UserError("no dataset: pass --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)")
+
+
+class _Trainee:
+    """The trainer's objects for `config`, built once and reused at every micro-batch."""
+
+    def __init__(self, config: Config, data: DataShape):
+        tc = config.train
+        release_memory()
+        self.baseline = rss_bytes()  # on CPU, memory counts from here: the network and optimizer count too
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.config = config
+        self.accelerator = make_accelerator(tc)
+        self.device = self.accelerator.device
+        self.world = self.accelerator.num_processes
+        if tc.batch_size % (tc.accumulation * self.world):
+            raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {self.world} processes")
+        self.num_classes = data.num_classes if config.model.conditional else 0
+        torch.manual_seed(tc.seed)
+        net = build_network(config.model, data.image_shape, self.num_classes)
+        self.ema = EMA(net)
+        optimizer = build_optimizer(net.parameters(), config.optim)
+        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
+        self.ema.net.to(self.device)
+        self.raw_net = self.accelerator.unwrap_model(self.net)
+        self.denoiser = Denoiser(self.net, formulation_of(config))
+        self.null_label = self.raw_net.null_label if self.num_classes else None
+        if data.dataset is not None:
+            images = data.dataset.train_images
+            labels = data.dataset.train_labels if self.num_classes else None
+        else:
+            rng = np.random.default_rng(tc.seed)
+            images = rng.integers(0, 256, (tc.batch_size, *data.image_shape), dtype=np.uint8)
+            labels = rng.integers(0, self.num_classes, tc.batch_size) if self.num_classes else None
+        self.batches = ArrayBatches(images, labels, seed=tc.seed, device=self.device)
+        self.noise_gen = torch.Generator(self.device).manual_seed(tc.seed)
+        self.images = 0
+
+    def steps(self, n: int, micro_batch: int | None = None, accumulation: int | None = None) -> None:
+        """`n` real training steps; `micro_batch` alone means one micro-batch per step of that size (per process)."""
+        tc = self.config.train
+        if micro_batch is not None:
+            tc = tc.model_copy(update={"batch_size": micro_batch * self.world, "accumulation": 1})
+        elif accumulation is not None:
+            tc = tc.model_copy(update={"accumulation": accumulation})
+        config = self.config.model_copy(update={"train": tc})
+        self.net.train()
+        for _ in range(n):
+            _, _, applied = train_step(config, self.accelerator, self.net, self.denoiser, self.optimizer, self.batches,
+                                       self.images, self.noise_gen, self.null_label)
+            if applied:
+                self.ema.update(self.raw_net, 0.999)
+            self.images += tc.batch_size
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def clear(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        release_memory(self.device)
+
+    def close(self) -> None:
+        """Drop the network, optimizer and data now, so what runs next in this process starts clean."""
+        device = self.device
+        self.__dict__.clear()
+        release_memory(device)
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(s in text for s in ("out of memory", "can't allocate memory", "ALLOC_FAILED"))
+
+
+@dataclass
+class BatchMemory:
+    micro_batch: int  # per process
+    peak_bytes: int | None  # measured; None when not run or out of memory
+    estimated_bytes: int | None  # extrapolated from smaller batches where not measured
+    fits: bool
+    out_of_memory: bool = False
+
+
+@dataclass
+class Fit:
+    device: str
+    budget_bytes: int
+    budget_source: str
+    batch_size: int  # the configured effective batch, kept
+    configured_micro_batch: int  # per process
+    configured_need_bytes: int | None  # measured, or estimated when it could not run
+    configured_need_estimated: bool
+    micro_batch: int | None  # the largest that fits (per process); None: none fits
+    accumulation: int | None  # train.accumulation that keeps batch_size with that micro-batch
+    need_bytes: int | None  # measured at micro_batch
+    by_batch: list[BatchMemory] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def fits_as_configured(self) -> bool:
+        return self.micro_batch == self.configured_micro_batch
+
+
+def default_budget(device: torch.device) -> tuple[int, str]:
+    """Free GPU memory x 0.9 on a GPU, available RAM x 0.8 elsewhere."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9), "free GPU memory x 0.9"
+    _, available = meminfo()
+    if not available:
+        raise UserError("cannot tell how much RAM is available here; pass --memory-budget GB")
+    return int(available * 0.8), "available RAM x 0.8"
+
+
+def _candidates(per_process_batch: int, configured: int) -> list[int]:
+    """Powers of two that divide the batch, up to the configured micro-batch, and that micro-batch."""
+    sizes = {configured} | {2**k for k in range(configured.bit_length()) if 2**k <= configured and per_process_batch % 2**k == 0}
+    return sorted(sizes)[-SWEEP_SIZES:]
+
+
+def _extrapolate(measured: list[tuple[int, int]], size: int) -> tuple[int, int] | None:
+    """(linear, proportional) memory estimates at `size` from measured (batch, bytes); the second is an upper bound."""
+    if not measured:
+        return None
+    (b2, m2) = measured[-1]
+    proportional = int(m2 * size / b2)
+    if len(measured) < 2:
+        return proportional, proportional
+    (b1, m1) = measured[-2]
+    slope = max((m2 - m1) / (b2 - b1), 0.0)
+    return int(m2 + slope * (size - b2)), proportional
+
+
+def _sweep(t: _Trainee, budget: int) -> list[BatchMemory]:
+    """Peak memory at growing micro-batches, stopping at the first that does not fit."""
+    tc = t.config.train
+    per_process_batch = tc.batch_size // t.world
+    rows: list[BatchMemory] = []
+    measured: list[tuple[int, int]] = []
+    for size in _candidates(per_process_batch, tc.micro_batch // t.world):
+        estimate = _extrapolate(measured, size)
+        if t.device.type != "cuda" and estimate is not None:
+            # On CPU nothing stops a step from exhausting RAM: run only what the estimates call safe.
+            linear, upper = estimate
+            available = meminfo()[1]
+            if linear > budget * 1.25 or (available and upper > available * 0.9):
+                rows.append(BatchMemory(size, None, linear, False))
+                break
+        oom = False
+        try:
+            with PeakMemory(t.device, t.baseline) as meter:
+                t.steps(SWEEP_STEPS, micro_batch=size)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            oom = True
+        t.clear()  # outside the except block, so the traceback's activations are freed too
+        if oom:
+            rows.append(BatchMemory(size, None, estimate[0] if estimate else None, False, out_of_memory=True))
+            break
+        measured.append((size, meter.peak))
+        rows.append(BatchMemory(size, meter.peak, None, meter.peak <= budget))
+        if meter.peak > budget:
+            break
+    return rows
+
+
+def _fit(t: _Trainee, rows: list[BatchMemory], budget: int, budget_source: str) -> Fit:
+    tc = t.config.train
+    per_process_batch, configured = tc.batch_size // t.world, tc.micro_batch // t.world
+    fitting = [r for r in rows if r.fits]
+    best = fitting[-1] if fitting else None
+    at_configured = next((r for r in rows if r.micro_batch == configured), None)
+    need, estimated = (at_configured.peak_bytes, False) if at_configured and at_configured.peak_bytes is not None else (None, True)
+    if need is None:
+        measured = [(r.micro_batch, r.peak_bytes) for r in rows if r.peak_bytes is not None]
+        need = _extrapolate(measured, configured)[0] if len(measured) >= 2 else None
+    suggestions = []
+    if best is None or best.micro_batch < configured:
+        if t.device.type == "cuda" and t.accelerator.mixed_precision == "no" and torch.cuda.is_bf16_supported():
+            suggestions.append("train.mixed_precision=bf16 stores activations in half the bytes")
+        suggestions.append("gradient checkpointing would trade compute for activation memory (not yet a difftrain setting)")
+        if best is None:
+            suggestions.append("a smaller model (fewer or narrower model.channels, model.layers_per_block=1) needs less")
+    return Fit(str(t.device), budget, budget_source, tc.batch_size, configured, need, estimated,
+               best.micro_batch if best else None, per_process_batch // best.micro_batch if best else None,
+               best.peak_bytes if best else None, rows, suggestions)
+
+
+def _build_and_fit(config: Config, data: DataShape, memory_budget: int | None) -> tuple[_Trainee, Fit]:
+    t = _Trainee(config, data)
+    budget, source = (memory_budget, "--memory-budget") if memory_budget else default_budget(t.device)
+    return t, _fit(t, _sweep(t, budget), budget, source)
+
+
+def fit_micro_batch(config: Config, data: DataShape, memory_budget: int | None = None) -> Fit:
+    """The largest micro-batch of `config` that fits the budget (bytes; default `default_budget`), by real steps."""
+    t, fit = _build_and_fit(config, data, memory_budget)
+    t.close()
+    return fit
+
+
+@dataclass
+class Probe:
+    device: str
+    precision: str
+    image_shape: list[int]
+    num_classes: int
+    data: str  # where the shape came from
+    parameters: int
+    memory_kind: str  # what peak_memory_bytes counts
+    batch_size: int
+    micro_batch: int  # per process, as measured (the fit's)
+    accumulation: int
+    peak_memory_bytes: int  # over the timed steps at micro_batch x accumulation
+    warmup_steps: int
+    timed_steps: int
+    step_seconds: float
+    images_per_second: float
+    duration_images: int
+    predicted_train_seconds: float  # the configured duration at the measured speed
+    grids: int
+    predicted_wall_seconds: float  # training plus the PNG grids it writes
+    checkpoint_bytes: int  # weights + EMA weights + optimizer state
+    checkpoints_on_disk: int  # keep_checkpoints + 1: the newest is written before the oldest goes
+    disk_needed_bytes: int
+    sampler: str
+    network_evaluations: int  # per sample, guidance included
+    sample_batch: int
+    sample_seconds_per_image: float
+    sampling_peak_memory_bytes: int  # one network call at sample_batch (CPU: growth over the trained state)
+    seconds: float  # how long the probe took
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _time_sampling(t: _Trainee) -> tuple[float, int]:
+    """Seconds per sampled image (one network call at the sampling batch x evaluations) and that call's peak memory."""
+    config = t.config
+    spec = SamplingSpec.from_config(config.sample)
+    n = config.sample.batch_size
+    height, width, channels = t.batches.images.shape[1:]
+    x = torch.randn(n, channels, height, width, device=t.device)
+    sigma = torch.full((n,), t.denoiser.formulation.sigma_max, device=t.device)
+    labels = torch.arange(n, device=t.device) % t.num_classes if t.num_classes else None
+    denoiser = Denoiser(t.ema.net, t.denoiser.formulation)
+    with torch.no_grad(), t.accelerator.autocast():
+        denoiser(x[:2], sigma[:2], None if labels is None else labels[:2])  # warm-up
+        with PeakMemory(t.device) as meter:
+            start = time.perf_counter()
+            denoiser(x, sigma, labels)
+            if t.device.type == "cuda":
+                torch.cuda.synchronize(t.device)
+            seconds = time.perf_counter() - start
+    return seconds / n * spec.network_evaluations, meter.peak
+
+
+def probe_config(config: Config, data: DataShape, memory_budget: int | None = None,
+                 warmup_steps: int = 1, timed_steps: int = 3) -> tuple[Probe | None, Fit]:
+    """Fit the micro-batch, then time real steps at it; None for the probe when no micro-batch fits."""
+    started = time.perf_counter()
+    t, fit = _build_and_fit(config, data, memory_budget)
+    if fit.micro_batch is None:
+        t.close()
+        return None, fit
+    tc = config.train
+    if fit.accumulation == 1:
+        warmup_steps = SWEEP_STEPS  # the sweep's last steps were this very step: they warmed it up
+    else:
+        t.steps(warmup_steps, accumulation=fit.accumulation)
+        t.clear()
+    with PeakMemory(t.device, t.baseline) as meter:
+        start = time.perf_counter()
+        t.steps(timed_steps, accumulation=fit.accumulation)
+        step_seconds = (time.perf_counter() - start) / timed_steps
+    t.clear()
+    sample_seconds, sampling_peak = _time_sampling(t)
+
+    images_per_second = tc.batch_size / step_seconds
+    goal = total_images(tc)
+    grids = (math.ceil(goal / tc.grid_every_images) if tc.grid_every_images else 1)  # every grid_every_images, and the last
+    grid_images = 10 * t.num_classes if t.num_classes else 64
+    train_seconds = goal / images_per_second
+    weights = _tensor_bytes(t.raw_net.state_dict())
+    checkpoint = 2 * weights + _tensor_bytes(t.optimizer.state_dict()["state"])
+    kept = tc.keep_checkpoints + 1
+    probe = Probe(
+        device=str(t.device), precision=t.accelerator.mixed_precision, image_shape=list(data.image_shape),
+        num_classes=t.num_classes, data=data.source, parameters=sum(p.numel() for p in t.raw_net.parameters()),
+        memory_kind="CUDA allocator peak" if t.device.type == "cuda" else "growth of the process's resident memory",
+        batch_size=tc.batch_size, micro_batch=fit.micro_batch, accumulation=fit.accumulation, peak_memory_bytes=meter.peak,
+        warmup_steps=warmup_steps, timed_steps=timed_steps, step_seconds=step_seconds, images_per_second=images_per_second,
+        duration_images=goal, predicted_train_seconds=train_seconds, grids=grids,
+        predicted_wall_seconds=train_seconds + grids * grid_images * sample_seconds,
+        checkpoint_bytes=checkpoint, checkpoints_on_disk=kept, disk_needed_bytes=checkpoint * kept,
+        sampler=config.sample.sampler, network_evaluations=SamplingSpec.from_config(config.sample).network_evaluations,
+        sample_batch=config.sample.batch_size, sample_seconds_per_image=sample_seconds,
+        sampling_peak_memory_bytes=sampling_peak, seconds=time.perf_counter() - started)
+    t.close()
+    return probe, fit
