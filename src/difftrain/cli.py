@@ -53,6 +53,17 @@ def data_prepare(
     console.print(f"prepared {out_dir} ({len(rejected)} input(s) rejected)")
 
 
+def _config(preset: Optional[str], file: Optional[Path], overrides: list[str], data: Optional[str], base=None):
+    """The config of a verb: preset, file and `key=value` overrides (over `base`), then --data."""
+    from difftrain.config import load_config
+
+    cfg = load_config(preset, file, list(overrides), base=base)
+    if data:
+        # Set directly, not as an override: a path is no YAML value ("2024", "no", "#x").
+        cfg.data.path = data
+    return cfg
+
+
 def _print_info(info: dict) -> None:
     table = Table(show_header=False, box=None)
     for key, value in info.items():
@@ -86,19 +97,12 @@ def train(
                                     "(as `difftrain doctor` does) and set train.accumulation to keep the batch size."),
 ) -> None:
     """Train a diffusion model; extra `key=value` arguments override config fields (see `difftrain config`)."""
-    from difftrain.config import load_config, read_config
+    from difftrain.config import read_config
     from difftrain.training.trainer import train as run_training
 
-    overrides = list(ctx.args)
-    if resume:
-        if out_dir is None:
-            raise UserError("--resume needs --out RUN, the run to continue")
-        cfg = load_config(preset, config, overrides, base=read_config(out_dir / "config.yaml"))
-    else:
-        cfg = load_config(preset, config, overrides)
-    if data:
-        # Set directly, not as an override: a path is no YAML value ("2024", "no", "#x").
-        cfg.data.path = data
+    if resume and out_dir is None:
+        raise UserError("--resume needs --out RUN, the run to continue")
+    cfg = _config(preset, config, ctx.args, data, base=read_config(out_dir / "config.yaml") if resume else None)
     if auto_batch:
         _apply_auto_batch(cfg, preset)
     if out_dir is None:
@@ -253,12 +257,9 @@ def doctor(
     (peak memory, speed, predicted time and disk), the largest micro-batch that fits, and PASS/WARN/FAIL
     verdicts with fixes. Exit code 1 when any check fails. Extra `key=value` arguments override config fields.
     """
-    from difftrain.config import load_config
     from difftrain.hardware.doctor import run_doctor
 
-    cfg = load_config(preset, config, list(ctx.args))
-    if data:
-        cfg.data.path = data
+    cfg = _config(preset, config, ctx.args, data)
     budget = int(memory_budget * 2**30) if memory_budget else None
     if as_json:
         report = run_doctor(cfg, out_dir, preset=preset, memory_budget=budget)

@@ -218,7 +218,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=console, disable=not (progress and main), transient=False)
     history: list[dict] = []
-    window_loss, window_n, window_start, window_images = 0.0, 0, time.perf_counter(), images
+    # The loss is summed on the device and read only when logged: no host sync per step for it.
+    window_loss, window_n, window_start, window_images = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter(), images
     start_time, start_images = time.perf_counter(), images
     last_loss = math.nan
     net.train()
@@ -231,7 +232,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, null_label)
             if applied:
                 ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup))
-                window_loss += step_loss.item()
+                window_loss += step_loss.double()
                 window_n += 1
             else:
                 # A NaN/Inf never reached the weights (train_step skipped the update): count it, go on.
@@ -242,13 +243,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             if _due(images, prev, tc.log_every_images) or images >= goal:
                 now = time.perf_counter()
                 speed = (images - window_images) / max(now - window_start, 1e-9)
-                last_loss = window_loss / window_n if window_n else math.nan
+                last_loss = window_loss.item() / window_n if window_n else math.nan
                 record = {"images": images, "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
                           "images_per_s": speed, "nonfinite_steps": nonfinite, "peak_memory_bytes": memory.so_far()}
                 history.append(record)
                 log.write(record)
                 bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
-                window_loss, window_n, window_start, window_images = 0.0, 0, now, images
+                window_loss, window_n, window_start, window_images = torch.zeros_like(window_loss), 0, now, images
             bar.update(task, completed=min(images, goal))
             if _due(images, prev, tc.checkpoint_every_images) and images < goal:
                 checkpoint()
