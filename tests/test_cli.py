@@ -32,7 +32,7 @@ def difftrain(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, digits_dir):
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    cli("train", "--out", run, "--no-progress", *tiny_overrides(digits_dir, **{"train.duration_steps": 8}))
+    cli("train", "--out", run, "--no-progress", *tiny_overrides(digits_dir, **{"train.duration_steps": 8, "train.checkpoint_every_images": 64}))
     return run
 
 
@@ -68,11 +68,95 @@ def test_sample_one_class(trained_run, tmp_path):
 def test_eval_logs_and_reports(trained_run):
     result = cli("eval", trained_run, "--n", 100, "--steps", 4, "--json")
     record = json.loads(result.stdout[result.stdout.index("{"):])
-    assert record["n_samples"] == 100 and record["frechet_floor"] > 0 and 0 <= record["label_agreement"] <= 1
+    assert record["n_samples"] == 100 and record["fid_floor"] > 0 and 0 <= record["label_agreement"] <= 1
+    for key in ("kid", "kid_floor", "precision", "recall", "density", "coverage", "cas", "cas_real", "memorized_fraction"):
+        assert isinstance(record[key], float), key
+    assert record["sampler"] == "heun" and record["steps"] == 4 and record["extractor"] == "difftrain-small-classifier"
     lines = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["event"] == "eval"
+    assert lines[-1]["event"] == "eval" and lines[-1]["fid"] == record["fid"]
+    assert (trained_run / "eval" / "metrics-vs-images.png").is_file()
+    assert (trained_run / "eval" / "memorization-ckpt-000000128.png").is_file()
     report = (trained_run / "README.md").read_text()
-    assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report
+    assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report and "eval/memorization-" in report
+
+
+def test_eval_sweeps_steps_and_checkpoints_and_plots(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    result = cli("eval", run, "--n", 50, "--steps", "2,4", "--sampler", "euler", "--checkpoints", "all",
+                 "--metrics", "fid,kid,nll", "--json")
+    records = json.loads(result.stdout[result.stdout.index("["):])
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("ckpt-*"))
+    assert [(r["checkpoint"].rsplit("/", 1)[-1], r["steps"]) for r in records] == [(c, s) for c in checkpoints for s in (2, 4)]
+    assert all(r["network_evaluations"] == r["steps"] and r["nll_bits_per_dim"] > 0 for r in records)
+    assert "precision" not in records[0] and "cas" not in records[0]
+    assert (run / "eval" / "metrics-vs-steps.png").is_file()
+    # Each evaluation keeps its own samples file; none overwrites another.
+    assert len(checkpoints) == 2 and len(list((run / "eval").glob("samples-*-euler-*.npz"))) == 2 * len(checkpoints)
+    table = cli("eval", run, "--n", 50, "--steps", 2, "--metrics", "fid").stdout
+    assert "FID" in table and "difftrain-small-classifier" in table
+
+
+def test_eval_scores_any_samples_file(trained_run, digits_dir, tmp_path):
+    from difftrain.data import load_dataset
+    from difftrain.sampling import write_samples
+
+    ds = load_dataset(digits_dir)
+    # Real training images packed as a samples file (as another tool would write them) score at the floor.
+    write_samples(tmp_path / "real.npz", ds.train_images[:400], ds.train_labels[:400], {"name": "real images"})
+    result = cli("eval", "--samples", tmp_path / "real.npz", "--data", digits_dir, "--metrics", "fid,pr,mem", "--json")
+    record = json.loads(result.stdout[result.stdout.index("{"):])
+    assert record["fid"] == pytest.approx(record["fid_floor"], rel=0.5) and record["memorized_fraction"] == 1.0
+    assert record["name"] == "real images" and record["label_agreement"] > 0.9
+    assert (tmp_path / "real-memorization.png").is_file()
+
+
+def test_best_checkpoint_is_kept_by_evaluation_during_training(tmp_path, digits_dir):
+    run = tmp_path / "run"
+    cli("train", "--out", run, "--no-progress", *tiny_overrides(digits_dir, **{
+        "train.duration_steps": 6, "train.checkpoint_every_images": 32, "train.keep_checkpoints": 1,
+        "eval.every_images": 32, "eval.during_n": 20, "eval.during_metrics": "[fid, kid]", "eval.best_metric": "kid"}))
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["images"] for e in evals] == [32, 64, 96] and all(e["during_training"] for e in evals)
+    best = min(evals, key=lambda e: e["kid"])
+    assert [e["best"] for e in evals] == [e["kid"] == min(x["kid"] for x in evals[:i + 1]) for i, e in enumerate(evals)]
+    saved = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
+    assert saved["images"] == best["images"] and saved["kid"] == best["kid"]
+    assert json.loads((run / "checkpoints" / "best" / "info.json").read_text())["images_seen"] == best["images"]
+    record = json.loads(cli("eval", run, "--checkpoints", "best", "--n", 20, "--metrics", "fid", "--json").stdout)
+    assert record["images"] == best["images"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "{run}", "--metrics", "fid,bogus"], "bogus"),
+    (["eval", "--samples", "{tmp}/s.npz"], "--data"),
+    (["eval", "{run}", "--steps", "5,x"], "5,x"),
+    (["eval", "{run}", "--checkpoints", "best"], "eval.every_images"),
+    (["eval", "{run}", "--extractor", "inception", "--n", "20"], "eval.inception_weights"),
+    (["eval", "{run}", "--extractor", "inception", "--inception-weights", "{tmp}/none.pth", "--n", "20"], "none.pth"),
+    (["eval", "{run}", "--extractor", "{tmp}/notscript.pt", "--n", "20"], "TorchScript"),
+])
+def test_eval_mistakes_get_a_clear_error(args, message, trained_run, tmp_path):
+    (tmp_path / "notscript.pt").write_bytes(b"not a module")
+    result = difftrain(*[a.format(run=trained_run, tmp=tmp_path) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchscript_extractor_is_recorded_by_name_and_hash(trained_run, tmp_path):
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 2).flatten(1)
+
+    file = tmp_path / "pool.pt"
+    torch.jit.save(torch.jit.script(Pool()), str(file))
+    result = cli("eval", trained_run, "--n", 40, "--steps", 2, "--metrics", "fid,kid", "--extractor", file, "--json")
+    record = json.loads(result.stdout[result.stdout.index("{"):])
+    from difftrain.training.checkpoint import sha256_file
+
+    assert record["extractor"] == "torchscript:pool.pt" and record["extractor_sha256"] == sha256_file(file)
+    assert record["fid"] > 0
 
 
 def test_resume_from_cli_extends_the_run(trained_run, tmp_path):
@@ -134,7 +218,7 @@ def test_demo_runs_end_to_end(tmp_path, digits_dir):
     report = (tmp_path / "demo" / "README.md").read_text()
     assert "## Evaluation" in report and "class-conditional" in report
     assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
-    assert (tmp_path / "demo" / "samples" / "eval-samples.png").is_file()
+    assert list((tmp_path / "demo" / "eval").glob("samples-ckpt-*.png"))
 
 
 def test_config_lists_every_field_with_its_value():

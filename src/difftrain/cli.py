@@ -163,31 +163,93 @@ def _device(name: str) -> str:
     return name
 
 
-@app.command("eval", epilog="Example: `difftrain eval runs/digits --n 1000 --sampler heun --steps 18`")
+@app.command("eval", epilog="Examples: `difftrain eval runs/digits`  \n"
+                             "`difftrain eval runs/digits --checkpoints all --sampler dpmpp_2m --steps 5,10,20,50 --metrics fid,kid,pr`  \n"
+                             "`difftrain eval --samples other_tool.npz --data data/digits --json`")
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory."),
-    n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples to generate (default: eval.n_samples)."),
-    sampler: Optional[str] = typer.Option(None, help="Sampler (default: the run's config)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps."),
+    run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
+    samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C), optional labels) instead of a run."),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset to score --samples against."),
+    checkpoints: str = typer.Option("latest", help="'latest', 'best' (kept by evaluation during training), 'all' or a checkpoint folder."),
+    sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
+    steps: Optional[str] = typer.Option(None, help="Sampling steps, one or a comma list such as 5,10,20,50 (default: the run's config)."),
+    n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples per evaluation (default: eval.n_samples)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, cas, mem, nll (default: eval.metrics)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
-    seed: int = typer.Option(0, help="Seed of the noise."),
-    checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
+    seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
+    extractor: Optional[str] = typer.Option(None, help="Feature space: domain, inception or a TorchScript file (default: eval.extractor)."),
+    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Local file of the standard FID Inception-v3 weights."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Sample and score a checkpoint: Frechet distance (and its floor) and classifier agreement."""
-    from difftrain.evaluation.run_eval import evaluate_run
-    from difftrain.report.card import write_report
-    from difftrain.run import open_run
+    """Score samples against held-out data: FID, KID, precision/recall/density/coverage (each next to its
+    real-data floor), classification accuracy score, memorization and likelihood. A run's results are
+    appended to its metrics.jsonl and plotted in RUN/eval/."""
+    from difftrain.evaluation.run_eval import evaluate_run, evaluate_samples_file
 
-    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
-    with console.status("sampling and evaluating"):
-        record = evaluate_run(run, n=n, spec=spec, checkpoint=checkpoint, warn=_warn)
-    write_report(run)
-    if as_json:
-        print(json.dumps(record, indent=2))
+    dev = _device(device)
+    if samples is not None:
+        if run is not None or data is None:
+            raise UserError("--samples FILE needs --data DIR (a prepared dataset) and no run directory")
+        with console.status("evaluating samples"):
+            records = [evaluate_samples_file(samples, data, metrics=metrics, seed=seed, extractor=extractor,
+                                             inception_weights=inception_weights, device=dev)]
     else:
-        _print_info({k: record[k] for k in ("frechet_distance", "frechet_floor", "label_agreement", "classifier_test_accuracy",
-                                             "n_samples", "sampler", "steps", "network_evaluations", "guidance") if k in record})
+        if run is None:
+            raise UserError("give a run directory, or --samples FILE --data DIR")
+        from difftrain.report.card import write_report
+
+        step_list = _int_list(steps, "--steps") if steps else None
+        with console.status("sampling and evaluating"):
+            records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
+                                   metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
+                                   device=dev, warn=_warn)
+        write_report(run)
+    if as_json:
+        print(json.dumps(records if len(records) > 1 else records[0], indent=2))
+        return
+    _print_eval(records)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text}: give whole numbers separated by commas, e.g. 5,10,20,50") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option} {text}: every value must be at least 1")
+    return values
+
+
+def _print_eval(records: list[dict]) -> None:
+    """One row per evaluation; each metric beside its floor (the same metric for real images)."""
+    def cell(r: dict, key: str, floor_key: str | None = None, fmt: str = "{:.4g}") -> str:
+        if not isinstance(r.get(key), (int, float)):
+            return "-"
+        text = fmt.format(r[key])
+        return text + (f" ({fmt.format(r[floor_key])})" if isinstance(r.get(floor_key), (int, float)) else "")
+
+    columns = {"FID": ("fid", "fid_floor"), "KID": ("kid", "kid_floor"), "precision": ("precision", "precision_floor"),
+               "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),
+               "CAS (real)": ("cas", "cas_real"), "labels": ("label_agreement", None), "memorized": ("memorized_fraction", None),
+               "NLL bits/dim": ("nll_bits_per_dim", None)}
+    shown = {title: keys for title, keys in columns.items() if any(isinstance(r.get(keys[0]), (int, float)) for r in records)}
+    table = Table("checkpoint", "sampler", "steps", "NFE", "n", *shown, title="metric (floor: real training images scored the same way)")
+    for r in records:
+        name = Path(r["checkpoint"]).name if r.get("checkpoint") else Path(r.get("samples_file", "-")).name
+        table.add_row(name, str(r.get("sampler", "-")), str(r.get("steps", "-")), str(r.get("network_evaluations", "-")),
+                      str(r.get("n_samples", "-")), *(cell(r, *keys) for keys in shown.values()))
+    out.print(table)
+    first = records[0]
+    if first.get("extractor"):
+        accuracy = first.get("extractor_test_accuracy")
+        out.print(f"features: {first['extractor']} (weights sha256 {first['extractor_sha256'][:12]})"
+                  + (f", held-out accuracy {accuracy:.1%}" if isinstance(accuracy, float) else "")
+                  + f"; {first.get('n_reference', '?')} held-out images; seed {first.get('eval_seed', 0)}")
+    for warning in dict.fromkeys(w for r in records for w in r.get("warnings", [])):
+        _warn(warning)
+    for png in dict.fromkeys(r["memorization_png"] for r in records if r.get("memorization_png")):
+        console.print(f"closest sample/training pairs: {png}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},

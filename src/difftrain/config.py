@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -115,9 +115,32 @@ class SampleConfig(Section):
     batch_size: int = Field(500, ge=1, description="Samples per network call.")
 
 
+# Sample metrics (fid, kid, pr, cas, mem) and the model metric nll; evaluation/suite.py describes them.
+MetricName = Literal["fid", "kid", "pr", "cas", "mem", "nll"]
+
+
 class EvalConfig(Section):
-    n_samples: int = Field(1000, ge=10, description="Samples generated for the evaluation at the end of training.")
-    classifier_epochs: int = Field(20, ge=1, description="Epochs of the small feature classifier trained on the prepared dataset.")
+    n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
+    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, cas, mem, nll.")
+    extractor: str = Field("auto", description="Feature space: 'domain' (small classifier trained on the dataset), 'inception', "
+                           "a TorchScript file, or 'auto' (inception when inception_weights is set, else domain).")
+    inception_weights: Optional[str] = Field(None, description="Local file of the standard FID Inception-v3 weights (never downloaded).")
+    classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
+    reference_images: int = Field(10_000, ge=10, description="Training images whose features are cached for the floors (and the most samples scored).")
+    k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
+    nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
+    nll_steps: int = Field(64, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
+    every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never); keeps checkpoints/best.")
+    during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
+    during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
+    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best (fid, kid, precision, recall, density, coverage, cas, nll_bits_per_dim).")
+
+    @model_validator(mode="after")
+    def _best_is_computed(self) -> "EvalConfig":
+        family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll"}.get(self.best_metric, self.best_metric)
+        if self.every_images and family not in self.during_metrics:
+            raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
+        return self
 
 
 class Config(Section):
@@ -139,6 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"lr": 2e-3, "warmup_images": 5_000},
         "train": {"batch_size": 128, "duration_images": 55_000, "ema_halflife_images": 5_000,
                   "log_every_images": 2_560, "grid_every_images": 11_000, "checkpoint_every_images": 11_000},
+        "eval": {"every_images": 11_000, "during_n": 256},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {
@@ -147,7 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"lr": 2e-3, "warmup_images": 10_000},
         "train": {"batch_size": 128, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
-        "eval": {"n_samples": 2000},
+        "eval": {"n_samples": 2000, "every_images": 50_000, "during_n": 500},
     },
 }
 

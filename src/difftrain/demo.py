@@ -23,11 +23,13 @@ def run_demo(out: Path | None = None, images: int | None = None, console: Consol
     result = train(config, out, console=console)
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s)")
     console.rule("[bold]2/3 sample and evaluate")
-    with console.status("sampling every class and training the feature classifier"):
-        record = evaluate_run(out, warn=lambda m: console.print(f"[yellow]{m}"))
-    console.print(f"Frechet distance {record['frechet_distance']:.3f} (real-data floor {record['frechet_floor']:.3f}), "
-                  f"classifier agreement {record.get('label_agreement', float('nan')):.1%} "
-                  f"({record['network_evaluations']} network evaluations per sample)")
+    with console.status("sampling every class and scoring the samples"):
+        record = evaluate_run(out, warn=lambda m: console.print(f"[yellow]{m}"))[0]
+    console.print(f"FID {record['fid']:.3f} (real-data floor {record['fid_floor']:.3f}), KID {record['kid']:.4f} "
+                  f"(floor {record['kid_floor']:.4f}), precision {record['precision']:.2f} / recall {record['recall']:.2f}, "
+                  f"classification accuracy score {record['cas']:.1%} (real data {record['cas_real']:.1%}), "
+                  f"memorized {record['memorized_fraction']:.1%}, "
+                  f"{record['network_evaluations']} network evaluations per sample")
     console.rule("[bold]3/3 report")
     report = write_report(out)
     console.print(f"report: {report}\nsamples: {out / 'samples'}")

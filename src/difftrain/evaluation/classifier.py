@@ -2,6 +2,7 @@
 
 Inception features know nothing of 8x8 digits; a classifier trained on the data itself
 is the honest feature space for small grayscale data. It is cached beside the dataset.
+The same network, trained on generated images instead, gives the Classification Accuracy Score.
 """
 
 from __future__ import annotations
@@ -61,34 +62,47 @@ def predict(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
     return np.concatenate([model(x).argmax(1).numpy() for x in _batches(images)])
 
 
+def accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((predict(model, images) == labels).mean()) if len(images) else float("nan")
+
+
+def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int = 20, seed: int = 0,
+                   batch: int = 128) -> SmallClassifier:
+    """Train a SmallClassifier on uint8 (N, H, W, C) images; the seed fixes everything."""
+    # A private RNG stream: evaluating during training must not move the trainer's random numbers.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SmallClassifier(images.shape[3], num_classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        x_all = image.to_model(torch.from_numpy(images))
+        y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        gen = torch.Generator().manual_seed(seed)
+        steps = epochs * max(1, len(x_all) // batch)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(len(x_all), (batch,), generator=gen)
+            x = x_all[idx]
+            # Shift by up to 1/16 of the size (none for 8x8 digits, where a pixel is a stroke) so
+            # features do not hinge on exact pixel positions.
+            pad = x.shape[-1] // 16
+            dx, dy = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            loss = nn.functional.cross_entropy(model(x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
 def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
     """Train on the train split; return the classifier and its held-out accuracy."""
     if not ds.num_classes:
-        raise UserError(f"{ds.path} has no labels: the feature classifier needs a labelled dataset")
-    torch.manual_seed(seed)
-    model = SmallClassifier(ds.image_shape[2], ds.num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    x_all = image.to_model(torch.from_numpy(ds.train_images))
-    y_all = torch.from_numpy(ds.train_labels)
-    gen = torch.Generator().manual_seed(seed)
-    steps = epochs * max(1, len(x_all) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x_all), (batch,), generator=gen)
-        x = x_all[idx]
-        # Shift by up to 1/16 of the size (none for 8x8 digits, where a pixel is a stroke) so
-        # features do not hinge on exact pixel positions.
-        pad = x.shape[-1] // 16
-        dx, dy = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
-        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        loss = nn.functional.cross_entropy(model(x), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    accuracy = float((predict(model, ds.test_images) == ds.test_labels).mean()) if len(ds.test_images) else float("nan")
-    return model, accuracy
+        raise UserError(f"{ds.path} has no labels: the feature classifier needs a labelled dataset "
+                        "(use eval.extractor=inception or a TorchScript file for unlabelled data)")
+    model = fit_classifier(ds.train_images, ds.train_labels, ds.num_classes, epochs=epochs, seed=seed, batch=batch)
+    return model, accuracy(model, ds.test_images, ds.test_labels)
 
 
 def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
@@ -100,14 +114,15 @@ def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 
     if weights.is_file() and meta_file.is_file():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(meta_file.read_text())
-    model, accuracy = train_classifier(ds, epochs, seed)
+    model, test_accuracy = train_classifier(ds, epochs, seed)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"name": "difftrain-small-classifier", "test_accuracy": accuracy, "epochs": epochs, "seed": seed}
+    meta = {"name": "difftrain-small-classifier", "test_accuracy": test_accuracy, "epochs": epochs, "seed": seed}
     try:
         with atomic.atomic_file(weights) as tmp:
             save_file(state, tmp)
         meta["weights_sha256"] = sha256_file(weights)
         atomic.write_json(meta_file, meta)
     except OSError:
-        pass  # a read-only dataset folder: use the classifier without caching it
+        # A read-only dataset folder: use the classifier without caching it, identified by its weights.
+        meta["weights_sha256"] = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
     return model.eval(), meta

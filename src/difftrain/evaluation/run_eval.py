@@ -1,19 +1,30 @@
-"""Evaluate a run's checkpoint: sample, score against held-out data, log the result."""
+"""Evaluate a run: sample its checkpoints with one or more samplers and step counts, score
+the samples (and the likelihood), append every record to metrics.jsonl and plot them.
+
+    RUN/eval/samples-<checkpoint>-<sampler>-<steps>.npz   the samples scored (+ a PNG grid)
+    RUN/eval/memorization-<checkpoint>.png               closest sample / training-image pairs
+    RUN/eval/metrics-vs-images.png, metrics-vs-steps.png
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from difftrain.data import load_dataset
-from difftrain.evaluation.classifier import load_or_train_classifier
-from difftrain.evaluation.first_eval import evaluate_samples
+from difftrain.config import EvalConfig
+from difftrain.data import PreparedDataset, load_dataset
+from difftrain.diffusion import Denoiser
+from difftrain.errors import UserError
+from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
+from difftrain.evaluation.suite import evaluate_samples, parse_metrics
 from difftrain.modalities import image
-from difftrain.run import open_run
-from difftrain.sampling import SamplingSpec, balanced_labels, generate, spec_meta, write_samples
+from difftrain.run import Run, open_run
+from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
+from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.training.metrics_log import MetricsLog
 
 
@@ -41,23 +52,121 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     return {"images": images, "labels": labels, "meta": meta}
 
 
-def evaluate_run(run_dir: str | Path, *, n: int | None = None, spec: SamplingSpec | None = None, checkpoint: str = "latest",
-                 progress=None, warn=print) -> dict:
-    """Sample n images, compute the first evaluation, append it to metrics.jsonl."""
+def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:
+    """'latest', 'best', 'all' (every valid one, oldest first) or a checkpoint folder."""
+    if which != "all":
+        return [resolve_checkpoint(run.path, which, warn)]
+    found = []
+    for path in list_checkpoints(run.path):
+        try:
+            found.append(open_checkpoint(path))
+        except CheckpointError as e:
+            warn(f"skipping damaged checkpoint: {e}")
+    if not found:
+        raise UserError(f"{run.path} has no valid checkpoint to evaluate")
+    return found
+
+
+def likelihood(denoiser: Denoiser, ds: PreparedDataset, num_classes: int, ec: EvalConfig, device: str | torch.device = "cpu",
+               seed: int = 0) -> dict[str, Any]:
+    """Bits per dimension of the first eval.nll_images held-out images."""
+    from difftrain.evaluation.likelihood import bits_per_dim
+
+    images = ds.test_images[:ec.nll_images]
+    labels = ds.test_labels[:ec.nll_images] if num_classes else None
+    return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device)
+
+
+def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None,
+          metrics: list[str], ec: EvalConfig, seed: int = 0, memorization_png: Path | None = None) -> dict[str, Any]:
+    """`evaluate_samples` with the run's eval settings; nothing to do when only nll is asked."""
+    sample_metrics = [m for m in metrics if m != "nll"]
+    if not sample_metrics:
+        return {}
+    return evaluate_samples(images, labels, ds, extractor, metrics=sample_metrics, seed=seed, k=ec.k,
+                            reference_images=ec.reference_images, classifier_epochs=ec.classifier_epochs,
+                            memorization_png=memorization_png)
+
+
+def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choice: str | None = None,
+                  inception_weights: str | None = None, device: str | torch.device = "cpu") -> FeatureExtractor | None:
+    if not {"fid", "kid", "pr"} & set(metrics):
+        return None
+    return build_extractor(choice or ec.extractor, ds, inception_weights=inception_weights or ec.inception_weights,
+                           classifier_epochs=ec.classifier_epochs, device=device)
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
+                 guidance: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
+                 extractor: str | None = None, inception_weights: str | None = None, device: str = "cpu",
+                 progress=None, warn=print) -> list[dict[str, Any]]:
+    """Score every chosen checkpoint at every step count; append the records to metrics.jsonl."""
+    run_dir = Path(run_dir)
     run = open_run(run_dir)
-    spec = spec or run.sampling_spec(seed=run.config.train.seed)
-    n = n or run.config.eval.n_samples
-    out = Path(run_dir) / "samples" / "eval-samples.npz"
-    with torch.inference_mode():
-        sampled = sample_run(run_dir, n, spec, out, checkpoint=checkpoint, progress=progress, warn=warn)
+    ec = run.config.eval
+    metrics = parse_metrics(metrics or ec.metrics)
+    n = n or ec.n_samples
+    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance) for s in (steps or [None])]
+    chosen = select_checkpoints(run, checkpoints, warn)
     ds = load_dataset(run.dataset["path"])
-    model, clf_meta = load_or_train_classifier(ds, epochs=run.config.eval.classifier_epochs)
-    scores = evaluate_samples(sampled["images"], sampled["labels"], ds, model)
-    record = {"event": "eval", "images": sampled["meta"]["images_seen"], **scores,
-              "classifier_test_accuracy": clf_meta.get("test_accuracy"), "extractor": clf_meta.get("name"),
-              "extractor_sha256": clf_meta.get("weights_sha256"), "samples_file": str(out), **spec_meta(spec),
-              "checkpoint": sampled["meta"]["checkpoint"]}
-    log = MetricsLog(Path(run_dir))
-    log.write(record)
-    log.close()
+    ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
+    out_dir = run_dir / "eval"
+    log = MetricsLog(run_dir)
+    records = []
+    try:
+        for ckpt in chosen:
+            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve())}
+            nll = likelihood(run.denoiser(ckpt, device=device), ds, run.num_classes, ec, device, seed) if "nll" in metrics else {}
+            if metrics == ["nll"]:
+                records.append({**base, **nll})
+                log.write(records[-1])
+                continue
+            for spec in specs:
+                samples_file = out_dir / f"samples-{ckpt.path.name}-{spec.sampler}-{spec.steps}.npz"
+                with torch.inference_mode():
+                    sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
+                                         progress=progress, warn=warn)
+                scores = score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
+                               memorization_png=out_dir / f"memorization-{ckpt.path.name}.png")
+                records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
+                log.write(records[-1])
+    finally:
+        log.close()
+    from difftrain.evaluation.plots import plot_run
+
+    plot_run(run_dir)
+    return records
+
+
+def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: list[str] | str | None = None, seed: int = 0,
+                          eval_config: EvalConfig | None = None, extractor: str | None = None,
+                          inception_weights: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Score any samples file (ours, another tool's, real images packed so) against a prepared dataset."""
+    ec = eval_config or EvalConfig()
+    metrics = parse_metrics(metrics or ec.metrics)
+    if "nll" in metrics:
+        raise UserError("nll is a property of a model, not of samples: evaluate a run directory for it, or drop nll from --metrics")
+    images, labels, meta = read_samples(samples)
+    ds = load_dataset(data)
+    ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
+    scores = score(images, labels, ds, ext, metrics, ec, seed, memorization_png=Path(samples).with_name(Path(samples).stem + "-memorization.png"))
+    # What produced the samples, as their file says (checkpoint, sampler, steps, guidance, seed).
+    produced = {k: meta[k] for k in ("checkpoint", "images_seen", "sampler", "steps", "schedule", "guidance", "seed",
+                                     "network_evaluations", "name") if k in meta}
+    return {"event": "eval", **produced, **scores, "samples_file": str(Path(samples).resolve()), "data": str(Path(data).resolve())}
+
+
+def evaluate_during_training(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *,
+                             images_seen: int, num_classes: int, null_label: int | None, device) -> dict[str, Any]:
+    """A small-budget evaluation of the EMA denoiser, logged by the trainer; picks checkpoints/best."""
+    ec = config.eval
+    spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
+    labels = balanced_labels(ec.during_n, num_classes)
+    with torch.inference_mode():
+        samples = generate(denoiser, ec.during_n, ds.image_shape, labels, spec, batch_size=config.sample.batch_size,
+                           null_label=null_label, device=device)
+    record = {"event": "eval", "during_training": True, "images": images_seen, **spec_meta(spec),
+              **score(samples, labels, ds, extractor, list(ec.during_metrics), ec, config.train.seed)}
+    if "nll" in ec.during_metrics:
+        record.update(likelihood(denoiser, ds, num_classes, ec, device, config.train.seed))
     return record

@@ -24,6 +24,54 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows)])
 
 
+# (title, record key, floor key): each metric beside the same metric for real data.
+METRIC_ROWS = [("FID", "fid", "fid_floor"), ("KID", "kid", "kid_floor"), ("precision", "precision", "precision_floor"),
+               ("recall", "recall", "recall_floor"), ("density", "density", "density_floor"), ("coverage", "coverage", "coverage_floor"),
+               ("classification accuracy score", "cas", "cas_real"), ("agreement with requested labels", "label_agreement", None),
+               ("memorized fraction", "memorized_fraction", None), ("NLL, bits/dim (held-out)", "nll_bits_per_dim", None)]
+
+
+def _link(path: str | Path, run_dir: Path) -> str:
+    """A path relative to the run directory when inside it, so the report's links survive a move."""
+    p, r = Path(path).resolve(), run_dir.resolve()
+    return str(p.relative_to(r)) if p.is_relative_to(r) else str(p)
+
+
+def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int) -> list[str]:
+    rows = "\n".join(f"| {title} | {_fmt(e[key])} | {_fmt(e[floor]) if floor and floor in e else '-'} |"
+                     for title, key, floor in METRIC_ROWS if key in e)
+    accuracy = e.get("extractor_test_accuracy")
+    protocol = _table([
+        ("features", f"{e.get('extractor', '-')} (sha256 {str(e.get('extractor_sha256', ''))[:12]})"
+                     + (f", held-out accuracy {accuracy:.1%}" if isinstance(accuracy, float) else "")),
+        ("samples / held-out images", f"{e.get('n_samples', 0):,} / {e.get('n_reference', 0):,}"),
+        ("sampler", f"{e['sampler']}, {e['steps']} steps ({e['network_evaluations']} network evaluations), "
+                    f"{e['schedule']} schedule, guidance {e['guidance']:g}, seed {e['seed']}") if "sampler" in e else ("sampler", "-"),
+        ("checkpoint", f"{Path(e['checkpoint']).name} ({e['images']:,} images)")])
+    parts = ["## Evaluation", "",
+             "Samples are scored against held-out images. The floor is the same metric for real training images of "
+             "the same count: a perfect generator scores about the floor (for CAS: a classifier trained on real images).", "",
+             "| metric | samples | floor |", "|---|---|---|", rows, "", protocol, ""]
+    parts += [f"- warning: {w}" for w in e.get("warnings", [])] + ([""] if e.get("warnings") else [])
+    best = [r for r in during if r.get("best")]
+    if best:
+        b = best[-1]
+        metric = next((k for k in ("fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim") if k in b), None)
+        parts += [f"Evaluated during training every {every_images:,} images on {b.get('n_samples', '?')} samples; "
+                  f"the best checkpoint ({b['images']:,} images{f', {metric} {_fmt(b[metric])}' if metric else ''}) is kept in "
+                  "`checkpoints/best`.", ""]
+    for name, title in (("metrics-vs-images.png", "metrics over training"), ("metrics-vs-steps.png", "metrics against sampling steps")):
+        if (run_dir / "eval" / name).is_file():
+            parts += [f"![{title}](eval/{name})", ""]
+    grid = Path(e.get("samples_file", "")).with_suffix(".png")
+    if grid.is_file():
+        parts += [f"![evaluation samples]({_link(grid, run_dir)})", ""]
+    if e.get("memorization_png"):
+        parts += ["Closest samples to training images (sample left, nearest training image right):", "",
+                  f"![memorization]({_link(e['memorization_png'], run_dir)})", ""]
+    return parts
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN/README.md from config.yaml, dataset.json, metrics.jsonl and samples/."""
     run_dir = Path(run_dir)
@@ -66,24 +114,9 @@ def write_report(run_dir: str | Path) -> Path:
                   f"![samples after {grids[-1].stem.split('-')[-1].lstrip('0')} images](samples/{grids[-1].name})", ""]
         if len(grids) > 1:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
-    if evals:
-        e = evals[-1]
-        rows = [("Frechet distance, samples vs held-out", e["frechet_distance"]),
-                ("Frechet distance, real training vs held-out (floor)", e["frechet_floor"])]
-        if "label_agreement" in e:
-            rows.append(("classifier agreement with requested labels", e["label_agreement"]))
-        rows += [("feature classifier's held-out accuracy", e.get("classifier_test_accuracy")),
-                 ("samples / held-out images", f"{e['n_samples']:,} / {e['n_reference']:,}"),
-                 ("sampler", f"{e['sampler']}, {e['steps']} steps ({e['network_evaluations']} network evaluations), "
-                             f"{e['schedule']} schedule, guidance {e['guidance']:g}, seed {e['seed']}"),
-                 ("checkpoint", f"{Path(e['checkpoint']).name} ({e['images']:,} images)")]
-        parts += ["## Evaluation", "",
-                  "Distances are measured in the 64-d feature space of a small classifier trained on the prepared "
-                  "dataset (Inception features are meaningless for small grayscale images). The floor is the same "
-                  "distance for real training images: a perfect generator scores about the floor.", "", _table(rows), ""]
-        grid = Path(e["samples_file"]).with_suffix(".png")
-        if grid.is_file():
-            parts += [f"![evaluation samples](samples/{grid.name})", ""]
+    final = [r for r in evals if not r.get("during_training")]
+    if final:
+        parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images)
     parts += ["## Reproduce", "", "```", f"difftrain train --config {run_dir / 'config.yaml'} --out NEW_RUN",
               f"difftrain sample {run_dir} --n 100 --out samples.npz", "```", "",
               "<details><summary>Full config</summary>", "", "```yaml",

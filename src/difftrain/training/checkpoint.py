@@ -5,6 +5,8 @@
         ema.safetensors              EMA weights (what sampling uses)
         state.pt                     optimizer + RNG state, read with weights_only=True
         info.json                    step, images seen, sha256 of each file above
+    checkpoints/best/                a copy of the best checkpoint by the evaluation during
+        best.json                    training (never pruned), with the record that chose it
 """
 
 from __future__ import annotations
@@ -126,8 +128,33 @@ def latest_checkpoint(run_dir: Path, warn=print) -> Checkpoint | None:
     return None
 
 
+def save_best(run_dir: Path, source: Path, record: dict[str, Any]) -> Path:
+    """Copy checkpoint `source` to checkpoints/best atomically, with the evaluation that chose it."""
+    final = Path(run_dir) / "checkpoints" / "best"
+    with atomic.atomic_directory(final, overwrite=True) as tmp:
+        for file in source.iterdir():
+            shutil.copy2(file, tmp / file.name)
+        atomic.write_json(tmp / "best.json", record)
+    return final
+
+
+def best_record(run_dir: Path) -> dict[str, Any] | None:
+    """The evaluation record that chose checkpoints/best, or None."""
+    file = Path(run_dir) / "checkpoints" / "best" / "best.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_checkpoint(run_dir: Path, which: str = "latest", warn=print) -> Checkpoint:
-    """'latest' or a path to a checkpoint folder; a clear error when there is none."""
+    """'latest', 'best' or a path to a checkpoint folder; a clear error when there is none."""
+    if which == "best":
+        best = Path(run_dir) / "checkpoints" / "best"
+        if not best.is_dir():
+            raise CheckpointError(f"{run_dir} has no best checkpoint: it is kept when the run evaluates during training "
+                                  "(set eval.every_images); use --checkpoints latest")
+        return open_checkpoint(best)
     if which == "latest":
         ckpt = latest_checkpoint(run_dir, warn)
         if ckpt is None:

@@ -27,7 +27,8 @@ from difftrain.modalities import image
 from difftrain.models import build_network
 from difftrain.run import formulation_of, load_weights, resolve_dataset, save_run_info
 from difftrain.sampling import SamplingSpec, generate
-from difftrain.training.checkpoint import Checkpoint, checkpoint_images, latest_checkpoint, list_checkpoints, save_checkpoint
+from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
+                                           save_best, save_checkpoint)
 from difftrain.training.ema import EMA, ema_beta
 from difftrain.training.metrics_log import MetricsLog
 from difftrain.training.optim import build_optimizer, learning_rate
@@ -89,6 +90,49 @@ def _resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Chec
             path.rename(path.with_name(f"damaged-{path.name}"))
             console.print(f"[yellow]warning:[/] set aside damaged checkpoint as {path.with_name(f'damaged-{path.name}')}")
     return existing
+
+
+class DuringTraining:
+    """Evaluate the EMA denoiser at a checkpoint, log it, and copy the checkpoint to
+    checkpoints/best when it is the best so far by eval.best_metric (kept across resumes)."""
+
+    def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, null_label: int | None,
+                 device: torch.device, console: Console):
+        self.config, self.run_dir, self.dataset, self.console = config, run_dir, dataset, console
+        self.num_classes, self.null_label, self.device = num_classes, null_label, device
+        self.metric = config.eval.best_metric
+        previous = best_record(run_dir) or {}
+        self.best = previous.get(self.metric)
+        self.extractor = None
+
+    def better(self, value: float) -> bool:
+        from difftrain.evaluation.suite import LOWER_IS_BETTER
+
+        if self.best is None:
+            return math.isfinite(value)
+        return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
+
+    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
+        from difftrain.evaluation.run_eval import evaluate_during_training, extractor_for
+
+        ec = self.config.eval
+        if self.extractor is None:
+            self.extractor = extractor_for(self.dataset, ec, list(ec.during_metrics), device=self.device)
+        record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
+                                          num_classes=self.num_classes, null_label=self.null_label, device=self.device)
+        record["checkpoint"] = str(checkpoint_path.resolve())
+        value = record.get(self.metric)
+        if value is None:
+            raise UserError(f"eval.best_metric={self.metric} was not computed (eval.during_metrics={ec.during_metrics})")
+        is_best = self.better(value)
+        record["best"] = is_best
+        log.write(record)
+        if is_best:
+            self.best = value
+            save_best(self.run_dir, checkpoint_path, record)
+        floor = record.get(f"{self.metric}_floor")
+        self.console.print(f"eval at {images:,} images: {self.metric} {value:.4g}" + (f" (floor {floor:.4g})" if floor is not None else "")
+                           + (" - new best, saved to checkpoints/best" if is_best else ""))
 
 
 def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
@@ -214,6 +258,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                             keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
 
+    # Evaluation during training scores the checkpoint just written and keeps the best as checkpoints/best.
+    evaluator = DuringTraining(config, run_dir, dataset, num_classes, null_label, device, console) if config.eval.every_images and main else None
+
+    def evaluate() -> None:
+        if evaluator is not None:
+            evaluator(Denoiser(ema.net, denoiser.formulation), images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
+        accelerator.wait_for_everyone()
+
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=console, disable=not (progress and main), transient=False)
@@ -251,14 +303,22 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                 bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
                 window_loss, window_n, window_start, window_images = torch.zeros_like(window_loss), 0, now, images
             bar.update(task, completed=min(images, goal))
-            if _due(images, prev, tc.checkpoint_every_images) and images < goal:
+            if (_due(images, prev, tc.checkpoint_every_images) or _due(images, prev, config.eval.every_images)) and images < goal:
                 checkpoint()
+            if _due(images, prev, config.eval.every_images) and images < goal:
+                paused = time.perf_counter()
+                evaluate()
+                # Evaluation time is not training time: keep it out of the speed figures.
+                paused = time.perf_counter() - paused
+                window_start, start_time = window_start + paused, start_time + paused
             if _due(images, prev, tc.grid_every_images) and images < goal:
                 write_grid()
     seconds = time.perf_counter() - start_time
     latest = latest_checkpoint(run_dir, warn=lambda m: None)
     if latest is None or latest.images != images:
         checkpoint()
+    if config.eval.every_images and (latest is None or latest.images != images):
+        evaluate()
     write_grid()
     log.close()
     return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss, nonfinite, history)

@@ -1,0 +1,106 @@
+"""Feature extractors for sample metrics. Every number records the extractor's name and
+weights hash, so numbers from different feature spaces are never compared by accident.
+
+    domain     a small classifier trained on the prepared dataset itself (the default;
+               the honest choice for small grayscale data such as digits and MNIST)
+    inception  Inception-v3 FID features from the standard weights file, via torch-fidelity
+    FILE       any TorchScript module: float (N, C, H, W) in [0, 1] -> (N, D)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
+from difftrain.training.checkpoint import sha256_file
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_HELP = (f"the standard FID Inception-v3 weights ({INCEPTION_FILE}, the file torch-fidelity and torchmetrics use) "
+                  "are never downloaded by difftrain: fetch it on a machine with internet from "
+                  "https://github.com/toshas/torch-fidelity/releases, then set eval.inception_weights=PATH "
+                  "(or pass --inception-weights PATH); or use eval.extractor=domain")
+
+
+@dataclass
+class FeatureExtractor:
+    name: str
+    sha256: str
+    embed: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, H, W, C) -> (B, ...) features
+    batch_size: int = 256
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the domain classifier's held-out accuracy
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """(N, D) float64 features of uint8 (N, H, W, C) images."""
+        parts = [self.embed(torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch_size]))).double().flatten(1).cpu().numpy()
+                 for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"extractor": self.name, "extractor_sha256": self.sha256, **{f"extractor_{k}": v for k, v in self.info.items()}}
+
+
+def domain_extractor(ds: PreparedDataset, epochs: int = 20) -> FeatureExtractor:
+    from difftrain.evaluation.classifier import features, load_or_train_classifier
+
+    model, meta = load_or_train_classifier(ds, epochs=epochs)
+    return FeatureExtractor("difftrain-small-classifier", meta["weights_sha256"], lambda x: torch.from_numpy(features(model, x.numpy())),
+                            batch_size=512, info={"test_accuracy": meta.get("test_accuracy"), "epochs": epochs})
+
+
+def inception_extractor(weights: str | Path | None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    path = Path(weights) if weights else None
+    if path is None or not path.is_file():
+        raise UserError(f"Inception weights {'not set' if path is None else f'file {path} not found'}: {INCEPTION_HELP}")
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise UserError("the Inception-v3 extractor runs torch-fidelity's network: `pip install 'difftrain[inception]'` "
+                        "(it needs torchvision); or save the network as TorchScript and pass it as eval.extractor=FILE") from None
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)).to(device)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # the network resizes to 299x299 itself, TensorFlow-style
+        return net(x.expand(-1, 3, -1, -1).contiguous().to(device))[0]  # grayscale -> RGB
+
+    return FeatureExtractor("inception-v3-fid", sha256_file(path), embed, batch_size=64)
+
+
+def torchscript_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"feature extractor file {path} not found (eval.extractor takes domain, inception or a TorchScript file)")
+    try:
+        module = torch.jit.load(str(path), map_location=device).eval()
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not TorchScript
+        raise UserError(f"{path} is not a TorchScript module ({str(e).splitlines()[0][:200]}); "
+                        "save one with torch.jit.save(torch.jit.script(model), PATH)") from None
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return module(x.permute(0, 3, 1, 2).float().div(255).to(device))
+        except Exception as e:  # noqa: BLE001 - the user's module rejected our input
+            raise UserError(f"TorchScript extractor {path} failed on images of shape {tuple(x.shape[1:])} "
+                            f"(it receives float (N, C, H, W) in [0, 1]): {str(e).splitlines()[0][:200]}") from None
+
+    return FeatureExtractor(f"torchscript:{path.name}", sha256_file(path), embed)
+
+
+def build_extractor(choice: str, ds: PreparedDataset, *, inception_weights: str | None = None, classifier_epochs: int = 20,
+                    device: str | torch.device = "cpu") -> FeatureExtractor:
+    """`auto` is Inception when its weights are configured, else the domain classifier."""
+    if choice == "auto":
+        choice = "inception" if inception_weights else "domain"
+    if choice == "domain":
+        return domain_extractor(ds, classifier_epochs)
+    if choice == "inception":
+        return inception_extractor(inception_weights, device)
+    return torchscript_extractor(choice, device)

@@ -1,0 +1,76 @@
+"""PNG plots of a run's evaluation records: each metric against training images and
+against sampling steps, with the real-data floor drawn where the metric has one."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from difftrain import atomic
+from difftrain.training.metrics_log import read_metrics
+
+# Metric key -> axis title, in display order.
+PLOTTED = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall", "density": "density",
+           "coverage": "coverage", "cas": "classification accuracy score", "label_agreement": "label agreement",
+           "memorized_fraction": "memorized fraction", "nll_bits_per_dim": "NLL (bits/dim)"}
+
+
+def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dict[str, float], xlabel: str, path: Path,
+            log_x: bool = False) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in PLOTTED if series.get(k)]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for label, points in sorted(series[key].items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if key in floors:
+            ax.axhline(floors[key], color="gray", linestyle="--", linewidth=1, label="floor (real data)")
+        ax.set_title(PLOTTED[key])
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic.atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write RUN/eval/metrics-vs-images.png and, when several step counts were scored, metrics-vs-steps.png."""
+    run_dir = Path(run_dir)
+    evals = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
+    if not evals:
+        return []
+    by_images: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    by_steps: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    latest = max(r["images"] for r in evals)
+    floors: dict[str, float] = {}
+    for r in evals:
+        during = " (during training)" if r.get("during_training") else ""
+        run_label = f"{r.get('sampler', '-')} {r.get('steps', '-')} steps, n={r.get('n_samples', '-')}{during}"
+        for key in PLOTTED:
+            if isinstance(r.get(key), (int, float)):
+                by_images[key][run_label].append((r["images"], r[key]))
+                if r["images"] == latest and not r.get("during_training") and "steps" in r:
+                    by_steps[key][f"{r['sampler']}, n={r.get('n_samples')}"].append((r["steps"], r[key]))
+            floor = r.get("cas_real" if key == "cas" else f"{key}_floor")  # CAS: the same classifier trained on real data
+            if isinstance(floor, (int, float)):
+                floors[key] = floor
+    written = [_figure(by_images, floors, "training images", run_dir / "eval" / "metrics-vs-images.png")]
+    if any(len({x for x, _ in pts}) > 1 for groups in by_steps.values() for pts in groups.values()):
+        written.append(_figure(by_steps, floors, "sampling steps", run_dir / "eval" / "metrics-vs-steps.png", log_x=True))
+    return [p for p in written if p is not None]

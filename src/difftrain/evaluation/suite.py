@@ -1,0 +1,108 @@
+"""Score a set of samples against a prepared dataset with one protocol for every metric.
+
+Samples are compared with the held-out images. Each feature metric is printed next to its
+floor: the same metric for real training images of the same count, which is what a
+perfect generator would get. Every record carries its counts, seed and extractor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
+from difftrain.evaluation.extractors import FeatureExtractor
+from difftrain.evaluation.frechet import frechet_between
+from difftrain.evaluation.kid import kernel_distance
+from difftrain.evaluation.neighbours import manifold_metrics
+from difftrain.evaluation.reference import reference_features, train_subset
+
+# Sample metrics; "nll" is a model metric (run_eval computes it from the denoiser, not from samples).
+METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (polynomial-kernel MMD^2)",
+           "pr": "precision, recall, density, coverage (k-NN in feature space)",
+           "cas": "classification accuracy score (classifier trained on samples, tested on real)",
+           "mem": "memorization: samples much closer to one training image than to any other",
+           "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)"}
+LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction"}
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(METRICS)}")
+    return names
+
+
+def _check(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset) -> None:
+    if images.shape[1:] != tuple(ds.image_shape):
+        raise UserError(f"samples have shape {images.shape[1:]} (H, W, C), the dataset {ds.path} has {tuple(ds.image_shape)}")
+    if len(images) < 10 or len(ds.test_images) < 10:
+        raise UserError(f"evaluation needs at least 10 samples and 10 held-out images (got {len(images)} and "
+                        f"{len(ds.test_images)}); prepare {ds.path} with a --test-fraction above 0 or generate more samples")
+    if labels is not None and ds.num_classes and (labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= ds.num_classes):
+        raise UserError(f"sample labels must be {len(images)} integers in 0..{ds.num_classes - 1} (the dataset's classes)")
+
+
+def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor, *,
+                     metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5, reference_images: int = 10_000,
+                     classifier_epochs: int = 20, memorization_png: str | Path | None = None) -> dict[str, Any]:
+    """All requested sample metrics of uint8 (N, H, W, C) `images` (with their class `labels`, if any)."""
+    _check(images, labels, ds)
+    n = min(len(images), len(ds.train_images), reference_images)
+    images = images[:n]
+    labels = labels[:n] if labels is not None else None
+    warnings: list[str] = []
+    record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_images)), "eval_seed": seed, **extractor.identity}
+    if len(images) > n:
+        warnings.append(f"only the first {n} samples are scored (as many as the real images the floor can use)")
+
+    if {"fid", "kid", "pr"} & set(metrics):
+        f_test, f_train = reference_features(ds, extractor, reference_images, seed)
+        f_real, f_fake = f_train[:n], extractor.features(images)
+        dim = f_fake.shape[1]
+        if min(n, len(f_test)) < 5 * dim:
+            warnings.append(f"{n} samples and {len(f_test)} held-out images are few for {dim}-d features "
+                            f"(at least {5 * dim} each is advisable): FID and KID are biased at this count, so compare "
+                            "only numbers with the same counts and extractor, and read them against their floor")
+        if "fid" in metrics:
+            record["fid"], record["fid_floor"] = frechet_between(f_fake, f_test), frechet_between(f_real, f_test)
+        if "kid" in metrics:
+            size = min(1000, n, len(f_test))
+            record["kid"], record["kid_std"] = kernel_distance(f_fake, f_test, subset_size=size, seed=seed)
+            record["kid_floor"], _ = kernel_distance(f_real, f_test, subset_size=size, seed=seed)
+            record["kid_subset_size"] = size
+        if "pr" in metrics:
+            ours, floor = manifold_metrics(f_test, f_fake, k=k), manifold_metrics(f_test, f_real, k=k)
+            for key in ("precision", "recall", "density", "coverage"):
+                record[key], record[f"{key}_floor"] = ours[key], floor[key]
+            record["k"] = k
+
+    if labels is not None and ds.num_classes:
+        from difftrain.evaluation import classifier as clf
+
+        model, meta = clf.load_or_train_classifier(ds, epochs=classifier_epochs)
+        record["label_agreement"] = float((clf.predict(model, images) == labels).mean())
+        if "cas" in metrics:
+            # The same network and budget trained on real images of the same count: the score to reach.
+            real_idx = train_subset(ds, n, seed)
+            fake_model = clf.fit_classifier(images, labels, ds.num_classes, epochs=classifier_epochs, seed=seed)
+            real_model = clf.fit_classifier(ds.train_images[real_idx], ds.train_labels[real_idx], ds.num_classes,
+                                            epochs=classifier_epochs, seed=seed)
+            record["cas"] = clf.accuracy(fake_model, ds.test_images, ds.test_labels)
+            record["cas_real"] = clf.accuracy(real_model, ds.test_images, ds.test_labels)
+    elif "cas" in metrics:
+        warnings.append("cas skipped: it needs class labels on both the samples and the dataset")
+
+    if "mem" in metrics:
+        from difftrain.evaluation.memorization import memorization, save_closest_pairs
+
+        result = memorization(images, ds.train_images)
+        record.update(result.summary())
+        if memorization_png is not None:
+            record["memorization_png"] = str(save_closest_pairs(images, ds.train_images, result, memorization_png))
+    record["warnings"] = warnings
+    return record
