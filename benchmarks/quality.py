@@ -2,10 +2,10 @@
 
 Trains difftrain through the library (load_config + train, with intermediate grids and
 checkpoints off) on the same data and budget as the reference, then samples and scores the
-run with `evaluate_run`. Prints one JSON line with the same fields as reference_loop.py.
+run with `evaluate_run` (every metric of `difftrain eval`). Prints one JSON line per step count.
 `--eval-only RUN` re-evaluates an existing run without training; several `--steps` values
-give one JSON line each. sample_seconds covers sampling, writing and scoring the samples,
-with the feature classifier already cached, like reference_loop.py's.
+give one JSON line each. eval_seconds covers sampling, writing and scoring the samples
+(every metric asked for), with the feature classifier already cached.
 
 Run (the full benchmark):
     python benchmarks/quality.py --data data/digits --preset digits --images 55000 --n-samples 1000 \
@@ -24,7 +24,6 @@ from difftrain.data import load_dataset
 from difftrain.evaluation.classifier import load_or_train_classifier
 from difftrain.evaluation.run_eval import evaluate_run
 from difftrain.run import open_run
-from difftrain.sampling import SamplingSpec
 from difftrain.training.trainer import train
 
 
@@ -33,56 +32,12 @@ def evaluate(run_dir: str, args: argparse.Namespace, steps: int, trained: dict) 
     run = open_run(run_dir)
     # Train (or load) the feature classifier first so that sample_seconds does not include it.
     load_or_train_classifier(load_dataset(run.dataset["path"]), epochs=run.config.eval.classifier_epochs)
-    spec = SamplingSpec(args.sampler, steps, args.schedule, args.guidance, seed=args.seed)
     start = time.perf_counter()
-    record = evaluate_run(run_dir, n=args.n_samples, spec=spec, warn=lambda m: None)
-    sample_seconds = time.perf_counter() - start
+    record = evaluate_run(run_dir, steps=[steps], sampler=args.sampler, guidance=args.guidance, n=args.n_samples,
+                          seed=args.seed, metrics=args.metrics, warn=lambda m: None)[0]
+    eval_seconds = time.perf_counter() - start
     common.emit({"name": "difftrain", "run": str(run_dir), **trained, "train_images": trained.get("train_images", record["images"]),
-                 "sampler": args.sampler, "schedule": args.schedule, "steps": steps, "sample_steps": steps,
-                 "guidance": args.guidance, "network_evaluations": record["network_evaluations"],
-                 "sample_seconds": sample_seconds, "frechet_distance": record["frechet_distance"],
-                 "frechet_floor": record["frechet_floor"], "label_agreement": record.get("label_agreement"),
-                 "classifier_test_accuracy": record["classifier_test_accuracy"], "n_samples": record["n_samples"]})
+                 "schedule": args.schedule, "sample_steps": steps, "eval_seconds": eval_seconds,
+                 **{k: v for k, v in record.items() if k not in ("event", "warnings", "samples_file")}})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="prepared dataset folder (needed unless --eval-only)")
-    parser.add_argument("--preset", default="digits")
-    parser.add_argument("--images", type=int, help="training images (rounded up to whole batches)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's train.batch_size)")
-    parser.add_argument("--n-samples", type=int, default=1000)
-    parser.add_argument("--sampler", default="heun")
-    parser.add_argument("--schedule", default="karras")
-    parser.add_argument("--steps", type=int, nargs="+", default=[18], help="one or more step counts")
-    parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="run directory to create")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    parser.add_argument("--eval-only", metavar="RUN", help="evaluate this existing run instead of training")
-    args = parser.parse_args()
-    common.set_threads(args.threads)
-
-    if args.eval_only:
-        run = open_run(args.eval_only)
-        for steps in args.steps:
-            evaluate(args.eval_only, args, steps, {"batch": run.config.train.batch_size, "overrides": None})
-        return
-    if not (args.data and args.images and args.out):
-        parser.error("--data, --images and --out are needed to train (or pass --eval-only RUN)")
-    overrides = [f"data.path={args.data}", f"train.duration_images={args.images}", f"train.seed={args.seed}",
-                 "train.grid_every_images=0", "train.checkpoint_every_images=0"]
-    overrides += [f"train.batch_size={args.batch}"] if args.batch else []
-    overrides += [f"train.threads={args.threads}"] if args.threads else []
-    overrides += args.override
-    config = load_config(args.preset, overrides=overrides)
-    result = train(config, args.out, progress=False)
-    trained = {"preset": args.preset, "batch": config.train.batch_size, "overrides": overrides, "train_images": result.images,
-               "train_seconds": result.seconds, "train_images_per_s": result.images_per_second, "final_loss": result.final_loss}
-    for steps in args.steps:
-        evaluate(args.out, args, steps, trained)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,7 @@ Differences from that script, for a fair comparison with difftrain:
   - random horizontal flip is OFF: digits are not flip-symmetric;
   - data come from a prepared dataset folder as an endless stream of shuffled epochs (a batch may
     span two epochs), not a DataLoader with a short last batch; no accelerate wrapper.
-Prints one JSON line: training speed, sampling cost and the first evaluation of the samples.
+Prints one JSON line: training speed, sampling cost and every metric of `difftrain eval` on the samples.
 
 Run (the full benchmark):
     python benchmarks/reference_loop.py --data data/digits --preset digits --images 55000 \
@@ -37,7 +37,7 @@ from diffusers.training_utils import EMAModel
 import common
 from difftrain.config import Config, load_config
 from difftrain.evaluation.classifier import load_or_train_classifier
-from difftrain.evaluation.first_eval import evaluate_samples
+from difftrain.evaluation.run_eval import evaluate_samples_file
 from difftrain.models import build_network
 from difftrain.modalities import image
 from difftrain.sampling import balanced_labels, write_samples
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for samples.npz")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--metrics", default="fid,kid,pr,cas,mem", help="comma list, as `difftrain eval --metrics`")
     args = parser.parse_args()
 
     common.set_threads(args.threads)
@@ -142,7 +143,7 @@ def main() -> None:
 
     # Sample with the EMA weights, then score like difftrain's `eval` (classifier cached first).
     ref.ema.copy_to(ref.unet.parameters())
-    classifier, clf_meta = load_or_train_classifier(ds, epochs=config.eval.classifier_epochs)
+    load_or_train_classifier(ds, epochs=config.eval.classifier_epochs)
     labels = balanced_labels(args.n_samples, num_classes)
     start = time.perf_counter()
     images = sample_ddpm(ref.unet, ref.scheduler, args.n_samples, ds.image_shape, labels, steps=args.sample_steps,
@@ -151,15 +152,14 @@ def main() -> None:
     meta = {"name": "diffusers-ddpm-reference", "sampler": "ddpm (diffusers DDPMScheduler)", "steps": args.sample_steps,
             "network_evaluations": nfe, "weights": "ema", "seed": args.seed, "images_seen": steps * batch}
     write_samples(Path(args.out) / "samples.npz", images, labels, meta)
-    scores = evaluate_samples(images, labels, ds, classifier)
     sample_seconds = time.perf_counter() - start
+    # Scored as any other tool's samples file: `difftrain eval --samples FILE --data DIR`.
+    scores = evaluate_samples_file(Path(args.out) / "samples.npz", args.data, metrics=args.metrics, seed=args.seed)
 
     common.emit({"name": "diffusers-ddpm-reference", "preset": args.preset, "batch": batch, "train_images": steps * batch,
                  "train_seconds": train_seconds, "train_images_per_s": steps * batch / train_seconds,
                  "sample_steps": args.sample_steps, "network_evaluations": nfe, "sample_seconds": sample_seconds,
-                 "frechet_distance": scores["frechet_distance"], "frechet_floor": scores["frechet_floor"],
-                 "label_agreement": scores.get("label_agreement"), "classifier_test_accuracy": clf_meta.get("test_accuracy"),
-                 "n_samples": scores["n_samples"], "device": str(device)})
+                 "device": str(device), **{k: v for k, v in scores.items() if k not in ("event", "warnings")}})
 
 
 if __name__ == "__main__":

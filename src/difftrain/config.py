@@ -129,7 +129,7 @@ class EvalConfig(Section):
     reference_images: int = Field(10_000, ge=10, description="Training images whose features are cached for the floors (and the most samples scored).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
-    nll_steps: int = Field(64, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
+    nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
     every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never); keeps checkpoints/best.")
     during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")

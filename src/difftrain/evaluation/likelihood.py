@@ -1,4 +1,4 @@
-"""Exact log-likelihood through the probability-flow ODE (Song et al. 2021, "Score-based generative modeling
+"""Log-likelihood through the probability-flow ODE (Song et al. 2021, "Score-based generative modeling
 through SDEs", Appendix D.2), in Karras et al. 2022's sigma form dx/dsigma = (x - D(x, sigma)) / sigma.
 
 Along a trajectory of the ODE, d log p_sigma(x(sigma)) / dsigma = -div_x f, so
@@ -19,7 +19,9 @@ from torch import Tensor
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.modalities import image
 
-DEFAULT_STEPS = 128  # Heun steps; see `ode_log_likelihood` for the accuracy they buy
+# Heun steps (two network evaluations and VJPs each). On 4-d Gaussian data 128 steps overestimate log p by
+# < 1.5e-3 relative (~1e-3 nats per dimension); the error falls 4x per doubling.
+DEFAULT_STEPS = 128
 
 
 def _jacobian_trace(out: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
@@ -119,7 +121,7 @@ def bits_per_dim(
     model is scored unconditionally (its "no label").
     """
     if images_uint8.ndim != 4 or images_uint8.dtype != np.uint8 or len(images_uint8) == 0:
-        raise ValueError(f"expected uint8 images (N, H, W, C) with N > 0, got {images_uint8.dtype} {images_uint8.shape}")
+        raise ValueError(f"expected uint8 images (N, H, W, C), N > 0; got {images_uint8.dtype} {images_uint8.shape}")
     n = len(images_uint8)
     dims = int(np.prod(images_uint8.shape[1:]))
     device = torch.device(device)
@@ -138,8 +140,8 @@ def bits_per_dim(
     return {
         "nll_bits_per_dim": float(per_image.mean()),
         "nll_std_error": float(per_image.std() / math.sqrt(n)) if n > 1 else float("nan"),
-        "n_images": n,
-        "ode_steps": steps,
-        "estimator": "exact" if exact else "hutchinson-rademacher",
-        "dequantization": "uniform",
+        "nll_images": n,
+        "nll_ode_steps": steps,
+        "nll_estimator": "exact" if exact else "hutchinson-rademacher",
+        "nll_dequantization": "uniform",
     }
