@@ -51,6 +51,8 @@ def tiny_overrides(data: Path, **extra) -> list[str]:
         "sample.steps": 4,
         "sample.batch_size": 64,
         "eval.classifier_epochs": 3,
+        "eval.nll_images": 16,
+        "eval.nll_steps": 8,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

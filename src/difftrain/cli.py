@@ -278,8 +278,12 @@ def show_config(
     from difftrain.config import describe_fields, load_config
 
     cfg = load_config(preset, config).model_dump(mode="json")
-    table = Table("key", "value", "description")
-    for key, _default, desc in describe_fields():
+    fields = describe_fields()
+    table = Table()
+    table.add_column("key", min_width=max(len(key) for key, _, _ in fields))  # keys are what users type: never cut them
+    table.add_column("value")
+    table.add_column("description")
+    for key, _default, desc in fields:
         node = cfg
         for part in key.split("."):
             node = node[part]

@@ -122,18 +122,17 @@ MetricName = Literal["fid", "kid", "pr", "cas", "mem", "nll"]
 class EvalConfig(Section):
     n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
     metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, cas, mem, nll.")
-    extractor: str = Field("auto", description="Feature space: 'domain' (small classifier trained on the dataset), 'inception', "
-                           "a TorchScript file, or 'auto' (inception when inception_weights is set, else domain).")
-    inception_weights: Optional[str] = Field(None, description="Local file of the standard FID Inception-v3 weights (never downloaded).")
+    extractor: str = Field("auto", description="Features: domain, inception, a TorchScript file, or auto (inception if its weights are set).")
+    inception_weights: Optional[str] = Field(None, description="Local file of the FID Inception-v3 weights (never downloaded).")
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
-    reference_images: int = Field(10_000, ge=10, description="Training images whose features are cached for the floors (and the most samples scored).")
+    reference_images: int = Field(10_000, ge=10, description="Training images cached for the floors (the most samples scored).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
     nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
-    every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never); keeps checkpoints/best.")
+    every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never).")
     during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
-    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best (fid, kid, precision, recall, density, coverage, cas, nll_bits_per_dim).")
+    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
