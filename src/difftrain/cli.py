@@ -221,25 +221,45 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
+    """Several evaluations: a column each (images, sampler, steps, n), then a floor column per sample count."""
+    from rich import box
+
+    floors = {r.get("n_samples"): r for r in records if any(floor and floor in r for _, floor in shown.values())}
+    table = Table("metric", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for r in records:
+        images = f"{r['images']:,}" if isinstance(r.get("images"), int) else "-"
+        table.add_column(f"{images}\n{r.get('sampler', '-')}\n{r.get('steps', '-')} steps\nn={r.get('n_samples')}", justify="right")
+    for n_samples in floors:
+        table.add_column(f"floor\nreal\ndata\nn={n_samples}", justify="right", style="dim")
+    for title, (key, floor) in shown.items():
+        table.add_row(title, *(cell(r.get(key)) for r in records), *(cell(r.get(floor)) if floor else "" for r in floors.values()))
+    return table
+
+
 def _print_eval(records: list[dict]) -> None:
-    """One row per evaluation; each metric beside its floor (the same metric for real images)."""
-    def cell(r: dict, key: str, floor_key: str | None = None, fmt: str = "{:.4g}") -> str:
-        if not isinstance(r.get(key), (int, float)):
-            return "-"
-        text = fmt.format(r[key])
-        return text + (f" ({fmt.format(r[floor_key])})" if isinstance(r.get(floor_key), (int, float)) else "")
+    """The metrics beside their floors (the same metrics for real images), the extractor, the warnings."""
+    from rich import box
 
     columns = {"FID": ("fid", "fid_floor"), "KID": ("kid", "kid_floor"), "precision": ("precision", "precision_floor"),
                "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),
-               "CAS (real)": ("cas", "cas_real"), "labels": ("label_agreement", None), "memorized": ("memorized_fraction", None),
+               "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None), "memorized": ("memorized_fraction", None),
                "NLL bits/dim": ("nll_bits_per_dim", None)}
     shown = {title: keys for title, keys in columns.items() if any(isinstance(r.get(keys[0]), (int, float)) for r in records)}
-    table = Table("checkpoint", "sampler", "steps", "NFE", "n", *shown, title="metric (floor: real training images scored the same way)")
-    for r in records:
-        name = Path(r["checkpoint"]).name if r.get("checkpoint") else Path(r.get("samples_file", "-")).name
-        table.add_row(name, str(r.get("sampler", "-")), str(r.get("steps", "-")), str(r.get("network_evaluations", "-")),
-                      str(r.get("n_samples", "-")), *(cell(r, *keys) for keys in shown.values()))
-    out.print(table)
+
+    def cell(value) -> str:
+        return f"{value:.3g}" if isinstance(value, (int, float)) else "-"
+
+    if len(records) == 1:  # one evaluation: a metric per row, beside its floor and the floor's spread
+        r = records[0]
+        table = Table("metric", "samples", "floor (real data)", box=box.SIMPLE_HEAD,
+                      title=f"{r.get('sampler', '-')}, {r.get('steps', '-')} steps, {r.get('n_samples')} samples")
+        for title, (key, floor) in shown.items():
+            spread = r.get(f"{floor}_std") if floor else None
+            table.add_row(title, cell(r.get(key)), (cell(r.get(floor)) if floor else "") + (f" ± {spread:.2g}" if spread else ""))
+        out.print(table)
+    else:
+        out.print(_eval_rows(records, shown, cell))
     first = records[0]
     if first.get("extractor"):
         accuracy = first.get("extractor_test_accuracy")

@@ -26,6 +26,7 @@ METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (
            "cas": "classification accuracy score (classifier trained on samples, tested on real)",
            "mem": "memorization: samples much closer to one training image than to any other",
            "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)"}
+FLOOR_REPEATS = 5
 LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction"}
 
 
@@ -62,23 +63,33 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
 
     if {"fid", "kid", "pr"} & set(metrics):
         f_test, f_train = reference_features(ds, extractor, reference_images, seed)
-        f_real, f_fake = f_train[:n], extractor.features(images)
+        f_fake = extractor.features(images)
+        # The floor is averaged over several real subsets of the samples' count; its spread
+        # (`*_floor_std`) shows how far apart two equally good sample sets can score.
+        rng = np.random.default_rng(seed)
+        f_reals = [f_train[:n]] + [f_train[rng.choice(len(f_train), n, replace=False)] for _ in range(FLOOR_REPEATS - 1)]
         dim = f_fake.shape[1]
         if min(n, len(f_test)) < 5 * dim:
             warnings.append(f"{n} samples and {len(f_test)} held-out images are few for {dim}-d features "
                             f"(at least {5 * dim} each is advisable): FID and KID are biased at this count, so compare "
                             "only numbers with the same counts and extractor, and read them against their floor")
+
+        def with_floor(key: str, metric) -> None:
+            record[key] = metric(f_fake)
+            floors = [metric(f_real) for f_real in f_reals]
+            record[f"{key}_floor"], record[f"{key}_floor_std"] = float(np.mean(floors)), float(np.std(floors))
+
         if "fid" in metrics:
-            record["fid"], record["fid_floor"] = frechet_between(f_fake, f_test), frechet_between(f_real, f_test)
+            with_floor("fid", lambda f: frechet_between(f, f_test))
         if "kid" in metrics:
             size = min(1000, n, len(f_test))
-            record["kid"], record["kid_std"] = kernel_distance(f_fake, f_test, subset_size=size, seed=seed)
-            record["kid_floor"], _ = kernel_distance(f_real, f_test, subset_size=size, seed=seed)
+            record["kid_std"] = kernel_distance(f_fake, f_test, subset_size=size, seed=seed)[1]
+            with_floor("kid", lambda f: kernel_distance(f, f_test, subset_size=size, seed=seed)[0])
             record["kid_subset_size"] = size
         if "pr" in metrics:
-            ours, floor = manifold_metrics(f_test, f_fake, k=k), manifold_metrics(f_test, f_real, k=k)
+            results = {id(f): manifold_metrics(f_test, f, k=k) for f in [f_fake, *f_reals]}
             for key in ("precision", "recall", "density", "coverage"):
-                record[key], record[f"{key}_floor"] = ours[key], floor[key]
+                with_floor(key, lambda f: results[id(f)][key])
             record["k"] = k
 
     if labels is not None and ds.num_classes:

@@ -38,8 +38,13 @@ def _link(path: str | Path, run_dir: Path) -> str:
 
 
 def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int) -> list[str]:
-    rows = "\n".join(f"| {title} | {_fmt(e[key])} | {_fmt(e[floor]) if floor and floor in e else '-'} |"
-                     for title, key, floor in METRIC_ROWS if key in e)
+    def floor_cell(floor: str | None) -> str:
+        if not floor or floor not in e:
+            return "-"
+        spread = e.get(f"{floor}_std")
+        return _fmt(e[floor]) + (f" ± {_fmt(spread, 2)}" if spread else "")
+
+    rows = "\n".join(f"| {title} | {_fmt(e[key])} | {floor_cell(floor)} |" for title, key, floor in METRIC_ROWS if key in e)
     accuracy = e.get("extractor_test_accuracy")
     protocol = _table([
         ("features", f"{e.get('extractor', '-')} (sha256 {str(e.get('extractor_sha256', ''))[:12]})"
@@ -50,7 +55,8 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int) -
         ("checkpoint", f"{Path(e['checkpoint']).name} ({e['images']:,} images)")])
     parts = ["## Evaluation", "",
              "Samples are scored against held-out images. The floor is the same metric for real training images of "
-             "the same count: a perfect generator scores about the floor (for CAS: a classifier trained on real images).", "",
+             "the same count, averaged over several subsets (± their standard deviation): a perfect generator scores about "
+             "the floor, within that spread (for CAS: the same classifier trained on real images).", "",
              "| metric | samples | floor |", "|---|---|---|", rows, "", protocol, ""]
     parts += [f"- warning: {w}" for w in e.get("warnings", [])] + ([""] if e.get("warnings") else [])
     best = [r for r in during if r.get("best")]
