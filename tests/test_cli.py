@@ -118,12 +118,19 @@ def test_best_checkpoint_is_kept_by_evaluation_during_training(tmp_path, digits_
     evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert [e["images"] for e in evals] == [32, 64, 96] and all(e["during_training"] for e in evals)
     best = min(evals, key=lambda e: e["kid"])
-    assert [e["best"] for e in evals] == [e["kid"] == min(x["kid"] for x in evals[:i + 1]) for i, e in enumerate(evals)]
+    assert [e["best"] for e in evals] == [i == 0 or e["kid"] < min(x["kid"] for x in evals[:i]) for i, e in enumerate(evals)]
     saved = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
     assert saved["images"] == best["images"] and saved["kid"] == best["kid"]
     assert json.loads((run / "checkpoints" / "best" / "info.json").read_text())["images_seen"] == best["images"]
     record = json.loads(cli("eval", run, "--checkpoints", "best", "--n", 20, "--metrics", "fid", "--json").stdout)
     assert record["images"] == best["images"]
+    # Resuming keeps the best so far: a later checkpoint replaces it only by beating it.
+    cli("train", "--out", run, "--resume", "--no-progress", "train.duration_steps=10")
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"during_training"' in l]
+    assert [e["images"] for e in evals] == [32, 64, 96, 128, 160]
+    best = min(evals, key=lambda e: e["kid"])
+    assert json.loads((run / "checkpoints" / "best" / "best.json").read_text())["images"] == best["images"]
+    assert [e["best"] for e in evals] == [i == 0 or e["kid"] < min(x["kid"] for x in evals[:i]) for i, e in enumerate(evals)]
 
 
 @pytest.mark.parametrize("args, message", [

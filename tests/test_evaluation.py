@@ -91,6 +91,9 @@ def test_every_number_carries_its_protocol(digits_and_classifier):
     assert record["extractor"] == "difftrain-small-classifier" and record["extractor_sha256"] == meta["weights_sha256"]
     assert record["extractor_test_accuracy"] == meta["test_accuracy"]
     assert record["n_samples"] == len(ds.test_images) and record["n_reference"] == len(ds.test_images) and record["eval_seed"] == 3
+    # The real data's features are cached per dataset and extractor (name and weights hash in the file name).
+    key = f"difftrain-small-classifier-{meta['weights_sha256'][:12]}"
+    assert (ds.path / "eval-cache" / f"{key}-test.npy").is_file() and list((ds.path / "eval-cache").glob(f"{key}-train-*.npy"))
     # 360 held-out images are enough for 64-d features; 40 samples are not, and the record says so.
     assert record["warnings"] == []
     few = evaluate_samples(ds.test_images[:40], None, ds, domain_extractor(ds, epochs=10), metrics=["fid"])
