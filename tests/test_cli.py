@@ -200,6 +200,11 @@ def test_unlabelled_images_train_an_unconditional_model(tmp_path, digits_dir):
         assert "labels" not in f.files and f["images"].shape == (8, 8, 8, 1)
     result = difftrain("sample", tmp_path / "run", "--n", 8, "--out", tmp_path / "g.npz", "--guidance", 2)
     assert result.returncode == 2 and "unconditional" in result.stderr
+    # Unlabelled data has no domain classifier: evaluation during training says so before training starts.
+    result = difftrain("train", "--out", tmp_path / "run2", "--no-progress", *overrides, "eval.every_images=16")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "has no labels" in message and "eval.every_images=0" in message and "Warning" not in message
+    assert not list((tmp_path / "run2").glob("checkpoints/ckpt-*"))
 
 
 @pytest.mark.parametrize("args, message", [

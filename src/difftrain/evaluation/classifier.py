@@ -96,17 +96,22 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     return model.eval()
 
 
-def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
-    """Train on the train split; return the classifier and its held-out accuracy."""
+def _needs_labels(ds: PreparedDataset) -> None:
     if not ds.num_classes:
         raise UserError(f"{ds.path} has no labels: the feature classifier needs a labelled dataset "
                         "(use eval.extractor=inception or a TorchScript file for unlabelled data)")
+
+
+def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
+    """Train on the train split; return the classifier and its held-out accuracy."""
+    _needs_labels(ds)
     model = fit_classifier(ds.train_images, ds.train_labels, ds.num_classes, epochs=epochs, seed=seed, batch=batch)
     return model, accuracy(model, ds.test_images, ds.test_labels)
 
 
 def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
     """The dataset's cached classifier, trained and saved beside the dataset on first use."""
+    _needs_labels(ds)
     folder = Path(ds.path) / "classifier"
     key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed]).encode()).hexdigest()[:12]
     weights, meta_file = folder / f"classifier-{key}.safetensors", folder / f"classifier-{key}.json"

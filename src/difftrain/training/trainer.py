@@ -103,7 +103,15 @@ class DuringTraining:
         self.metric = config.eval.best_metric
         previous = best_record(run_dir) or {}
         self.best = previous.get(self.metric)
-        self.extractor = None
+        from difftrain.evaluation.run_eval import extractor_for
+
+        # Built before training starts, so that a feature space that cannot work (an unlabelled
+        # dataset for the domain classifier, a missing weights file) stops the run at once.
+        try:
+            self.extractor = extractor_for(dataset, config.eval, list(config.eval.during_metrics), device=device)
+        except UserError as e:
+            raise UserError(f"evaluation during training (eval.every_images={config.eval.every_images}): {e}; "
+                            "or turn it off with eval.every_images=0") from None
 
     def better(self, value: float) -> bool:
         from difftrain.evaluation.suite import LOWER_IS_BETTER
@@ -113,11 +121,9 @@ class DuringTraining:
         return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
 
     def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
-        from difftrain.evaluation.run_eval import evaluate_during_training, extractor_for
+        from difftrain.evaluation.run_eval import evaluate_during_training
 
         ec = self.config.eval
-        if self.extractor is None:
-            self.extractor = extractor_for(self.dataset, ec, list(ec.during_metrics), device=self.device)
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
                                           num_classes=self.num_classes, null_label=self.null_label, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())
