@@ -67,7 +67,7 @@ def test_sample_one_class(trained_run, tmp_path):
 
 def test_eval_logs_and_reports(trained_run):
     result = cli("eval", trained_run, "--n", 100, "--steps", 4, "--json")
-    record = json.loads(result.stdout[result.stdout.index("{"):])
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
     assert record["n_samples"] == 100 and record["fid_floor"] > 0 and 0 <= record["label_agreement"] <= 1
     for key in ("kid", "kid_floor", "precision", "recall", "density", "coverage", "cas", "cas_real", "memorized_fraction"):
         assert isinstance(record[key], float), key
@@ -75,7 +75,7 @@ def test_eval_logs_and_reports(trained_run):
     lines = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["event"] == "eval" and lines[-1]["fid"] == record["fid"]
     assert (trained_run / "eval" / "metrics-vs-images.png").is_file()
-    assert (trained_run / "eval" / "memorization-ckpt-000000128.png").is_file()
+    assert (trained_run / "eval" / "memorization-ckpt-000000128-heun-4-g1-n100-s0.png").is_file()
     report = (trained_run / "README.md").read_text()
     assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report and "eval/memorization-" in report
 
@@ -104,7 +104,7 @@ def test_eval_scores_any_samples_file(trained_run, digits_dir, tmp_path):
     # Real training images packed as a samples file (as another tool would write them) score at the floor.
     write_samples(tmp_path / "real.npz", ds.train_images[:400], ds.train_labels[:400], {"name": "real images"})
     result = cli("eval", "--samples", tmp_path / "real.npz", "--data", digits_dir, "--metrics", "fid,pr,mem", "--json")
-    record = json.loads(result.stdout[result.stdout.index("{"):])
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
     assert record["fid"] == pytest.approx(record["fid_floor"], rel=0.5) and record["memorized_fraction"] == 1.0
     assert record["name"] == "real images" and record["label_agreement"] > 0.9
     assert (tmp_path / "real-memorization.png").is_file()
@@ -122,7 +122,7 @@ def test_best_checkpoint_is_kept_by_evaluation_during_training(tmp_path, digits_
     saved = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
     assert saved["images"] == best["images"] and saved["kid"] == best["kid"]
     assert json.loads((run / "checkpoints" / "best" / "info.json").read_text())["images_seen"] == best["images"]
-    record = json.loads(cli("eval", run, "--checkpoints", "best", "--n", 20, "--metrics", "fid", "--json").stdout)
+    [record] = json.loads(cli("eval", run, "--checkpoints", "best", "--n", 20, "--metrics", "fid", "--json").stdout)
     assert record["images"] == best["images"]
     # Resuming keeps the best so far: a later checkpoint replaces it only by beating it.
     cli("train", "--out", run, "--resume", "--no-progress", "train.duration_steps=10")
@@ -141,12 +141,24 @@ def test_best_checkpoint_is_kept_by_evaluation_during_training(tmp_path, digits_
     (["eval", "{run}", "--extractor", "inception", "--n", "20"], "eval.inception_weights"),
     (["eval", "{run}", "--extractor", "inception", "--inception-weights", "{tmp}/none.pth", "--n", "20"], "none.pth"),
     (["eval", "{run}", "--extractor", "{tmp}/notscript.pt", "--n", "20"], "TorchScript"),
+    (["eval", "--samples", "{tmp}/s.npz", "--data", "{tmp}", "--steps", "5"], "--steps"),
+    (["eval", "--samples", "{tmp}/floatlabels.npz", "--data", "{data}"], "labels"),
+    (["eval", "--samples", "{tmp}/big.npz", "--data", "{data}"], "(16, 16, 1)"),
 ])
-def test_eval_mistakes_get_a_clear_error(args, message, trained_run, tmp_path):
+def test_eval_mistakes_get_a_clear_error(args, message, trained_run, digits_dir, tmp_path):
     (tmp_path / "notscript.pt").write_bytes(b"not a module")
-    result = difftrain(*[a.format(run=trained_run, tmp=tmp_path) for a in args])
+    images = np.zeros((20, 8, 8, 1), np.uint8)
+    np.savez(tmp_path / "floatlabels.npz", images=images, labels=np.full(20, 0.5))
+    np.savez(tmp_path / "big.npz", images=np.zeros((20, 16, 16, 1), np.uint8))
+    result = difftrain(*[a.format(run=trained_run, tmp=tmp_path, data=digits_dir) for a in args])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_metrics_that_need_no_feature_extractor(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    [record] = json.loads(cli("eval", run, "--n", 30, "--steps", 2, "--metrics", "cas,mem", "--json").stdout)
+    assert 0 <= record["cas"] <= 1 and record["memorized_fraction"] == 0 and "extractor" not in record and "fid" not in record
 
 
 def test_torchscript_extractor_is_recorded_by_name_and_hash(trained_run, tmp_path):
@@ -159,7 +171,7 @@ def test_torchscript_extractor_is_recorded_by_name_and_hash(trained_run, tmp_pat
     file = tmp_path / "pool.pt"
     torch.jit.save(torch.jit.script(Pool()), str(file))
     result = cli("eval", trained_run, "--n", 40, "--steps", 2, "--metrics", "fid,kid", "--extractor", file, "--json")
-    record = json.loads(result.stdout[result.stdout.index("{"):])
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
     from difftrain.training.checkpoint import sha256_file
 
     assert record["extractor"] == "torchscript:pool.pt" and record["extractor_sha256"] == sha256_file(file)

@@ -169,7 +169,7 @@ def _device(name: str) -> str:
 def evaluate(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
     samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C), optional labels) instead of a run."),
-    data: Optional[Path] = typer.Option(None, help="Prepared dataset to score --samples against."),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset to score against (default for a run: its own)."),
     checkpoints: str = typer.Option("latest", help="'latest', 'best' (kept by evaluation during training), 'all' or a checkpoint folder."),
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
     steps: Optional[str] = typer.Option(None, help="Sampling steps, one or a comma list such as 5,10,20,50 (default: the run's config)."),
@@ -191,6 +191,11 @@ def evaluate(
     if samples is not None:
         if run is not None or data is None:
             raise UserError("--samples FILE needs --data DIR (a prepared dataset) and no run directory")
+        # These make samples; a samples file already holds them.
+        ignored = [name for name, value in (("--checkpoints", checkpoints != "latest"), ("--sampler", sampler), ("--steps", steps),
+                                            ("--n", n), ("--guidance", guidance)) if value]
+        if ignored:
+            raise UserError(f"{', '.join(ignored)}: these choose how a run is sampled; a --samples file is scored as it is")
         with console.status("evaluating samples"):
             records = [evaluate_samples_file(samples, data, metrics=metrics, seed=seed, extractor=extractor,
                                              inception_weights=inception_weights, device=dev)]
@@ -203,10 +208,10 @@ def evaluate(
         with console.status("sampling and evaluating"):
             records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
-                                   device=dev, warn=_warn)
+                                   data=data, device=dev, warn=_warn)
         write_report(run)
     if as_json:
-        print(json.dumps(records if len(records) > 1 else records[0], indent=2))
+        print(json.dumps(records, indent=2))  # always a list, one record per evaluation
         return
     _print_eval(records)
 

@@ -112,6 +112,8 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[
         raise UserError(f"cannot read samples file {path}: {e}") from None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise UserError(f"{path}: `images` must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),)):
+        raise UserError(f"{path}: `labels` must be {len(images)} integers (int64 (N,)), got {labels.dtype} {labels.shape}")
     return images, labels, meta
 
 

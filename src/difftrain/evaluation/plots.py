@@ -15,7 +15,7 @@ PLOTTED = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "reca
            "memorized_fraction": "memorized fraction", "nll_bits_per_dim": "NLL (bits/dim)"}
 
 
-def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dict[str, float], xlabel: str, path: Path,
+def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dict[str, dict[str, float]], xlabel: str, path: Path,
             log_x: bool = False) -> Path | None:
     import matplotlib
 
@@ -32,8 +32,8 @@ def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dic
         for label, points in sorted(series[key].items()):
             xs, ys = zip(*sorted(points))
             ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        if key in floors:
-            ax.axhline(floors[key], color="gray", linestyle="--", linewidth=1, label="floor (real data)")
+        for (label, value), style in zip(sorted(floors.get(key, {}).items()), ["--", ":", "-.", (0, (1, 3))] * 4):
+            ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=label)
         ax.set_title(PLOTTED[key])
         ax.set_xlabel(xlabel)
         if log_x:
@@ -58,18 +58,20 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     by_images: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_steps: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     latest = max(r["images"] for r in evals)
-    floors: dict[str, float] = {}
+    # Floors depend on the sample count and the feature space: one dashed line per (extractor, n).
+    floors: dict[str, dict[str, float]] = defaultdict(dict)
     for r in evals:
         during = " (during training)" if r.get("during_training") else ""
-        run_label = f"{r.get('sampler', '-')} {r.get('steps', '-')} steps, n={r.get('n_samples', '-')}{during}"
+        space = f"n={r.get('n_samples', '-')}" + (f", {r['extractor']}" if r.get("extractor") else "")
         for key in PLOTTED:
             if isinstance(r.get(key), (int, float)):
-                by_images[key][run_label].append((r["images"], r[key]))
-                if r["images"] == latest and not r.get("during_training") and "steps" in r:
-                    by_steps[key][f"{r['sampler']}, n={r.get('n_samples')}"].append((r["steps"], r[key]))
+                by_images[key][f"{r.get('sampler', '-')} {r.get('steps', '-')} steps, {space}{during}"].append((r["images"], r[key]))
+                # The likelihood does not depend on the sampler: it is plotted against training only.
+                if r["images"] == latest and not r.get("during_training") and "steps" in r and key != "nll_bits_per_dim":
+                    by_steps[key][f"{r['sampler']}, {space}"].append((r["steps"], r[key]))
             floor = r.get("cas_real" if key == "cas" else f"{key}_floor")  # CAS: the same classifier trained on real data
             if isinstance(floor, (int, float)):
-                floors[key] = floor
+                floors[key][f"floor, {space}"] = floor
     written = [_figure(by_images, floors, "training images", run_dir / "eval" / "metrics-vs-images.png")]
     if any(len({x for x, _ in pts}) > 1 for groups in by_steps.values() for pts in groups.values()):
         written.append(_figure(by_steps, floors, "sampling steps", run_dir / "eval" / "metrics-vs-steps.png", log_x=True))

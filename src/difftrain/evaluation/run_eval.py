@@ -1,8 +1,8 @@
 """Evaluate a run: sample its checkpoints with one or more samplers and step counts, score
 the samples (and the likelihood), append every record to metrics.jsonl and plot them.
 
-    RUN/eval/samples-<checkpoint>-<sampler>-<steps>.npz   the samples scored (+ a PNG grid)
-    RUN/eval/memorization-<checkpoint>.png               closest sample / training-image pairs
+    RUN/eval/samples-<checkpoint>-<sampler>-<steps>-g<guidance>-n<count>-s<seed>.npz   the samples scored (+ a PNG grid)
+    RUN/eval/memorization-<same tag>.png                 closest sample / training-image pairs
     RUN/eval/metrics-vs-images.png, metrics-vs-steps.png
 """
 
@@ -20,7 +20,7 @@ from difftrain.data import PreparedDataset, load_dataset
 from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
 from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
-from difftrain.evaluation.suite import evaluate_samples, parse_metrics
+from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import image
 from difftrain.run import Run, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
@@ -98,9 +98,12 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
 
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
                  guidance: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
-                 extractor: str | None = None, inception_weights: str | None = None, device: str = "cpu",
-                 progress=None, warn=print) -> list[dict[str, Any]]:
-    """Score every chosen checkpoint at every step count; append the records to metrics.jsonl."""
+                 extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
+                 device: str = "cpu", progress=None, warn=print) -> list[dict[str, Any]]:
+    """Score every chosen checkpoint at every step count; append the records to metrics.jsonl.
+
+    `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
+    """
     run_dir = Path(run_dir)
     run = open_run(run_dir)
     ec = run.config.eval
@@ -108,26 +111,33 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     n = n or ec.n_samples
     specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance) for s in (steps or [None])]
     chosen = select_checkpoints(run, checkpoints, warn)
-    ds = load_dataset(run.dataset["path"])
+    if data is None and not Path(run.dataset["path"]).is_dir():
+        raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
+                        "pass its new place with --data DIR")
+    ds = load_dataset(data or run.dataset["path"])
+    if tuple(ds.image_shape) != run.image_shape:
+        raise UserError(f"{ds.path} holds {tuple(ds.image_shape)} images, the run {run_dir} makes {run.image_shape}: "
+                        "pass the dataset it was trained on with --data")
     ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
     out_dir = run_dir / "eval"
     log = MetricsLog(run_dir)
     records = []
     try:
         for ckpt in chosen:
-            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve())}
+            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed}
             nll = likelihood(run.denoiser(ckpt, device=device), ds, run.num_classes, ec, device, seed) if "nll" in metrics else {}
             if metrics == ["nll"]:
                 records.append({**base, **nll})
                 log.write(records[-1])
                 continue
             for spec in specs:
-                samples_file = out_dir / f"samples-{ckpt.path.name}-{spec.sampler}-{spec.steps}.npz"
+                tag = f"{ckpt.path.name}-{spec.sampler}-{spec.steps}-g{spec.guidance:g}-n{n}-s{seed}"
+                samples_file = out_dir / f"samples-{tag}.npz"
                 with torch.inference_mode():
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
                                          progress=progress, warn=warn)
                 scores = score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
-                               memorization_png=out_dir / f"memorization-{ckpt.path.name}.png")
+                               memorization_png=out_dir / f"memorization-{tag}.png")
                 records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
                 log.write(records[-1])
     finally:
@@ -148,6 +158,7 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
         raise UserError("nll is a property of a model, not of samples: evaluate a run directory for it, or drop nll from --metrics")
     images, labels, meta = read_samples(samples)
     ds = load_dataset(data)
+    check_samples(images, labels, ds)  # before any feature classifier is trained for nothing
     ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
     scores = score(images, labels, ds, ext, metrics, ec, seed, memorization_png=Path(samples).with_name(Path(samples).stem + "-memorization.png"))
     # What produced the samples, as their file says (checkpoint, sampler, steps, guidance, seed).

@@ -38,28 +38,31 @@ def parse_metrics(text: str | list[str]) -> list[str]:
     return names
 
 
-def _check(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset) -> None:
+def check_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset) -> None:
     if images.shape[1:] != tuple(ds.image_shape):
         raise UserError(f"samples have shape {images.shape[1:]} (H, W, C), the dataset {ds.path} has {tuple(ds.image_shape)}")
     if len(images) < 10 or len(ds.test_images) < 10:
         raise UserError(f"evaluation needs at least 10 samples and 10 held-out images (got {len(images)} and "
                         f"{len(ds.test_images)}); prepare {ds.path} with a --test-fraction above 0 or generate more samples")
-    if labels is not None and ds.num_classes and (labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= ds.num_classes):
-        raise UserError(f"sample labels must be {len(images)} integers in 0..{ds.num_classes - 1} (the dataset's classes)")
+    if labels is not None and ds.num_classes and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),)
+                                                  or labels.min() < 0 or labels.max() >= ds.num_classes):
+        raise UserError(f"sample labels must be {len(images)} integers in 0..{ds.num_classes - 1} (the dataset's classes), "
+                        f"got {labels.dtype} {labels.shape}")
 
 
-def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor, *,
+def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None, *,
                      metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5, reference_images: int = 10_000,
                      classifier_epochs: int = 20, memorization_png: str | Path | None = None) -> dict[str, Any]:
     """All requested sample metrics of uint8 (N, H, W, C) `images` (with their class `labels`, if any)."""
-    _check(images, labels, ds)
+    check_samples(images, labels, ds)
     n = min(len(images), len(ds.train_images), reference_images)
+    warnings: list[str] = []
+    if len(images) > n:
+        warnings.append(f"only the first {n} of {len(images)} samples are scored (as many as the real images the floor can use)")
     images = images[:n]
     labels = labels[:n] if labels is not None else None
-    warnings: list[str] = []
-    record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_images)), "eval_seed": seed, **extractor.identity}
-    if len(images) > n:
-        warnings.append(f"only the first {n} samples are scored (as many as the real images the floor can use)")
+    record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_images)), "eval_seed": seed,
+                              **(extractor.identity if extractor is not None else {})}
 
     if {"fid", "kid", "pr"} & set(metrics):
         f_test, f_train = reference_features(ds, extractor, reference_images, seed)
@@ -74,8 +77,8 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
                             f"(at least {5 * dim} each is advisable): FID and KID are biased at this count, so compare "
                             "only numbers with the same counts and extractor, and read them against their floor")
 
-        def with_floor(key: str, metric) -> None:
-            record[key] = metric(f_fake)
+        def with_floor(key: str, metric, value: float | None = None) -> None:
+            record[key] = metric(f_fake) if value is None else value
             floors = [metric(f_real) for f_real in f_reals]
             record[f"{key}_floor"], record[f"{key}_floor_std"] = float(np.mean(floors)), float(np.std(floors))
 
@@ -83,8 +86,8 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
             with_floor("fid", lambda f: frechet_between(f, f_test))
         if "kid" in metrics:
             size = min(1000, n, len(f_test))
-            record["kid_std"] = kernel_distance(f_fake, f_test, subset_size=size, seed=seed)[1]
-            with_floor("kid", lambda f: kernel_distance(f, f_test, subset_size=size, seed=seed)[0])
+            kid, record["kid_std"] = kernel_distance(f_fake, f_test, subset_size=size, seed=seed)
+            with_floor("kid", lambda f: kernel_distance(f, f_test, subset_size=size, seed=seed)[0], kid)
             record["kid_subset_size"] = size
         if "pr" in metrics:
             results = {id(f): manifold_metrics(f_test, f, k=k) for f in [f_fake, *f_reals]}

@@ -37,7 +37,7 @@ def _link(path: str | Path, run_dir: Path) -> str:
     return str(p.relative_to(r)) if p.is_relative_to(r) else str(p)
 
 
-def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int) -> list[str]:
+def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int, best_metric: str) -> list[str]:
     def floor_cell(floor: str | None) -> str:
         if not floor or floor not in e:
             return "-"
@@ -62,7 +62,7 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int) -
     best = [r for r in during if r.get("best")]
     if best:
         b = best[-1]
-        metric = next((k for k in ("fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim") if k in b), None)
+        metric = best_metric if best_metric in b else None
         parts += [f"Evaluated during training every {every_images:,} images on {b.get('n_samples', '?')} samples; "
                   f"the best checkpoint ({b['images']:,} images{f', {metric} {_fmt(b[metric])}' if metric else ''}) is kept in "
                   "`checkpoints/best`.", ""]
@@ -122,7 +122,8 @@ def write_report(run_dir: str | Path) -> Path:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
     final = [r for r in evals if not r.get("during_training")]
     if final:
-        parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images)
+        parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,
+                             cfg.eval.best_metric)
     parts += ["## Reproduce", "", "```", f"difftrain train --config {run_dir / 'config.yaml'} --out NEW_RUN",
               f"difftrain sample {run_dir} --n 100 --out samples.npz", "```", "",
               "<details><summary>Full config</summary>", "", "```yaml",

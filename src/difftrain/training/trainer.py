@@ -96,11 +96,13 @@ class DuringTraining:
     """Evaluate the EMA denoiser at a checkpoint, log it, and copy the checkpoint to
     checkpoints/best when it is the best so far by eval.best_metric (kept across resumes)."""
 
-    def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, null_label: int | None,
-                 device: torch.device, console: Console):
+    def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, device: torch.device,
+                 console: Console):
         self.config, self.run_dir, self.dataset, self.console = config, run_dir, dataset, console
-        self.num_classes, self.null_label, self.device = num_classes, null_label, device
+        self.num_classes, self.device = num_classes, device
         self.metric = config.eval.best_metric
+        if self.metric == "cas" and not num_classes:
+            raise UserError("eval.best_metric=cas needs a class-conditional model on labelled data; choose e.g. eval.best_metric=fid")
         previous = best_record(run_dir) or {}
         self.best = previous.get(self.metric)
         from difftrain.evaluation.run_eval import extractor_for
@@ -120,12 +122,12 @@ class DuringTraining:
             return math.isfinite(value)
         return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
 
-    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
+    def __call__(self, denoiser: Denoiser, null_label: int | None, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
         from difftrain.evaluation.run_eval import evaluate_during_training
 
         ec = self.config.eval
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
-                                          num_classes=self.num_classes, null_label=self.null_label, device=self.device)
+                                          num_classes=self.num_classes, null_label=null_label, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())
         value = record.get(self.metric)
         if value is None:
@@ -203,13 +205,17 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
+    num_classes = dataset.num_classes if config.model.conditional else 0
+    # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
+    # (its feature classifier trained) before training, so a setting that cannot work stops the run now.
+    evaluator = DuringTraining(config, run_dir, dataset, num_classes, accelerator.device, console) if config.eval.every_images and main else None
+    accelerator.wait_for_everyone()
 
     # Peak memory from here on (model, optimizer state, activations), as `difftrain doctor` measures it.
     memory = PeakMemory(accelerator.device).__enter__()
 
     # Network, EMA and optimizer; the seed fixes the initial weights.
     torch.manual_seed(tc.seed)
-    num_classes = dataset.num_classes if config.model.conditional else 0
     net = build_network(config.model, dataset.image_shape, num_classes)
     ema = EMA(net)
     optimizer = build_optimizer(net.parameters(), config.optim)
@@ -264,12 +270,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                             keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
 
-    # Evaluation during training scores the checkpoint just written and keeps the best as checkpoints/best.
-    evaluator = DuringTraining(config, run_dir, dataset, num_classes, null_label, device, console) if config.eval.every_images and main else None
-
     def evaluate() -> None:
         if evaluator is not None:
-            evaluator(Denoiser(ema.net, denoiser.formulation), images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
+            # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                evaluator(Denoiser(ema.net, denoiser.formulation), null_label, images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
         accelerator.wait_for_everyone()
 
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
