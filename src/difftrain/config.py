@@ -125,7 +125,6 @@ class EvalConfig(Section):
     extractor: str = Field("auto", description="Features: domain, inception, a TorchScript file, or auto (inception if its weights are set).")
     inception_weights: Optional[str] = Field(None, description="Local file of the FID Inception-v3 weights (never downloaded).")
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
-    reference_images: int = Field(10_000, ge=10, description="Training images cached for the floors (the most samples scored).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
     nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")

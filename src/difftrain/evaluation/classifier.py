@@ -1,7 +1,8 @@
 """A small classifier trained on the prepared dataset: its features measure sample quality.
 
 Inception features know nothing of 8x8 digits; a classifier trained on the data itself
-is the honest feature space for small grayscale data. It is cached beside the dataset.
+is the honest feature space for small grayscale data. It is cached beside the dataset and
+never sees the floor pool (see reference.py).
 The same network, trained on generated images instead, gives the Classification Accuracy Score.
 """
 
@@ -103,9 +104,12 @@ def _needs_labels(ds: PreparedDataset) -> None:
 
 
 def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
-    """Train on the train split; return the classifier and its held-out accuracy."""
+    """Train on the train split less the floor pool; return the classifier and its held-out accuracy."""
+    from difftrain.evaluation.reference import classifier_pool
+
     _needs_labels(ds)
-    model = fit_classifier(ds.train_images, ds.train_labels, ds.num_classes, epochs=epochs, seed=seed, batch=batch)
+    idx = classifier_pool(ds)
+    model = fit_classifier(ds.train_images[idx], ds.train_labels[idx], ds.num_classes, epochs=epochs, seed=seed, batch=batch)
     return model, accuracy(model, ds.test_images, ds.test_labels)
 
 
@@ -113,7 +117,9 @@ def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 
     """The dataset's cached classifier, trained and saved beside the dataset on first use."""
     _needs_labels(ds)
     folder = Path(ds.path) / "classifier"
-    key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed]).encode()).hexdigest()[:12]
+    # "floor-pool": trained without the floor pool's images (evaluation/reference.py); older caches are not reused.
+    key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed,
+                                     "floor-pool"]).encode()).hexdigest()[:12]
     weights, meta_file = folder / f"classifier-{key}.safetensors", folder / f"classifier-{key}.json"
     model = SmallClassifier(ds.image_shape[2], ds.num_classes)
     if weights.is_file() and meta_file.is_file():

@@ -84,7 +84,7 @@ def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, ex
     if not sample_metrics:
         return {}
     return evaluate_samples(images, labels, ds, extractor, metrics=sample_metrics, seed=seed, k=ec.k,
-                            reference_images=ec.reference_images, classifier_epochs=ec.classifier_epochs,
+                            classifier_epochs=ec.classifier_epochs,
                             memorization_png=memorization_png)
 
 

@@ -18,7 +18,7 @@ from difftrain.evaluation.extractors import FeatureExtractor
 from difftrain.evaluation.frechet import frechet_between
 from difftrain.evaluation.kid import kernel_distance
 from difftrain.evaluation.neighbours import manifold_metrics
-from difftrain.evaluation.reference import reference_features, train_subset
+from difftrain.evaluation.reference import floor_pool, reference_features
 
 # Sample metrics; "nll" is a model metric (run_eval computes it from the denoiser, not from samples).
 METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (polynomial-kernel MMD^2)",
@@ -51,26 +51,28 @@ def check_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDat
 
 
 def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None, *,
-                     metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5, reference_images: int = 10_000,
+                     metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5,
                      classifier_epochs: int = 20, memorization_png: str | Path | None = None) -> dict[str, Any]:
     """All requested sample metrics of uint8 (N, H, W, C) `images` (with their class `labels`, if any)."""
     check_samples(images, labels, ds)
-    n = min(len(images), len(ds.train_images), reference_images)
+    pool = floor_pool(ds)
+    n = min(len(images), len(pool))
     warnings: list[str] = []
     if len(images) > n:
-        warnings.append(f"only the first {n} of {len(images)} samples are scored (as many as the real images the floor can use)")
+        warnings.append(f"only the first {n} of {len(images)} samples are scored: as many as the real training images "
+                        "set aside for the floors (see docs/evaluation.md)")
     images = images[:n]
     labels = labels[:n] if labels is not None else None
     record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_images)), "eval_seed": seed,
                               **(extractor.identity if extractor is not None else {})}
 
     if {"fid", "kid", "pr"} & set(metrics):
-        f_test, f_train = reference_features(ds, extractor, reference_images, seed)
+        f_test, f_pool = reference_features(ds, extractor)
         f_fake = extractor.features(images)
-        # The floor is averaged over several real subsets of the samples' count; its spread
-        # (`*_floor_std`) shows how far apart two equally good sample sets can score.
+        # The floor is averaged over several real subsets of the samples' count from the floor pool;
+        # its spread (`*_floor_std`) shows how far apart two equally good sample sets can score.
         rng = np.random.default_rng(seed)
-        f_reals = [f_train[:n]] + [f_train[rng.choice(len(f_train), n, replace=False)] for _ in range(FLOOR_REPEATS - 1)]
+        f_reals = [f_pool[rng.choice(len(f_pool), n, replace=False)] for _ in range(FLOOR_REPEATS)]
         dim = f_fake.shape[1]
         if min(n, len(f_test)) < 5 * dim:
             warnings.append(f"{n} samples and {len(f_test)} held-out images are few for {dim}-d features "
@@ -80,7 +82,9 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         def with_floor(key: str, metric, value: float | None = None) -> None:
             record[key] = metric(f_fake) if value is None else value
             floors = [metric(f_real) for f_real in f_reals]
-            record[f"{key}_floor"], record[f"{key}_floor_std"] = float(np.mean(floors)), float(np.std(floors))
+            record[f"{key}_floor"] = float(np.mean(floors))
+            if n < len(f_pool):  # with the whole pool every subset is the same: no spread to measure
+                record[f"{key}_floor_std"] = float(np.std(floors))
 
         if "fid" in metrics:
             with_floor("fid", lambda f: frechet_between(f, f_test))
@@ -102,7 +106,7 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         record["label_agreement"] = float((clf.predict(model, images) == labels).mean())
         if "cas" in metrics:
             # The same network and budget trained on real images of the same count: the score to reach.
-            real_idx = train_subset(ds, n, seed)
+            real_idx = pool[np.random.default_rng(seed).choice(len(pool), n, replace=False)]
             fake_model = clf.fit_classifier(images, labels, ds.num_classes, epochs=classifier_epochs, seed=seed)
             real_model = clf.fit_classifier(ds.train_images[real_idx], ds.train_labels[real_idx], ds.num_classes,
                                             epochs=classifier_epochs, seed=seed)
