@@ -176,6 +176,13 @@ def test_torchscript_extractor_is_recorded_by_name_and_hash(trained_run, tmp_pat
 
     assert record["extractor"] == "torchscript:pool.pt" and record["extractor_sha256"] == sha256_file(file)
     assert record["fid"] > 0
+    # The same network as a torch.export program (TorchScript's successor) gives the same numbers.
+    exported = tmp_path / "pool.pt2"
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(Pool(), (torch.zeros(4, 1, 8, 8),), dynamic_shapes=({0: batch},)), str(exported))
+    result = cli("eval", trained_run, "--n", 40, "--steps", 2, "--metrics", "fid,kid", "--extractor", exported, "--json")
+    [again] = json.loads(result.stdout[result.stdout.index("["):])
+    assert again["extractor"] == "exported:pool.pt2" and again["fid"] == pytest.approx(record["fid"])
 
 
 def test_resume_from_cli_extends_the_run(trained_run, tmp_path):

@@ -146,3 +146,39 @@ def test_a_briefly_trained_model_beats_an_untrained_one_on_every_metric(trained_
         assert good[higher] > bad[higher], (higher, good[higher], bad[higher])
     # An untrained network's samples are noise to a classifier: CAS about chance, far below real data.
     assert bad["cas"] < 0.3 < good["cas_real"]
+
+
+def test_inception_extractor_feeds_torch_fidelity_uint8_rgb(tmp_path, monkeypatch, digits_dir):
+    """torch-fidelity needs torchvision, which cannot be installed here: a stand-in with its
+    interface (uint8 (N, 3, H, W) in, a tuple of (N, 2048) features out) checks our side."""
+    import sys
+    import types
+
+    import torch
+
+    from difftrain.evaluation.extractors import build_extractor
+    from difftrain.training.checkpoint import sha256_file
+
+    seen = {}
+
+    class FakeInception(torch.nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            seen.update(name=name, features=features_list, weights=feature_extractor_weights_path)
+
+        def forward(self, x):
+            seen["input"] = (x.dtype, tuple(x.shape[1:]))
+            return (x.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048],)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FakeInception
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"stand-in weights")
+    ds = load_dataset(digits_dir)
+    extractor = build_extractor("auto", ds, inception_weights=str(weights))
+    features = extractor.features(ds.test_images[:10])
+    assert features.shape == (10, 2048) and extractor.name == "inception-v3-fid" and extractor.sha256 == sha256_file(weights)
+    assert seen == {"name": "inception-v3-compat", "features": ["2048"], "weights": str(weights),
+                    "input": (torch.uint8, (3, 8, 8))}

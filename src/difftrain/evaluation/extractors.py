@@ -4,7 +4,8 @@ weights hash, so numbers from different feature spaces are never compared by acc
     domain     a small classifier trained on the prepared dataset itself (the default;
                the honest choice for small grayscale data such as digits and MNIST)
     inception  Inception-v3 FID features from the standard weights file, via torch-fidelity
-    FILE       any TorchScript module: float (N, C, H, W) in [0, 1] -> (N, D)
+    FILE       a TorchScript module (.pt) or a torch.export program (.pt2): float (N, C, H, W)
+               in [0, 1] -> (N, D)
 """
 
 from __future__ import annotations
@@ -74,24 +75,28 @@ def inception_extractor(weights: str | Path | None, device: str | torch.device =
     return FeatureExtractor("inception-v3-fid", sha256_file(path), embed, batch_size=64)
 
 
-def torchscript_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+def file_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """A user's network from a file: torch.export (.pt2, with a dynamic batch dimension) or TorchScript."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature extractor file {path} not found (eval.extractor takes domain, inception or a TorchScript file)")
+    exported = path.suffix == ".pt2"
     try:
-        module = torch.jit.load(str(path), map_location=device).eval()
-    except Exception as e:  # noqa: BLE001 - any failure means the file is not TorchScript
-        raise UserError(f"{path} is not a TorchScript module ({str(e).splitlines()[0][:200]}); "
-                        "save one with torch.jit.save(torch.jit.script(model), PATH)") from None
+        module = torch.export.load(str(path)).module().to(device) if exported else torch.jit.load(str(path), map_location=device).eval()
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not what its name says
+        raise UserError(f"{path} is not a {'torch.export program' if exported else 'TorchScript module'} "
+                        f"({str(e).splitlines()[0][:200]}); save one with "
+                        + ("torch.export.save(torch.export.export(model, ...), PATH.pt2)" if exported
+                           else "torch.jit.save(torch.jit.script(model), PATH)")) from None
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         try:
             return module(x.permute(0, 3, 1, 2).float().div(255).to(device))
         except Exception as e:  # noqa: BLE001 - the user's module rejected our input
-            raise UserError(f"TorchScript extractor {path} failed on images of shape {tuple(x.shape[1:])} "
+            raise UserError(f"feature extractor {path} failed on images of shape {tuple(x.shape[1:])} "
                             f"(it receives float (N, C, H, W) in [0, 1]): {str(e).splitlines()[0][:200]}") from None
 
-    return FeatureExtractor(f"torchscript:{path.name}", sha256_file(path), embed)
+    return FeatureExtractor(f"{'exported' if exported else 'torchscript'}:{path.name}", sha256_file(path), embed)
 
 
 def build_extractor(choice: str, ds: PreparedDataset, *, inception_weights: str | None = None, classifier_epochs: int = 20,
@@ -103,4 +108,4 @@ def build_extractor(choice: str, ds: PreparedDataset, *, inception_weights: str 
         return domain_extractor(ds, classifier_epochs)
     if choice == "inception":
         return inception_extractor(inception_weights, device)
-    return torchscript_extractor(choice, device)
+    return file_extractor(choice, device)
