@@ -83,11 +83,11 @@ def test_eval_logs_and_reports(trained_run):
 def test_eval_sweeps_steps_and_checkpoints_and_plots(trained_run, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")
     result = cli("eval", run, "--n", 50, "--steps", "2,4", "--sampler", "euler", "--checkpoints", "all",
-                 "--metrics", "fid,kid,nll", "--json")
+                 "--metrics", "fid,kid,nll", "--nll-images", 8, "--json")
     records = json.loads(result.stdout[result.stdout.index("["):])
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("ckpt-*"))
     assert [(r["checkpoint"].rsplit("/", 1)[-1], r["steps"]) for r in records] == [(c, s) for c in checkpoints for s in (2, 4)]
-    assert all(r["network_evaluations"] == r["steps"] and r["nll_bits_per_dim"] > 0 for r in records)
+    assert all(r["network_evaluations"] == r["steps"] and r["nll_bits_per_dim"] > 0 and r["nll_images"] == 8 for r in records)
     assert "precision" not in records[0] and "cas" not in records[0]
     assert (run / "eval" / "metrics-vs-steps.png").is_file()
     # Each evaluation keeps its own samples file; none overwrites another.

@@ -179,6 +179,8 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
     extractor: Optional[str] = typer.Option(None, help="Feature space: domain, inception or a TorchScript file (default: eval.extractor)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Local file of the standard FID Inception-v3 weights."),
+    nll_images: Optional[int] = typer.Option(None, "--nll-images", min=1, help="Held-out images for nll (default: eval.nll_images); "
+                                             "each costs 2 x eval.nll_steps network evaluations with gradients."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -208,7 +210,7 @@ def evaluate(
         with console.status("sampling and evaluating"):
             records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
-                                   data=data, device=dev, warn=_warn)
+                                   data=data, nll_images=nll_images, device=dev, warn=_warn)
         write_report(run)
     if as_json:
         print(json.dumps(records, indent=2))  # always a list, one record per evaluation

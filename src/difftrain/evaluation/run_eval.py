@@ -99,7 +99,7 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
                  guidance: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
-                 device: str = "cpu", progress=None, warn=print) -> list[dict[str, Any]]:
+                 nll_images: int | None = None, device: str = "cpu", progress=None, warn=print) -> list[dict[str, Any]]:
     """Score every chosen checkpoint at every step count; append the records to metrics.jsonl.
 
     `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
@@ -107,6 +107,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     run_dir = Path(run_dir)
     run = open_run(run_dir)
     ec = run.config.eval
+    if nll_images:
+        ec = ec.model_copy(update={"nll_images": nll_images})
     metrics = parse_metrics(metrics or ec.metrics)
     n = n or ec.n_samples
     specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance) for s in (steps or [None])]
