@@ -4,6 +4,7 @@
     RUN/dataset.json       manifest of the prepared dataset (shape, classes, source)
     RUN/checkpoints/       see training/checkpoint.py
     RUN/samples/           PNG grids over training
+    RUN/eval/              samples scored by `difftrain eval`, memorization pairs, metric plots
     RUN/metrics.jsonl      training and evaluation records
     RUN/tensorboard/       TensorBoard events
     RUN/README.md          model card and report

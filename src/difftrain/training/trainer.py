@@ -67,7 +67,7 @@ def _due(images: int, prev: int, every: int) -> bool:
     return every > 0 and images // every > prev // every
 
 
-RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "metrics.jsonl", "tensorboard", "README.md", "data"}
+RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "eval", "metrics.jsonl", "tensorboard", "README.md", "data"}
 
 
 def _resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Checkpoint | None:
