@@ -207,10 +207,12 @@ def evaluate(
         from difftrain.report.card import write_report
 
         step_list = _int_list(steps, "--steps") if steps else None
-        with console.status("sampling and evaluating"):
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("sampling (then scoring)", total=None)  # images sampled over all checkpoints and step counts
             records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
-                                   data=data, nll_images=nll_images, device=dev, warn=_warn)
+                                   data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
+                                   warn=_warn)
         write_report(run)
     if as_json:
         print(json.dumps(records, indent=2))  # always a list, one record per evaluation
