@@ -36,6 +36,7 @@ def data_prepare(
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
     fit: str = typer.Option("crop", help="How to make images square: 'crop' (center crop) or 'pad'."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many images."),
+    classes: Optional[str] = typer.Option(None, help="Keep only these classes, comma-separated names (e.g. 0,1,2,3,4); relabelled in this order."),
     test_fraction: float = typer.Option(0.1, help="Fraction held out for evaluation (ignored when the source has its own test split)."),
     seed: int = typer.Option(0, help="Seed of the train/test split."),
     strict: bool = typer.Option(False, help="Fail if any input file is rejected."),
@@ -45,6 +46,7 @@ def data_prepare(
     from difftrain.data import describe_dataset, prepare_dataset
 
     ds = prepare_dataset(source, out_dir, resolution=resolution, channels=channels, fit=fit, limit=limit,
+                         classes=[c.strip() for c in classes.split(",")] if classes else None,
                          test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite)
     rejected = ds.manifest.get("rejected", [])
     for item in rejected:
@@ -62,6 +64,26 @@ def _config(preset: Optional[str], file: Optional[Path], overrides: list[str], d
         # Set directly, not as an override: a path is no YAML value ("2024", "no", "#x").
         cfg.data.path = data
     return cfg
+
+
+def _explicit_keys(overrides: list[str], file: Optional[Path]) -> set[str]:
+    """The setting keys the user named (key=value arguments and the YAML file's), e.g. {"model.channels"}."""
+    import yaml
+
+    keys = {arg.split("=", 1)[0].strip() for arg in overrides if "=" in arg}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and not prefix:
+                walk(value, f"{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+
+    if file and file.is_file():
+        loaded = yaml.safe_load(file.read_text())
+        if isinstance(loaded, dict):
+            walk(loaded, "")
+    return keys
 
 
 def _print_info(info: dict) -> None:
@@ -95,14 +117,32 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     auto_batch: bool = typer.Option(False, "--auto-batch", help="First find the largest micro-batch that fits in memory "
                                     "(as `difftrain doctor` does) and set train.accumulation to keep the batch size."),
+    init: Optional[str] = typer.Option(None, help="Start from these weights: a run, a checkpoint folder, or a diffusers "
+                                       "pipeline/UNet folder; the network and formulation come from it (finetune.init)."),
+    replay: Optional[float] = typer.Option(None, help="With --init RUN: this fraction of every batch is the run's own "
+                                           "training data, against forgetting (finetune.replay)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --init: start even if some weights do not fit "
+                                       "the network (they are reported)."),
 ) -> None:
-    """Train a diffusion model; extra `key=value` arguments override config fields (see `difftrain config`)."""
+    """Train a diffusion model, from scratch or from --init weights; extra `key=value` arguments override
+    config fields (see `difftrain config`), e.g. finetune.lora_rank=8 or finetune.train_only=[up_blocks]."""
     from difftrain.config import read_config
     from difftrain.training.trainer import train as run_training
 
     if resume and out_dir is None:
         raise UserError("--resume needs --out RUN, the run to continue")
     cfg = _config(preset, config, ctx.args, data, base=read_config(out_dir / "config.yaml") if resume else None)
+    source = None
+    if not resume and (init or cfg.finetune.init):
+        from difftrain.pretrained.source import config_for_source, open_pretrained
+
+        cfg.finetune.init = init or cfg.finetune.init
+        source = open_pretrained(cfg.finetune.init, warn=_warn)
+        cfg = config_for_source(cfg, source, explicit=_explicit_keys(ctx.args, config))
+    if replay is not None:
+        cfg.finetune.replay = replay
+    if allow_partial:
+        cfg.finetune.allow_partial = True
     if auto_batch:
         _apply_auto_batch(cfg, preset)
     if out_dir is None:
@@ -110,13 +150,16 @@ def train(
 
         out_dir = Path("runs") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console)
+        result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console, source=source)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: checkpoints already written stay valid; continue with "
                       f"`difftrain train --out {out_dir} --resume`")
         raise typer.Exit(130) from None
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
                   f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
+    from difftrain.report.card import write_report
+
+    console.print(f"report: {write_report(out_dir)}")
     out.print(str(out_dir))
 
 
@@ -151,6 +194,25 @@ def sample(
                             device=dev, progress=lambda k: bar.advance(task, k), warn=_warn)
     console.print(f"{n} samples, {spec.network_evaluations} network evaluations each, from {result['meta']['checkpoint']}")
     out.print(str(out_file))
+
+
+@app.command(epilog="Example: `difftrain export runs/digits --out digits-diffusers`, then in Python "
+             "`DiffusionPipeline.from_pretrained('digits-diffusers')`")
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write."),
+    format: str = typer.Option("diffusers", "--format", help="Only 'diffusers': model_index.json, unet/ and scheduler/."),
+    checkpoint: str = typer.Option("latest", help="'latest', 'best' or a checkpoint folder."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+) -> None:
+    """Write a checkpoint (EMA weights, LoRA merged in) as a diffusers pipeline folder; `train --init` reads it back."""
+    from difftrain.pretrained.export import export_run
+
+    if format != "diffusers":
+        raise UserError(f"--format {format} is not supported; the one format is 'diffusers'")
+    path = export_run(run, out_dir, checkpoint=checkpoint, overwrite=overwrite, warn=_warn)
+    console.print(f"exported to {path}: load it with DiffusionPipeline.from_pretrained({str(path)!r}); see its README.md")
+    out.print(str(path))
 
 
 def _device(name: str) -> str:

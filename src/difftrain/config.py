@@ -37,6 +37,7 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the ResNet blocks.")
     conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
+    unet_options: dict[str, Any] = Field({}, description="Further UNet2DModel arguments, by diffusers' names (e.g. act_fn); set from the source's config by --init.")
 
     @model_validator(mode="after")
     def _check_levels(self) -> "ModelConfig":
@@ -141,6 +142,27 @@ class EvalConfig(Section):
         return self
 
 
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
+
+
+class FinetuneConfig(Section):
+    init: Optional[str] = Field(None, description="Start from these weights: a run folder, one of its checkpoints, or a diffusers folder (`train --init`).")
+    allow_partial: bool = Field(False, description="Start even when some source weights do not fit the network (they are reported either way).")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank (0: train the weights themselves); LoRA is merged into the weights for sampling and export.")
+    lora_alpha: Optional[float] = Field(None, gt=0, description="LoRA scale numerator (None: the rank, a scale of 1).")
+    lora_targets: list[str] = Field(LORA_TARGETS, description="Modules given LoRA adapters, by name or name ending (UNet2DModel's names).")
+    train_only: list[str] = Field([], description="Train only these modules (UNet2DModel name prefixes, e.g. up_blocks, class_embedding); freeze the rest.")
+    replay: float = Field(0.0, ge=0, lt=1, description="Fraction of every batch drawn from the --init run's training data, against forgetting.")
+    replay_data: Optional[str] = Field(None, description="Prepared dataset to replay (default: the --init run's own).")
+    forgetting: bool = Field(True, description="After training from a run, score the source and the result on the source's data and the new data.")
+
+    @model_validator(mode="after")
+    def _replay_needs_source(self) -> "FinetuneConfig":
+        if self.replay and not self.init:
+            raise ValueError("finetune.replay needs a run to replay: pass --init RUN")
+        return self
+
+
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -149,6 +171,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 # Presets are overrides of the defaults, so a reader sees what each one changes.
@@ -181,7 +204,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validate(raw: dict[str, Any], origin: str) -> Config:
+def validate_config(raw: dict[str, Any], origin: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -232,7 +255,7 @@ def load_config(preset: str | None = None, file: str | Path | None = None, overr
             if not isinstance(node, dict):
                 raise UserError(f"override '{text}': '{k}' is not a section")
         node[keys[-1]] = value
-    return _validate(raw, file and str(file) or (preset and f"preset {preset}") or "defaults")
+    return validate_config(raw, file and str(file) or (preset and f"preset {preset}") or "defaults")
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -244,7 +267,7 @@ def read_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: is {path.parent} a difftrain run directory?")
-    return _validate(yaml.safe_load(path.read_text()) or {}, str(path))
+    return validate_config(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
 def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

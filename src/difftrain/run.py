@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from difftrain import atomic
-from difftrain.config import Config, read_config, save_config
+from difftrain.config import Config, FinetuneConfig, read_config, save_config
 from difftrain.data import PreparedDataset, prepare_dataset
 from difftrain.data.builtin import BUILTIN_DATASETS
 from difftrain.diffusion import Denoiser, build_formulation
@@ -53,11 +53,59 @@ def formulation_of(config: Config):
                              beta_start=d.beta_start, beta_end=d.beta_end, num_timesteps=d.num_timesteps, beta_schedule=d.beta_schedule)
 
 
-def dataset_summary(ds: PreparedDataset) -> dict[str, Any]:
-    """What a run keeps of its dataset, so it samples without the data present."""
+def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -> dict[str, Any]:
+    """What a run keeps of its dataset, so it samples without the data present.
+
+    `class_names` is the model's label space when it differs from the data's (a fine-tune that kept old classes).
+    """
     m = ds.manifest
-    return {"path": str(Path(ds.path).resolve()), "shape": list(ds.image_shape), "num_classes": ds.num_classes,
-            "class_names": ds.class_names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance")}
+    names = ds.class_names if class_names is None else class_names
+    return {"path": str(Path(ds.path).resolve()), "shape": list(ds.image_shape), "num_classes": len(names),
+            "class_names": names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance")}
+
+
+def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset") -> list[int]:
+    """The model's label of each of the data's classes, matched by name."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise UserError(f"{where} has class(es) {', '.join(unknown[:5])} that the model was not trained on "
+                        f"(it knows {', '.join(model_classes[:10])})")
+    return [model_classes.index(c) for c in data_classes]
+
+
+def adapt_network(net: torch.nn.Module, fc: FinetuneConfig) -> torch.nn.Module:
+    """`net` with LoRA adapters and frozen parts when finetune.* asks for them."""
+    if not (fc.lora_rank or fc.train_only):
+        return net
+    from difftrain.pretrained.lora import adapt
+
+    return adapt(net, rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets, train_only=fc.train_only)
+
+
+def network_for(config: Config, image_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    return adapt_network(build_network(config.model, image_shape, num_classes), config.finetune)
+
+
+def source_run(init: str | Path) -> "Run | None":
+    """The difftrain run that --init names (a run folder or one of its checkpoints), or None."""
+    path = Path(init)
+    for candidate in (path, path.parent.parent):
+        if (candidate / "config.yaml").is_file() and (candidate / "dataset.json").is_file():
+            return open_run(candidate)
+    return None
+
+
+def replay_path(fc: FinetuneConfig) -> Path:
+    """The prepared dataset replayed during a continued training: finetune.replay_data, else the source run's."""
+    if fc.replay_data:
+        return Path(fc.replay_data)
+    run = source_run(fc.init)
+    if run is None:
+        raise UserError(f"--replay needs the data that {fc.init} was trained on: pass it with finetune.replay_data=DIR")
+    path = Path(run.dataset["path"])
+    if not path.is_dir():
+        raise UserError(f"the data of {fc.init} ({path}) is gone: pass its new place with finetune.replay_data=DIR")
+    return path
 
 
 @dataclass
@@ -74,8 +122,10 @@ class Run:
     def num_classes(self) -> int:
         return int(self.dataset["num_classes"] or 0) if self.config.model.conditional else 0
 
-    def build_network(self) -> torch.nn.Module:
-        return build_network(self.config.model, self.image_shape, self.num_classes)
+    @property
+    def class_names(self) -> list[str]:
+        """The model's classes: label i draws class_names[i]."""
+        return list(self.dataset["class_names"] or []) if self.num_classes else []
 
     def sampling_spec(self, seed: int = 0, **overrides) -> "SamplingSpec":
         """The run's configured sampler settings, with `overrides` (None values ignored)."""
@@ -87,14 +137,17 @@ class Run:
         return resolve_checkpoint(self.path, which, warn)
 
     def denoiser(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
-        net = self.build_network()
+        """The checkpoint's network (LoRA merged into its weights) as a frozen denoiser."""
+        from difftrain.pretrained.lora import merge
+
+        net = network_for(self.config, self.image_shape, self.num_classes)
         load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")
-        return Denoiser(net.to(device).eval().requires_grad_(False), formulation_of(self.config))
+        return Denoiser(merge(net).to(device).eval().requires_grad_(False), formulation_of(self.config))
 
 
-def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset) -> None:
+def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset, class_names: list[str] | None = None) -> None:
     save_config(config, Path(run_dir) / "config.yaml")
-    atomic.write_json(Path(run_dir) / "dataset.json", dataset_summary(ds))
+    atomic.write_json(Path(run_dir) / "dataset.json", dataset_summary(ds, class_names))
 
 
 def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path, config_file: Path) -> None:

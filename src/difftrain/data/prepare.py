@@ -7,6 +7,7 @@ Every source (sources.py) becomes a list of samples; one loop reads, checks and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,24 @@ def _apply_limit(
         return subset(src.train, limit), None
     n_test = round(limit * len(src.test) / (len(src.train) + len(src.test)))
     return subset(src.train, limit - n_test), subset(src.test, n_test)
+
+
+def _keep_classes(src: Source, classes: list[str]) -> Source:
+    """`src` with only the named classes, labelled 0..K-1 in the order given (e.g. MNIST digits 5-9)."""
+    if src.class_names is None:
+        raise UserError(f"--classes: {src.path} has no class labels to choose from")
+    unknown = [c for c in classes if c not in src.class_names]
+    if unknown or len(set(classes)) != len(classes):
+        problem = f"unknown class(es) {', '.join(unknown)}" if unknown else "a class named twice"
+        raise UserError(f"--classes: {problem}; {src.path} has: {', '.join(src.class_names)}")
+    new_label = {src.class_names.index(name): i for i, name in enumerate(classes)}
+
+    def keep(samples: list[Sample] | None) -> list[Sample] | None:
+        if samples is None:
+            return None
+        return [replace(s, label=new_label[s.label]) for s in samples if s.label in new_label]
+
+    return replace(src, class_names=list(classes), train=keep(src.train), test=keep(src.test))
 
 
 def _read(
@@ -220,6 +239,7 @@ def prepare_dataset(
     channels: int | None = None,  # 1 or 3; None: the source's (a folder: 3 if any image has colour)
     fit: str = "crop",  # "crop": fill the square, cut the overflow; "pad": fit inside, pad with black
     limit: int | None = None,  # read at most this many images (stratified random subset)
+    classes: list[str] | None = None,  # keep only these classes (by name), relabelled in this order
     test_fraction: float = 0.1,  # held-out share when the source has no test split of its own
     seed: int = 0,  # drives the limit subset and the split
     strict: bool = False,  # fail if any input is rejected instead of skipping it
@@ -235,6 +255,8 @@ def prepare_dataset(
     """
     _check_options(resolution, channels, fit, limit, test_fraction)
     src = open_source(source)
+    if classes:
+        src = _keep_classes(src, classes)
     out = _check_out(Path(out), src, overwrite)
     rng = np.random.default_rng(seed)
 
@@ -270,6 +292,7 @@ def prepare_dataset(
         "channels": channels,
         "fit": fit,
         "limit": limit,
+        "classes": classes,
         "test_fraction": test_fraction,
         "seed": seed,
     }

@@ -22,32 +22,41 @@ from difftrain.errors import UserError
 from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import image
-from difftrain.run import Run, open_run
+from difftrain.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.training.metrics_log import MetricsLog
 
 
 def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path, *, checkpoint: str = "latest",
-               class_label: int | None = None, ema: bool = True, device: str = "cpu", progress=None, warn=print) -> dict:
-    """Write `out` (.npz samples file) and a PNG grid beside it; return the samples' meta."""
+               class_label: int | None = None, class_names: list[str] | None = None, ema: bool = True, device: str = "cpu",
+               progress=None, warn=print) -> dict:
+    """Write `out` (.npz samples file) and a PNG grid beside it; return the samples' meta.
+
+    Labels are balanced over `class_names` (default: the model's classes) and written as indices into
+    them, so samples drawn for a dataset carry that dataset's labels.
+    """
     run = open_run(run_dir)
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
-    labels = balanced_labels(n, run.num_classes)
+    names = run.class_names if class_names is None else class_names
+    labels = balanced_labels(n, len(names)) if run.num_classes else None
     if class_label is not None and labels is not None:
         labels[:] = class_label
-    images = generate(denoiser, n, run.image_shape, labels, spec, batch_size=run.config.sample.batch_size,
-                      null_label=denoiser.net.null_label, device=device, progress=progress)
+    to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if labels is not None else None
+    images = generate(denoiser, n, run.image_shape, None if labels is None else to_model[labels], spec,
+                      batch_size=run.config.sample.batch_size, null_label=denoiser.net.null_label, device=device, progress=progress)
     meta = {"run": str(Path(run_dir).resolve()), "checkpoint": str(ckpt.path.resolve()), "images_seen": ckpt.images,
             "weights": "ema" if ema else "model", **spec_meta(spec), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if labels is not None:
+        meta["class_names"] = names
     write_samples(out, images, labels, meta)
     # Grid beside the file: up to 100 images; when conditional, one class per row, in class order.
     if labels is None or class_label is not None:
         image.save_grid(images[:100], Path(out).with_suffix(".png"))
     else:
-        per_class = max(1, min(10, n // run.num_classes))
-        rows = [images[labels == c][:per_class] for c in range(run.num_classes)]
+        per_class = max(1, min(10, n // len(names)))
+        rows = [images[labels == c][:per_class] for c in range(len(names))]
         image.save_grid(np.concatenate(rows), Path(out).with_suffix(".png"), columns=per_class)
     return {"images": images, "labels": labels, "meta": meta}
 
@@ -67,13 +76,13 @@ def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:
     return found
 
 
-def likelihood(denoiser: Denoiser, ds: PreparedDataset, num_classes: int, ec: EvalConfig, device: str | torch.device = "cpu",
-               seed: int = 0) -> dict[str, Any]:
-    """Bits per dimension of the first eval.nll_images held-out images."""
+def likelihood(denoiser: Denoiser, ds: PreparedDataset, to_model: list[int] | None, ec: EvalConfig,
+               device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Bits per dimension of the first eval.nll_images held-out images (labels mapped `to_model`; None: unconditional)."""
     from difftrain.evaluation.likelihood import bits_per_dim
 
     images = ds.test_images[:ec.nll_images]
-    labels = ds.test_labels[:ec.nll_images] if num_classes else None
+    labels = np.asarray(to_model, dtype=np.int64)[ds.test_labels[:ec.nll_images]] if to_model is not None else None
     return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device)
 
 
@@ -120,6 +129,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     if tuple(ds.image_shape) != run.image_shape:
         raise UserError(f"{ds.path} holds {tuple(ds.image_shape)} images, the run {run_dir} makes {run.image_shape}: "
                         "pass the dataset it was trained on with --data")
+    to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
     out_dir = run_dir / "eval"
     log = MetricsLog(run_dir)
@@ -127,7 +137,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     try:
         for ckpt in chosen:
             base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed}
-            nll = likelihood(run.denoiser(ckpt, device=device), ds, run.num_classes, ec, device, seed) if "nll" in metrics else {}
+            nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed) if "nll" in metrics else {}
             if metrics == ["nll"]:
                 records.append({**base, **nll})
                 log.write(records[-1])
@@ -137,7 +147,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                 samples_file = out_dir / f"samples-{tag}.npz"
                 with torch.inference_mode():
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
-                                         progress=progress, warn=warn)
+                                         class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn)
                 scores = score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
                                memorization_png=out_dir / f"memorization-{tag}.png")
                 records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
@@ -169,17 +179,26 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
     return {"event": "eval", **produced, **scores, "samples_file": str(Path(samples).resolve()), "data": str(Path(data).resolve())}
 
 
-def evaluate_during_training(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *,
-                             images_seen: int, num_classes: int, null_label: int | None, device) -> dict[str, Any]:
-    """A small-budget evaluation of the EMA denoiser, logged by the trainer; picks checkpoints/best."""
+def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *, n: int,
+                      metrics: list[str], label_map: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+    """Score a denoiser against `ds` with the config's sampler; `label_map` gives the model's label of each
+    of the data's classes (None: unconditional)."""
     ec = config.eval
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
-    labels = balanced_labels(ec.during_n, num_classes)
+    labels = balanced_labels(n, len(label_map)) if label_map is not None else None
     with torch.inference_mode():
-        samples = generate(denoiser, ec.during_n, ds.image_shape, labels, spec, batch_size=config.sample.batch_size,
-                           null_label=null_label, device=device)
-    record = {"event": "eval", "during_training": True, "images": images_seen, **spec_meta(spec),
-              **score(samples, labels, ds, extractor, list(ec.during_metrics), ec, config.train.seed)}
-    if "nll" in ec.during_metrics:
-        record.update(likelihood(denoiser, ds, num_classes, ec, device, config.train.seed))
+        samples = generate(denoiser, n, ds.image_shape, None if labels is None else np.asarray(label_map)[labels], spec,
+                           batch_size=config.sample.batch_size, null_label=null_label, device=device)
+    record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed)}
+    if "nll" in metrics:
+        record.update(likelihood(denoiser, ds, label_map, ec, device, config.train.seed))
     return record
+
+
+def evaluate_during_training(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *,
+                             images_seen: int, label_map: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+    """A small-budget evaluation of the EMA denoiser, logged by the trainer; picks checkpoints/best."""
+    ec = config.eval
+    return {"event": "eval", "during_training": True, "images": images_seen,
+            **evaluate_denoiser(denoiser, ds, extractor, config, n=ec.during_n, metrics=list(ec.during_metrics),
+                                label_map=label_map, null_label=null_label, device=device)}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+from typing import Any
+
 import torch
 from diffusers import UNet2DModel
 
@@ -32,8 +36,8 @@ class UNet(torch.nn.Module):
         return self.unet(x, c_noise, class_labels=class_labels if self.num_classes else None).sample
 
 
-def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> UNet:
-    """A UNet2DModel sized by the config for images of shape (H, W, C)."""
+def unet_arguments(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    """UNet2DModel's arguments for the config, images of shape (H, W, C) and `num_classes` labels."""
     height, width, channels = image_shape
     factor = 2 ** (len(cfg.channels) - 1)  # every level but the last halves the size
     if height % factor or width % factor:
@@ -41,7 +45,7 @@ def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes:
                         f"use fewer entries in model.channels or a --resolution divisible by {factor}")
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
-    unet = UNet2DModel(
+    return dict(
         sample_size=(height, width),
         in_channels=channels,
         out_channels=channels,
@@ -53,5 +57,48 @@ def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes:
         norm_num_groups=cfg.norm_groups,
         dropout=cfg.dropout,
         num_class_embeds=num_classes + 1 if num_classes else None,
-    )
-    return UNet(unet)
+    ) | cfg.unet_options
+
+
+def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> UNet:
+    """A UNet2DModel sized by the config for images of shape (H, W, C)."""
+    try:
+        return UNet(UNet2DModel(**unet_arguments(cfg, image_shape, num_classes)))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the network cannot be built from model.unet_options={cfg.unet_options}: {e}") from None
+
+
+# Config keys that describe the data or the labels, not the architecture: the run sets them.
+_NOT_ARCHITECTURE = {"sample_size", "in_channels", "out_channels", "num_class_embeds"}
+
+
+def model_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig fields that rebuild a UNet2DModel of this config.json exactly: the fields
+    difftrain names, and every other argument that differs from what they build as `unet_options`."""
+    c = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+    channels = list(c.get("block_out_channels", (224, 448, 672, 896)))
+    head_dim = c.get("attention_head_dim", 8)
+    fields = {
+        "channels": channels,
+        "attention": [t.startswith("Attn") for t in c.get("down_block_types", ())] or [False] * len(channels),
+        "layers_per_block": c.get("layers_per_block", 2),
+        # None means one head per level in diffusers; any common divisor passes our check, the option wins.
+        "attention_head_dim": head_dim or math.gcd(*channels),
+        "norm_groups": c.get("norm_num_groups", 32),
+        "dropout": c.get("dropout", 0.0),
+    }
+    built = unet_arguments(ModelConfig(**fields), (8 * 2 ** len(channels),) * 2 + (3,), 0)
+    defaults = {name: p.default for name, p in inspect.signature(UNet2DModel.__init__).parameters.items()}
+    options = {}
+    for key, value in c.items():
+        if key in _NOT_ARCHITECTURE or key not in defaults:
+            continue
+        ours = built.get(key, defaults[key])
+        if _plain(value) != _plain(ours):
+            options[key] = value
+    return fields | {"unet_options": options}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare equal (JSON has only lists)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import yaml
 
 from difftrain import __version__, atomic
+from difftrain.models import build_network
 from difftrain.run import open_run
 from difftrain.training.metrics_log import read_metrics
 
@@ -78,6 +80,34 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int, b
     return parts
 
 
+def _starting_point(run_dir: Path) -> list[str]:
+    """Where a fine-tuned run started (init.json) and what it forgot (forgetting.json)."""
+    init = _read_json(run_dir / "init.json")
+    if not init:
+        return []
+    parts = ["## Starting point", "", _table([
+        ("initialised from", init["origin"]),
+        ("weights", f"{init['matched']:,} tensors matched; missing {len(init['missing'])}, unexpected {len(init['unexpected'])}, "
+                    f"shape-mismatched {len(init['reshaped'])}"),
+        ("classes", init.get("classes") or "-"),
+        ("trained parameters", f"{init['trainable_parameters']:,} of {init['parameters']:,}"),
+    ]), ""]
+    forgetting = _read_json(run_dir / "forgetting.json")
+    if forgetting:
+        from difftrain.evaluation.forgetting import SHOWN
+
+        rows = [f"| {k} | {_fmt(forgetting['old_before'][k])} | {_fmt(forgetting['old_after'][k])} | "
+                f"{forgetting['old_change'][k]:+.4g} | {_fmt(forgetting['new_after'][k])} |" for k in SHOWN if k in forgetting["old_before"]]
+        parts += [f"Forgetting: the starting model and this one on the old data ({forgetting['old_data']}), and this one on the "
+                  f"new data, {forgetting['samples']:,} samples each.", "",
+                  "| metric | old data, before | old data, after | change | new data |", "|---|---|---|---|---|", *rows, ""]
+    return parts
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN/README.md from config.yaml, dataset.json, metrics.jsonl and samples/."""
     run_dir = Path(run_dir)
@@ -88,8 +118,7 @@ def write_report(run_dir: str | Path) -> Path:
     evals = [r for r in records if r.get("event") == "eval"]
     grids = sorted((run_dir / "samples").glob("grid-*.png"))
     ds = run.dataset
-    net = run.build_network()
-    params = sum(p.numel() for p in net.parameters())
+    params = sum(p.numel() for p in build_network(cfg.model, run.image_shape, run.num_classes).parameters())
 
     parts = [f"# difftrain run `{run_dir.name}`", "",
              f"A {'class-conditional' if run.num_classes else 'unconditional'} diffusion model for "
@@ -120,6 +149,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"![samples after {grids[-1].stem.split('-')[-1].lstrip('0')} images](samples/{grids[-1].name})", ""]
         if len(grids) > 1:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
+    parts += _starting_point(run_dir)
     final = [r for r in evals if not r.get("during_training")]
     if final:
         parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,

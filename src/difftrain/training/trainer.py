@@ -6,6 +6,7 @@ training images, so results do not depend on the batch split or process count.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,15 +18,19 @@ from accelerate import Accelerator
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from difftrain import atomic
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
-from difftrain.data.loader import ArrayBatches
+from difftrain.data.loader import ArrayBatches, ReplayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory
 from difftrain.modalities import image
 from difftrain.models import build_network
-from difftrain.run import formulation_of, load_weights, resolve_dataset, save_run_info
+from difftrain.pretrained.lora import parameter_counts
+from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
+from difftrain.pretrained.transfer import label_space, transfer_weights
+from difftrain.run import adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset, save_run_info
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
                                            save_best, save_checkpoint)
@@ -97,9 +102,9 @@ class DuringTraining:
     checkpoints/best when it is the best so far by eval.best_metric (kept across resumes)."""
 
     def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, device: torch.device,
-                 console: Console):
+                 console: Console, data_labels: list[int] | None = None):
         self.config, self.run_dir, self.dataset, self.console = config, run_dir, dataset, console
-        self.num_classes, self.device = num_classes, device
+        self.num_classes, self.device, self.data_labels = num_classes, device, data_labels
         self.metric = config.eval.best_metric
         if self.metric == "cas" and not num_classes:
             raise UserError("eval.best_metric=cas needs a class-conditional model on labelled data; choose e.g. eval.best_metric=fid")
@@ -127,7 +132,7 @@ class DuringTraining:
 
         ec = self.config.eval
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
-                                          num_classes=self.num_classes, null_label=null_label, device=self.device)
+                                          label_map=self.data_labels, null_label=null_label, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())
         value = record.get(self.metric)
         if value is None:
@@ -153,7 +158,7 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     tc = config.train
     world, device = accelerator.num_processes, accelerator.device
     per_process = tc.micro_batch // world
-    height, width, channels = batches.images.shape[1:]
+    height, width, channels = batches.image_shape
     optimizer.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=device)
     sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
@@ -183,8 +188,12 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
-          console: Console | None = None) -> TrainResult:
-    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted."""
+          console: Console | None = None, source: Pretrained | None = None) -> TrainResult:
+    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted.
+
+    With finetune.init the network starts from that source's weights (`source`, when the caller
+    has opened it already and adapted the config with `config_for_source`).
+    """
     run_dir = Path(run_dir)
     tc = config.train
     console = console or Console(stderr=True)
@@ -205,10 +214,27 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
-    num_classes = dataset.num_classes if config.model.conditional else 0
+    fc = config.finetune
+    if fc.init and existing is None and source is None:
+        source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+        config = config_for_source(config, source)
+    replay = load_dataset(replay_path(fc)) if fc.replay else None
+    # The model's classes: kept from the run before when resuming, else the source's then the data's.
+    if existing is not None:
+        model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
+    else:
+        model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
+    num_classes = len(model_classes) if config.model.conditional else 0
+    data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
+    if source is not None and num_classes > len(source.class_names or []) and (fc.lora_rank or fc.train_only) \
+            and "class_embedding" not in fc.train_only:
+        # New classes need their embedding rows trained, even when the rest is frozen or adapted.
+        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
+        fc = config.finetune
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
     # (its feature classifier trained) before training, so a setting that cannot work stops the run now.
-    evaluator = DuringTraining(config, run_dir, dataset, num_classes, accelerator.device, console) if config.eval.every_images and main else None
+    evaluator = DuringTraining(config, run_dir, dataset, num_classes, accelerator.device, console, data_labels) \
+        if config.eval.every_images and main else None
     accelerator.wait_for_everyone()
 
     # Peak memory from here on (model, optimizer state, activations), as `difftrain doctor` measures it.
@@ -217,8 +243,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Network, EMA and optimizer; the seed fixes the initial weights.
     torch.manual_seed(tc.seed)
     net = build_network(config.model, dataset.image_shape, num_classes)
+    init_report = None
+    if source is not None and existing is None:
+        init_report = transfer_weights(net.unet, source, model_classes, fc.allow_partial)
+    net = adapt_network(net, fc)
+    trainable, total = parameter_counts(net)
     ema = EMA(net)
-    optimizer = build_optimizer(net.parameters(), config.optim)
+    optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
     device = accelerator.device
     # One noise stream for the whole global batch, identical on every process: each takes
     # its slice, so accumulation and the process count do not change the random numbers.
@@ -239,12 +270,27 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Only now, with the checkpoint known to fit, does the run's config change.
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_info(run_dir, config, dataset)
+        save_run_info(run_dir, config, dataset, model_classes if num_classes else None)
+        if init_report is not None:
+            console.print(f"started from {source.origin}")
+            for line in [*source.notes, *init_report.lines()]:
+                console.print(f"  {line}")
+            atomic.write_json(run_dir / "init.json", {"source": str(fc.init), "origin": source.origin, "notes": source.notes,
+                                                      "checkpoint": str(source.checkpoint.path.resolve()) if source.checkpoint else None,
+                                                      **init_report.as_dict(), "trainable_parameters": trainable,
+                                                      "parameters": total})
+        if trainable < total:
+            console.print(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
     net, optimizer = accelerator.prepare(net, optimizer)
     ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
     raw_net = accelerator.unwrap_model(net)
-    batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device)
+    batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
+                           label_map=data_labels)
+    if replay is not None:
+        old = ArrayBatches(replay.train_images, replay.train_labels if num_classes else None, seed=tc.seed + 1, device=device,
+                           label_map=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
+        batches = ReplayBatches(batches, old, fc.replay)
     log = MetricsLog(run_dir, enabled=main)
     null_label = raw_net.null_label if num_classes else None
 
@@ -331,5 +377,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if config.eval.every_images and (latest is None or latest.images != images):
         evaluate()
     write_grid()
+    if main and fc.init and fc.forgetting:
+        from difftrain.evaluation.forgetting import forgetting_report
+
+        forgetting_report(run_dir, dataset, log, device=device, console=console)
     log.close()
     return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss, nonfinite, history)

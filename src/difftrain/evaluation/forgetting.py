@@ -1,0 +1,82 @@
+"""What a continued training forgot: the source model and the result, scored on the source's
+data (before and after), and the result on the new data, with one protocol for all three.
+
+    RUN/forgetting.json    the three evaluations and the change on the old data
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from difftrain import atomic
+from difftrain.data import PreparedDataset, load_dataset
+from difftrain.evaluation.run_eval import evaluate_denoiser, extractor_for
+from difftrain.run import Run, label_map, open_run, source_run
+from difftrain.training.checkpoint import open_checkpoint
+from difftrain.training.metrics_log import MetricsLog
+
+# Headline numbers of each evaluation, in the order the report shows them.
+SHOWN = ("fid", "kid", "precision", "recall", "cas")
+
+
+def _score(run: Run, checkpoint_path: Path, ds: PreparedDataset, extractor, config, metrics: list[str], device) -> dict[str, Any]:
+    denoiser = run.denoiser(open_checkpoint(checkpoint_path), device=device)
+    to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
+    record = evaluate_denoiser(denoiser, ds, extractor, config, n=config.eval.n_samples, metrics=metrics,
+                               label_map=to_model, null_label=denoiser.net.null_label, device=device)
+    return {"checkpoint": str(checkpoint_path), **record}
+
+
+def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *, device="cpu",
+                      console: Console | None = None) -> dict[str, Any] | None:
+    """Score the --init run's checkpoint and this run's latest on the old data, and this run on the new data.
+
+    Nothing to do (None) when the source is not a difftrain run or its data is gone.
+    """
+    console = console or Console(stderr=True)
+    run = open_run(run_dir)
+    fc = run.config.finetune
+    source = source_run(fc.init) if fc.init else None
+    init = json.loads((run_dir / "init.json").read_text()) if (run_dir / "init.json").is_file() else {}
+    if source is None or not init.get("checkpoint"):
+        return None
+    old_path = Path(fc.replay_data or source.dataset["path"])
+    if not (old_path / "manifest.json").is_file() or not Path(init["checkpoint"]).is_dir():
+        console.print(f"[yellow]warning:[/] forgetting not measured: {old_path} or {init['checkpoint']} is gone")
+        return None
+    old_ds = load_dataset(old_path)
+    config = run.config
+    metrics = [m for m in config.eval.metrics if m in ("fid", "kid", "pr", "cas") and (m != "cas" or run.num_classes)]
+    latest = run.checkpoint("latest").path
+    console.print(f"measuring forgetting on {old_path} ({config.eval.n_samples} samples per evaluation)")
+    old_features = extractor_for(old_ds, config.eval, metrics, device=device)
+    report = {
+        "source": init.get("origin"), "old_data": str(old_path.resolve()), "new_data": str(Path(new_ds.path).resolve()),
+        "samples": config.eval.n_samples,
+        "old_before": _score(source, Path(init["checkpoint"]), old_ds, old_features, config, metrics, device),
+        "old_after": _score(run, latest, old_ds, old_features, config, metrics, device),
+        "new_after": _score(run, latest, new_ds, extractor_for(new_ds, config.eval, metrics, device=device), config, metrics, device),
+    }
+    report["old_change"] = {k: report["old_after"][k] - report["old_before"][k] for k in SHOWN if k in report["old_before"]}
+    atomic.write_json(run_dir / "forgetting.json", report)
+    flat = {"event": "forgetting", "images": open_checkpoint(latest).images}
+    for part in ("old_before", "old_after", "new_after"):
+        flat.update({f"{part}_{k}": report[part][k] for k in SHOWN if k in report[part]})
+    log.write(flat)
+    for line in forgetting_lines(report):
+        console.print(line)
+    return report
+
+
+def forgetting_lines(report: dict[str, Any]) -> list[str]:
+    """The report as a few lines: each metric on the old data before -> after, and on the new data."""
+    lines = []
+    for k in SHOWN:
+        if k in report["old_before"]:
+            lines.append(f"{k}: old data {report['old_before'][k]:.4g} -> {report['old_after'][k]:.4g} "
+                         f"({report['old_change'][k]:+.4g}); new data {report['new_after'][k]:.4g}")
+    return lines

@@ -1,0 +1,120 @@
+"""What `train --init SOURCE` starts from: a difftrain run or checkpoint, or a diffusers folder.
+
+Every source becomes the same thing: UNet2DModel weights, the network and formulation they
+were trained with, and the names of their class-embedding rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difftrain.config import Config, validate_config
+from difftrain.errors import UserError
+from difftrain.models.unet import model_fields
+from difftrain.run import Run, open_run
+from difftrain.training.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
+
+# The model settings that define the network's weights; training choices (dropout, labels) stay the user's.
+ARCHITECTURE = ("arch", "channels", "attention", "layers_per_block", "attention_head_dim", "norm_groups", "unet_options")
+# The diffusion settings that define what the network predicts; a fine-tune must keep them.
+FORMULATION = ("formulation", "prediction", "sigma_data", "beta_schedule", "beta_start", "beta_end", "num_timesteps")
+
+
+@dataclass
+class Pretrained:
+    origin: str  # what was loaded, for the report
+    weights: dict[str, torch.Tensor]  # a UNet2DModel state dict
+    model: dict[str, Any]  # ModelConfig fields of the network the weights belong to
+    diffusion: dict[str, Any] | None  # DiffusionConfig fields it was trained with (None: unknown)
+    class_names: list[str] | None  # names of the class-embedding rows, in order (None: unnamed)
+    has_null_label: bool  # its last class-embedding row is difftrain's "no label" row
+    run: Run | None = None  # the difftrain run it comes from: its data can be replayed and re-scored
+    checkpoint: Checkpoint | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def open_pretrained(source: str | Path, warn=print) -> Pretrained:
+    """A run folder (its latest checkpoint), a checkpoint folder, or a diffusers pipeline or UNet folder."""
+    from difftrain.pretrained.diffusers_format import is_diffusers_folder
+
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"--init {source}: no such file or folder")
+    if (path / "config.yaml").is_file():
+        run = open_run(path)
+        return _from_run(run, resolve_checkpoint(path, "latest", warn))
+    if (path / "info.json").is_file():
+        run_dir = path.parent.parent  # RUN/checkpoints/NAME
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--init {source}: a checkpoint must sit in its run folder (RUN/checkpoints/NAME) to know its network")
+        return _from_run(open_run(run_dir), open_checkpoint(path))
+    if is_diffusers_folder(path):
+        return _from_diffusers(path)
+    raise UserError(f"--init {source} is neither a difftrain run or checkpoint nor a diffusers folder "
+                    "(model_index.json, or config.json with UNet2DModel weights)")
+
+
+def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
+    # The EMA weights, as sampling uses them; a LoRA run's adapters are merged in by run.denoiser.
+    unet = run.denoiser(checkpoint).net.unet
+    model = run.config.model.model_dump()
+    return Pretrained(
+        origin=f"run {run.path} ({checkpoint.path.name}, {checkpoint.images:,} images)",
+        weights={k: v.clone() for k, v in unet.state_dict().items()},
+        model={k: model[k] for k in ARCHITECTURE},
+        diffusion=run.config.diffusion.model_dump(),
+        class_names=list(run.dataset["class_names"] or []) if run.num_classes else None,
+        has_null_label=bool(run.num_classes),
+        run=run,
+        checkpoint=checkpoint,
+    )
+
+
+def _from_diffusers(path: Path) -> Pretrained:
+    from difftrain.pretrained.diffusers_format import read_diffusers
+
+    found = read_diffusers(path)
+    info = found.info  # difftrain.json, when difftrain exported the folder
+    notes = []
+    if found.diffusion is None:
+        notes.append("no scheduler config found beside the UNet: its formulation is taken from your config (diffusion.*)")
+    try:
+        model = {"arch": "unet", **model_fields(found.unet_config)}
+    except ValueError as e:
+        raise UserError(f"{path}: its UNet2DModel config cannot be rebuilt by difftrain: {e}") from None
+    return Pretrained(
+        origin=found.origin,
+        weights=found.weights,
+        model=model,
+        diffusion=found.diffusion,
+        class_names=info.get("class_names"),
+        has_null_label=info.get("null_label") is not None,
+        notes=notes,
+    )
+
+
+def config_for_source(config: Config, source: Pretrained, explicit: set[str] = frozenset()) -> Config:
+    """`config` with the source's network and formulation, which its weights only work with.
+
+    `explicit` holds the keys the user set (e.g. "model.channels"); one that contradicts the source is an error.
+    """
+    model = dict(source.model)
+    diffusion = {k: v for k, v in (source.diffusion or {}).items() if k in FORMULATION}
+    for section, values in (("model", model), ("diffusion", diffusion)):
+        current = getattr(config, section).model_dump()
+        for key, value in values.items():
+            if f"{section}.{key}" in explicit and current[key] != value:
+                raise UserError(f"{section}.{key}={current[key]!r} contradicts --init {source.origin}, which has {value!r}: "
+                                f"its weights only work with the source's value; drop the {section}.{key} setting")
+    # The source's training choices (loss weighting, noise levels) carry over unless set by the user.
+    choices = {k: v for k, v in (source.diffusion or {}).items() if k not in FORMULATION and f"diffusion.{k}" not in explicit}
+    if source.run is None and diffusion.get("formulation") == "vp" and "diffusion.weighting" not in explicit:
+        choices["weighting"] = "uniform"  # diffusers trains VP models on the plain eps/v MSE
+    raw = config.model_dump(mode="json")
+    raw["model"].update(model)
+    raw["diffusion"].update(diffusion | choices)
+    return validate_config(raw, f"--init {source.origin}")

@@ -1,0 +1,228 @@
+"""Starting from pre-trained weights: the load report, classes, replay, forgetting, export and back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difftrain.config import ModelConfig, load_config
+from difftrain.data import prepare_dataset
+from difftrain.data.loader import ArrayBatches, ReplayBatches
+from difftrain.errors import UserError
+from difftrain.models import build_network
+from difftrain.pretrained.source import Pretrained, open_pretrained
+from difftrain.pretrained.transfer import class_rows, label_space, transfer_weights
+from difftrain.run import open_run
+from difftrain.training.trainer import train
+from tests.conftest import tiny_overrides
+from tests.test_cli import cli, difftrain
+
+
+def said(result) -> str:
+    """stderr with the terminal's line wrapping undone."""
+    return " ".join(result.stderr.split())
+
+
+def source(class_names, rows, has_null=True) -> Pretrained:
+    weights = {} if rows is None else {"class_embedding.weight": rows}
+    return Pretrained("test source", weights, {}, None, class_names, has_null)
+
+
+def test_new_classes_start_as_the_unconditional_row_and_old_ones_keep_theirs():
+    rows = torch.arange(12.0).view(4, 3)  # classes a, b, c, then the "no label" row
+    src = source(["a", "b", "c"], rows)
+    names = label_space(src, ["c", "d"])
+    assert names == ["a", "b", "c", "d"]
+    out, note = class_rows(src, names, torch.zeros(5, 3))
+    assert torch.equal(out[:3], rows[:3])  # a, b, c kept by name
+    assert torch.equal(out[3], rows[3]) and torch.equal(out[4], rows[3])  # d and "no label" = the old "no label"
+    assert "1 new (d)" in note
+
+
+def test_classes_are_matched_by_name_not_position():
+    rows = torch.arange(12.0).view(4, 3)
+    out, _ = class_rows(source(["a", "b", "c"], rows), ["c", "a"], torch.zeros(3, 3))
+    assert torch.equal(out[0], rows[2]) and torch.equal(out[1], rows[0])
+
+
+def test_an_unconditional_source_gets_a_zero_embedding_and_a_foreign_one_a_mean_null_row():
+    out, note = class_rows(source(None, None), ["a", "b"], torch.ones(3, 3))
+    assert torch.equal(out, torch.zeros(3, 3)) and "unconditional" in note
+    rows = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
+    out, note = class_rows(source(None, rows, has_null=False), ["0", "1"], torch.zeros(3, 2))
+    assert torch.equal(out[:2], rows) and torch.equal(out[2], torch.tensor([1.0, 3.0]))
+    assert "matched by index" in note
+
+
+def tiny_net(num_classes: int, channels=(16, 32)):
+    cfg = ModelConfig(channels=list(channels), attention=[False, True], layers_per_block=1, norm_groups=8, attention_head_dim=8)
+    return build_network(cfg, (8, 8, 1), num_classes)
+
+
+def test_a_load_that_drops_weights_is_refused_unless_allowed():
+    torch.manual_seed(0)
+    src_net = tiny_net(0, channels=(16, 32))
+    src = Pretrained("a 16/32 UNet", src_net.unet.state_dict(), {}, None, None, False)
+    target = tiny_net(0, channels=(16, 48))
+    with pytest.raises(UserError) as e:
+        transfer_weights(target.unet, src, [])
+    assert "shape-mismatched" in str(e.value) and "--allow-partial" in str(e.value)
+    before = {k: v.clone() for k, v in target.unet.state_dict().items()}
+    report = transfer_weights(target.unet, src, [], allow_partial=True)
+    assert report.reshaped and report.matched
+    after = target.unet.state_dict()
+    for name in report.matched:
+        assert torch.equal(after[name], src.weights[name])
+    for name, _, _ in report.reshaped:
+        assert torch.equal(after[name], before[name])
+
+
+def test_replay_mixes_an_exact_fraction_whatever_the_batch_cut():
+    new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10), seed=0, device=torch.device("cpu"))
+    old = ArrayBatches(np.full((7, 2, 2, 1), 255, np.uint8), np.arange(7) + 100, seed=0, device=torch.device("cpu"))
+    mixed = ReplayBatches(new, old, 0.25)
+    x, y = mixed.batch(0, 40)
+    assert int((y >= 100).sum()) == 10  # a quarter of the stream is old data
+    assert ((x[y >= 100] == 1).all() and (x[y < 100] == -1).all())  # images travel with their labels
+    for cut in (1, 3, 16):
+        parts = [mixed.batch(s, min(cut, 40 - s)) for s in range(0, 40, cut)]
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    # Each stream keeps its own epoch order: the first 30 new images are 3 epochs of the 10.
+    new_labels = y[y < 100]
+    assert torch.equal(new_labels[:10].sort().values, torch.arange(10))
+
+
+@pytest.fixture(scope="module")
+def split_digits(tmp_path_factory):
+    """digits 0-4 (old task) and 5-9 (new task)."""
+    root = tmp_path_factory.mktemp("split")
+    old = prepare_dataset("digits", root / "d04", classes=list("01234"), test_fraction=0.2, progress=False)
+    new = prepare_dataset("digits", root / "d59", classes=list("56789"), test_fraction=0.2, progress=False)
+    return old.path, new.path
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory, split_digits):
+    run = tmp_path_factory.mktemp("runs") / "old"
+    cli("train", "--out", run, "--no-progress", *tiny_overrides(split_digits[0], **{"train.duration_steps": 6}))
+    return run
+
+
+def test_prepare_keeps_the_named_classes_relabelled(split_digits):
+    manifest = json.loads((split_digits[1] / "manifest.json").read_text())
+    assert manifest["class_names"] == list("56789")
+    labels = np.load(split_digits[1] / "train_labels.npy")
+    assert set(labels.tolist()) == set(range(5))
+
+
+def fine_tune_overrides(data, **extra):
+    # Only training settings: the network comes from the source.
+    return [o for o in tiny_overrides(data, **extra) if not o.startswith("model.")]
+
+
+def test_continual_training_with_replay_keeps_old_classes_and_reports_forgetting(tmp_path, split_digits, old_run):
+    old, new = split_digits
+    run = tmp_path / "continued"
+    result = cli("train", "--init", old_run, "--replay", 0.25, "--out", run, "--no-progress",
+                 *fine_tune_overrides(new, **{"optim.lr": 1e-12, "optim.warmup_images": 0, "train.duration_steps": 1,
+                                              "eval.n_samples": 50, "eval.metrics": "[fid]"}))
+    assert "matched" in result.output and "5 new (5, 6, 7, 8, 9)" in result.output
+    assert open_run(run).class_names == list("0123456789")
+    init = json.loads((run / "init.json").read_text())
+    assert init["missing"] == [] and init["unexpected"] == [] and init["reshaped"] == []
+    # With a vanishing learning rate the weights are the source's (old classes' rows included).
+    src = load_file(sorted((old_run / "checkpoints").glob("ckpt-*"))[-1] / "ema.safetensors")
+    got = load_file(sorted((run / "checkpoints").glob("ckpt-*"))[-1] / "model.safetensors")
+    for name, value in src.items():
+        if name != "unet.class_embedding.weight":
+            torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["unet.class_embedding.weight"][:5], src["unet.class_embedding.weight"][:5], atol=1e-6, rtol=0)
+    forgetting = json.loads((run / "forgetting.json").read_text())
+    assert {"old_before", "old_after", "new_after", "old_change"} <= forgetting.keys()
+    assert forgetting["old_change"]["fid"] == pytest.approx(forgetting["old_after"]["fid"] - forgetting["old_before"]["fid"])
+    from difftrain.report.card import write_report
+
+    card = write_report(run).read_text()
+    assert "## Starting point" in card and "old data, before" in card
+    # Evaluating against the old data maps its labels onto the model's classes.
+    records = json.loads(cli("eval", run, "--data", old, "--n", 20, "--metrics", "cas", "--json").stdout)
+    assert 0 <= records[0]["cas"] <= 1
+
+
+def test_a_setting_that_contradicts_the_source_is_refused(tmp_path, split_digits, old_run):
+    r = difftrain("train", "--init", old_run, "--out", tmp_path / "x", "--no-progress", "model.layers_per_block=2",
+                  *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "model.layers_per_block" in said(r) and "contradicts --init" in said(r)
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_a_corrupted_source_checkpoint_is_a_clear_error(tmp_path, split_digits, old_run):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(old_run, broken)
+    ema = sorted((broken / "checkpoints").glob("ckpt-*"))[-1] / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])
+    r = difftrain("train", "--init", broken, "--out", tmp_path / "y", "--no-progress", *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "corrupted or truncated" in said(r), r.stderr
+    r = difftrain("train", "--init", tmp_path / "nothing", "--out", tmp_path / "y", "--no-progress")
+    assert r.returncode == 2 and "no such file" in said(r)
+
+
+def test_export_loads_in_diffusers_and_round_trips(tmp_path, split_digits, old_run):
+    from diffusers import DiffusionPipeline
+
+    folder = tmp_path / "exported"
+    cli("export", old_run, "--out", folder)
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    images = pipe(batch_size=2, class_labels=[0, 4], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+    # Importing it again gives the same network, formulation and classes.
+    back = open_pretrained(folder)
+    original = open_pretrained(old_run)
+    assert back.class_names == original.class_names and back.has_null_label
+    assert {k: back.diffusion[k] for k in ("formulation", "sigma_data")} == {k: original.diffusion[k] for k in ("formulation", "sigma_data")}
+    assert back.model["channels"] == original.model["channels"] and back.model["unet_options"] == {}
+    for name, value in original.weights.items():
+        assert torch.equal(back.weights[name], value), name
+    r = difftrain("export", old_run, "--out", folder)
+    assert r.returncode == 2 and "exists" in said(r)
+
+
+def test_lora_fine_tune_trains_few_parameters_resumes_and_exports(tmp_path, split_digits, old_run):
+    run = tmp_path / "lora"
+    overrides = fine_tune_overrides(split_digits[0], **{"finetune.lora_rank": 2, "train.duration_steps": 4,
+                                                        "finetune.forgetting": "false"})
+    cfg = load_config(overrides=overrides)
+    cfg.finetune.init = str(old_run)
+    train(cfg, run, progress=False, stop_at_step=2)
+    init = json.loads((run / "init.json").read_text())
+    assert 0 < init["trainable_parameters"] < init["parameters"] / 5
+    saved = load_config(base=open_run(run).config)
+    assert train(saved, run, progress=False, resume=True).steps == 4
+    # The frozen base weights did not move; the merged network differs from the source by the LoRA update only.
+    run_ = open_run(run)
+    merged = run_.denoiser(run_.checkpoint()).net
+    assert set(merged.state_dict()) == set(tiny_net(5).state_dict())
+    cli("export", run, "--out", tmp_path / "lora-exported")
+    assert (tmp_path / "lora-exported" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_an_unconditional_source_becomes_conditional_with_its_output_unchanged(tmp_path, split_digits):
+    src = tmp_path / "uncond"
+    cli("train", "--out", src, "--no-progress", *tiny_overrides(split_digits[0], **{"model.conditional": "false"}))
+    source_ = open_pretrained(src)
+    net = tiny_net(5)
+    report = transfer_weights(net.unet, source_, list("56789"))
+    assert report.complete
+    plain = tiny_net(0)
+    plain.unet.load_state_dict(source_.weights)
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.3)
+    with torch.no_grad():
+        for label in (0, 4, 5):
+            torch.testing.assert_close(net(x, t, torch.full((3,), label)), plain(x, t), atol=1e-5, rtol=0)
