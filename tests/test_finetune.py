@@ -52,10 +52,12 @@ def test_classes_are_matched_by_name_not_position():
 def test_an_unconditional_source_gets_a_zero_embedding_and_a_foreign_one_a_mean_null_row():
     out, note = class_rows(source(None, None), ["a", "b"], torch.ones(3, 3))
     assert torch.equal(out, torch.zeros(3, 3)) and "unconditional" in note
-    rows = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
-    out, note = class_rows(source(None, rows, has_null=False), ["0", "1"], torch.zeros(3, 2))
-    assert torch.equal(out[:2], rows) and torch.equal(out[2], torch.tensor([1.0, 3.0]))
-    assert "matched by index" in note
+    rows = torch.tensor([[0.0, 2.0], [2.0, 4.0], [4.0, 6.0]])
+    foreign = source(None, rows, has_null=False)
+    names = label_space(foreign, ["cat", "dog"])
+    out, note = class_rows(foreign, names, torch.zeros(3, 2))
+    assert torch.equal(out[:2], rows[:2]) and torch.equal(out[2], torch.tensor([2.0, 4.0]))  # by index; null = mean
+    assert "matched by index" in note and "1 source row(s) beyond your classes dropped" in note
 
 
 def tiny_net(num_classes: int, channels=(16, 32)):
@@ -86,6 +88,7 @@ def test_replay_mixes_an_exact_fraction_whatever_the_batch_cut():
     old = ArrayBatches(np.full((7, 2, 2, 1), 255, np.uint8), np.arange(7) + 100, seed=0, device=torch.device("cpu"))
     mixed = ReplayBatches(new, old, 0.25)
     x, y = mixed.batch(0, 40)
+    assert set(y[y < 100].tolist()) == set(range(10))
     assert int((y >= 100).sum()) == 10  # a quarter of the stream is old data
     assert ((x[y >= 100] == 1).all() and (x[y < 100] == -1).all())  # images travel with their labels
     for cut in (1, 3, 16):
@@ -186,7 +189,7 @@ def test_export_loads_in_diffusers_and_round_trips(tmp_path, split_digits, old_r
     back = open_pretrained(folder)
     original = open_pretrained(old_run)
     assert back.class_names == original.class_names and back.has_null_label
-    assert {k: back.diffusion[k] for k in ("formulation", "sigma_data")} == {k: original.diffusion[k] for k in ("formulation", "sigma_data")}
+    assert back.diffusion == original.diffusion  # the formulation and the training choices
     assert back.model["channels"] == original.model["channels"] and back.model["unet_options"] == {}
     for name, value in original.weights.items():
         assert torch.equal(back.weights[name], value), name
@@ -226,3 +229,70 @@ def test_an_unconditional_source_becomes_conditional_with_its_output_unchanged(t
     with torch.no_grad():
         for label in (0, 4, 5):
             torch.testing.assert_close(net(x, t, torch.full((3,), label)), plain(x, t), atol=1e-5, rtol=0)
+
+
+def test_a_foreign_diffusers_pipeline_is_honoured_and_fine_tuned(tmp_path, split_digits):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    # A DDPM model as another tool would save it, with UNet options difftrain does not name.
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8, attention_head_dim=8, freq_shift=1, flip_sin_to_cos=False)
+    scheduler = DDPMScheduler(num_train_timesteps=500, beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02,
+                              prediction_type="v_prediction")
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "foreign")
+    run = tmp_path / "from-foreign"
+    result = cli("train", "--init", tmp_path / "foreign", "--out", run, "--no-progress",
+                 *fine_tune_overrides(split_digits[1], **{"train.duration_steps": 2}))
+    assert "unconditional: a zero class embedding" in " ".join(result.output.split())
+    cfg = open_run(run).config
+    assert cfg.model.unet_options == {"freq_shift": 1, "flip_sin_to_cos": False}
+    assert (cfg.diffusion.formulation, cfg.diffusion.prediction, cfg.diffusion.num_timesteps,
+            cfg.diffusion.beta_schedule, cfg.diffusion.weighting) == ("vp", "v", 500, "scaled_linear", "uniform")
+    init = json.loads((run / "init.json").read_text())
+    assert init["matched"] == len(unet.state_dict()) and init["missing"] == []  # the class embedding is new, not matched
+    # A schedule difftrain cannot honour stops with the key named.
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")).save_pretrained(tmp_path / "cosine")
+    r = difftrain("train", "--init", tmp_path / "cosine", "--out", tmp_path / "z", "--no-progress",
+                  *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "beta_schedule" in said(r)
+
+
+def test_replayed_and_new_labels_reach_the_model_as_its_own_classes():
+    device = torch.device("cpu")
+    new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10) % 5, seed=0, device=device, to_model=[5, 6, 7, 8, 9])
+    old = ArrayBatches(np.full((10, 2, 2, 1), 255, np.uint8), np.arange(10) % 5, seed=0, device=device, to_model=[0, 1, 2, 3, 4])
+    x, y = ReplayBatches(new, old, 0.5).batch(0, 20)
+    assert set(y[x[:, 0, 0, 0] > 0].tolist()) == {0, 1, 2, 3, 4}  # old images carry old classes
+    assert set(y[x[:, 0, 0, 0] < 0].tolist()) == {5, 6, 7, 8, 9}
+
+
+def test_resumed_lora_replay_fine_tune_equals_uninterrupted(tmp_path, split_digits, old_run):
+    from tests.test_training import assert_same, weights
+
+    overrides = fine_tune_overrides(split_digits[1], **{"finetune.lora_rank": 2, "finetune.replay": 0.25, "train.duration_steps": 4,
+                                                        "finetune.forgetting": "false", "model.dropout": 0.1})
+    cfg = load_config(overrides=[*overrides, f"finetune.init={old_run}"])
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_at_step=2)
+    train(open_run(tmp_path / "split").config, tmp_path / "split", progress=False, resume=True)
+    assert_same(weights(tmp_path / "full"), weights(tmp_path / "split"), atol=1e-6, rtol=1e-5)
+    # LoRA trained; the frozen base weights are the source's.
+    w = weights(tmp_path / "full")
+    src = load_file(sorted((old_run / "checkpoints").glob("ckpt-*"))[-1] / "ema.safetensors")
+    name = "unet.mid_block.resnets.0.conv1"
+    assert torch.equal(w[f"{name}.base_layer.weight"], src[f"{name}.weight"])
+    assert w[f"{name}.lora_B.default.weight"].abs().sum() > 0
+
+
+def test_mistakes_with_replay_and_bare_unets_are_clear(tmp_path, split_digits, old_run):
+    from diffusers import UNet2DModel
+
+    r = difftrain("train", "--replay", 0.3, "--out", tmp_path / "a", "--no-progress", *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "--init RUN" in said(r)
+    r = difftrain("train", "--init", old_run, "--replay", 1.5, "--out", tmp_path / "b", "--no-progress", *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "finetune.replay" in said(r)
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), norm_num_groups=8,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(tmp_path / "bare")
+    r = difftrain("train", "--init", tmp_path / "bare", "--out", tmp_path / "c", "--no-progress", *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "diffusion.formulation=" in said(r), said(r)

@@ -131,18 +131,18 @@ def train(
 
     if resume and out_dir is None:
         raise UserError("--resume needs --out RUN, the run to continue")
-    cfg = _config(preset, config, ctx.args, data, base=read_config(out_dir / "config.yaml") if resume else None)
+    if resume and init:
+        raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
+    flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
+    cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
     source = None
     if not resume and (init or cfg.finetune.init):
         from difftrain.pretrained.source import config_for_source, open_pretrained
 
-        cfg.finetune.init = init or cfg.finetune.init
+        # Absolute, so that resuming or replaying from another folder still finds it.
+        cfg.finetune.init = str(Path(init or cfg.finetune.init).resolve())
         source = open_pretrained(cfg.finetune.init, warn=_warn)
         cfg = config_for_source(cfg, source, explicit=_explicit_keys(ctx.args, config))
-    if replay is not None:
-        cfg.finetune.replay = replay
-    if allow_partial:
-        cfg.finetune.allow_partial = True
     if auto_batch:
         _apply_auto_batch(cfg, preset)
     if out_dir is None:
@@ -157,9 +157,12 @@ def train(
         raise typer.Exit(130) from None
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
                   f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
+    from accelerate import PartialState
+
     from difftrain.report.card import write_report
 
-    console.print(f"report: {write_report(out_dir)}")
+    if PartialState().is_main_process:
+        console.print(f"report: {write_report(out_dir)}")
     out.print(str(out_dir))
 
 

@@ -156,12 +156,6 @@ class FinetuneConfig(Section):
     replay_data: Optional[str] = Field(None, description="Prepared dataset to replay (default: the --init run's own).")
     forgetting: bool = Field(True, description="After training from a run, score the source and the result on the source's data and the new data.")
 
-    @model_validator(mode="after")
-    def _replay_needs_source(self) -> "FinetuneConfig":
-        if self.replay and not self.init:
-            raise ValueError("finetune.replay needs a run to replay: pass --init RUN")
-        return self
-
 
 class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)

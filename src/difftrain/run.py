@@ -64,12 +64,13 @@ def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -
             "class_names": names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance")}
 
 
-def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset") -> list[int]:
+def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset",
+              target: str = "the model") -> list[int]:
     """The model's label of each of the data's classes, matched by name."""
     unknown = [c for c in data_classes if c not in model_classes]
     if unknown:
-        raise UserError(f"{where} has class(es) {', '.join(unknown[:5])} that the model was not trained on "
-                        f"(it knows {', '.join(model_classes[:10])})")
+        raise UserError(f"{where} has class(es) {', '.join(unknown[:5])} that {target} lacks "
+                        f"(it has {', '.join(model_classes[:10])})")
     return [model_classes.index(c) for c in data_classes]
 
 

@@ -17,15 +17,15 @@ class ArrayBatches:
     """Batches addressed by position in the endless shuffled stream of training images.
 
     Position p is item order(p // n)[p % n]: the data order depends only on how many
-    images were seen, so resuming and changing the process count keep it. `label_map`
-    renames the dataset's labels into the model's (e.g. new classes after old ones).
+    images were seen, so resuming and changing the process count keep it. `to_model`
+    renames the dataset's labels into the model's (label i becomes to_model[i]: new classes after old ones).
     """
 
-    def __init__(self, images, labels, *, seed: int, device: torch.device, label_map: list[int] | None = None):
+    def __init__(self, images, labels, *, seed: int, device: torch.device, to_model: list[int] | None = None):
         self.images = torch.as_tensor(images).to(device)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
-        if self.labels is not None and label_map is not None:
-            self.labels = torch.as_tensor(label_map, dtype=torch.long, device=device)[self.labels]
+        if self.labels is not None and to_model is not None:
+            self.labels = torch.as_tensor(to_model, dtype=torch.long, device=device)[self.labels]
         self.n = len(self.images)
         self.seed = seed
         self._cache: dict[int, torch.Tensor] = {}

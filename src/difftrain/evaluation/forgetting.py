@@ -27,7 +27,7 @@ def _score(run: Run, checkpoint_path: Path, ds: PreparedDataset, extractor, conf
     denoiser = run.denoiser(open_checkpoint(checkpoint_path), device=device)
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     record = evaluate_denoiser(denoiser, ds, extractor, config, n=config.eval.n_samples, metrics=metrics,
-                               label_map=to_model, null_label=denoiser.net.null_label, device=device)
+                               to_model=to_model, null_label=denoiser.net.null_label, device=device)
     return {"checkpoint": str(checkpoint_path), **record}
 
 
@@ -43,6 +43,7 @@ def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *
     source = source_run(fc.init) if fc.init else None
     init = json.loads((run_dir / "init.json").read_text()) if (run_dir / "init.json").is_file() else {}
     if source is None or not init.get("checkpoint"):
+        console.print("forgetting not measured: the source is not a difftrain run, so there is no old data to score")
         return None
     old_path = Path(fc.replay_data or source.dataset["path"])
     if not (old_path / "manifest.json").is_file() or not Path(init["checkpoint"]).is_dir():
@@ -50,7 +51,8 @@ def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *
         return None
     old_ds = load_dataset(old_path)
     config = run.config
-    metrics = [m for m in config.eval.metrics if m in ("fid", "kid", "pr", "cas") and (m != "cas" or run.num_classes)]
+    labelled = run.num_classes and old_ds.num_classes and new_ds.num_classes
+    metrics = [m for m in config.eval.metrics if m in ("fid", "kid", "pr", "cas") and (m != "cas" or labelled)]
     latest = run.checkpoint("latest").path
     console.print(f"measuring forgetting on {old_path} ({config.eval.n_samples} samples per evaluation)")
     old_features = extractor_for(old_ds, config.eval, metrics, device=device)

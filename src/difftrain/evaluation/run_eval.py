@@ -82,7 +82,7 @@ def likelihood(denoiser: Denoiser, ds: PreparedDataset, to_model: list[int] | No
     from difftrain.evaluation.likelihood import bits_per_dim
 
     images = ds.test_images[:ec.nll_images]
-    labels = np.asarray(to_model, dtype=np.int64)[ds.test_labels[:ec.nll_images]] if to_model is not None else None
+    labels = np.asarray(to_model, dtype=np.int64)[ds.test_labels[:ec.nll_images]] if to_model and ds.test_labels is not None else None
     return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device)
 
 
@@ -170,6 +170,13 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
         raise UserError("nll is a property of a model, not of samples: evaluate a run directory for it, or drop nll from --metrics")
     images, labels, meta = read_samples(samples)
     ds = load_dataset(data)
+    if labels is not None and meta.get("class_names"):
+        # The file names its classes (`difftrain sample` of a model that knows more classes than `ds`): match by name.
+        names = meta["class_names"]
+        if labels.min() >= 0 and labels.max() < len(names):
+            drawn = [names[i] for i in np.unique(labels)]
+            to_ds = dict(zip(drawn, label_map(drawn, ds.class_names, str(samples), f"the dataset {ds.path}"), strict=True))
+            labels = np.asarray([to_ds[names[i]] for i in labels], dtype=np.int64)
     check_samples(images, labels, ds)  # before any feature classifier is trained for nothing
     ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
     scores = score(images, labels, ds, ext, metrics, ec, seed, memorization_png=Path(samples).with_name(Path(samples).stem + "-memorization.png"))
@@ -180,25 +187,25 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
 
 
 def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *, n: int,
-                      metrics: list[str], label_map: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
-    """Score a denoiser against `ds` with the config's sampler; `label_map` gives the model's label of each
+                      metrics: list[str], to_model: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+    """Score a denoiser against `ds` with the config's sampler; `to_model` gives the model's label of each
     of the data's classes (None: unconditional)."""
     ec = config.eval
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
-    labels = balanced_labels(n, len(label_map)) if label_map is not None else None
+    labels = balanced_labels(n, len(to_model)) if to_model else None
     with torch.inference_mode():
-        samples = generate(denoiser, n, ds.image_shape, None if labels is None else np.asarray(label_map)[labels], spec,
+        samples = generate(denoiser, n, ds.image_shape, None if labels is None else np.asarray(to_model)[labels], spec,
                            batch_size=config.sample.batch_size, null_label=null_label, device=device)
     record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed)}
     if "nll" in metrics:
-        record.update(likelihood(denoiser, ds, label_map, ec, device, config.train.seed))
+        record.update(likelihood(denoiser, ds, to_model, ec, device, config.train.seed))
     return record
 
 
 def evaluate_during_training(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *,
-                             images_seen: int, label_map: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+                             images_seen: int, to_model: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
     """A small-budget evaluation of the EMA denoiser, logged by the trainer; picks checkpoints/best."""
     ec = config.eval
     return {"event": "eval", "during_training": True, "images": images_seen,
             **evaluate_denoiser(denoiser, ds, extractor, config, n=ec.during_n, metrics=list(ec.during_metrics),
-                                label_map=label_map, null_label=null_label, device=device)}
+                                to_model=to_model, null_label=null_label, device=device)}

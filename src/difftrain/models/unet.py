@@ -78,11 +78,12 @@ def model_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
     c = {k: v for k, v in unet_config.items() if not k.startswith("_")}
     channels = list(c.get("block_out_channels", (224, 448, 672, 896)))
     head_dim = c.get("attention_head_dim", 8)
+    if not head_dim or any(ch % head_dim for ch in channels):
+        head_dim = None  # diffusers allows these; ModelConfig's check wants a divisor: take the gcd, the option wins
     fields = {
         "channels": channels,
         "attention": [t.startswith("Attn") for t in c.get("down_block_types", ())] or [False] * len(channels),
         "layers_per_block": c.get("layers_per_block", 2),
-        # None means one head per level in diffusers; any common divisor passes our check, the option wins.
         "attention_head_dim": head_dim or math.gcd(*channels),
         "norm_groups": c.get("norm_num_groups", 32),
         "dropout": c.get("dropout", 0.0),

@@ -83,14 +83,16 @@ def _from_diffusers(path: Path) -> Pretrained:
     if found.diffusion is None:
         notes.append("no scheduler config found beside the UNet: its formulation is taken from your config (diffusion.*)")
     try:
-        model = {"arch": "unet", **model_fields(found.unet_config)}
+        fields = {"arch": "unet", **model_fields(found.unet_config)}
     except ValueError as e:
         raise UserError(f"{path}: its UNet2DModel config cannot be rebuilt by difftrain: {e}") from None
+    # A difftrain export also carries its training choices (weighting, noise levels); the scheduler's formulation wins.
+    diffusion = None if found.diffusion is None else {**info.get("diffusion", {}), **found.diffusion}
     return Pretrained(
         origin=found.origin,
         weights=found.weights,
-        model=model,
-        diffusion=found.diffusion,
+        model={k: fields[k] for k in ARCHITECTURE},
+        diffusion=diffusion,
         class_names=info.get("class_names"),
         has_null_label=info.get("null_label") is not None,
         notes=notes,
@@ -103,6 +105,9 @@ def config_for_source(config: Config, source: Pretrained, explicit: set[str] = f
     `explicit` holds the keys the user set (e.g. "model.channels"); one that contradicts the source is an error.
     """
     model = dict(source.model)
+    if source.diffusion is None and "diffusion.formulation" not in explicit:
+        raise UserError(f"--init {source.origin}: no scheduler config says how this UNet was trained; say it yourself, "
+                        "e.g. diffusion.formulation=vp diffusion.prediction=eps (with its beta schedule), or diffusion.formulation=edm")
     diffusion = {k: v for k, v in (source.diffusion or {}).items() if k in FORMULATION}
     for section, values in (("model", model), ("diffusion", diffusion)):
         current = getattr(config, section).model_dump()
@@ -112,8 +117,8 @@ def config_for_source(config: Config, source: Pretrained, explicit: set[str] = f
                                 f"its weights only work with the source's value; drop the {section}.{key} setting")
     # The source's training choices (loss weighting, noise levels) carry over unless set by the user.
     choices = {k: v for k, v in (source.diffusion or {}).items() if k not in FORMULATION and f"diffusion.{k}" not in explicit}
-    if source.run is None and diffusion.get("formulation") == "vp" and "diffusion.weighting" not in explicit:
-        choices["weighting"] = "uniform"  # diffusers trains VP models on the plain eps/v MSE
+    if "weighting" not in (source.diffusion or {}) and diffusion.get("formulation") == "vp" and "diffusion.weighting" not in explicit:
+        choices["weighting"] = "uniform"  # a foreign VP model: diffusers trains them on the plain eps/v MSE
     raw = config.model_dump(mode="json")
     raw["model"].update(model)
     raw["diffusion"].update(diffusion | choices)

@@ -30,7 +30,7 @@ def label_space(source: Pretrained | None, *datasets: list[str]) -> list[str]:
 
 @dataclass
 class LoadReport:
-    matched: list[str] = field(default_factory=list)
+    matched: list[str] = field(default_factory=list)  # copied as they are (the class embedding is counted apart)
     missing: list[str] = field(default_factory=list)  # in the network, not in the source: left at their initial values
     unexpected: list[str] = field(default_factory=list)  # in the source, not in the network: dropped
     reshaped: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, source shape, network shape): dropped
@@ -70,8 +70,9 @@ def class_rows(source: Pretrained, model_classes: list[str], target: torch.Tenso
         named, null = rows[:-1], rows[-1]
     else:  # a foreign model: its rows are classes; the mean stands in for "no label"
         named, null = rows, rows.mean(0)
-    names = source.class_names or [str(i) for i in range(len(named))]
-    if len(names) != len(named):
+    # Unnamed rows (a foreign model) are the model's first classes, in order: matched by index.
+    names = source.class_names or model_classes[:len(named)]
+    if source.class_names and len(names) != len(named):
         raise UserError(f"the source names {len(names)} classes but has {len(named)} class-embedding rows")
     out = null.expand(len(model_classes) + 1, -1).clone()
     kept = [c for c in model_classes if c in names]
@@ -82,6 +83,8 @@ def class_rows(source: Pretrained, model_classes: list[str], target: torch.Tenso
     note = f"{len(kept)} kept" + (f", {len(new)} new ({', '.join(new[:10])}) starting as the unconditional model" if new else "")
     if not source.class_names:
         note += "; the source's classes are unnamed, so they are matched by index"
+        if len(named) > len(model_classes):
+            note += f" ({len(named) - len(model_classes)} source row(s) beyond your classes dropped)"
     return out, note
 
 
@@ -100,9 +103,13 @@ def transfer_weights(unet: torch.nn.Module, source: Pretrained, model_classes: l
             report.reshaped.append((name, tuple(tensor.shape), tuple(target[name].shape)))
         else:
             usable[name] = tensor
-            report.matched.append(name)
+            if name != CLASS_ROWS or not report.classes:
+                report.matched.append(name)
     report.missing = [name for name in target if name not in weights]
     if not report.complete and not allow_partial:
+        if CLASS_ROWS in report.unexpected:
+            report.unexpected[report.unexpected.index(CLASS_ROWS)] += (" (the source is class-conditional, this run is not: "
+                                                                       "its data has no labels or model.conditional=false)")
         raise UserError(f"--init {source.origin} does not fit this network:\n  " + "\n  ".join(report.lines()) +
                         "\nUse the source's network and data shape, or pass --allow-partial "
                         "(finetune.allow_partial=true) to start anyway with only the matched weights.")

@@ -132,7 +132,7 @@ class DuringTraining:
 
         ec = self.config.eval
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
-                                          label_map=self.data_labels, null_label=null_label, device=self.device)
+                                          to_model=self.data_labels, null_label=null_label, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())
         value = record.get(self.metric)
         if value is None:
@@ -218,7 +218,15 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if fc.init and existing is None and source is None:
         source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         config = config_for_source(config, source)
-    replay = load_dataset(replay_path(fc)) if fc.replay else None
+    replay = None
+    if fc.replay:
+        if not fc.init:
+            raise UserError("finetune.replay (--replay) mixes in the data of the run you start from: pass --init RUN")
+        replay = load_dataset(replay_path(fc))
+        if replay.image_shape != dataset.image_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
+            raise UserError(f"the replayed data {replay.path} holds {replay.image_shape} images "
+                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.image_shape} "
+                            f"{'with' if dataset.num_classes else 'without'}: replay needs the same shape, and labels on both or neither")
     # The model's classes: kept from the run before when resuming, else the source's then the data's.
     if existing is not None:
         model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
@@ -286,10 +294,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     denoiser = Denoiser(net, formulation_of(config))
     raw_net = accelerator.unwrap_model(net)
     batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
-                           label_map=data_labels)
+                           to_model=data_labels)
     if replay is not None:
         old = ArrayBatches(replay.train_images, replay.train_labels if num_classes else None, seed=tc.seed + 1, device=device,
-                           label_map=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
+                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
         batches = ReplayBatches(batches, old, fc.replay)
     log = MetricsLog(run_dir, enabled=main)
     null_label = raw_net.null_label if num_classes else None
@@ -380,6 +388,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if main and fc.init and fc.forgetting:
         from difftrain.evaluation.forgetting import forgetting_report
 
-        forgetting_report(run_dir, dataset, log, device=device, console=console)
+        try:
+            forgetting_report(run_dir, dataset, log, device=device, console=console)
+        except UserError as e:  # the model is trained and saved: a report that cannot be made must not fail the run
+            console.print(f"[yellow]warning:[/] forgetting not measured: {e}")
     log.close()
     return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss, nonfinite, history)
