@@ -83,6 +83,15 @@ def test_a_load_that_drops_weights_is_refused_unless_allowed():
         assert torch.equal(after[name], before[name])
 
 
+def test_old_diffusers_attention_names_are_renamed_as_diffusers_does():
+    net = tiny_net(0)
+    old_names = {k.replace("attentions.0.to_q", "attentions.0.query").replace("attentions.0.to_out.0", "attentions.0.proj_attn"): v
+                 for k, v in net.unet.state_dict().items()}
+    assert any(".query." in k for k in old_names)
+    report = transfer_weights(tiny_net(0).unet, Pretrained("old diffusers", old_names, {}, None, None, False), [])
+    assert report.complete
+
+
 def test_replay_mixes_an_exact_fraction_whatever_the_batch_cut():
     new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10), seed=0, device=torch.device("cpu"))
     old = ArrayBatches(np.full((7, 2, 2, 1), 255, np.uint8), np.arange(7) + 100, seed=0, device=torch.device("cpu"))

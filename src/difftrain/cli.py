@@ -143,6 +143,8 @@ def train(
         cfg.finetune.init = str(Path(init or cfg.finetune.init).resolve())
         source = open_pretrained(cfg.finetune.init, warn=_warn)
         cfg = config_for_source(cfg, source, explicit=_explicit_keys(ctx.args, config))
+    if cfg.finetune.replay_data:
+        cfg.finetune.replay_data = str(Path(cfg.finetune.replay_data).resolve())
     if auto_batch:
         _apply_auto_batch(cfg, preset)
     if out_dir is None:

@@ -92,6 +92,8 @@ def transfer_weights(unet: torch.nn.Module, source: Pretrained, model_classes: l
     """Load `source` into `unet` (a UNet2DModel) where names and shapes agree; refuse to drop weights silently."""
     target = unet.state_dict()
     weights = dict(source.weights)
+    if hasattr(unet, "_fix_state_dict_keys_on_load"):  # diffusers' renames of old attention weights (query -> to_q, ...)
+        unet._fix_state_dict_keys_on_load(weights)
     report = LoadReport()
     if CLASS_ROWS in target:
         weights[CLASS_ROWS], report.classes = class_rows(source, model_classes, target[CLASS_ROWS])
