@@ -29,7 +29,7 @@ from difftrain.modalities import image
 from difftrain.models import build_network
 from difftrain.pretrained.lora import parameter_counts
 from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
-from difftrain.pretrained.transfer import label_space, transfer_weights
+from difftrain.pretrained.transfer import LoadReport, label_space, transfer_weights
 from difftrain.run import adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset, save_run_info
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
@@ -186,6 +186,46 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     return step_loss, grad_norm, applied
 
 
+def _starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, existing: Checkpoint | None,
+                    source: Pretrained | None, console: Console) -> tuple[Config, Pretrained | None, PreparedDataset | None, list[str]]:
+    """What a run starts from besides its data: the --init source (its network and formulation
+    taken into the config), the replayed data, and the model's classes."""
+    fc = config.finetune
+    if fc.init and existing is None and source is None:
+        source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+        config = config_for_source(config, source)
+    replay = None
+    if fc.replay:
+        if not fc.init:
+            raise UserError("finetune.replay (--replay) mixes in the data of the run you start from: pass --init RUN")
+        replay = load_dataset(replay_path(fc))
+        if replay.image_shape != dataset.image_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
+            raise UserError(f"the replayed data {replay.path} holds {replay.image_shape} images "
+                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.image_shape} "
+                            f"{'with' if dataset.num_classes else 'without'}: replay needs the same shape, and labels on both or neither")
+    # The model's classes: kept from the run before when resuming, else the source's then the data's.
+    if existing is not None:
+        model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
+    else:
+        model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
+    new_classes = source is not None and config.model.conditional and len(model_classes) > len(source.class_names or [])
+    if new_classes and (fc.lora_rank or fc.train_only) and "class_embedding" not in fc.train_only:
+        # New classes need their embedding rows trained, even when the rest is frozen or adapted.
+        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
+    return config, source, replay, model_classes
+
+
+def _record_start(run_dir: Path, init: str, source: Pretrained, report: LoadReport, trainable: int, total: int, console: Console) -> None:
+    """Print the load report and keep it as RUN/init.json (the run's README shows it)."""
+    console.print(f"started from {source.origin}")
+    for line in [*source.notes, *report.lines()]:
+        console.print(f"  {line}")
+    atomic.write_json(run_dir / "init.json", {
+        "source": init, "origin": source.origin, "notes": source.notes,
+        "checkpoint": str(source.checkpoint.path.resolve()) if source.checkpoint else None,
+        **report.as_dict(), "trainable_parameters": trainable, "parameters": total})
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
           console: Console | None = None, source: Pretrained | None = None) -> TrainResult:
@@ -214,31 +254,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
+    config, source, replay, model_classes = _starting_point(config, dataset, run_dir, existing, source, console)
     fc = config.finetune
-    if fc.init and existing is None and source is None:
-        source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-        config = config_for_source(config, source)
-    replay = None
-    if fc.replay:
-        if not fc.init:
-            raise UserError("finetune.replay (--replay) mixes in the data of the run you start from: pass --init RUN")
-        replay = load_dataset(replay_path(fc))
-        if replay.image_shape != dataset.image_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
-            raise UserError(f"the replayed data {replay.path} holds {replay.image_shape} images "
-                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.image_shape} "
-                            f"{'with' if dataset.num_classes else 'without'}: replay needs the same shape, and labels on both or neither")
-    # The model's classes: kept from the run before when resuming, else the source's then the data's.
-    if existing is not None:
-        model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
-    else:
-        model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
     num_classes = len(model_classes) if config.model.conditional else 0
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
-    if source is not None and num_classes > len(source.class_names or []) and (fc.lora_rank or fc.train_only) \
-            and "class_embedding" not in fc.train_only:
-        # New classes need their embedding rows trained, even when the rest is frozen or adapted.
-        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
-        fc = config.finetune
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
     # (its feature classifier trained) before training, so a setting that cannot work stops the run now.
     evaluator = DuringTraining(config, run_dir, dataset, num_classes, accelerator.device, console, data_labels) \
@@ -280,13 +299,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         run_dir.mkdir(parents=True, exist_ok=True)
         save_run_info(run_dir, config, dataset, model_classes if num_classes else None)
         if init_report is not None:
-            console.print(f"started from {source.origin}")
-            for line in [*source.notes, *init_report.lines()]:
-                console.print(f"  {line}")
-            atomic.write_json(run_dir / "init.json", {"source": str(fc.init), "origin": source.origin, "notes": source.notes,
-                                                      "checkpoint": str(source.checkpoint.path.resolve()) if source.checkpoint else None,
-                                                      **init_report.as_dict(), "trainable_parameters": trainable,
-                                                      "parameters": total})
+            _record_start(run_dir, fc.init, source, init_report, trainable, total, console)
         if trainable < total:
             console.print(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
     net, optimizer = accelerator.prepare(net, optimizer)
