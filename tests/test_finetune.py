@@ -305,3 +305,19 @@ def test_mistakes_with_replay_and_bare_unets_are_clear(tmp_path, split_digits, o
                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(tmp_path / "bare")
     r = difftrain("train", "--init", tmp_path / "bare", "--out", tmp_path / "c", "--no-progress", *fine_tune_overrides(split_digits[1]))
     assert r.returncode == 2 and "diffusion.formulation=" in said(r), said(r)
+
+
+def test_any_unet2dmodel_config_is_rebuilt_exactly():
+    from diffusers import UNet2DModel
+
+    from difftrain.models.unet import model_fields, unet_arguments
+
+    # Heads that do not divide the channels, another activation and time embedding: all legal in diffusers.
+    unet = UNet2DModel(block_out_channels=(48, 96), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=64,
+                       act_fn="mish", time_embedding_type="fourier", dropout=0.1)
+    fields = model_fields(dict(unet.config))
+    rebuilt = UNet2DModel(**unet_arguments(ModelConfig(**fields), (32, 32, 3), 0))
+    assert {k: v for k, v in rebuilt.config.items() if not k.startswith("_") and k != "sample_size"} == \
+        {k: v for k, v in unet.config.items() if not k.startswith("_") and k != "sample_size"}
+    assert rebuilt.state_dict().keys() == unet.state_dict().keys()
