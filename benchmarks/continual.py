@@ -9,7 +9,8 @@ Four runs of `difftrain train --preset mnist`, each in its own process, one afte
 
 Every run is evaluated during training (FID on digits 5-9, --during-n samples, every --eval-every
 images). "Fine-tuning pays" is the fraction of the scratch run's training images that the
-fine-tuned run needs to reach the scratch run's final FID. The finetune and replay runs end with
+fine-tuned run needs to reach the scratch run's final FID (and, for every FID the scratch run
+passed on the way, the images each run needed to reach it). The runs from the pretrain run end with
 their forgetting report (FID, precision/recall and CAS on digits 0-4 before and after, and on 5-9).
 Prints one JSON line.
 
@@ -75,24 +76,28 @@ def main() -> None:
         "finetune": (data["new"], args.images, ["--init", work / "pretrain"]),
         "replay": (data["new"], args.images, ["--init", work / "pretrain", "--replay", args.replay]),
     }
-    seconds = {}
+    # Wall time of each run, kept beside them so that a rerun which reuses finished runs still reports it.
+    times = work / "seconds.json"
+    seconds = json.loads(times.read_text()) if times.is_file() else {}
     for name, (dataset, images, extra) in runs.items():
         run = work / name
         if (run / "README.md").is_file() or (name == "pretrain" and list((run / "checkpoints").glob("ckpt-*"))):
             continue  # finished before
         seconds[name] = difftrain("train", "--preset", "mnist", "--data", dataset, "--out", run, *extra,
                                   f"train.duration_images={images}", *common_settings)
+        times.write_text(json.dumps(seconds))
 
-    curves = {name: fid_curve(work / name) for name in ("scratch", "finetune", "replay")}
-    target = curves["scratch"][-1][1]
-    reach = {name: images_to_reach(curve, target) for name, curve in curves.items()}
-    forgetting = {name: json.loads((work / name / "forgetting.json").read_text()) for name in ("finetune", "replay")}
+    curves = {name: fid_curve(work / name) for name in runs if name != "pretrain"}
+    # For every FID the scratch run reached: the images each run needed to reach it.
+    to_reach = [{"fid": fid, **{name: images_to_reach(curve, fid) for name, curve in curves.items()}}
+                for _, fid in curves["scratch"]]
+    final = to_reach[-1]
+    forgetting = {name: json.loads((work / name / "forgetting.json").read_text()) for name in runs if name not in ("pretrain", "scratch")}
     common.emit({
         "benchmark": "continual", "settings": vars(args), "seconds": seconds,
         "fid_on_new_during_training": curves,
-        "target_fid": target,
-        "images_to_reach_target": reach,
-        "finetune_fraction_of_scratch_images": reach["finetune"] / reach["scratch"] if reach["finetune"] else None,
+        "images_to_reach_scratch_fids": to_reach,
+        "finetune_fraction_of_scratch_images": final["finetune"] / final["scratch"] if final["finetune"] else None,
         "forgetting": {name: {part: {k: f[part][k] for k in ("fid", "precision", "recall", "cas") if k in f[part]}
                               for part in ("old_before", "old_after", "new_after")} for name, f in forgetting.items()},
     })
