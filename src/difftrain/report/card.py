@@ -80,8 +80,8 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int, b
     return parts
 
 
-def _starting_point(run_dir: Path) -> list[str]:
-    """Where a fine-tuned run started (init.json) and what it forgot (forgetting.json)."""
+def _starting_point(run_dir: Path, fc) -> list[str]:
+    """Where a fine-tuned run started (init.json), what it replayed, and what it forgot (forgetting.json)."""
     init = _read_json(run_dir / "init.json")
     if not init:
         return []
@@ -90,7 +90,10 @@ def _starting_point(run_dir: Path) -> list[str]:
         ("weights", f"{init['matched']:,} tensors matched; missing {len(init['missing'])}, unexpected {len(init['unexpected'])}, "
                     f"shape-mismatched {len(init['reshaped'])}"),
         ("classes", init.get("classes") or "-"),
-        ("trained parameters", f"{init['trainable_parameters']:,} of {init['parameters']:,}"),
+        ("trained parameters", f"{init['trainable_parameters']:,} of {init['parameters']:,}"
+                               + (f" (LoRA rank {fc.lora_rank})" if fc.lora_rank else "")
+                               + (f", only {', '.join(fc.train_only)}" if fc.train_only else "")),
+        ("replay", f"{fc.replay:.0%} of every batch from {fc.replay_data or 'the source run's data'}" if fc.replay else "none"),
     ]), ""]
     forgetting = _read_json(run_dir / "forgetting.json")
     if forgetting:
@@ -149,7 +152,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"![samples after {grids[-1].stem.split('-')[-1].lstrip('0')} images](samples/{grids[-1].name})", ""]
         if len(grids) > 1:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
-    parts += _starting_point(run_dir)
+    parts += _starting_point(run_dir, cfg.finetune)
     final = [r for r in evals if not r.get("during_training")]
     if final:
         parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,
