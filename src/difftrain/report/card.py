@@ -93,7 +93,7 @@ def _starting_point(run_dir: Path, fc) -> list[str]:
         ("trained parameters", f"{init['trainable_parameters']:,} of {init['parameters']:,}"
                                + (f" (LoRA rank {fc.lora_rank})" if fc.lora_rank else "")
                                + (f", only {', '.join(fc.train_only)}" if fc.train_only else "")),
-        ("replay", f"{fc.replay:.0%} of every batch from {fc.replay_data or 'the source run's data'}" if fc.replay else "none"),
+        ("replay", f"{fc.replay:.0%} of every batch from {fc.replay_data or 'the data of the source run'}" if fc.replay else "none"),
     ]), ""]
     forgetting = _read_json(run_dir / "forgetting.json")
     if forgetting:
