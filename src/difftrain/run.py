@@ -90,7 +90,8 @@ def network_for(config: Config, image_shape: tuple[int, int, int], num_classes: 
 def source_run(init: str | Path) -> "Run | None":
     """The difftrain run that --init names (a run folder or one of its checkpoints), or None."""
     path = Path(init)
-    for candidate in (path, path.parent.parent):
+    checkpoint = (path / "info.json").is_file()  # RUN/checkpoints/NAME
+    for candidate in (path, path.parent.parent) if checkpoint else (path,):
         if (candidate / "config.yaml").is_file() and (candidate / "dataset.json").is_file():
             return open_run(candidate)
     return None

@@ -15,7 +15,7 @@ import torch
 from difftrain.config import Config, validate_config
 from difftrain.errors import UserError
 from difftrain.models.unet import model_fields
-from difftrain.run import Run, open_run
+from difftrain.run import Run, source_run
 from difftrain.training.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
 
 # The model settings that define the network's weights; training choices (dropout, labels) stay the user's.
@@ -32,8 +32,7 @@ class Pretrained:
     diffusion: dict[str, Any] | None  # DiffusionConfig fields it was trained with (None: unknown)
     class_names: list[str] | None  # names of the class-embedding rows, in order (None: unnamed)
     has_null_label: bool  # its last class-embedding row is difftrain's "no label" row
-    run: Run | None = None  # the difftrain run it comes from: its data can be replayed and re-scored
-    checkpoint: Checkpoint | None = None
+    checkpoint: Checkpoint | None = None  # the difftrain checkpoint it comes from
     notes: list[str] = field(default_factory=list)
 
 
@@ -44,14 +43,12 @@ def open_pretrained(source: str | Path, warn=print) -> Pretrained:
     path = Path(source)
     if not path.exists():
         raise UserError(f"--init {source}: no such file or folder")
-    if (path / "config.yaml").is_file():
-        run = open_run(path)
-        return _from_run(run, resolve_checkpoint(path, "latest", warn))
-    if (path / "info.json").is_file():
-        run_dir = path.parent.parent  # RUN/checkpoints/NAME
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--init {source}: a checkpoint must sit in its run folder (RUN/checkpoints/NAME) to know its network")
-        return _from_run(open_run(run_dir), open_checkpoint(path))
+    is_checkpoint = (path / "info.json").is_file()
+    run = source_run(path)
+    if run is not None:
+        return _from_run(run, open_checkpoint(path) if is_checkpoint else resolve_checkpoint(run.path, "latest", warn))
+    if is_checkpoint:
+        raise UserError(f"--init {source}: a checkpoint must sit in its run folder (RUN/checkpoints/NAME) to know its network")
     if is_diffusers_folder(path):
         return _from_diffusers(path)
     raise UserError(f"--init {source} is neither a difftrain run or checkpoint nor a diffusers folder "
@@ -69,7 +66,6 @@ def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
         diffusion=run.config.diffusion.model_dump(),
         class_names=list(run.dataset["class_names"] or []) if run.num_classes else None,
         has_null_label=bool(run.num_classes),
-        run=run,
         checkpoint=checkpoint,
     )
 
