@@ -72,3 +72,7 @@ def shuffled_batches(images: np.ndarray, labels: np.ndarray | None, batch: int, 
             order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
         idx, order = order[:batch].to(device), order[batch:]
         yield image.to_model(x_all[idx]), None if y_all is None else y_all[idx]
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

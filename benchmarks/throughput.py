@@ -10,10 +10,20 @@ batch 128 is the digits preset's own log interval. It still writes one checkpoin
 (b) "reference" is reference_loop.train_step, diffusers' recipe. The two alternate A, B, A, B
 (`--rounds` times each) to cancel drift; the median images/s of each side is reported.
 
+Ours runs with difftrain's defaults for the device ("auto": bf16 autocast where the chip has
+bf16, torch.compile and channels_last on CUDA, fused AdamW); the reference runs diffusers' plain
+recipe in float32 with no tricks. `ours_settings` records what "auto" resolved to.
+
 Memory: before each measurement the kernel's peak-RSS counter (VmHWM) is reset through
 /proc/self/clear_refs, so `*_peak_rss_mb` is the whole process's peak resident memory during
 that measurement (both libraries, the data, Python), the max over rounds. Where the reset is not
 possible it falls back to ru_maxrss, the process's lifetime peak, which cannot tell the two apart.
+On a GPU `*_peak_gpu_mb` is the CUDA allocator's peak during the measurement.
+
+Also printed: `loader_images_per_s`, the prepared-data loader alone (ArrayBatches on the training
+device, batches of the same size), and its ratio to our training speed; `train_flops_per_image`
+(forward + backward of the network, counted by torch.utils.flop_counter) and, on a GPU,
+`*_mfu`: achieved FLOP/s over the GPU's dense bf16 peak (datasheet; `gpu_bf16_peak_tflops`).
 
 Run (the full benchmark):
     python benchmarks/throughput.py --data data/digits --preset digits --batch 128 --steps 100 \
@@ -35,8 +45,17 @@ import torch
 import common
 from difftrain.config import Config, load_config
 from difftrain.data import PreparedDataset
+from difftrain.data.loader import ArrayBatches
+from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.models import build_network
+from difftrain.run import formulation_of
+from difftrain.training.performance import enabled
 from difftrain.training.trainer import make_accelerator, train
 from reference_loop import build_reference, train_step
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (no sparsity).
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4,
+                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.2}
 
 
 def reset_peak_rss() -> bool:
@@ -72,6 +91,7 @@ def measure_ours(config: Config, ds: PreparedDataset, warmup: int, steps: int) -
                  "grid_every_images": 0, "checkpoint_every_images": 0}
     config = config.model_copy(update={
         "train": config.train.model_copy(update=overrides),
+        "eval": config.eval.model_copy(update={"every_images": 0}),
         "sample": config.sample.model_copy(update={"sampler": "euler", "steps": 1})})
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(config, run_dir, progress=False, dataset=ds)
@@ -93,6 +113,44 @@ def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: i
             start = time.perf_counter()
         train_step(ref, *next(batches), noise_gen)
     return steps * batch / (time.perf_counter() - start)
+
+
+def measure_loader(config: Config, ds: PreparedDataset, device: torch.device, batches: int = 200) -> float:
+    """Images/s of the loader alone: training batches (gathered, converted, augmented as configured) on the device."""
+    batch = config.train.batch_size
+    loader = ArrayBatches(ds.train_images, ds.train_labels, seed=0, device=device, hflip=config.train.hflip)
+    loader.batch(0, batch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for i in range(1, batches + 1):
+        x, _ = loader.batch(i * batch, batch)
+    sync()
+    return batches * batch / (time.perf_counter() - start)
+
+
+def train_flops_per_image(config: Config, ds: PreparedDataset) -> float:
+    """FLOPs of one training image: the network's forward and backward pass (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    num_classes = ds.num_classes if config.model.conditional else 0
+    denoiser = Denoiser(build_network(config.model, ds.image_shape, num_classes), formulation_of(config))
+    n = 8
+    x0 = torch.zeros(n, ds.image_shape[2], *ds.image_shape[:2]).uniform_(-1, 1)
+    labels = torch.zeros(n, dtype=torch.long) if num_classes else None
+    with FlopCounterMode(display=False) as counter:
+        denoising_loss(denoiser, x0, labels, weighting="edm").sum().backward()
+    return counter.get_total_flops() / n
+
+
+def bf16_peak_tflops() -> tuple[str, float] | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return name, peak
+    return None
 
 
 def main() -> None:
@@ -123,19 +181,39 @@ def main() -> None:
 
     speeds: dict[str, list[float]] = {"ours": [], "reference": []}
     peaks: dict[str, list[float]] = {"ours": [], "reference": []}
+    gpu_peaks: dict[str, list[float]] = {"ours": [], "reference": []}
     reset_works = False
     for _ in range(args.rounds):
         for side in ("ours", "reference"):
             gc.collect()
             reset_works = reset_peak_rss()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             if side == "ours":
                 speeds[side].append(measure_ours(config, ds, args.warmup, args.steps))
             else:
                 speeds[side].append(measure_reference(config, ds, args.warmup, args.steps, args.seed, device))
             peaks[side].append(peak_rss_mb(reset_works))
+            if device.type == "cuda":
+                gpu_peaks[side].append(torch.cuda.max_memory_allocated() / 2**20)
 
     ours, reference = statistics.median(speeds["ours"]), statistics.median(speeds["reference"])
-    common.emit({"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference,
+    loader = measure_loader(config, ds, device)
+    flops = train_flops_per_image(config, ds)
+    extra = {"loader_images_per_s": loader, "loader_to_training": loader / ours, "train_flops_per_image": flops,
+             "ours_achieved_tflops": ours * flops / 1e12, "reference_achieved_tflops": reference * flops / 1e12}
+    peak = bf16_peak_tflops()
+    if peak is not None:
+        extra |= {"gpu_bf16_peak_tflops": peak[1], "ours_mfu": ours * flops / 1e12 / peak[1],
+                  "reference_mfu": reference * flops / 1e12 / peak[1]}
+    if device.type == "cuda":
+        extra |= {"ours_peak_gpu_mb": max(gpu_peaks["ours"]), "reference_peak_gpu_mb": max(gpu_peaks["reference"])}
+    tc = config.train
+    settings = {"mixed_precision": precision, "compile": enabled(tc.compile, device.type),
+                "channels_last": enabled(tc.channels_last, device.type)}
+    common.emit({"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference, **extra,
+                 "ours_settings": settings,
                  "ours_runs": speeds["ours"], "reference_runs": speeds["reference"], "batch": config.train.batch_size,
                  "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "preset": args.preset,
                  "device": str(device), "ours_mixed_precision": precision,

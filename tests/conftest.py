@@ -42,6 +42,8 @@ def tiny_overrides(data: Path, **extra) -> list[str]:
         "model.norm_groups": 8,
         "model.attention_head_dim": 8,
         "train.batch_size": 16,
+        "train.mixed_precision": "no",  # float32 everywhere: the tests compare runs to 1e-5
+        "train.compile": "off",  # compiling takes longer than these runs (tests/test_performance.py compiles)
         "train.duration_steps": 4,
         "train.log_every_images": 16,
         "train.grid_every_images": 0,

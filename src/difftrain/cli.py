@@ -55,6 +55,18 @@ def data_prepare(
     console.print(f"prepared {out_dir} ({len(rejected)} input(s) rejected)")
 
 
+PROCESSES_HELP = ("Run on N processes of this machine through `accelerate launch` (one per GPU, or CPU cores "
+                  "shared out); for several machines use `accelerate launch -m difftrain ...` (docs/scale.md).")
+
+
+def _in_processes(processes: int, device: str) -> None:
+    """With --processes N > 1, run this command again under `accelerate launch` and exit with its code."""
+    if processes > 1:
+        from difftrain.launch import relaunch
+
+        raise typer.Exit(relaunch(processes, device=device))
+
+
 def _config(preset: Optional[str], file: Optional[Path], overrides: list[str], data: Optional[str], base=None):
     """The config of a verb: preset, file and `key=value` overrides (over `base`), then --data."""
     from difftrain.config import load_config
@@ -123,6 +135,7 @@ def train(
                                            "training data, against forgetting (finetune.replay)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="With --init: start even if some weights do not fit "
                                        "the network (they are reported)."),
+    processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
 ) -> None:
     """Train a diffusion model, from scratch or from --init weights; extra `key=value` arguments override
     config fields (see `difftrain config`), e.g. finetune.lora_rank=8 or finetune.train_only=[up_blocks]."""
@@ -135,6 +148,9 @@ def train(
         raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
     cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
+    if out_dir is None and (processes > 1 or "LOCAL_RANK" in os.environ):
+        raise UserError("training in several processes needs --out RUN, so that every process writes the same run")
+    _in_processes(processes, cfg.train.device)
     source = None
     if not resume and (init or cfg.finetune.init):
         from difftrain.pretrained.source import config_for_source, open_pretrained
@@ -146,6 +162,9 @@ def train(
     if cfg.finetune.replay_data:
         cfg.finetune.replay_data = str(Path(cfg.finetune.replay_data).resolve())
     if auto_batch:
+        if "LOCAL_RANK" in os.environ:
+            raise UserError("--auto-batch measures one process; with several, run `difftrain doctor` first and set "
+                            "train.accumulation from its fit")
         _apply_auto_batch(cfg, preset)
     if out_dir is None:
         import time
@@ -157,15 +176,15 @@ def train(
         console.print(f"[yellow]interrupted[/]: checkpoints already written stay valid; continue with "
                       f"`difftrain train --out {out_dir} --resume`")
         raise typer.Exit(130) from None
-    console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
-                  f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
     from accelerate import PartialState
 
     from difftrain.report.card import write_report
 
     if PartialState().is_main_process:
+        console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
+                      f"final loss {result.final_loss:.4f}, {result.nonfinite_steps} non-finite step(s) skipped")
         console.print(f"report: {write_report(out_dir)}")
-    out.print(str(out_dir))
+        out.print(str(out_dir))
 
 
 @app.command(epilog="Example: `difftrain sample runs/digits --n 100 --out samples.npz --sampler dpmpp_2m --steps 20 --guidance 1.5`")
@@ -181,8 +200,11 @@ def sample(
     checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
 ) -> None:
     """Generate samples into the samples file: images uint8 (N,H,W,C), labels int64 (N,), JSON meta."""
+    _in_processes(processes, device)
+    from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
     from difftrain.run import open_run
 
@@ -192,13 +214,15 @@ def sample(
     spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
     if out_file.suffix != ".npz":
         raise UserError(f"--out {out_file}: the samples file must end in .npz")
-    dev = _device(device)
-    with Progress(console=console) as bar:
-        task = bar.add_task("sample", total=n)
+    state, dev = _join_launch(device)
+    with Progress(console=console, disable=not state.is_main_process) as bar:
+        task = bar.add_task("sample", total=own_images(n, r.config.sample.batch_size))  # this process's share of n
         result = sample_run(run, n, spec, out_file, checkpoint=checkpoint, class_label=class_label, ema=not raw_weights,
                             device=dev, progress=lambda k: bar.advance(task, k), warn=_warn)
-    console.print(f"{n} samples, {spec.network_evaluations} network evaluations each, from {result['meta']['checkpoint']}")
-    out.print(str(out_file))
+    if state.is_main_process:
+        shared = f", in {state.num_processes} processes" if state.num_processes > 1 else ""
+        console.print(f"{n} samples, {spec.network_evaluations} network evaluations each{shared}, from {result['meta']['checkpoint']}")
+        out.print(str(out_file))
 
 
 @app.command(epilog="Example: `difftrain export runs/digits --out digits-diffusers`, then in Python "
@@ -218,6 +242,20 @@ def export(
     path = export_run(run, out_dir, checkpoint=checkpoint, overwrite=overwrite, warn=_warn)
     console.print(f"exported to {path}: load it with DiffusionPipeline.from_pretrained({str(path)!r}); see its README.md")
     out.print(str(path))
+
+
+def _join_launch(device: str):
+    """(accelerate's PartialState, this process's device). Under `accelerate launch` it joins the other
+    processes: without a GPU accelerate must be told to join CPU processes (gloo); with one, it joins
+    them through the GPUs, and each process samples on its own GPU (cuda:1 for the second)."""
+    import torch
+    from accelerate import PartialState
+
+    dev = _device(device)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and dev == state.device.type:
+        dev = str(state.device)
+    return state, dev
 
 
 def _device(name: str) -> str:
@@ -250,13 +288,16 @@ def evaluate(
                                              "each costs 2 x eval.nll_steps network evaluations with gradients."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
 ) -> None:
     """Score samples against held-out data: FID, KID, precision/recall/density/coverage (each next to its
     real-data floor), classification accuracy score, memorization and likelihood. A run's results are
     appended to its metrics.jsonl and plotted in RUN/eval/."""
+    _in_processes(processes, device)
     from difftrain.evaluation.run_eval import evaluate_run, evaluate_samples_file
 
-    dev = _device(device)
+    state, dev = _join_launch(device)
+    main = state.is_main_process
     if samples is not None:
         if run is not None or data is None:
             raise UserError("--samples FILE needs --data DIR (a prepared dataset) and no run directory")
@@ -265,6 +306,8 @@ def evaluate(
                                             ("--n", n), ("--guidance", guidance)) if value]
         if ignored:
             raise UserError(f"{', '.join(ignored)}: these choose how a run is sampled; a --samples file is scored as it is")
+        if not main:
+            return  # nothing to share out: the main process scores the file
         with console.status("evaluating samples"):
             records = [evaluate_samples_file(samples, data, metrics=metrics, seed=seed, extractor=extractor,
                                              inception_weights=inception_weights, device=dev)]
@@ -274,12 +317,17 @@ def evaluate(
         from difftrain.report.card import write_report
 
         step_list = _int_list(steps, "--steps") if steps else None
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("sampling (then scoring)", total=None)  # images sampled over all checkpoints and step counts
+        with Progress(console=console, transient=True, disable=not main) as bar:
+            # Images this process sampled, over all checkpoints and step counts.
+            task = bar.add_task("sampling (then scoring)", total=None)
             records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
                                    warn=_warn)
+        if not main:
+            return  # the main process writes the report and prints
+        if state.num_processes > 1:
+            console.print(f"sampled in {state.num_processes} processes")
         write_report(run)
     if as_json:
         print(json.dumps(records, indent=2))  # always a list, one record per evaluation
@@ -470,7 +518,8 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False)
+        rank = os.environ.get("RANK", "0")  # under a multi-process launch each process reports its own
+        console.print(f"[red]error{'' if rank == '0' else f' (process {rank})'}:[/] {e}", highlight=False)
         sys.exit(2)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from difftrain import atomic
 from difftrain.errors import UserError
@@ -84,7 +84,10 @@ class TrainConfig(Section):
     accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradient accumulation).")
     duration_images: int | None = Field(55_000, ge=1, description="Training length in images (ignored when duration_steps is set).")
     duration_steps: int | None = Field(None, ge=1, description="Training length in optimizer steps (overrides duration_images).")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto' uses bf16 on GPUs that support it, full precision on CPU.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto': bf16 autocast on GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16, AMX), else float32.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the network; 'auto': on CUDA GPUs (on CPU it costs a minute of compiling for little gain).")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="Channels-last memory format for the convolutions; 'auto': on CUDA GPUs.")
+    hflip: bool = Field(False, description="Mirror each training image left-right with probability 1/2 (for faces or scenes; not for digits or text).")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="'auto' picks a GPU when there is one.")
     ema_halflife_images: int = Field(500_000, ge=1, description="EMA half-life in training images (Karras et al. 2022).")
     ema_rampup: float | None = Field(0.05, gt=0, description="Cap the EMA half-life at this fraction of images seen (None disables).")
@@ -94,6 +97,14 @@ class TrainConfig(Section):
     checkpoint_every_images: int = Field(20_000, ge=0, description="Write a checkpoint every this many images (0: only at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Keep the latest K checkpoints.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default).")
+
+    @field_validator("mixed_precision", "compile", "channels_last", mode="before")
+    @classmethod
+    def _switch_words(cls, value: Any, info) -> Any:
+        # YAML reads no/off as False and on/yes as True: give the words back.
+        if isinstance(value, bool):
+            return ("on" if value else "off") if info.field_name != "mixed_precision" else (value or "no")
+        return value
 
     @model_validator(mode="after")
     def _check_batch(self) -> "TrainConfig":
@@ -113,7 +124,7 @@ class SampleConfig(Section):
     steps: int = Field(18, ge=1, description="Sampling steps (heun uses 2*steps-1 network evaluations).")
     schedule: Literal["karras", "uniform"] = Field("karras", description="Noise levels: 'karras' (rho=7) or 'uniform' timesteps.")
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance weight (1: none).")
-    batch_size: int = Field(500, ge=1, description="Samples per network call.")
+    batch_size: int = Field(500, ge=1, description="Samples per network call; with the seed it decides the images (each batch has its own random stream, so processes can share them out).")
 
 
 # Sample metrics (fid, kid, pr, cas, mem) and the model metric nll; evaluation/suite.py describes them.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ import torch
 
 from difftrain import atomic
 from difftrain.diffusion import SAMPLERS, Denoiser, guided_denoiser, network_evaluations, sampling_sigmas
+from difftrain.distributed import map_batches
 from difftrain.errors import UserError
 from difftrain.modalities import image
-
 
 @dataclass
 class SamplingSpec:
@@ -61,30 +62,50 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray | None:
 @torch.no_grad()
 def generate(denoiser: Denoiser, n: int, shape: tuple[int, int, int], labels: np.ndarray | None, spec: SamplingSpec,
              *, batch_size: int = 500, null_label: int | None = None, device: torch.device | str = "cpu",
-             progress=None) -> np.ndarray:
-    """n samples as uint8 (n, H, W, C); the same spec and seed give the same images."""
+             progress=None, across_processes: bool = False) -> np.ndarray:
+    """n samples as uint8 (n, H, W, C); the same spec, seed and batch_size give the same images.
+
+    Each batch draws from its own generator (`batch_generator`), so no batch depends on who drew the others.
+    `across_processes`: under a multi-process launch this process draws its share of the batches and every
+    process gets all n images, the ones a single process would draw; every process must then call it.
+    `progress(count)` counts the images this process draws.
+    """
     spec.check()
     if labels is None and spec.guidance != 1:
         raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)
     height, width, channels = shape
-    generator = torch.Generator(device).manual_seed(spec.seed)
     try:
         sigmas = sampling_sigmas(denoiser.formulation, spec.steps, spec.schedule, device=device)
     except ValueError as e:
         raise UserError(f"sampling: {e}") from None
     sample = SAMPLERS[spec.sampler]
-    out = []
-    for start in range(0, n, batch_size):
+
+    def draw(index: int) -> np.ndarray:
+        start = index * batch_size
         count = min(batch_size, n - start)
+        generator = batch_generator(spec.seed, index, device)
         y = None if labels is None else torch.as_tensor(labels[start:start + count], device=device)
         noise = torch.randn(count, channels, height, width, generator=generator, device=device)
         denoise = guided_denoiser(denoiser, y, spec.guidance, null_label)
-        x = sample(denoise, noise * sigmas[0], sigmas, generator=generator)
-        out.append(image.to_uint8(x))
+        x = image.to_uint8(sample(denoise, noise * sigmas[0], sigmas, generator=generator))
         if progress is not None:
             progress(count)
-    return np.concatenate(out)
+        return x
+
+    return np.concatenate(map_batches(math.ceil(n / batch_size), draw, across_processes))
+
+
+def batch_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random numbers of batch `index` of a run seeded `seed`, independent of every other batch.
+
+    Batch 0 uses the seed itself, so a run of one batch draws what it always has; batch i > 0 a seed
+    derived from (seed, i) by numpy's SeedSequence, which keeps the streams of different pairs apart.
+    """
+    if index == 0:
+        return torch.Generator(device).manual_seed(seed)
+    derived = np.random.SeedSequence(seed % 2**64, spawn_key=(index,)).generate_state(1, np.uint64)[0]
+    return torch.Generator(device).manual_seed(int(derived))
 
 
 def write_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]) -> Path:

@@ -1,4 +1,8 @@
-"""Training batches from a prepared dataset held as one tensor on the training device."""
+"""Training batches from a prepared dataset held as one tensor on the training device.
+
+No worker processes and no host-device round trips: a batch is a slice of a shuffled order
+already on the device, gathered and converted (and augmented) there.
+"""
 
 from __future__ import annotations
 
@@ -13,51 +17,88 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def epoch_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of the epoch's n stream positions are mirrored (bool), a pure function of (seed, epoch)."""
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009)) < 0.5
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on the device; to a GPU through pinned memory, so the copy does not wait for the GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class ArrayBatches:
     """Batches addressed by position in the endless shuffled stream of training images.
 
     Position p is item order(p // n)[p % n]: the data order depends only on how many
     images were seen, so resuming and changing the process count keep it. `to_model`
     renames the dataset's labels into the model's (label i becomes to_model[i]: new classes after old ones).
+    With `hflip`, position p is mirrored left-right when flips(p // n)[p % n]: as reproducible as the order.
     """
 
-    def __init__(self, images, labels, *, seed: int, device: torch.device, to_model: list[int] | None = None):
+    def __init__(self, images, labels, *, seed: int, device: torch.device, to_model: list[int] | None = None,
+                 hflip: bool = False):
         self.images = torch.as_tensor(images).to(device)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
         if self.labels is not None and to_model is not None:
             self.labels = torch.as_tensor(to_model, dtype=torch.long, device=device)[self.labels]
         self.n = len(self.images)
-        self.seed = seed
-        self._cache: dict[int, torch.Tensor] = {}
+        self.seed, self.hflip = seed, hflip
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def _order(self, epoch: int) -> torch.Tensor:
+    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The epoch's order and mirror flags, on the device."""
         if epoch not in self._cache:
             if len(self._cache) > 2:
                 self._cache.clear()
-            self._cache[epoch] = epoch_order(self.n, self.seed, epoch).to(self.images.device)
+            flips = _to_device(epoch_flips(self.n, self.seed, epoch), self.images.device) if self.hflip else None
+            self._cache[epoch] = _to_device(epoch_order(self.n, self.seed, epoch), self.images.device), flips
         return self._cache[epoch]
 
-    def items(self, positions: torch.Tensor) -> torch.Tensor:
-        """Dataset indices of the items at these stream positions."""
-        epochs = torch.div(positions, self.n, rounding_mode="floor")
-        out = torch.empty_like(positions)
-        for epoch in epochs.unique().tolist():
-            here = epochs == epoch
-            out[here] = self._order(epoch)[positions[here] - epoch * self.n]
-        return out
+    def _slices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dataset indices and mirror flags at positions [start, start + count), cut from the epochs' orders."""
+        idx, flips = [torch.empty(0, dtype=torch.long, device=self.images.device)], []
+        position, end = start, start + count
+        while position < end:
+            epoch, offset = divmod(position, self.n)
+            take = min(self.n - offset, end - position)
+            order, flip = self._epoch(epoch)
+            idx.append(order[offset:offset + take])
+            if flip is not None:
+                flips.append(flip[offset:offset + take])
+            position += take
+        return torch.cat(idx), torch.cat(flips) if flips else None
 
-    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images (as model tensors) and labels at these stream positions."""
-        idx = self.items(positions.to(self.images.device))
-        return image.to_model(self.images[idx]), None if self.labels is None else self.labels[idx]
+    def _take(self, idx: torch.Tensor, flips: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = image.to_model(self.images[idx])
+        if flips is not None and len(flips):
+            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, None if self.labels is None else self.labels[idx]
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images and labels at stream positions [start, start + count)."""
-        return self.at(torch.arange(start, start + count))
+        """Images (as model tensors) and labels at stream positions [start, start + count)."""
+        return self._take(*self._slices(start, count))
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images and labels at any stream positions (tests and tools; training uses `batch`)."""
+        positions = positions.cpu()
+        epochs = torch.div(positions, self.n, rounding_mode="floor")
+        idx = torch.empty_like(positions)
+        flips = torch.zeros(len(positions), dtype=torch.bool)
+        for epoch in epochs.unique().tolist():
+            here = epochs == epoch
+            order, flip = self._epoch(epoch)
+            idx[here] = order.cpu()[positions[here] - epoch * self.n]
+            if flip is not None:
+                flips[here] = flip.cpu()[positions[here] - epoch * self.n]
+        device = self.images.device
+        return self._take(idx.to(device), flips.to(device) if self.hflip else None)
 
 
 class ReplayBatches:
@@ -65,7 +106,8 @@ class ReplayBatches:
 
     Position q is old data when floor((q+1)f) > floor(qf), so every stretch of the stream holds
     the fraction f (to one image) however it is cut into batches. Before q lie floor(qf) old
-    positions, so q is old item floor(qf) or new item q - floor(qf): each stream keeps its order.
+    positions, so q is old item floor(qf) or new item q - floor(qf): each stream keeps its order,
+    and a batch takes a contiguous stretch of each.
     """
 
     def __init__(self, new: ArrayBatches, old: ArrayBatches, fraction: float):
@@ -78,16 +120,15 @@ class ReplayBatches:
         self.image_shape = new.image_shape
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q = torch.arange(start, start + count, dtype=torch.float64)
-        before = torch.floor(q * self.fraction)
-        is_old = torch.floor((q + 1) * self.fraction) > before
-        x_old, y_old = self.old.at(before[is_old].long())
-        x_new, y_new = self.new.at((q - before)[~is_old].long())
-        mask = is_old.to(x_new.device)
-        x = torch.empty((count, *x_new.shape[1:]), dtype=x_new.dtype, device=x_new.device)
-        x[mask], x[~mask] = x_old, x_new
-        if y_new is None:
-            return x, None
-        y = torch.empty(count, dtype=torch.long, device=x.device)
-        y[mask], y[~mask] = y_old, y_new
-        return x, y
+        # Where each position of the batch comes from in cat(old, new): integer arithmetic on the
+        # CPU (float64, which not every device has), copied to the device without waiting for it.
+        q = torch.arange(start, start + count + 1, dtype=torch.float64)
+        before = torch.floor(q * self.fraction).long()  # old positions before each q (and after the last)
+        old_start, n_old = int(before[0]), int(before[-1] - before[0])
+        is_old = before[1:] > before[:-1]
+        source = torch.where(is_old, before[:-1] - old_start, n_old + (q[:-1].long() - before[:-1]) - (start - old_start))
+        x_old, y_old = self.old.batch(old_start, n_old)
+        x_new, y_new = self.new.batch(start - old_start, count - n_old)
+        source = _to_device(source, x_new.device)
+        x = torch.cat([x_old, x_new])[source]
+        return x, None if y_new is None else torch.cat([y_old, y_new])[source]

@@ -23,9 +23,14 @@ from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import image
 from difftrain.run import Run, label_map, open_run
+from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.training.metrics_log import MetricsLog
+
+
+def _quiet(message: str) -> None:
+    """The `warn` of processes other than the main one: one process says it."""
 
 
 def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path, *, checkpoint: str = "latest",
@@ -34,8 +39,11 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     """Write `out` (.npz samples file) and a PNG grid beside it; return the samples' meta.
 
     Labels are balanced over `class_names` (default: the model's classes) and written as indices into
-    them, so samples drawn for a dataset carry that dataset's labels.
+    them, so samples drawn for a dataset carry that dataset's labels. Under a multi-process launch every
+    process calls it: each draws its share of the batches, the main process writes the files, and all
+    return the same images once they are written.
     """
+    warn = warn if is_main_process() else _quiet
     run = open_run(run_dir)
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
@@ -45,20 +53,30 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
         labels[:] = class_label
     to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if labels is not None else None
     images = generate(denoiser, n, run.image_shape, None if labels is None else to_model[labels], spec,
-                      batch_size=run.config.sample.batch_size, null_label=denoiser.net.null_label, device=device, progress=progress)
+                      batch_size=run.config.sample.batch_size, null_label=denoiser.net.null_label, device=device,
+                      progress=progress, across_processes=True)
     meta = {"run": str(Path(run_dir).resolve()), "checkpoint": str(ckpt.path.resolve()), "images_seen": ckpt.images,
             "weights": "ema" if ema else "model", **spec_meta(spec), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if labels is not None:
         meta["class_names"] = names
-    write_samples(out, images, labels, meta)
-    # Grid beside the file: up to 100 images; when conditional, one class per row, in class order.
-    if labels is None or class_label is not None:
-        image.save_grid(images[:100], Path(out).with_suffix(".png"))
-    else:
-        per_class = max(1, min(10, n // len(names)))
-        rows = [images[labels == c][:per_class] for c in range(len(names))]
-        image.save_grid(np.concatenate(rows), Path(out).with_suffix(".png"), columns=per_class)
+    by_class = labels if class_label is None else None  # one class: a plain grid
+
+    def write() -> None:
+        write_samples(out, images, labels, meta)
+        save_samples_grid(images, by_class, len(names), Path(out).with_suffix(".png"))
+
+    on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
+
+
+def save_samples_grid(images: np.ndarray, labels: np.ndarray | None, num_classes: int, path: Path) -> None:
+    """Up to 100 images; with `labels`, one class per row, in class order."""
+    if labels is None:
+        image.save_grid(images[:100], path)
+        return
+    per_class = max(1, min(10, len(images) // num_classes))
+    rows = [images[labels == c][:per_class] for c in range(num_classes)]
+    image.save_grid(np.concatenate(rows), path, columns=per_class)
 
 
 def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:
@@ -77,13 +95,16 @@ def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:
 
 
 def likelihood(denoiser: Denoiser, ds: PreparedDataset, to_model: list[int] | None, ec: EvalConfig,
-               device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
-    """Bits per dimension of the first eval.nll_images held-out images (labels mapped `to_model`; None: unconditional)."""
+               device: str | torch.device = "cpu", seed: int = 0, across_processes: bool = False) -> dict[str, Any]:
+    """Bits per dimension of the first eval.nll_images held-out images (labels mapped `to_model`; None: unconditional).
+
+    `across_processes`: split over the processes of a launch (see `bits_per_dim`); every process must call it.
+    """
     from difftrain.evaluation.likelihood import bits_per_dim
 
     images = ds.test_images[:ec.nll_images]
     labels = np.asarray(to_model, dtype=np.int64)[ds.test_labels[:ec.nll_images]] if to_model and ds.test_labels is not None else None
-    return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device)
+    return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device, across_processes=across_processes)
 
 
 def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None,
@@ -112,7 +133,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     """Score every chosen checkpoint at every step count; append the records to metrics.jsonl.
 
     `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
+    Under a multi-process launch every process calls it: each samples its share (and scores its share of the
+    likelihood's images), the main process scores, writes the files and the log, and all return its records.
     """
+    main = is_main_process()
+    warn = warn if main else _quiet
     run_dir = Path(run_dir)
     run = open_run(run_dir)
     ec = run.config.eval
@@ -130,14 +155,16 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"{ds.path} holds {tuple(ds.image_shape)} images, the run {run_dir} makes {run.image_shape}: "
                         "pass the dataset it was trained on with --data")
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
-    ext = extractor_for(ds, ec, metrics, extractor, inception_weights, device)
+    # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
+    ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))
     out_dir = run_dir / "eval"
-    log = MetricsLog(run_dir)
+    log = MetricsLog(run_dir, enabled=main)
     records = []
     try:
         for ckpt in chosen:
             base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed}
-            nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed) if "nll" in metrics else {}
+            nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
+                             across_processes=True) if "nll" in metrics else {}
             if metrics == ["nll"]:
                 records.append({**base, **nll})
                 log.write(records[-1])
@@ -148,16 +175,17 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                 with torch.inference_mode():
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
                                          class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn)
-                scores = score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
-                               memorization_png=out_dir / f"memorization-{tag}.png")
+                scores = on_main_process(lambda: score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
+                                                       memorization_png=out_dir / f"memorization-{tag}.png")) or {}
                 records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
                 log.write(records[-1])
     finally:
         log.close()
-    from difftrain.evaluation.plots import plot_run
+    if main:
+        from difftrain.evaluation.plots import plot_run
 
-    plot_run(run_dir)
-    return records
+        plot_run(run_dir)
+    return from_main_process(records)
 
 
 def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: list[str] | str | None = None, seed: int = 0,

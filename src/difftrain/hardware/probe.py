@@ -27,6 +27,7 @@ from difftrain.run import formulation_of
 from difftrain.sampling import SamplingSpec
 from difftrain.training.ema import EMA
 from difftrain.training.optim import build_optimizer
+from difftrain.training.performance import apply_memory_format
 from difftrain.training.trainer import make_accelerator, total_images, train_step
 
 # (H, W, C) and classes of data the probe can stand in for with random tensors: it measures compute.
@@ -78,7 +79,8 @@ class _Trainee:
             raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {self.world} processes")
         self.num_classes = data.num_classes if config.model.conditional else 0
         torch.manual_seed(tc.seed)
-        net = build_network(config.model, data.image_shape, self.num_classes)
+        # As the trainer lays the network out; uncompiled, since each micro-batch size tried would recompile.
+        net = apply_memory_format(build_network(config.model, data.image_shape, self.num_classes), tc, self.device.type)
         self.ema = EMA(net)
         optimizer = build_optimizer(net.parameters(), config.optim)
         self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
@@ -109,8 +111,7 @@ class _Trainee:
         for _ in range(n):
             _, _, applied = train_step(config, self.accelerator, self.net, self.denoiser, self.optimizer, self.batches,
                                        self.images, self.noise_gen, self.null_label)
-            if applied:
-                self.ema.update(self.raw_net, 0.999)
+            self.ema.update(self.raw_net, 0.999, applied)
             self.images += tc.batch_size
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -22,8 +22,16 @@ class EMA:
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, net: torch.nn.Module, beta: float) -> None:
-        for p_ema, p in zip(self.net.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), 1 - beta)
+    def update(self, net: torch.nn.Module, beta: float, applied: torch.Tensor | None = None) -> None:
+        """One EMA step; `applied` (a 0-d bool tensor) False leaves the EMA as it is, without a host sync."""
+        ema_params, params = list(self.net.parameters()), [p.detach() for p in net.parameters()]
+        if applied is None:
+            torch._foreach_lerp_(ema_params, params, 1 - beta)
+        else:
+            # ema += applied*(1-beta)*(net - ema): multi-tensor kernels scaled by a device scalar (the
+            # difference is a temporary copy of the weights; cheap next to the step's activations).
+            diffs = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(diffs, applied.float() * (1 - beta))
+            torch._foreach_add_(ema_params, diffs)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)

@@ -14,6 +14,10 @@ class Lamb(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        # found_inf (set by the trainer, 1 = a non-finite step) leaves weights and moments as they
+        # were. Everything stays on the device: no value is read back per step.
+        found_inf = getattr(self, "found_inf", None)
+        skip_all = torch.zeros((), dtype=torch.bool) if found_inf is None else found_inf > 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -21,19 +25,22 @@ class Lamb(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                step = state["step"].item()
+                skip = skip_all.to(p.device)  # no-op on the same device
+                grad = torch.where(skip, 0.0, p.grad)
+                keep = (~skip).float()
+                state["step"] = step = state["step"].to(p.device) + keep
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                # Bias-corrected Adam direction plus decoupled weight decay.
+                m.lerp_(grad, (1 - beta1) * keep)
+                v.mul_(1 - (1 - beta2) * keep).addcmul_(grad, grad, value=1 - beta2)
+                # Bias-corrected Adam direction plus decoupled weight decay (step >= 1 once a step is kept).
+                step = step.clamp(min=1)
                 update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
                 update.add_(p, alpha=group["weight_decay"])
                 # Trust ratio; 1 where either norm is zero (e.g. zero-initialised layers).
                 w_norm, u_norm = p.norm(), update.norm()
                 trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust, alpha=-group["lr"])
+                p.sub_(update * (trust * keep), alpha=group["lr"])  # update is finite: the gradient was zeroed
         return loss

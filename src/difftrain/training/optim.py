@@ -11,9 +11,18 @@ from difftrain.training.lamb import Lamb
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The configured optimizer. Both honour `optimizer.found_inf` (a 0-d tensor, 1 = skip this
+    step), which lets the trainer skip a non-finite step without reading anything back from the device."""
+    params = list(params)
     if cfg.name == "lamb":
         return Lamb(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    # One fused kernel for the whole update (CPU and CUDA; torch >= 2.4).
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer honours `found_inf` (fused torch kernels and our LAMB do)."""
+    return isinstance(optimizer, Lamb) or bool(optimizer.defaults.get("fused"))
 
 
 def learning_rate(cfg: OptimConfig, images: int, total_images: int) -> float:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -36,7 +38,9 @@ from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_i
                                            save_best, save_checkpoint)
 from difftrain.training.ema import EMA, ema_beta
 from difftrain.training.metrics_log import MetricsLog
-from difftrain.training.optim import build_optimizer, learning_rate
+from difftrain.training.optim import build_optimizer, learning_rate, skips_on_device
+from difftrain.training.performance import apply_memory_format, attention_kernel, compile_network, resolve_precision
+from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
 
 
 @dataclass
@@ -55,12 +59,16 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     if cfg.device == "cuda" and not cuda:
         raise UserError("train.device=cuda but no CUDA GPU is usable; use train.device=auto or cpu")
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    if precision != "no" and not cuda:
-        raise UserError(f"train.mixed_precision={precision} needs a GPU here; use train.mixed_precision=auto or no")
-    return Accelerator(cpu=cfg.device == "cpu" or not (cuda or cfg.device == "mps"), mixed_precision=precision)
+    device_type = "cuda" if cuda else "mps" if cfg.device == "mps" else "cpu"
+    # accelerate keeps one precision per process; one process may train runs of several (the doctor
+    # then training, tests, benchmarks). The distributed set-up (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type))
+    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        # Checkpoints and the EMA assume every process holds the full weights (docs/scale.md).
+        raise UserError(f"difftrain trains with data parallelism (DDP) only, not {accelerator.distributed_type.value}: "
+                        "launch with `accelerate launch --multi_gpu ...` (or --processes N)")
+    return accelerator
 
 
 def total_images(cfg: TrainConfig) -> int:
@@ -150,10 +158,12 @@ class DuringTraining:
 
 def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
                optimizer: torch.optim.Optimizer, batches: ArrayBatches, images: int, noise_gen: torch.Generator,
-               null_label: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One optimizer step on the global batch at stream position `images`: (mean loss, grad norm, applied).
+               null_label: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on the global batch at stream position `images`: (this process's summed
+    loss, grad norm, applied), all tensors on the device, so that no step waits for the device.
 
-    A NaN/Inf loss or gradient never reaches the weights: the update is skipped and `applied` is False.
+    A NaN/Inf gradient never reaches the weights: the optimizer skips the update (found_inf) and
+    `applied` is False. The gradient norm comes after DDP's all-reduce, so every process agrees.
     """
     tc = config.train
     world, device = accelerator.num_processes, accelerator.device
@@ -172,17 +182,22 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         if labels is not None:
             labels = torch.where(keep_label[part], labels, null_label)
         sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
-        with sync, accelerator.autocast():
+        with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
                                   min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
             # Sum over the whole global batch; DDP averages over processes.
             accelerator.backward(loss.sum() / (tc.batch_size // world))
         step_loss += loss.detach().sum()
     grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
-    step_loss = accelerator.reduce(step_loss, "sum") / tc.batch_size
-    applied = bool(torch.isfinite(grad_norm) and torch.isfinite(step_loss))
-    if applied or accelerator.scaler is not None:
-        optimizer.step()  # on a non-finite fp16 step this lets the GradScaler lower its scale; it skips the update itself
+    applied = torch.isfinite(grad_norm)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if accelerator.scaler is not None:
+        optimizer.step()  # the GradScaler skips a non-finite fp16 step itself (and lowers its scale)
+    elif skips_on_device(inner):
+        inner.found_inf = (~applied).float()  # the optimizer reads it on the device: no wait here
+        optimizer.step()
+    elif applied:  # an optimizer that cannot: ask the device (a sync, once per step)
+        optimizer.step()
     return step_loss, grad_norm, applied
 
 
@@ -275,22 +290,26 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         init_report = transfer_weights(net.unet, source, model_classes, fc.allow_partial)
     net = adapt_network(net, fc)
     trainable, total = parameter_counts(net)
-    ema = EMA(net)
-    optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
     device = accelerator.device
+    net = apply_memory_format(net, tc, device.type)
+    ema = EMA(net)
+    net = compile_network(net, tc, device.type)
+    optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
     # One noise stream for the whole global batch, identical on every process: each takes
     # its slice, so accumulation and the process count do not change the random numbers.
     noise_gen = torch.Generator(device).manual_seed(tc.seed * 7919 + 1)
+    # Dropout draws from the global generator: a stream of each process's own (the weights, drawn
+    # above, are the same everywhere), so the processes do not drop the same units.
+    torch.manual_seed(tc.seed * 7919 + 2 + accelerator.process_index)
     step = images = nonfinite = 0
     if existing is not None:
         load_weights(net, existing.weights(ema=False), existing.path, run_dir / "config.yaml")
         load_weights(ema.net, existing.weights(ema=True), existing.path, run_dir / "config.yaml")
         state = existing.training_state()
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         noise_gen.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_process_rng(state, accelerator, tc.seed * 7919 + 2 + existing.images * 31,
+                            warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         step, images, nonfinite = existing.info["step"], existing.images, state.get("nonfinite_steps", 0)
         if main:
             console.print(f"resuming from {existing.path} ({images:,} images, step {step})")
@@ -302,15 +321,19 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             _record_start(run_dir, fc.init, source, init_report, trainable, total, console)
         if trainable < total:
             console.print(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        if world > 1:
+            console.print(f"training in {world} processes ({accelerator.distributed_type.value}, {device.type}), "
+                          f"{tc.micro_batch // world} images per process per micro-batch")
     net, optimizer = accelerator.prepare(net, optimizer)
     ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
     raw_net = accelerator.unwrap_model(net)
     batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
-                           to_model=data_labels)
+                           to_model=data_labels, hflip=tc.hflip)
     if replay is not None:
         old = ArrayBatches(replay.train_images, replay.train_labels if num_classes else None, seed=tc.seed + 1, device=device,
-                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
+                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None,
+                           hflip=tc.hflip)
         batches = ReplayBatches(batches, old, fc.replay)
     log = MetricsLog(run_dir, enabled=main)
     null_label = raw_net.null_label if num_classes else None
@@ -330,9 +353,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
+        rng = process_rng(accelerator)  # every process's own generators, gathered to all
         if main:
-            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "nonfinite_steps": nonfinite}
+            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), **rng,
+                     "nonfinite_steps": nonfinite + int(skipped)}
             save_checkpoint(run_dir, net=raw_net, ema=ema.net, state=state, step=step, images_seen=images,
                             keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
@@ -348,8 +372,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=console, disable=not (progress and main), transient=False)
     history: list[dict] = []
-    # The loss is summed on the device and read only when logged: no host sync per step for it.
-    window_loss, window_n, window_start, window_images = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter(), images
+    # Loss, applied steps and skipped steps are summed on the device and read only when logged:
+    # nothing in a step waits for the device to finish.
+    window_loss, window_n = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.long, device=device)
+    skipped = torch.zeros((), dtype=torch.long, device=device)  # non-finite steps since `nonfinite` was last read
+    window_start, window_images = time.perf_counter(), images
     start_time, start_images = time.perf_counter(), images
     last_loss = math.nan
     net.train()
@@ -360,26 +387,32 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, null_label)
-            if applied:
-                ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup))
-                window_loss += step_loss.double()
-                window_n += 1
-            else:
-                # A NaN/Inf never reached the weights (train_step skipped the update): count it, go on.
-                nonfinite += 1
-                log.write({"images": images, "step": step, "event": "nonfinite_skipped", "nonfinite_steps": nonfinite})
+            # A NaN/Inf never reached the weights (the optimizer skipped the update): the EMA skips it too.
+            ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup), applied)
+            window_loss += torch.where(applied, step_loss.double(), 0.0)
+            window_n += applied
+            skipped += ~applied
             prev, step, images = images, step + 1, images + tc.batch_size
 
             if _due(images, prev, tc.log_every_images) or images >= goal:
                 now = time.perf_counter()
                 speed = (images - window_images) / max(now - window_start, 1e-9)
-                last_loss = window_loss.item() / window_n if window_n else math.nan
+                # Each process summed the loss of its share of the batch: add them up.
+                total_loss, n_applied = accelerator.reduce(window_loss, "sum").item(), int(window_n)
+                last_loss = total_loss / (n_applied * tc.batch_size) if n_applied else math.nan
+                if int(skipped):  # counted on the device, reported here: `skipped` steps since the last record
+                    nonfinite += int(skipped)
+                    log.write({"images": images, "step": step, "event": "nonfinite_skipped", "skipped": int(skipped),
+                               "nonfinite_steps": nonfinite})
+                    skipped.zero_()
                 record = {"images": images, "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
                           "images_per_s": speed, "nonfinite_steps": nonfinite, "peak_memory_bytes": memory.so_far()}
                 history.append(record)
                 log.write(record)
                 bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
-                window_loss, window_n, window_start, window_images = torch.zeros_like(window_loss), 0, now, images
+                window_loss.zero_()
+                window_n.zero_()
+                window_start, window_images = now, images
             bar.update(task, completed=min(images, goal))
             if (_due(images, prev, tc.checkpoint_every_images) or _due(images, prev, config.eval.every_images)) and images < goal:
                 checkpoint()
@@ -406,4 +439,5 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         except UserError as e:  # the model is trained and saved: a report that cannot be made must not fail the run
             console.print(f"[yellow]warning:[/] forgetting not measured: {e}")
     log.close()
-    return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss, nonfinite, history)
+    return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss,
+                       nonfinite + int(skipped), history)
