@@ -92,6 +92,20 @@ def test_old_diffusers_attention_names_are_renamed_as_diffusers_does():
     assert report.complete
 
 
+def test_replay_stream_follows_its_rule():
+    """Position q is old item floor(qf) when floor((q+1)f) > floor(qf), else new item q - floor(qf)."""
+    import math
+
+    new = ArrayBatches(np.arange(13 * 4, dtype=np.uint8).reshape(13, 2, 2, 1), np.arange(13), seed=1, device=torch.device("cpu"))
+    old = ArrayBatches(np.arange(7 * 4, dtype=np.uint8).reshape(7, 2, 2, 1) + 100, np.arange(7) + 50, seed=2, device=torch.device("cpu"))
+    x, y = ReplayBatches(new, old, 0.3).batch(17, 40)
+    for i, q in enumerate(range(17, 57)):
+        before = math.floor(q * 0.3)
+        source, position = (old, before) if math.floor((q + 1) * 0.3) > before else (new, q - before)
+        x_expected, y_expected = source.at(torch.tensor([position]))
+        assert torch.equal(x[i], x_expected[0]) and y[i] == y_expected[0]
+
+
 def test_replay_mixes_an_exact_fraction_whatever_the_batch_cut():
     new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10), seed=0, device=torch.device("cpu"))
     old = ArrayBatches(np.full((7, 2, 2, 1), 255, np.uint8), np.arange(7) + 100, seed=0, device=torch.device("cpu"))

@@ -69,12 +69,20 @@ def test_adamw_is_fused_or_multi_tensor():
     assert opt.defaults.get("fused") or opt.defaults.get("foreach")
 
 
-def test_lamb_keeps_its_step_count_on_the_device():
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = Lamb([p])
-    p.grad = torch.ones(3)
-    opt.step()
-    assert opt.state[p]["step"].device == p.device and float(opt.state[p]["step"]) == 1.0
+def test_lamb_skipping_its_first_step_starts_as_if_fresh():
+    """A skipped first step leaves no trace: no step counted, no moments (bias correction stays right)."""
+    grad = torch.tensor([0.3, -1.0, 2.0])
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    skipped, fresh = Lamb([p], lr=0.1), Lamb([q], lr=0.1)
+    p.grad = torch.full((3,), float("inf"))
+    skipped.found_inf = torch.ones(())
+    skipped.step()
+    assert torch.equal(p.detach(), torch.ones(3)) and float(skipped.state[p]["step"]) == 0.0
+    p.grad, q.grad = grad.clone(), grad.clone()
+    skipped.found_inf = torch.zeros(())
+    skipped.step()
+    fresh.step()
+    torch.testing.assert_close(p.detach(), q.detach())
 
 
 def test_hflip_mirrors_half_the_stream_reproducibly():
