@@ -3,6 +3,7 @@ the same global batch gives the same losses and weights, and stop-and-resume sta
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from difftrain.config import load_config
@@ -57,6 +59,16 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path, small_digits_
     assert (tmp_path / "two" / "README.md").is_file()
     assert "training in 2 processes" in done.stdout + done.stderr
     assert len(latest_checkpoint(tmp_path / "two").training_state()["torch_rng_per_process"]) == 2
+
+    # Half in two processes, the rest resumed in one: the same run again (no dropout here, so no
+    # random number depends on the process count), and a warning about dropout's streams.
+    train_in_two_processes(tmp_path / "mixed", [*overrides, "train.duration_steps=3"])
+    said = io.StringIO()
+    train(load_config(overrides=overrides), tmp_path / "mixed", progress=False, resume=True, console=Console(file=said))
+    assert "written by 2 process(es)" in said.getvalue()
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "mixed")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3, msg=lambda m: f"{key}: {m}")
 
 
 @pytest.mark.slow

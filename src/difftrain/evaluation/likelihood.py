@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from difftrain.diffusion.denoiser import Denoiser
-from difftrain.modalities import image
 from difftrain.distributed import map_batches
+from difftrain.modalities import image
 from difftrain.sampling import batch_generator
 
 # Heun steps (two network evaluations and VJPs each). On 4-d Gaussian data 128 steps overestimate log p by

@@ -18,12 +18,12 @@ import torch
 from difftrain.config import EvalConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.diffusion import Denoiser
+from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.errors import UserError
 from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import image
 from difftrain.run import Run, label_map, open_run
-from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.training.metrics_log import MetricsLog
