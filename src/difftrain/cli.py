@@ -118,7 +118,8 @@ def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder."
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
              epilog="Examples: `difftrain train --preset digits --out runs/digits train.duration_images=20000`  \n"
                     "`difftrain train --preset mnist --data data/mnist --out runs/mnist`  \n"
-                    "`difftrain train --out runs/digits --resume`")
+                    "`difftrain train --out runs/digits --resume`  \n"
+                    "`difftrain train --preset mnist --data data/mnist --out runs/mnist --processes 2` (GPUs or CPU cores)")
 def train(
     ctx: typer.Context,
     preset: Optional[str] = typer.Option(None, help="Start from a preset: digits, mnist."),
@@ -148,8 +149,12 @@ def train(
         raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
     cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
-    if out_dir is None and (processes > 1 or "LOCAL_RANK" in os.environ):
+    several = processes > 1 or "LOCAL_RANK" in os.environ
+    if out_dir is None and several:
         raise UserError("training in several processes needs --out RUN, so that every process writes the same run")
+    if auto_batch and several:
+        raise UserError("--auto-batch measures one process; with several, run `difftrain doctor` first and set "
+                        "train.accumulation from its fit")
     _in_processes(processes, cfg.train.device)
     source = None
     if not resume and (init or cfg.finetune.init):
@@ -162,9 +167,6 @@ def train(
     if cfg.finetune.replay_data:
         cfg.finetune.replay_data = str(Path(cfg.finetune.replay_data).resolve())
     if auto_batch:
-        if "LOCAL_RANK" in os.environ:
-            raise UserError("--auto-batch measures one process; with several, run `difftrain doctor` first and set "
-                            "train.accumulation from its fit")
         _apply_auto_batch(cfg, preset)
     if out_dir is None:
         import time
