@@ -17,7 +17,7 @@ class Lamb(torch.optim.Optimizer):
         # found_inf (set by the trainer, 1 = a non-finite step) leaves weights and moments as they
         # were. Everything stays on the device: no value is read back per step.
         found_inf = getattr(self, "found_inf", None)
-        skip_all = torch.zeros((), dtype=torch.bool) if found_inf is None else found_inf > 0
+        skip_all = None if found_inf is None else found_inf > 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -28,7 +28,7 @@ class Lamb(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                skip = skip_all.to(p.device)  # no-op on the same device
+                skip = torch.zeros((), dtype=torch.bool, device=p.device) if skip_all is None else skip_all.to(p.device)
                 grad = torch.where(skip, 0.0, p.grad)
                 keep = (~skip).float()
                 state["step"] = step = state["step"].to(p.device) + keep
