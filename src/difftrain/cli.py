@@ -253,8 +253,10 @@ def _join_launch(device: str):
     import torch
     from accelerate import PartialState
 
+    from difftrain.distributed import WAIT_FOR_MAIN
+
     dev = _device(device)
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_FOR_MAIN)
     if state.num_processes > 1 and dev == state.device.type:
         dev = str(state.device)
     return state, dev

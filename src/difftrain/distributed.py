@@ -7,6 +7,7 @@ process every function here is a plain loop that touches nothing.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Callable, TypeVar
 
 import torch
@@ -14,6 +15,10 @@ import torch
 from difftrain.errors import UserError
 
 T = TypeVar("T")
+
+# How long the other processes wait for the main one, which alone evaluates during training and
+# trains the feature classifier: torch's default (10 minutes with NCCL) is shorter than either can take.
+WAIT_FOR_MAIN = timedelta(hours=2)
 
 
 def processes() -> tuple[int, int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -25,6 +25,7 @@ from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, ReplayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.distributed import WAIT_FOR_MAIN
 from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory
 from difftrain.modalities import image
@@ -63,7 +64,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # accelerate keeps one precision per process; one process may train runs of several (the doctor
     # then training, tests, benchmarks). The distributed set-up (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type))
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
     if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         # Checkpoints and the EMA assume every process holds the full weights (docs/scale.md).
         raise UserError(f"difftrain trains with data parallelism (DDP) only, not {accelerator.distributed_type.value}: "
