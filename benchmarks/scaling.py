@@ -57,10 +57,12 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     gpus = common.gpu_count()
+    # On CPU: one process with every core, and the per-core baseline; on GPUs one process is both.
+    all_threads = None if gpus else cores
     per_process_threads = None if gpus else max(1, cores // args.processes)
-    one_all = run_speed(args.data, args.preset, args.images, 1, None if gpus else cores, args.override)
-    one_same = run_speed(args.data, args.preset, args.images, 1, per_process_threads, args.override) \
-        if per_process_threads != (None if gpus else cores) else one_all
+    one_all = run_speed(args.data, args.preset, args.images, 1, all_threads, args.override)
+    one_same = one_all if per_process_threads == all_threads else \
+        run_speed(args.data, args.preset, args.images, 1, per_process_threads, args.override)
     many = run_speed(args.data, args.preset, args.images, args.processes, None, args.override)
     common.emit({"preset": args.preset, "images": args.images, "processes": args.processes, "gpus": gpus,
                  "one_process_images_per_s": one_all, "one_process_same_threads_images_per_s": one_same,

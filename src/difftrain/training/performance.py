@@ -12,6 +12,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from difftrain.config import TrainConfig
 from difftrain.errors import UserError
@@ -21,7 +22,7 @@ def cpu_has_native_bf16() -> bool:
     """True when this CPU computes in bf16 natively, so bf16 autocast makes matrix work faster, not slower."""
     try:
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:  # torch < 2.1 cannot tell: stay in float32
+    except AttributeError:  # private torch functions: if a release drops them, stay in float32
         return False
 
 
@@ -60,13 +61,5 @@ def compile_network(net: torch.nn.Module, cfg: TrainConfig, device_type: str) ->
 @contextlib.contextmanager
 def attention_kernel(device: torch.device) -> Iterator[None]:
     """The attention kernel for a training step: the plain one on CPU (see the module docstring)."""
-    if device.type != "cpu":
-        yield
-        return
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: the default kernel
-        yield
-        return
-    with sdpa_kernel([SDPBackend.MATH]):
+    with sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else contextlib.nullcontext():
         yield
