@@ -25,4 +25,4 @@ for line in open(sys.argv[1]):
           f"ratio {r['ratio']:.2f}  mfu {r.get('ours_mfu', 0):.4f}/{r.get('reference_mfu', 0):.4f}  "
           f"gpu MB {r.get('ours_peak_gpu_mb', 0):.0f}/{r.get('reference_peak_gpu_mb', 0):.0f}  loader x{r['loader_to_training']:.0f}")
 PY
-timeout ${TEST_SECONDS:-200} python3 -m pytest -q -x -p no:cacheprovider tests/test_performance.py tests/test_training.py 2>&1 | tail -15 | tee "$out/tests.txt"
+timeout ${TEST_SECONDS:-200} python3 -m pytest -q -x -p no:cacheprovider -p no:logging tests/test_performance.py tests/test_training.py 2>&1 | tail -15 | tee "$out/tests.txt"

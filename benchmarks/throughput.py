@@ -11,7 +11,7 @@ batch 128 is the digits preset's own log interval. It still writes one checkpoin
 (`--rounds` times each) to cancel drift; the median images/s of each side is reported.
 
 Ours runs with difftrain's defaults for the device ("auto": bf16 autocast where the chip has
-bf16, torch.compile and channels_last on CUDA, fused AdamW); the reference runs diffusers' plain
+bf16, torch.compile replayed as CUDA graphs and channels_last on CUDA, fused AdamW); the reference runs diffusers' plain
 recipe in float32 with no tricks. `ours_settings` records what "auto" resolved to.
 
 Memory: before each measurement the kernel's peak-RSS counter (VmHWM) is reset through
@@ -49,7 +49,7 @@ from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.models import build_network
 from difftrain.run import formulation_of
-from difftrain.training.performance import enabled
+from difftrain.training.performance import enabled, uses_cuda_graphs
 from difftrain.training.trainer import make_accelerator, train
 from reference_loop import build_reference, train_step
 
@@ -211,7 +211,7 @@ def main() -> None:
         extra |= {"ours_peak_gpu_mb": max(gpu_peaks["ours"]), "reference_peak_gpu_mb": max(gpu_peaks["reference"])}
     tc = config.train
     settings = {"mixed_precision": precision, "compile": enabled(tc.compile, device.type),
-                "channels_last": enabled(tc.channels_last, device.type)}
+                "channels_last": enabled(tc.channels_last, device.type), "cuda_graphs": uses_cuda_graphs(tc, device.type)}
     common.emit({"ours_images_per_s": ours, "reference_images_per_s": reference, "ratio": ours / reference, **extra,
                  "ours_settings": settings,
                  "ours_runs": speeds["ours"], "reference_runs": speeds["reference"], "batch": config.train.batch_size,

@@ -135,6 +135,36 @@ def test_compiled_network_trains_the_same_with_plain_checkpoints(tmp_path, small
     assert compiled.keys() == eager.keys()  # no "_orig_mod." prefixes: the run loads like any other
 
 
+def test_cuda_graphs_follow_compile_on_cuda_only():
+    from difftrain.training.performance import uses_cuda_graphs
+
+    train_cfg = load_config().train
+    assert uses_cuda_graphs(train_cfg, "cuda") and not uses_cuda_graphs(train_cfg, "cpu")
+    assert not uses_cuda_graphs(load_config(overrides=["train.compile=off"]).train, "cuda")
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        uses_cuda_graphs(load_config(overrides=["train.cuda_graphs=on"]).train, "cpu")
+    with pytest.raises(UserError, match="train.compile"):
+        uses_cuda_graphs(load_config(overrides=["train.cuda_graphs=on", "train.compile=off"]).train, "cuda")
+    # A replay reuses the memory holding the gradients that a second micro-batch adds to.
+    assert not uses_cuda_graphs(load_config(overrides=["train.accumulation=2"]).train, "cuda")
+    with pytest.raises(UserError, match="accumulate"):
+        uses_cuda_graphs(load_config(overrides=["train.cuda_graphs=on", "train.accumulation=2"]).train, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_training_matches_eager_and_resumes(tmp_path, small_digits_dir):
+    base = tiny_overrides(small_digits_dir, **{"train.device": "cuda", "train.duration_steps": 4})
+    train(load_config(overrides=base), tmp_path / "eager", progress=False)
+    graphs = load_config(overrides=[*base, "train.compile=on", "train.cuda_graphs=on"])
+    train(graphs, tmp_path / "graphs", progress=False)
+    train(graphs, tmp_path / "split", progress=False, stop_at_step=2)
+    train(graphs, tmp_path / "split", progress=False, resume=True)
+    assert losses(tmp_path / "graphs") == pytest.approx(losses(tmp_path / "eager"), rel=2e-3)
+    # GPU kernels sum in no fixed order: two identical eager runs on an H200 differed by 2.3e-5 (docs/benchmarks.md).
+    for key, value in weights(tmp_path / "graphs").items():
+        torch.testing.assert_close(weights(tmp_path / "split")[key], value, atol=2e-4, rtol=1e-3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronisation exists on a GPU only")
 def test_training_steps_never_wait_for_the_gpu(small_digits_dir):
     from difftrain.data import load_dataset

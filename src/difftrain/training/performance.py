@@ -2,7 +2,7 @@
 
 Each is a `train.*` setting whose "auto" picks what measured faster (docs/benchmarks.md):
 bf16 autocast on GPUs with bf16 and on CPUs with native bf16 instructions (AVX512-BF16, AMX);
-torch.compile and channels_last on CUDA; on CPU the plain ("math") attention kernel, since
+torch.compile, replayed as CUDA graphs, and channels_last on CUDA; on CPU the plain ("math") attention kernel, since
 PyTorch's fused CPU attention has a slow backward pass on the short sequences of a UNet.
 """
 
@@ -50,12 +50,34 @@ def apply_memory_format(net: torch.nn.Module, cfg: TrainConfig, device_type: str
     return net.to(memory_format=torch.channels_last) if enabled(cfg.channels_last, device_type) else net
 
 
+def uses_cuda_graphs(cfg: TrainConfig, device_type: str) -> bool:
+    """Whether the compiled network replays CUDA graphs (train.cuda_graphs; only with train.compile)."""
+    if cfg.cuda_graphs == "on" and device_type != "cuda":
+        raise UserError(f"train.cuda_graphs=on needs a CUDA GPU (this run uses {device_type}); use train.cuda_graphs=auto or off")
+    if cfg.cuda_graphs == "on" and not enabled(cfg.compile, device_type):
+        raise UserError("train.cuda_graphs=on replays the compiled network: it needs train.compile=auto or on")
+    # A replay reuses the memory of the one before, which holds the gradients a second micro-batch adds to.
+    if cfg.cuda_graphs == "on" and cfg.accumulation > 1:
+        raise UserError(f"train.cuda_graphs=on cannot accumulate gradients (train.accumulation={cfg.accumulation}): "
+                        "use train.accumulation=1 or train.cuda_graphs=auto (off when accumulating)")
+    return cfg.cuda_graphs != "off" and device_type == "cuda" and enabled(cfg.compile, device_type) and cfg.accumulation == 1
+
+
 def compile_network(net: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.nn.Module:
     """The network compiled when the setting asks. Module.compile() works in place, so the
     state_dict keys (and so checkpoints) stay as they are."""
+    graphs = uses_cuda_graphs(cfg, device_type)
     if enabled(cfg.compile, device_type):
-        net.compile()
+        # "reduce-overhead" records the forward and backward kernels once and replays each as one
+        # CUDA graph: on small networks the host's kernel launches, not the GPU, set the pace.
+        net.compile(mode="reduce-overhead" if graphs else None)
     return net
+
+
+def begin_graph_step(cfg: TrainConfig, device_type: str) -> None:
+    """Tell CUDA graph replays that a new forward pass begins: the previous one's outputs are done with."""
+    if uses_cuda_graphs(cfg, device_type):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 @contextlib.contextmanager

@@ -40,7 +40,8 @@ from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_i
 from difftrain.training.ema import EMA, ema_beta
 from difftrain.training.metrics_log import MetricsLog
 from difftrain.training.optim import build_optimizer, learning_rate, skips_on_device
-from difftrain.training.performance import apply_memory_format, attention_kernel, compile_network, resolve_precision
+from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
+                                             resolve_precision)
 from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
 
 
@@ -184,6 +185,7 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         if labels is not None:
             labels = torch.where(keep_label[part], labels, null_label)
         sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
+        begin_graph_step(tc, device.type)
         with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
                                   min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
