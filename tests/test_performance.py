@@ -147,6 +147,7 @@ def test_cuda_graphs_follow_compile_on_cuda_only():
         uses_cuda_graphs(load_config(overrides=["train.cuda_graphs=on", "train.compile=off"]).train, "cuda")
     # A replay reuses the memory holding the gradients that a second micro-batch adds to.
     assert not uses_cuda_graphs(load_config(overrides=["train.accumulation=2"]).train, "cuda")
+    assert not uses_cuda_graphs(train_cfg, "cuda", processes=2)  # measured on one GPU only
     with pytest.raises(UserError, match="accumulate"):
         uses_cuda_graphs(load_config(overrides=["train.cuda_graphs=on", "train.accumulation=2"]).train, "cuda")
 

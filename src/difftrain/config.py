@@ -87,7 +87,7 @@ class TrainConfig(Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto': bf16 autocast on GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16, AMX), else float32.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the network; 'auto': on CUDA GPUs (on CPU ~15% faster after a minute of compiling: 'on' pays for long runs).")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="Channels-last memory format for the convolutions; 'auto': on CUDA GPUs.")
-    cuda_graphs: Literal["auto", "on", "off"] = Field("auto", description="Replay the compiled network's kernels as CUDA graphs (torch.compile mode 'reduce-overhead'): one launch instead of hundreds, whose cost, not the GPU, bounds small networks on fast GPUs; 'auto': on whenever the network is compiled on a CUDA GPU and gradients are not accumulated.")
+    cuda_graphs: Literal["auto", "on", "off"] = Field("auto", description="Replay the compiled network's kernels as CUDA graphs (torch.compile mode 'reduce-overhead'): one launch instead of hundreds, whose cost, not the GPU, bounds small networks on fast GPUs; 'auto': on whenever the network is compiled on one CUDA GPU (one process) and gradients are not accumulated.")
     hflip: bool = Field(False, description="Mirror each training image left-right with probability 1/2 (for faces or scenes; not for digits or text).")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="'auto' picks a GPU when there is one.")
     ema_halflife_images: int = Field(500_000, ge=1, description="EMA half-life in training images (Karras et al. 2022).")

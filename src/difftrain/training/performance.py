@@ -50,8 +50,11 @@ def apply_memory_format(net: torch.nn.Module, cfg: TrainConfig, device_type: str
     return net.to(memory_format=torch.channels_last) if enabled(cfg.channels_last, device_type) else net
 
 
-def uses_cuda_graphs(cfg: TrainConfig, device_type: str) -> bool:
-    """Whether the compiled network replays CUDA graphs (train.cuda_graphs; only with train.compile)."""
+def uses_cuda_graphs(cfg: TrainConfig, device_type: str, processes: int = 1) -> bool:
+    """Whether the compiled network replays CUDA graphs (train.cuda_graphs; only with train.compile).
+
+    "auto" keeps them to one process: they were measured and tested on one GPU, not under DDP.
+    """
     if cfg.cuda_graphs == "on" and device_type != "cuda":
         raise UserError(f"train.cuda_graphs=on needs a CUDA GPU (this run uses {device_type}); use train.cuda_graphs=auto or off")
     if cfg.cuda_graphs == "on" and not enabled(cfg.compile, device_type):
@@ -60,13 +63,15 @@ def uses_cuda_graphs(cfg: TrainConfig, device_type: str) -> bool:
     if cfg.cuda_graphs == "on" and cfg.accumulation > 1:
         raise UserError(f"train.cuda_graphs=on cannot accumulate gradients (train.accumulation={cfg.accumulation}): "
                         "use train.accumulation=1 or train.cuda_graphs=auto (off when accumulating)")
+    if cfg.cuda_graphs == "auto" and processes > 1:
+        return False
     return cfg.cuda_graphs != "off" and device_type == "cuda" and enabled(cfg.compile, device_type) and cfg.accumulation == 1
 
 
-def compile_network(net: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.nn.Module:
+def compile_network(net: torch.nn.Module, cfg: TrainConfig, device_type: str, processes: int = 1) -> torch.nn.Module:
     """The network compiled when the setting asks. Module.compile() works in place, so the
     state_dict keys (and so checkpoints) stay as they are."""
-    graphs = uses_cuda_graphs(cfg, device_type)
+    graphs = uses_cuda_graphs(cfg, device_type, processes)
     if enabled(cfg.compile, device_type):
         # "reduce-overhead" records the forward and backward kernels once and replays each as one
         # CUDA graph: on small networks the host's kernel launches, not the GPU, set the pace.
@@ -74,9 +79,9 @@ def compile_network(net: torch.nn.Module, cfg: TrainConfig, device_type: str) ->
     return net
 
 
-def begin_graph_step(cfg: TrainConfig, device_type: str) -> None:
+def begin_graph_step(cfg: TrainConfig, device_type: str, processes: int = 1) -> None:
     """Tell CUDA graph replays that a new forward pass begins: the previous one's outputs are done with."""
-    if uses_cuda_graphs(cfg, device_type):
+    if uses_cuda_graphs(cfg, device_type, processes):
         torch.compiler.cudagraph_mark_step_begin()
 
 

@@ -185,7 +185,7 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         if labels is not None:
             labels = torch.where(keep_label[part], labels, null_label)
         sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
-        begin_graph_step(tc, device.type)
+        begin_graph_step(tc, device.type, world)
         with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
                                   min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
@@ -297,7 +297,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     device = accelerator.device
     net = apply_memory_format(net, tc, device.type)
     ema = EMA(net)
-    net = compile_network(net, tc, device.type)
+    net = compile_network(net, tc, device.type, world)
     optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
     # One noise stream for the whole global batch, identical on every process: each takes
     # its slice, so accumulation and the process count do not change the random numbers.
