@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -30,7 +31,9 @@ def _warn(message: str) -> None:
 
 @data_app.command("prepare", epilog="Example: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`")
 def data_prepare(
-    source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), or a folder/file of MNIST-style IDX files."),
+    source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), a folder/file of MNIST-style IDX files, "
+                                 "or a segmentation folder: images/ and masks/ with matching names (masks: class-index PNGs), "
+                                 "optional labels.csv (file,label) and mask_classes.txt (docs/segmentation.md)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
@@ -246,6 +249,69 @@ def export(
     out.print(str(path))
 
 
+@app.command(epilog="Examples: `difftrain synth runs/digits --out synth/digits --per-class 100 --filter memorization,dedup,confidence:0.9`  \n"
+                    "`difftrain synth runs/digits --out synth/digits --per-class 100 --classes 3,5 --sampler dpmpp_2m --steps 20 --guidance 1.5`  \n"
+                    "`difftrain synth runs/unlabelled --out synth/u --n 500 --processes 2` (an unconditional model)")
+def synth(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (class subfolders of PNGs, labels.csv, manifest.json, README.md); "
+                                 "running the same command again continues an interrupted one."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", min=1, help="Images to keep of each class (class-conditional models)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Images to keep in all (unconditional models)."),
+    classes: Optional[str] = typer.Option(None, help="Only these classes, comma-separated names (default: all the model's)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none (default: the run's config)."),
+    sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
+    filters: Optional[str] = typer.Option(None, "--filter", help="Comma list, applied in this order: memorization[:R] (near-copies of "
+                                          "training images, ratio R = 1/3), dedup[:D] (duplicates closer than pixel L2 D; default "
+                                          "0.02 x sqrt(pixel values)), confidence[:T] (the domain classifier's probability of the "
+                                          "class below T = 0.9). Rejected samples are replaced."),
+    checkpoint: str = typer.Option("latest", help="'latest', 'best' or a checkpoint folder."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Samples per batch (default: the run's sample.batch_size)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
+    overwrite: bool = typer.Option(False, help="Start --out again (only a folder written by `difftrain synth` is replaced)."),
+    report: bool = typer.Option(True, help="Write the utility and privacy report (needs the run's training data)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest's summary as JSON."),
+) -> None:
+    """Generate a labelled synthetic dataset: PNG files a classifier (or segmenter) trains on, with the provenance of
+    every file and filters against copies, duplicates and off-class samples (docs/synth.md)."""
+    _in_processes(processes, device)
+    from difftrain.run import open_run
+    from difftrain.synth.generate import synthesize
+
+    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    state, dev = _join_launch(device)
+    try:
+        with Progress(console=console, disable=not state.is_main_process) as bar:
+            task = bar.add_task("synth: kept", total=None)
+            manifest = synthesize(run, out_dir, per_class=per_class, n=n, spec=spec, filters=filters, checkpoint=checkpoint,
+                                  classes=[c.strip() for c in classes.split(",")] if classes else None,
+                                  batch_size=batch_size, device=dev, overwrite=overwrite, report=report,
+                                  progress=lambda kept, total: bar.update(task, completed=kept, total=total),
+                                  report_progress=lambda stage: bar.update(task, description=f"report: {stage}"), warn=_warn)
+    except KeyboardInterrupt:
+        if state.is_main_process:
+            console.print(f"[yellow]interrupted[/]: the files written so far stay; run the same command again to continue {out_dir}")
+        raise typer.Exit(130) from None
+    if state.is_main_process:
+        _print_synth(manifest, out_dir, state.num_processes, as_json)
+
+
+def _print_synth(manifest: dict, out_dir: Path, num_processes: int, as_json: bool) -> None:
+    if as_json:
+        summary = {key: manifest[key] for key in ("totals", "counts", "filters", "checkpoint", "report")}
+        print(json.dumps({"out": str(out_dir), **summary}, indent=2))
+        return
+    totals = manifest["totals"]
+    removed = ", ".join(f"{name} {count}" for name, count in totals["removed"].items())
+    shared = f", in {num_processes} processes" if num_processes > 1 else ""
+    console.print(f"kept {totals['kept']} of {totals['generated']} samples" + (f" (removed: {removed})" if removed else "")
+                  + f"{shared}, from {manifest['checkpoint']}")
+    out.print(str(out_dir))
+
+
 def _join_launch(device: str):
     """(accelerate's PartialState, this process's device). Under `accelerate launch` it joins the other
     processes: without a GPU accelerate must be told to join CPU processes (gloo); with one, it joins
@@ -257,8 +323,12 @@ def _join_launch(device: str):
 
     dev = _device(device)
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_FOR_MAIN)
-    if state.num_processes > 1 and dev == state.device.type:
-        dev = str(state.device)
+    if state.num_processes > 1:
+        # A process that exits with its gloo group alive is sometimes aborted ("terminate called without an active
+        # exception"): leave the group before the interpreter shuts down, whichever way the verb ends.
+        atexit.register(state.destroy_process_group)
+        if dev == state.device.type:
+            dev = str(state.device)
     return state, dev
 
 

@@ -61,7 +61,8 @@ def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -
     m = ds.manifest
     names = ds.class_names if class_names is None else class_names
     return {"path": str(Path(ds.path).resolve()), "shape": list(ds.image_shape), "num_classes": len(names),
-            "class_names": names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance")}
+            "class_names": names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance"),
+            "image_channels": ds.image_channels, "mask_classes": ds.mask_classes}
 
 
 def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset",
@@ -119,6 +120,16 @@ class Run:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.dataset["shape"])
+
+    @property
+    def image_channels(self) -> int:
+        """The image's own channels; a segmentation run's samples carry the one-hot mask after them."""
+        return int(self.dataset.get("image_channels", self.image_shape[2]))  # runs from before masks: all channels
+
+    @property
+    def mask_classes(self) -> list[str]:
+        """Names of the mask classes of a segmentation run; [] for an image run."""
+        return list(self.dataset.get("mask_classes") or [])
 
     @property
     def num_classes(self) -> int:

@@ -62,13 +62,14 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray | None:
 @torch.no_grad()
 def generate(denoiser: Denoiser, n: int, shape: tuple[int, int, int], labels: np.ndarray | None, spec: SamplingSpec,
              *, batch_size: int = 500, null_label: int | None = None, device: torch.device | str = "cpu",
-             progress=None, across_processes: bool = False) -> np.ndarray:
+             progress=None, across_processes: bool = False, first_batch: int = 0) -> np.ndarray:
     """n samples as uint8 (n, H, W, C); the same spec, seed and batch_size give the same images.
 
     Each batch draws from its own generator (`batch_generator`), so no batch depends on who drew the others.
     `across_processes`: under a multi-process launch this process draws its share of the batches and every
     process gets all n images, the ones a single process would draw; every process must then call it.
-    `progress(count)` counts the images this process draws.
+    `progress(count)` counts the images this process draws. `first_batch`: the index of the first batch,
+    so that a caller drawing a long sequence of batches in several calls gets the random numbers of one call.
     """
     spec.check()
     if labels is None and spec.guidance != 1:
@@ -84,7 +85,7 @@ def generate(denoiser: Denoiser, n: int, shape: tuple[int, int, int], labels: np
     def draw(index: int) -> np.ndarray:
         start = index * batch_size
         count = min(batch_size, n - start)
-        generator = batch_generator(spec.seed, index, device)
+        generator = batch_generator(spec.seed, first_batch + index, device)
         y = None if labels is None else torch.as_tensor(labels[start:start + count], device=device)
         noise = torch.randn(count, channels, height, width, generator=generator, device=device)
         denoise = guided_denoiser(denoiser, y, spec.guidance, null_label)

@@ -19,7 +19,7 @@ class ImageFolder:
     rejected: list[dict[str, str]]  # {"path", "reason"} for files that are not images
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     # Hidden files and folders (.DS_Store, .git/, editor swap files) are never data.
     return sorted(
         p
@@ -36,7 +36,7 @@ def scan_image_folder(root: Path) -> ImageFolder:
     """
     rejected: list[dict[str, str]] = []
     candidates: dict[str, list[str]] = {}  # class name ("" for the root itself) -> image files
-    for path in _visible_files(root):
+    for path in visible_files(root):
         rel = path.relative_to(root)
         suffix = path.suffix.lower()
         if suffix not in IMAGE_EXTENSIONS:

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
 FITS = ("crop", "pad")
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 class BadImage(Exception):
-    """A file that cannot be used as an image; `reason` says why in a few words."""
+    """A file that cannot be used as an image; `reason` says why in a few words.
 
-    def __init__(self, reason: str) -> None:
+    `path` names the bad file when it is not the sample's own (the mask of an image + mask pair).
+    """
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.path = path
 
 
 @contextlib.contextmanager
@@ -40,14 +44,24 @@ def decode_image(data: bytes) -> np.ndarray:
     Alpha is composited onto black (the pad colour); 16-bit grey is scaled to 8 bits; EXIF
     orientation is applied. Raises BadImage for anything unusable.
     """
+    return decode_with(data, _pixels)
+
+
+def decode_with(
+    data: bytes, convert: Callable[[Image.Image], np.ndarray], formats: frozenset[str] = SUPPORTED_FORMATS, hint: str = ""
+) -> np.ndarray:
+    """Open image bytes of one of `formats`, apply EXIF orientation, and `convert` the image to an array.
+
+    Every decoding failure becomes BadImage; `hint` is added to the reason for a format outside `formats`.
+    """
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with _refuse_truncated(), Image.open(io.BytesIO(data)) as img:
-            if img.format not in SUPPORTED_FORMATS:
-                raise BadImage(f"unsupported image format {img.format}")
+            if img.format not in formats:
+                raise BadImage(f"unsupported image format {img.format}{hint}")
             img.load()
-            return _pixels(ImageOps.exif_transpose(img))
+            return convert(ImageOps.exif_transpose(img))
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -61,7 +75,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
-    if img.mode in _SIXTEEN_BIT_MODES:
+    if img.mode in SIXTEEN_BIT_MODES:
         # Pillow's own 16->8 bit conversion clips instead of scaling; v/257 maps 0..65535 onto 0..255.
         wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
         return np.round(wide / 257).astype(np.uint8)[..., None]
@@ -85,11 +99,14 @@ def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
 
 
-def fit_square(pixels: np.ndarray, resolution: int, fit: str) -> np.ndarray:
+def fit_square(
+    pixels: np.ndarray, resolution: int, fit: str, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
     """Resize uint8 (H, W, C) to (resolution, resolution, C).
 
     `crop` scales the short side to `resolution` and cuts the long side at the centre; `pad`
-    scales the long side to `resolution` and centres the image on black.
+    scales the long side to `resolution` and centres the image on black (0). The geometry depends
+    only on the size, so an image and its mask (resampled NEAREST) stay aligned.
     """
     h, w, c = pixels.shape
     if (h, w) == (resolution, resolution):
@@ -97,8 +114,8 @@ def fit_square(pixels: np.ndarray, resolution: int, fit: str) -> np.ndarray:
     scale = resolution / (min(h, w) if fit == "crop" else max(h, w))
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
-    # Lanczos as in StyleGAN's dataset_tool; Pillow antialiases when shrinking.
-    resized = np.asarray(img.resize((new_w, new_h), Image.Resampling.LANCZOS)).reshape(new_h, new_w, c)
+    # Lanczos by default as in StyleGAN's dataset_tool; Pillow antialiases when shrinking.
+    resized = np.asarray(img.resize((new_w, new_h), resample)).reshape(new_h, new_w, c)
     top, left = abs(resolution - new_h) // 2, abs(resolution - new_w) // 2
     if fit == "crop":
         return resized[top : top + resolution, left : left + resolution]

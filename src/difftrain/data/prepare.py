@@ -1,7 +1,8 @@
 """Prepare a dataset: read a source, validate and convert every image, split, write atomically.
 
 Every source (sources.py) becomes a list of samples; one loop reads, checks and converts them
-(images.conform_image), and one function writes the result.
+(images.conform_image, and masks.fit_mask for the masks of image + mask pairs), and one function
+writes the result.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from rich.progress import track
 
 import difftrain
 from difftrain.atomic import atomic_directory, write_json
-from difftrain.data.dataset import FORMAT_VERSION, MANIFEST, PreparedDataset
+from difftrain.data.dataset import FORMAT_VERSION, KINDS, MANIFEST, PreparedDataset, dataset_from_arrays
 from difftrain.data.images import FITS, BadImage, conform_image, to_channels
+from difftrain.data.masks import fit_mask
 from difftrain.data.sources import Sample, Source, open_source
 from difftrain.errors import UserError
 
@@ -50,7 +52,7 @@ def _is_prepared_dataset(folder: Path) -> bool:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and "format_version" in manifest and manifest.get("kind") == "image"
+    return isinstance(manifest, dict) and "format_version" in manifest and manifest.get("kind") in KINDS
 
 
 def _check_out(out: Path, src: Source, overwrite: bool) -> Path:
@@ -126,21 +128,38 @@ def _keep_classes(src: Source, classes: list[str]) -> Source:
     return replace(src, class_names=list(classes), train=keep(src.train), test=keep(src.test))
 
 
+def _read_sample(
+    sample: Sample, *, channels: int | None, resolution: int | None, fit: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One sample's converted pixels, and its mask fitted the same way (None without one); raises BadImage."""
+    pixels = sample.read()
+    image = conform_image(pixels, channels=channels, resolution=resolution, fit=fit)
+    if sample.read_mask is None:
+        return image, None
+    mask = sample.read_mask()
+    if mask.shape != pixels.shape[:2]:
+        (h, w), (mh, mw) = pixels.shape[:2], mask.shape
+        raise BadImage(f"mask is {mw}x{mh} but its image {sample.name} is {w}x{h}; a mask must match its image "
+                       "pixel for pixel", path=sample.mask)
+    return image, fit_mask(mask, resolution, fit)
+
+
 def _read(
     samples: list[Sample], *, channels: int | None, resolution: int | None, fit: str, progress: bool
-) -> tuple[list[int], list[np.ndarray], list[dict[str, str]]]:
-    """Read, validate and convert every sample: (indices kept, their pixels, rejections)."""
+) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None], list[dict[str, str]]]:
+    """Read, validate and convert every sample: (indices kept, their pixels, their masks, rejections)."""
     kept: list[int] = []
     pixels: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
     rejected: list[dict[str, str]] = []
     console = Console(stderr=True)  # stdout stays clean for --json output
     for i, sample in enumerate(
         track(samples, description="Reading images", disable=not progress, console=console)
     ):
         try:
-            image = conform_image(sample.read(), channels=channels, resolution=resolution, fit=fit)
+            image, mask = _read_sample(sample, channels=channels, resolution=resolution, fit=fit)
         except BadImage as e:
-            rejected.append({"path": sample.name, "reason": e.reason})
+            rejected.append({"path": e.path or sample.name, "reason": e.reason})
             continue
         if pixels and image.shape[:2] != pixels[0].shape[:2]:
             (h0, w0), (h, w) = pixels[0].shape[:2], image.shape[:2]
@@ -150,7 +169,8 @@ def _read(
             )
         kept.append(i)
         pixels.append(image)
-    return kept, pixels, rejected
+        masks.append(mask)
+    return kept, pixels, masks, rejected
 
 
 def _rejection_list(rejected: list[dict[str, str]]) -> str:
@@ -189,15 +209,25 @@ def _test_mask(
     return is_test
 
 
+def _pixel_fractions(masks: np.ndarray, num_mask_classes: int) -> list[float]:
+    """The share of all mask pixels in each class (zeros for an empty split)."""
+    counts = np.bincount(masks.ravel(), minlength=num_mask_classes)
+    return [round(float(c / max(1, masks.size)), 6) for c in counts]
+
+
 def _manifest(
-    src: Source, arrays: dict[str, np.ndarray], rejected: list[dict[str, str]], options: dict[str, Any]
+    src: Source,
+    arrays: dict[str, np.ndarray],
+    rejected: list[dict[str, str]],
+    options: dict[str, Any],
+    mask_classes: list[str] | None,
 ) -> dict[str, Any]:
     train, test = arrays["train_images"], arrays["test_images"]
     num_classes = len(src.class_names) if src.class_names is not None else None
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "kind": "image",
-        "shape": list(train.shape[1:]),
+        "kind": "image" if mask_classes is None else "segmentation",
+        "shape": list(train.shape[1:]),  # of train_images.npy: for segmentation the image alone, masks beside it
         "dtype": "uint8",
         "count": {"train": len(train), "test": len(test)},
         "num_classes": num_classes,
@@ -207,6 +237,11 @@ def _manifest(
         manifest["class_counts"] = {
             split: np.bincount(arrays[f"{split}_labels"], minlength=num_classes).tolist()
             for split in ("train", "test")
+        }
+    if mask_classes is not None:
+        manifest["mask_classes"] = mask_classes
+        manifest["mask_pixel_fractions"] = {
+            split: _pixel_fractions(arrays[f"{split}_masks"], len(mask_classes)) for split in ("train", "test")
         }
     return manifest | {
         "source": {"path": src.path, "kind": src.kind, "sha256": src.digest.hexdigest()},
@@ -250,8 +285,10 @@ def prepare_dataset(
 
     `source` is a builtin name ("digits"; write "./digits" for a folder of that name), a folder of
     IDX files (t10k-* becomes the test split), one IDX images file, or a folder of images (class
-    subfolders become labels). With its own test split, `limit` is shared between train and test
-    in the source's proportion. Bad files are listed in the manifest's `rejected`.
+    subfolders become labels), or a folder with images/ and masks/ subfolders of image + mask pairs
+    (a segmentation dataset; see data/segmentation_folder.py). With its own test split, `limit` is
+    shared between train and test in the source's proportion. Bad files are listed in the manifest's
+    `rejected`.
     """
     _check_options(resolution, channels, fit, limit, test_fraction)
     src = open_source(source)
@@ -262,7 +299,7 @@ def prepare_dataset(
 
     train, test = _apply_limit(src, limit, rng)
     samples = train + (test or [])
-    kept, pixels, read_rejected = _read(
+    kept, pixels, masks, read_rejected = _read(
         samples, channels=channels, resolution=resolution, fit=fit, progress=progress
     )
     rejected = src.rejected + read_rejected
@@ -287,6 +324,12 @@ def prepare_dataset(
     arrays = {"train_images": images[~is_test], "test_images": images[is_test]}
     if labels is not None:
         arrays |= {"train_labels": labels[~is_test], "test_labels": labels[is_test]}
+    mask_classes = None
+    if src.kind == "segmentation":
+        all_masks = np.stack(masks)
+        # Without mask_classes.txt, the classes are the indices up to the largest one found.
+        mask_classes = src.mask_classes or [str(k) for k in range(int(all_masks.max()) + 1)]
+        arrays |= {"train_masks": all_masks[~is_test], "test_masks": all_masks[is_test]}
     options = {
         "resolution": resolution,
         "channels": channels,
@@ -296,13 +339,6 @@ def prepare_dataset(
         "test_fraction": test_fraction,
         "seed": seed,
     }
-    manifest = _manifest(src, arrays, rejected, options)
+    manifest = _manifest(src, arrays, rejected, options, mask_classes)
     _write(out, arrays, manifest, overwrite)
-    return PreparedDataset(
-        path=out,
-        manifest=manifest,
-        train_images=arrays["train_images"],
-        train_labels=arrays.get("train_labels"),
-        test_images=arrays["test_images"],
-        test_labels=arrays.get("test_labels"),
-    )
+    return dataset_from_arrays(out, manifest, arrays)

@@ -1,4 +1,4 @@
-"""Dataset sources: each (builtin, IDX, image folder) becomes a list of samples to read.
+"""Dataset sources: each (builtin, IDX, image folder, image + mask folder) becomes a list of samples to read.
 
 A sample reads its own pixels lazily, so prepare.py validates and converts every source in
 one loop; the digest records exactly the source bytes that were read.
@@ -19,6 +19,13 @@ from difftrain.data.builtin import BUILTIN_DATASETS, load_builtin
 from difftrain.data.idx import IdxFiles, find_idx_files, idx_files_for, is_idx_images, parse_idx
 from difftrain.data.image_folder import scan_image_folder
 from difftrain.data.images import BadImage, decode_image
+from difftrain.data.masks import decode_mask
+from difftrain.data.segmentation_folder import (
+    LABELS_FILE,
+    MASK_CLASSES_FILE,
+    is_segmentation_folder,
+    scan_segmentation_folder,
+)
 from difftrain.errors import UserError
 
 
@@ -48,11 +55,13 @@ class Sample:
     name: str  # shown in `rejected`: the path relative to the source, or FILE[row]
     label: int | None
     read: Callable[[], np.ndarray]  # native uint8 (H, W, C); raises BadImage
+    mask: str | None = None  # segmentation: the mask's name, shown in `rejected` when the mask is the problem
+    read_mask: Callable[[], np.ndarray] | None = None  # segmentation: native class indices uint8 (H, W); raises BadImage
 
 
 @dataclass
 class Source:
-    kind: str  # "builtin" | "idx" | "folder"
+    kind: str  # "builtin" | "idx" | "folder" | "segmentation"
     path: str  # absolute path, or "builtin:NAME"
     folder: Path | None  # where nothing may be written
     provenance: str
@@ -61,6 +70,7 @@ class Source:
     test: list[Sample] | None  # the source's own test split, if it has one
     rejected: list[dict[str, str]]  # found before reading (e.g. unsupported file types)
     digest: SourceDigest
+    mask_classes: list[str] | None = None  # segmentation: names from mask_classes.txt (None: named by index)
 
 
 def _array_samples(images: np.ndarray, labels: np.ndarray | None, name: str) -> list[Sample]:
@@ -130,6 +140,37 @@ def _folder_source(root: Path) -> Source:
     )
 
 
+def _read_mask_file(digest: SourceDigest, path: Path, name: str, num_named: int | None) -> np.ndarray:
+    try:
+        mask = decode_mask(digest.read(path, name))
+    except OSError as e:
+        raise BadImage(f"cannot read the file ({e.strerror or e})", path=name) from None
+    except BadImage as e:
+        raise BadImage(e.reason, path=name) from None
+    if num_named is not None and mask.size and mask.max() >= num_named:
+        raise BadImage(f"class index {mask.max()}, but mask_classes.txt names only {num_named} classes "
+                       f"(indices 0..{num_named - 1}); fix the mask or name the class", path=name)
+    return mask
+
+
+def _segmentation_source(root: Path) -> Source:
+    folder = scan_segmentation_folder(root)
+    digest = SourceDigest()
+    for extra in (LABELS_FILE, MASK_CLASSES_FILE):  # they shape the dataset too
+        if (root / extra).is_file():
+            digest.read(root / extra, extra)
+    labels = folder.labels or [None] * len(folder.pairs)
+    num_named = len(folder.mask_classes) if folder.mask_classes is not None else None
+    samples = [
+        Sample(image, label, partial(_read_image_file, digest, root / image, image),
+               mask, partial(_read_mask_file, digest, root / mask, mask, num_named))
+        for (image, mask), label in zip(folder.pairs, labels, strict=True)
+    ]
+    provenance = f"user-supplied image + mask pairs from {root}"
+    return Source("segmentation", str(root), root, provenance, folder.class_names, samples, None, folder.rejected,
+                  digest, folder.mask_classes)
+
+
 def open_source(source: str | Path) -> Source:
     """Find out what `source` is and list its samples (IDX arrays are read and checked here)."""
     if isinstance(source, str) and (source in BUILTIN_DATASETS or source.startswith("builtin:")):
@@ -137,7 +178,8 @@ def open_source(source: str | Path) -> Source:
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise UserError(
-            f"source {source} not found. Give a folder of images, a folder of IDX files, an IDX images "
+            f"source {source} not found. Give a folder of images (or of images/ + masks/ subfolders), a folder "
+            "of IDX files, an IDX images "
             f"file, or a builtin dataset name ({', '.join(sorted(BUILTIN_DATASETS))})."
         )
     if path.is_file():
@@ -147,5 +189,7 @@ def open_source(source: str | Path) -> Source:
                 "to prepare images, pass the folder that holds them."
             )
         return _idx_source(path, idx_files_for(path))
+    if is_segmentation_folder(path):
+        return _segmentation_source(path)
     idx_files = find_idx_files(path)
     return _idx_source(path, idx_files) if idx_files else _folder_source(path)

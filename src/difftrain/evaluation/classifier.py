@@ -20,6 +20,7 @@ from torch import nn
 from difftrain import atomic
 from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
+from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
 from difftrain.training.checkpoint import sha256_file
 
@@ -68,8 +69,11 @@ def accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> 
 
 
 def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int = 20, seed: int = 0,
-                   batch: int = 128) -> SmallClassifier:
-    """Train a SmallClassifier on uint8 (N, H, W, C) images; the seed fixes everything."""
+                   batch: int = 128, steps: int | None = None) -> SmallClassifier:
+    """Train a SmallClassifier on uint8 (N, H, W, C) images; the seed fixes everything.
+
+    `steps` (optimizer steps) overrides `epochs`, so training sets of different sizes get the same compute.
+    """
     # A private RNG stream: evaluating during training must not move the trainer's random numbers.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -78,7 +82,7 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         x_all = image.to_model(torch.from_numpy(images))
         y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         gen = torch.Generator().manual_seed(seed)
-        steps = epochs * max(1, len(x_all) // batch)
+        steps = step_budget(len(x_all), epochs, batch) if steps is None else steps
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
         model.train()
         for _ in range(steps):

@@ -13,6 +13,7 @@ import numpy as np
 
 from difftrain.evaluation.neighbours import nearest
 from difftrain.modalities.image import save_grid
+from difftrain.modalities.segmentation import preview
 
 
 @dataclass
@@ -55,12 +56,16 @@ def memorization(samples_uint8: np.ndarray, train_uint8: np.ndarray, *, ratio: f
 
 
 def save_closest_pairs(samples: np.ndarray, train: np.ndarray, result: Memorization, path: str | Path,
-                       count: int = 16) -> Path:
+                       count: int = 16, image_channels: int | None = None) -> Path:
     """PNG grid of the `count` samples with the smallest d1/d2, each beside its nearest training
-    image (sample left, training image right)."""
+    image (sample left, training image right). Segmentation pairs (more channels than `image_channels`)
+    are shown as image and coloured mask."""
     with np.errstate(divide="ignore", invalid="ignore"):
         # Exact copies first, 0/0 included (duplicated training images).
         score = np.where(result.d1 == 0, 0.0, result.d1 / result.d2)
     order = np.argsort(score, kind="stable")[:count]
-    pairs = np.concatenate([samples[order], train[result.nearest_index[order]]], axis=2)
+    sample, nearest = samples[order], train[result.nearest_index[order]]
+    if image_channels is not None and samples.shape[-1] > image_channels:
+        sample, nearest = preview(sample, image_channels), preview(nearest, image_channels)
+    pairs = np.concatenate([sample, nearest], axis=2)
     return save_grid(pairs, path)

@@ -22,7 +22,7 @@ from difftrain.distributed import from_main_process, is_main_process, on_main_pr
 from difftrain.errors import UserError
 from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
-from difftrain.modalities import image
+from difftrain.modalities import image, segmentation
 from difftrain.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
@@ -63,14 +63,21 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
 
     def write() -> None:
         write_samples(out, images, labels, meta)
-        save_samples_grid(images, by_class, len(names), Path(out).with_suffix(".png"))
+        save_samples_grid(images, by_class, len(names), Path(out).with_suffix(".png"),
+                          image_channels=run.image_channels if run.mask_classes else None)
 
     on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
 
 
-def save_samples_grid(images: np.ndarray, labels: np.ndarray | None, num_classes: int, path: Path) -> None:
-    """Up to 100 images; with `labels`, one class per row, in class order."""
+def save_samples_grid(images: np.ndarray, labels: np.ndarray | None, num_classes: int, path: Path,
+                      image_channels: int | None = None) -> None:
+    """Up to 100 images; with `labels`, one class per row, in class order.
+
+    `image_channels`: the images are segmentation pairs (image channels, then the one-hot mask), shown image | coloured mask.
+    """
+    if image_channels is not None:
+        images = segmentation.preview(images, image_channels)
     if labels is None:
         image.save_grid(images[:100], path)
         return

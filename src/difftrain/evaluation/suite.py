@@ -121,6 +121,7 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         result = memorization(images, ds.train_images)
         record.update(result.summary())
         if memorization_png is not None:
-            record["memorization_png"] = str(save_closest_pairs(images, ds.train_images, result, memorization_png))
+            record["memorization_png"] = str(save_closest_pairs(images, ds.train_images, result, memorization_png,
+                                                                image_channels=ds.image_channels))
     record["warnings"] = warnings
     return record

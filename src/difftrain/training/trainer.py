@@ -28,7 +28,7 @@ from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.distributed import WAIT_FOR_MAIN
 from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory
-from difftrain.modalities import image
+from difftrain.modalities import image, segmentation
 from difftrain.models import build_network
 from difftrain.pretrained.lora import parameter_counts
 from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
@@ -353,6 +353,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         ema_denoiser = Denoiser(ema.net, denoiser.formulation)
         spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
         imgs = generate(ema_denoiser, grid_n, dataset.image_shape, grid_labels, spec, null_label=null_label, device=device)
+        if dataset.mask_classes:  # image beside its coloured mask
+            imgs = segmentation.preview(imgs, dataset.image_channels)
         image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
 
     def checkpoint() -> None:

@@ -1,0 +1,148 @@
+"""Does synthetic data help a classifier that has only 10% of MNIST? (issue 7, item 3)
+
+    1. prepare a stratified --fraction of the MNIST training split (data/prepare.py `limit`) into OUT/data/train,
+       and the whole MNIST test split into OUT/data/test
+    2. train a diffusion model on the subset: the "mnist" preset with train.duration_images = --train-images,
+       into OUT/run (an interrupted run resumes; a finished one is reused)
+    3. `difftrain synth` --per-class images of every digit from it into OUT/synth (--filter, --sampler, --steps;
+       an interrupted one continues)
+    4. write_report (synth/report.py) into OUT/report: the same classifier trained for the same number of steps on
+       real (the subset), synthetic, and real+synthetic images, tested on the whole real test split, with the
+       accuracy against the synthetic set's size; and the privacy numbers (DCR against the subset, memorization)
+
+Prints one JSON line. --dataset digits swaps MNIST for the built-in digits as a quick smoke test: there the
+fraction is taken of the whole set (train and test alike), which is split 80/20.
+
+Run:
+    python benchmarks/synth_utility.py --mnist ../shared/data/mnist --out /tmp/synth-utility \
+        --fraction 0.1 --train-images 100000 --per-class 600 --sampler dpmpp_2m --steps 10
+Smoke test:
+    python benchmarks/synth_utility.py --dataset digits --out /tmp/synth-smoke --fraction 0.5 \
+        --train-images 512 --per-class 5 --utility-steps 20 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common
+from difftrain import atomic
+from difftrain.config import load_config
+from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
+from difftrain.data.sources import open_source
+from difftrain.errors import UserError
+from difftrain.run import open_run
+from difftrain.synth.generate import synthesize as synth
+from difftrain.synth.report import report_markdown, write_report
+from difftrain.synth.writer import read_sample
+from difftrain.training.trainer import train
+
+
+def prepared(source: str | Path, out: Path, **options) -> PreparedDataset:
+    """`source` prepared into `out`, or the dataset already there."""
+    if (out / "manifest.json").is_file():
+        return load_dataset(out)
+    return prepare_dataset(source, out, progress=False, **options)
+
+
+def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
+    """A stratified fraction of the training split, with the whole test split as its held-out images."""
+    if args.dataset == "digits":
+        return prepared("digits", out / "train", limit=round(args.fraction * 1797), test_fraction=0.2)
+    mnist = Path(args.mnist or "")
+    files = {split: next(iter(sorted(mnist.glob(f"{prefix}-images-idx3-ubyte*"))), None)
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    if not all(files.values()):
+        raise UserError(f"--mnist {mnist}: expected train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz] there")
+    # Each IDX file prepared on its own is all "train" split (test_fraction 0): the subset trains, the test file tests.
+    n_train = len(open_source(files["train"]).train)
+    subset = prepared(files["train"], out / "train", limit=round(args.fraction * n_train), test_fraction=0.0)
+    test = prepared(files["test"], out / "test", test_fraction=0.0)
+    return dataclasses.replace(subset, test_images=test.train_images, test_labels=test.train_labels)
+
+
+def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int, filters: str, sampler: str | None,
+               steps: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`difftrain synth` of the run into `out` (an interrupted one continues): its images, labels and manifest."""
+    run = open_run(run_dir)
+    if not run.num_classes:
+        raise UserError(f"{run_dir} is an unconditional model: the utility report needs labelled samples")
+    spec = run.sampling_spec(seed, sampler=sampler, steps=steps)
+    # The report is written below, against the whole MNIST test split (the run's data has none).
+    manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
+                     warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    images = np.stack([read_sample(out, f["file"], None)[0] for f in manifest["files"]])
+    labels = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
+    return images, labels, manifest
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mnist", help="folder of the MNIST IDX files")
+    p.add_argument("--dataset", choices=["mnist", "digits"], default="mnist", help="digits: a quick smoke test")
+    p.add_argument("--out", required=True, help="folder for the data, run, samples and report (finished steps are reused)")
+    p.add_argument("--fraction", type=float, default=0.1, help="share of the training split the classifier and model get")
+    p.add_argument("--train-images", type=int, default=200_000, help="diffusion training length in images")
+    p.add_argument("--per-class", type=int, default=600, help="synthetic images per class")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--filter", default="memorization,dedup", help="difftrain synth's --filter")
+    p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
+    p.add_argument("--utility-steps", type=int, default=None,
+                   help="classifier steps per arm (default: 20 epochs of the real subset)")
+    p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if not 0 < args.fraction <= 1:
+        raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
+    common.set_threads(args.threads)
+    out = Path(args.out)
+    seconds = {}
+
+    start = time.perf_counter()
+    real = real_data(args, out / "data")
+    seconds["prepare"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_images}", "eval.every_images=0",
+                f"train.device={args.device}", f"train.seed={args.seed}"]
+    config = load_config(args.dataset, overrides=settings)
+    if not any(int(c.name.removeprefix("ckpt-")) >= args.train_images for c in (out / "run" / "checkpoints").glob("ckpt-*")):
+        train(config, out / "run", resume=True, progress=sys.stderr.isatty())  # an interrupted run continues
+    seconds["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    device = str(common.pick_device(args.device))
+    images, labels, manifest = synthesize(out / "run", out / "synth", args.per_class, device, args.seed, args.filter,
+                                          args.sampler, args.steps)
+    seconds["synthesize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    summary = write_report(out / "report", real, images, labels, seed=args.seed, steps=args.utility_steps, repeats=args.repeats,
+                           progress=lambda stage: print(f"report: {stage}", file=sys.stderr, flush=True))
+    atomic.write_text(out / "report" / "report.md", report_markdown(summary))
+    seconds["report"] = time.perf_counter() - start
+
+    u, priv = summary["utility"], summary["privacy"]
+    common.emit({
+        "benchmark": "synth_utility", "settings": vars(args), "seconds": seconds,
+        "real_train_images": len(real.train_images), "real_test_images": len(real.test_images), "synthetic_images": len(images),
+        "synth_totals": manifest["totals"],
+        "accuracy": {arm: {k: r[k] for k in ("accuracy_mean", "accuracy_std")} for arm, r in u["arms"].items()},
+        "size_curve": u["size_curve"], "classifier_steps": u["steps"],
+        "real_plus_synthetic_gain": u["real_plus_synthetic_gain"], "synthetic_helps": u["synthetic_helps"],
+        "privacy": {k: priv[k] for k in ("synthetic_dcr", "held_out_dcr", "fraction_below_held_out_p5", "exact_copies",
+                                         "memorized_fraction")},
+        "report": str((out / "report" / "report.json").resolve()),
+    })
+
+
+if __name__ == "__main__":
+    main()

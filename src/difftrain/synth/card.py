@@ -1,0 +1,72 @@
+"""The dataset card (OUT/README.md) of a synthetic dataset: a pure function of its manifest and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAMES = {"memorization": "near-copies of training images", "dedup": "exact and near duplicates among the kept samples",
+         "confidence": "samples the domain classifier does not see as their class"}
+SETTING = {"memorization": ("ratio", "nearest training image closer than {:g} x the second nearest"),
+           "dedup": ("distance", "pixel L2 (values in [0, 1]) to a kept sample below {:g}"),
+           "confidence": ("threshold", "probability of the intended class below {:g}")}
+
+
+def _how_to_load(m: dict) -> list[str]:
+    if m["task"] == "segmentation":
+        labels = " and the image-level labels of `labels.csv`." if m["classes"] else "."
+        return ["`difftrain data prepare OUT --out prepared` reads `images/` and `masks/` (matched by name; a mask's pixel is "
+                f"its class index, named in `mask_classes.txt`){labels}"]
+    if m["classes"] is None:
+        return ["`difftrain data prepare OUT/images --out prepared` reads it as an unlabelled image folder."]
+    return ["`difftrain data prepare OUT --out prepared` reads it as an ImageFolder (one subfolder per class; the other files at "
+            "the top are skipped, with a note). Any ImageFolder reader works too, or `labels.csv` (file,label,class; `label` is "
+            "the index in `class_names` of manifest.json, the run's own label of that class)."]
+
+
+def dataset_card(m: dict, report: dict | None = None) -> str:
+    """README.md: what the dataset is, where it comes from, its counts and filters, how to load it, its terms."""
+    what = "image + mask pairs" if m["task"] == "segmentation" else "images"
+    kept, generated = m["totals"]["kept"], m["totals"]["generated"]
+    lines = [f"# Synthetic dataset from {Path(m['run']).name}", "",
+             f"{kept} synthetic {what} made by `difftrain synth` from the diffusion model in `{m['run']}`: checkpoint "
+             f"`{Path(m['checkpoint']).name}` after {m['images_seen']:,} training images, {m['weights'].upper()} weights "
+             f"(sha256 `{m['weights_sha256']}`). They are samples of a model, not real data.", "",
+             "## How it was made", "",
+             f"- Sampler `{m['sampler']}`, {m['steps']} steps ({m['schedule']} noise levels), guidance {m['guidance']:g}, seed "
+             f"{m['seed']}: {m['network_evaluations']} network evaluations per sample, in batches of {m['batch_size']}.",
+             f"- {generated} samples drawn, {kept} kept; the rest removed by the filters below"
+             + (f" or not needed once their class was full ({m['totals']['surplus']})." if m["totals"]["surplus"] else "."),
+             "- `manifest.json` lists every file with its batch, index in the batch and filter scores, and every rejected "
+             "sample.",
+             "", "## Contents", "", "| class | label | requested | kept | shortfall |", "|---|---:|---:|---:|---:|"]
+    for c in m["counts"]:
+        name, label = ("(unconditional)", "") if c["class"] is None else (c["class"], c["label"])
+        lines.append(f"| {name} | {label} | {c['requested']} | {c['kept']} | {c['shortfall']} |")
+    if m["mask_classes"]:
+        named = ", ".join(f"{i} {name}" for i, name in enumerate(m["mask_classes"]))
+        lines += ["", f"Mask classes (pixel value = index): {named}."]
+    lines += ["", "## Filters", ""]
+    if m["filters"]:
+        lines += ["In this order; a sample counts for the first filter that removed it.", "",
+                  "| filter | removes | setting | removed |", "|---|---|---|---:|"]
+        for f in m["filters"]:
+            key, text = SETTING[f["name"]]
+            lines.append(f"| {f['name']} | {NAMES[f['name']]} | {text.format(f[key])} | {f['removed']} |")
+        if "classifier_sha256" in (confidence := next((f for f in m["filters"] if f["name"] == "confidence"), {})):
+            lines += ["", f"The classifier: `{confidence['classifier']}` trained on the run's data, held-out accuracy "
+                          f"{confidence['classifier_test_accuracy']:.3f}, weights sha256 `{confidence['classifier_sha256']}`."]
+    else:
+        lines.append("No filter was applied.")
+    source = (m["dataset"].get("provenance") or m["dataset"].get("path")).rstrip(".")
+    lines += ["", "## Loading it", "", *_how_to_load(m), "", "## Provenance and licence", "",
+              f"The model was trained on {source}. Samples of a generative model can reproduce its training images, so treat "
+              "this dataset under the terms of that data and share it only where they allow."]
+    if any(f["name"] == "memorization" for f in m["filters"]):
+        lines.append("Near-copies of training images were removed by the memorization rule (Gu et al. 2023).")
+    else:
+        lines.append("No memorization filter was applied: some samples may be near-copies of training images.")
+    if report is not None:
+        from difftrain.synth.report import report_markdown
+
+        lines += ["", report_markdown(report).rstrip("\n")]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,173 @@
+"""The report of a synthetic dataset: its utility (does it train a model that works on real data?) beside its
+privacy (how close does it come to the training images?), written as OUT/report.json, dcr.png, closest-pairs.png.
+
+Classification data is scored by synth/utility.py, segmentation data (image + mask pairs) by
+evaluation/segmenter.segmentation_utility; privacy is measured on the image part in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difftrain import atomic
+from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
+from difftrain.evaluation.memorization import save_closest_pairs
+from difftrain.synth.privacy import privacy, save_dcr_histogram
+from difftrain.synth.utility import classification_utility
+
+REPORT, DCR_PNG, PAIRS_PNG = "report.json", "dcr.png", "closest-pairs.png"
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN (an empty class in an IoU, say) as null: report.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _real_parts(real: PreparedDataset) -> tuple[list[str], tuple, tuple]:
+    """(mask class names, train (images, masks or None), test (images, masks or None)); masks split off joint arrays."""
+    if not real.mask_classes:
+        return [], (real.train_images, None), (real.test_images, None)
+    from difftrain.modalities.segmentation import split
+
+    return real.mask_classes, split(real.train_images, real.image_channels), split(real.test_images, real.image_channels)
+
+
+def _utility(real: PreparedDataset, mask_classes: list[str], train: tuple, test: tuple, synth_images: np.ndarray,
+             synth_labels: np.ndarray | None, synth_masks: np.ndarray | None, seeds: tuple[int, ...], steps: int | None,
+             progress: Callable[[str], None] | None) -> tuple[dict | None, str | None]:
+    """The utility result, or None and the reason it was skipped."""
+    if not len(test[0]):
+        return None, f"{real.path} has no held-out (test) images to score on"
+    if mask_classes:
+        if synth_masks is None:
+            return None, "the synthetic images came without masks"
+        from difftrain.evaluation.segmenter import segmentation_utility
+
+        stage = None if progress is None else lambda arm, seed: progress(f"{arm}, seed {seed}")
+        return segmentation_utility(train, test, (synth_images, synth_masks), len(mask_classes), seeds=seeds, steps=steps,
+                                    class_names=mask_classes, progress=stage), None
+    if not real.num_classes:
+        return None, f"{real.path} has no class labels (unconditional data): a classifier needs labelled real data"
+    if synth_labels is None:
+        return None, "the synthetic images have no labels (an unconditional model): a classifier needs labelled synthetic data"
+    return classification_utility((real.train_images, real.train_labels), (real.test_images, real.test_labels),
+                                  (synth_images, synth_labels), real.num_classes, seeds=seeds, steps=steps,
+                                  progress=progress), None
+
+
+def write_report(out_dir: str | Path, real: PreparedDataset, synth_images: np.ndarray, synth_labels: np.ndarray | None, *,
+                 synth_masks: np.ndarray | None = None, seed: int = 0, progress: Callable[[str], None] | None = None,
+                 steps: int | None = None, repeats: int = 3) -> dict:
+    """Score uint8 (N, H, W, C) synthetic images (the image part for segmentation) against the real dataset and write
+    OUT/report.json, dcr.png and closest-pairs.png; returns the summary that report.json holds.
+
+    Utility is trained with seeds seed..seed+repeats-1 for `steps` optimizer steps per arm (None: 20 epochs of the
+    real training set); `progress(stage)` is called before each long step.
+    """
+    out_dir = Path(out_dir)
+    synth_images = np.asarray(synth_images)
+    if synth_images.ndim != 4 or synth_images.dtype != np.uint8:
+        raise UserError(f"synthetic images must be uint8 (N, H, W, C), got {synth_images.dtype} {synth_images.shape}")
+    if repeats < 1:
+        raise UserError(f"report: repeats must be at least 1 (got {repeats})")
+    mask_classes, train, test = _real_parts(real)
+    # Checked before any training: a mismatch found after minutes of utility training would waste them.
+    if synth_images.shape[1:] != train[0].shape[1:]:
+        raise UserError(f"synthetic images are (H, W, C) = {synth_images.shape[1:]} but the images of {real.path} are "
+                        f"{train[0].shape[1:]}; report on samples of a model trained on that dataset")
+    # Privacy first: it takes seconds, the utility's trainings minutes.
+    privacy_summary, privacy_skipped, files = None, None, {"report": REPORT}
+    if not len(test[0]):
+        privacy_skipped = f"{real.path} has no held-out (test) images for the DCR baseline"
+    else:
+        if progress is not None:
+            progress("privacy: distances to the training images")
+        privacy_summary, result, held_out_dcr = privacy(synth_images, train[0], test[0])
+        save_dcr_histogram(result.d1, held_out_dcr, out_dir / DCR_PNG)
+        save_closest_pairs(synth_images, train[0], result, out_dir / PAIRS_PNG)
+        files |= {"dcr": DCR_PNG, "closest_pairs": PAIRS_PNG}
+    seeds = tuple(range(seed, seed + repeats))
+    utility, utility_skipped = _utility(real, mask_classes, train, test, synth_images, synth_labels, synth_masks, seeds, steps,
+                                        progress)
+
+    summary = _jsonable({
+        "task": "segmentation" if mask_classes else "classification",
+        "real": {"path": str(Path(real.path).resolve()), "train_images": len(train[0]), "test_images": len(test[0]),
+                 "class_names": real.class_names, "mask_classes": mask_classes},
+        "synthetic": {"images": len(synth_images), "labelled": synth_labels is not None, "masks": synth_masks is not None},
+        "seed": seed, "utility": utility, "utility_skipped": utility_skipped,
+        "privacy": privacy_summary, "privacy_skipped": privacy_skipped, "files": files,
+    })
+    atomic.write_json(out_dir / REPORT, summary)
+    return summary
+
+
+def _mean_std(arm: dict, metric: str) -> str:
+    return f"{arm[f'{metric}_mean']:.4f} ± {arm[f'{metric}_std']:.4f}"
+
+
+def _utility_markdown(u: dict) -> list[str]:
+    seg = u.get("task") != "classification"
+    metric, name = ("miou", "mIoU") if seg else ("accuracy", "accuracy")
+    counts = u["pairs"] if seg else u["images"]
+    model = "segmenter (evaluation/segmenter.py)" if seg else "classifier (evaluation/classifier.py)"
+    lines = [f"The same small {model} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
+             f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
+             f"{'pairs' if seg else 'images'} (mean ± std over seeds).", "",
+             f"| trained on | {'pairs' if seg else 'images'} | {name} |", "|---|---:|---:|"]
+    sizes = {"real": counts["real_train"], "synthetic": counts["synthetic"],
+             "real+synthetic": counts["real_train"] + counts["synthetic"]}
+    for arm in ("real", "synthetic", "real+synthetic"):
+        lines.append(f"| {arm.replace('+', ' + ')} | {sizes[arm]} | {_mean_std(u['arms'][arm], metric)} |")
+    real, both = u["arms"]["real"], u["arms"]["real+synthetic"]
+    std = max(real[f"{metric}_std"], both[f"{metric}_std"])
+    verdict = {True: "helps", False: "does not help", None: "has no verdict (one seed shows no spread)"}[u["synthetic_helps"]]
+    lines += ["", f"**Adding the synthetic data {verdict}**: real + synthetic minus real = {u['real_plus_synthetic_gain']:+.4f} "
+                  f"{name}, against a seed std of {std:.4f} ({u['synthetic_helps_rule']})."]
+    if u.get("size_curve"):
+        lines += ["", f"{name.capitalize()} against the synthetic set's size:", "",
+                  "| synthetic images | fraction | synthetic only | real + synthetic |", "|---:|---:|---:|---:|"]
+        for point in u["size_curve"]:
+            lines.append(f"| {point['synthetic_images']} | {point['fraction']:g} | {_mean_std(point['synthetic'], metric)} | "
+                         f"{_mean_std(point['real+synthetic'], metric)} |")
+    return lines
+
+
+def _privacy_markdown(p: dict, files: dict) -> list[str]:
+    quantiles = list(p["synthetic_dcr"])
+    lines = [f"Distance to the closest training image ({p['distance']}), quantiles:", "",
+             "| images | n | " + " | ".join(quantiles) + " |", "|---|---:|" + "---:|" * len(quantiles)]
+    for label, key, n in (("synthetic", "synthetic_dcr", p["synthetic_images"]), ("real held-out (baseline)", "held_out_dcr",
+                                                                                  p["held_out_images"])):
+        lines.append(f"| {label} | {n} | " + " | ".join(f"{p[key][q]:.4f}" for q in quantiles) + " |")
+    lines += ["",
+              f"- Synthetic images closer than the held-out 5th percentile ({p['held_out_p5']:.4f}): "
+              f"**{p['fraction_below_held_out_p5']:.4f}** (expected: {p['fraction_below_expected']}).",
+              f"- Exact copies of training images: **{p['exact_copies']}** of {p['synthetic_images']}.",
+              f"- Memorized fraction (nearest training image closer than {p['memorization_ratio']:.3g} x the second nearest): "
+              f"**{p['memorized_fraction']:.4f}** ({p['memorized']} images).",
+              "", f"![distance to closest record]({files['dcr']})", "",
+              f"Closest pairs (synthetic left, nearest training image right): ![closest pairs]({files['closest_pairs']})"]
+    return lines
+
+
+def report_markdown(summary: dict) -> str:
+    """A Markdown section for the dataset card: the utility table and size curve, the privacy numbers and plots."""
+    lines = ["## Utility and privacy", "", "### Utility", ""]
+    lines += _utility_markdown(summary["utility"]) if summary.get("utility") else [f"Skipped: {summary['utility_skipped']}."]
+    lines += ["", "### Privacy", ""]
+    lines += _privacy_markdown(summary["privacy"], summary["files"]) if summary.get("privacy") else \
+        [f"Skipped: {summary['privacy_skipped']}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,180 @@
+"""The utility and privacy reports of a synthetic dataset, on digits and on hand-made closed-form cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difftrain.data import PreparedDataset, load_dataset
+from difftrain.errors import UserError
+from difftrain.evaluation.classifier import fit_classifier
+from difftrain.modalities import segmentation
+from difftrain.synth.privacy import dcr_summary, privacy
+from difftrain.synth.report import report_markdown, write_report
+from difftrain.synth.utility import balanced_order, classification_utility
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir):
+    return load_dataset(digits_dir)
+
+
+def fake_synthetic(ds, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stand-ins for generated images: real training images shifted one pixel, with noise, and their labels."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(ds.train_images), n, replace=False)
+    images = np.roll(ds.train_images[idx].astype(np.int64), 1, axis=2) + rng.integers(-25, 26, size=(n, 8, 8, 1))
+    return np.clip(images, 0, 255).astype(np.uint8), ds.train_labels[idx]
+
+
+def test_fit_classifier_steps_default_is_the_epoch_budget(digits):
+    x, y = digits.train_images[:300], digits.train_labels[:300]
+    by_epochs = fit_classifier(x, y, 10, epochs=2, seed=3)
+    by_steps = fit_classifier(x, y, 10, steps=2 * (300 // 128), seed=3)
+    for a, b in zip(by_epochs.state_dict().values(), by_steps.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_balanced_order_keeps_every_prefix_balanced():
+    labels = np.repeat(np.arange(4), [10, 10, 10, 3])
+    order = balanced_order(labels, seed=0)
+    assert sorted(order) == list(range(len(labels)))
+    assert np.array_equal(np.bincount(labels[order[:8]], minlength=4), [2, 2, 2, 2])
+    # The small class runs out after 3 rounds; the others keep taking turns.
+    assert np.array_equal(np.bincount(labels[order[:15]], minlength=4), [4, 4, 4, 3])
+
+
+def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
+    synth = fake_synthetic(digits, 400)
+    real_train, real_test = (digits.train_images, digits.train_labels), (digits.test_images, digits.test_labels)
+    stages = []
+    u = classification_utility(real_train, real_test, synth, 10, seeds=(0, 1), steps=80, fractions=(0.5, 1.0),
+                               progress=stages.append)
+    assert set(u["arms"]) == {"real", "synthetic", "real+synthetic"}
+    assert u["steps"] == 80
+    assert u["images"] == {"real_train": len(real_train[0]), "synthetic": 400, "real_test": len(real_test[0])}
+    for arm in u["arms"].values():
+        assert len(arm["accuracy_per_seed"]) == 2 and all(0 <= a <= 1 for a in arm["accuracy_per_seed"])
+        assert arm["accuracy_mean"] == pytest.approx(np.mean(arm["accuracy_per_seed"]))
+        assert arm["accuracy_std"] == pytest.approx(np.std(arm["accuracy_per_seed"], ddof=1))
+    assert u["arms"]["real"]["accuracy_mean"] > 0.8
+    assert u["arms"]["real+synthetic"]["images"] == len(real_train[0]) + 400
+    assert [(p["fraction"], p["synthetic_images"]) for p in u["size_curve"]] == [(0.5, 200), (1.0, 400)]
+    # The full-size point is the main arms, not a second training.
+    assert u["size_curve"][1]["synthetic"]["accuracy_mean"] == u["arms"]["synthetic"]["accuracy_mean"]
+    assert len(stages) == 2 * 3 + 2 * 2
+    gain = u["arms"]["real+synthetic"]["accuracy_mean"] - u["arms"]["real"]["accuracy_mean"]
+    assert u["real_plus_synthetic_gain"] == pytest.approx(gain)
+    stds = u["arms"]["real"]["accuracy_std"], u["arms"]["real+synthetic"]["accuracy_std"]
+    assert u["synthetic_helps"] == ((gain > max(stds)) if len(u["seeds"]) > 1 else None)
+    json.dumps(u)
+    # The same seed gives the same numbers.
+    again = classification_utility(real_train, real_test, synth, 10, seeds=(1,), steps=80, fractions=(1.0,))
+    for arm in ("real", "synthetic", "real+synthetic"):
+        assert again["arms"][arm]["accuracy_per_seed"] == u["arms"][arm]["accuracy_per_seed"][1:]
+
+
+def test_classification_utility_refuses_labels_outside_the_classes(digits):
+    images, labels = fake_synthetic(digits, 20)
+    with pytest.raises(UserError, match="synthetic images: label 10"):
+        classification_utility((digits.train_images, digits.train_labels), (digits.test_images, digits.test_labels),
+                               (images, labels + 1), 10, steps=1)
+
+
+def constant(values, size: int = 2) -> np.ndarray:
+    """uint8 (N, size, size, 1) images, image i all `values[i]`: L2 distances in [0, 1] are size * |a - b| / 255."""
+    return np.array(values, np.uint8)[:, None, None, None] * np.ones((1, size, size, 1), np.uint8)
+
+
+def test_dcr_of_a_hand_made_case_in_closed_form():
+    train = constant([0, 255, 128])
+    held_out = constant([10, 20, 30, 40, 50])  # nearest training image: the black one, at 2 v / 255
+    # Copies of two training images; 5 (near black, far from the rest: memorized); 64 (halfway: a tie, not
+    # memorized); 90 (nearest 128 at 76/255, next black at 180/255: not below a third).
+    synth = constant([0, 255, 5, 64, 90])
+    summary, result, held_out_dcr = privacy(synth, train, held_out)
+    assert held_out_dcr == pytest.approx(np.array([20, 40, 60, 80, 100]) / 255)
+    # Linear-interpolation quantiles of 5 points: position q * 4.
+    assert summary["held_out_dcr"] == pytest.approx({"p1": 20.8 / 255, "p5": 24 / 255, "p25": 40 / 255, "p50": 60 / 255})
+    assert summary["held_out_p5"] == pytest.approx(24 / 255)
+    assert result.d1 == pytest.approx(np.array([0, 0, 10, 128, 76]) / 255)
+    assert summary["synthetic_dcr"]["p50"] == pytest.approx(10 / 255)
+    assert summary["fraction_below_held_out_p5"] == pytest.approx(3 / 5)
+    assert summary["exact_copies"] == 2 and summary["held_out_exact_copies"] == 0
+    assert summary["memorized"] == 3 and summary["memorized_fraction"] == pytest.approx(3 / 5)
+
+
+def test_fraction_below_threshold_counts_strictly_below():
+    held_out = np.arange(1, 101, dtype=np.float64)  # 5th percentile: 5.95
+    synth = np.array([0.0, 5.0, 5.95, 6.0, 50.0])
+    summary = dcr_summary(synth, held_out)
+    assert summary["held_out_p5"] == pytest.approx(5.95)
+    assert summary["fraction_below_held_out_p5"] == pytest.approx(2 / 5)
+    assert summary["exact_copies"] == 1 and "memorized_fraction" not in summary
+
+
+def test_write_report_on_digits(digits, tmp_path):
+    images, labels = fake_synthetic(digits, 200, seed=1)
+    planted = [3, 50, 700, 900, 1200]
+    images = np.concatenate([images, digits.train_images[planted]])
+    labels = np.concatenate([labels, digits.train_labels[planted]])
+    summary = write_report(tmp_path, digits, images, labels, seed=4, steps=30, repeats=2)
+    assert json.loads((tmp_path / "report.json").read_text()) == summary
+    assert summary["task"] == "classification" and summary["utility_skipped"] is None
+    assert summary["utility"]["seeds"] == [4, 5] and summary["utility"]["images"]["synthetic"] == 205
+    p = summary["privacy"]
+    assert p["exact_copies"] == 5 and p["memorized"] >= 5 and p["synthetic_images"] == 205
+    assert p["held_out_images"] == len(digits.test_images)
+    for name in ("dcr.png", "closest-pairs.png"):
+        with Image.open(tmp_path / name) as im:
+            im.load()
+            assert im.size[0] > 16
+    assert summary["files"] == {"report": "report.json", "dcr": "dcr.png", "closest_pairs": "closest-pairs.png"}
+    md = report_markdown(summary)
+    real = summary["utility"]["arms"]["real"]
+    assert f"| real | {len(digits.train_images)} | {real['accuracy_mean']:.4f} ± {real['accuracy_std']:.4f} |" in md
+    assert f"{p['fraction_below_held_out_p5']:.4f}" in md and f"**{p['exact_copies']}** of 205" in md
+    assert f"{p['held_out_dcr']['p5']:.4f}" in md and "(dcr.png)" in md and "(closest-pairs.png)" in md
+    assert f"| {summary['utility']['size_curve'][0]['synthetic_images']} | 0.125 |" in md
+
+
+def test_unlabelled_synthetic_data_skips_utility_but_keeps_privacy(digits, tmp_path):
+    images, _ = fake_synthetic(digits, 50)
+    summary = write_report(tmp_path, digits, images, None)
+    assert summary["utility"] is None and "no labels" in summary["utility_skipped"]
+    assert summary["privacy"]["synthetic_images"] == 50
+    md = report_markdown(summary)
+    assert "Skipped: the synthetic images have no labels" in md and "dcr.png" in md
+
+
+def test_write_report_refuses_bad_synthetic_images(digits, tmp_path):
+    with pytest.raises(UserError, match="uint8"):
+        write_report(tmp_path, digits, np.zeros((4, 8, 8, 1), np.float32), None)
+    with pytest.raises(UserError, match=r"\(H, W, C\)"):
+        write_report(tmp_path, digits, np.zeros((4, 9, 9, 1), np.uint8), None)
+
+
+def test_segmentation_report_scores_miou_and_privacy_on_the_image_part(digits, tmp_path):
+    def joint(images):
+        return segmentation.join(images, (images[..., 0] > 64).astype(np.uint8), 2)  # digit against background
+
+    train, test = joint(digits.train_images[:300]), joint(digits.test_images[:100])
+    manifest = {"kind": "segmentation", "shape": [8, 8, 1], "num_classes": None, "class_names": None,
+                "mask_classes": ["background", "digit"]}
+    real = PreparedDataset(tmp_path / "data", manifest, train, None, test, None)
+    assert real.image_shape == (8, 8, 3) and real.image_channels == 1
+    synth_images, synth_masks = segmentation.split(joint(fake_synthetic(digits, 60)[0]), 1)
+    summary = write_report(tmp_path, real, synth_images, None, synth_masks=synth_masks, steps=10, repeats=1)
+    assert summary["task"] == "segmentation" and summary["real"]["mask_classes"] == ["background", "digit"]
+    assert set(summary["utility"]["arms"]) == {"real", "synthetic", "real+synthetic"}
+    assert 0 <= summary["utility"]["arms"]["real"]["miou_mean"] <= 1
+    assert summary["privacy"]["held_out_images"] == 100
+    md = report_markdown(summary)
+    assert "mIoU" in md and f"{summary['utility']['arms']['real']['miou_mean']:.4f}" in md
+    # Without masks there is nothing to train a segmenter on; privacy still runs.
+    no_masks = write_report(tmp_path / "b", real, synth_images, None)
+    assert no_masks["utility"] is None and "without masks" in no_masks["utility_skipped"] and no_masks["privacy"]
