@@ -304,6 +304,14 @@ def test_a_tiny_segmentation_run_trains_samples_and_draws_pairs(seg_dir, tmp_pat
     tile = np.asarray(grid)[(pad * scale):(pad + 8) * scale, (pad + 8) * scale:(pad + 16) * scale].reshape(-1, 3)
     assert {tuple(c) for c in tile} <= {tuple(c) for c in segmentation.palette(11)}
 
+    # `difftrain eval` scores the joint pairs; its closest-pairs image shows image | mask of sample and training pair.
+    from difftrain.evaluation.run_eval import evaluate_run
+
+    record, = evaluate_run(run_dir, n=20, metrics="fid,mem")
+    assert 0 <= record["memorized_fraction"] <= 1 and np.isfinite(record["fid"])
+    pairs = Image.open(record["memorization_png"])
+    assert pairs.mode == "RGB"
+
 
 @pytest.mark.skipif(not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="MNIST IDX files not present")
 def test_mnist_masks_benchmark_writes_a_folder_that_prepares(tmp_path):
@@ -320,3 +328,15 @@ def test_mnist_masks_benchmark_writes_a_folder_that_prepares(tmp_path):
     assert ds.image_shape == (28, 28, 12) and ds.mask_classes == DIGIT_MASK_CLASSES and not ds.manifest["rejected"]
     images, masks = segmentation.split(ds.train_images, ds.image_channels)
     assert np.array_equal(masks, masks_from_labels(images, ds.train_labels))
+
+
+def test_a_void_label_without_mask_class_names_is_refused(tmp_path):
+    from difftrain.data.segmentation_folder import write_segmentation_folder
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[:, :2] = 255  # VOC-style "void" border
+    masks[:, 4] = 1
+    write_segmentation_folder(tmp_path / "pairs", images, masks)
+    with pytest.raises(UserError, match="index 255 but 253 of the indices below it never occur.*mask_classes.txt"):
+        prepare_dataset(tmp_path / "pairs", tmp_path / "data", progress=False)

@@ -329,6 +329,12 @@ def prepare_dataset(
         all_masks = np.stack(masks)
         # Without mask_classes.txt, the classes are the indices up to the largest one found.
         mask_classes = src.mask_classes or [str(k) for k in range(int(all_masks.max()) + 1)]
+        unused = len(mask_classes) - len(np.unique(all_masks))
+        if not src.mask_classes and len(mask_classes) > 16 and unused > len(mask_classes) // 2:
+            # A "void" or "ignore" label such as 255 would give the model 256 mask channels, most of them never used.
+            raise UserError(f"the masks in {src.path} use index {len(mask_classes) - 1} but {unused} of the indices below it "
+                            "never occur (a 'void' label such as 255?): give the classes in mask_classes.txt, one name per "
+                            "line, and map void pixels to one of them (e.g. 0, background)")
         arrays |= {"train_masks": all_masks[~is_test], "test_masks": all_masks[is_test]}
     options = {
         "resolution": resolution,

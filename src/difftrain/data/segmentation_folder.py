@@ -3,7 +3,7 @@
     ROOT/images/NAME.png|jpg|...   the images
     ROOT/masks/NAME.png            class-index masks (pixel value = class index), matched on NAME
     ROOT/labels.csv                optional image-level labels: columns file,label (file = image name)
-    ROOT/mask_classes.txt          optional: line i names mask class i (else "0".."K-1")
+    ROOT/mask_classes.txt          optional: one mask class name per line, index 0 first (else "0".."K-1")
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _read_mask_classes(root: Path) -> list[str] | None:
     elif len(names) > 256:
         problem = f"{len(names)} classes, but 8-bit masks hold at most 256"
     if problem:
-        raise UserError(f"{path}: {problem}. Write one class name per line; line i names mask index i-1 (background first).")
+        raise UserError(f"{path}: {problem}. Write one class name per line, the name of mask index 0 (background) first.")
     return names
 
 
