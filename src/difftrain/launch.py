@@ -25,7 +25,7 @@ def _without_processes(argv: list[str]) -> list[str]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -59,7 +59,7 @@ def relaunch(processes: int, *, device: str = "auto", argv: list[str] | None = N
             raise UserError(f"--processes {processes}: this machine has {cores} CPU core(s); use at most that many")
         # Each process gets its share of the cores (unless told otherwise): processes with all cores each thrash.
         os.environ.setdefault("OMP_NUM_THREADS", str(cores // processes))
-    args = launch_command_parser().parse_args(launch_arguments(sys.argv[1:] if argv is None else argv, processes, _free_port()))
+    args = launch_command_parser().parse_args(launch_arguments(sys.argv[1:] if argv is None else argv, processes, free_port()))
     try:
         launch_command(args)
     except ChildFailedError as e:

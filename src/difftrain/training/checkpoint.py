@@ -67,17 +67,18 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {file}: {e}") from None
 
 
-def _state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+def _tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 
 
-def save_checkpoint(run_dir: Path, *, net: torch.nn.Module, ema: torch.nn.Module, state: dict[str, Any],
+def save_checkpoint(run_dir: Path, *, weights: dict[str, torch.Tensor], ema_weights: dict[str, torch.Tensor], state: dict[str, Any],
                     step: int, images_seen: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically, then prune all but the newest `keep`."""
+    """Write a checkpoint folder atomically (the network's and the EMA's state dicts, the training
+    state), then prune all but the newest `keep`."""
     final = Path(run_dir) / "checkpoints" / f"ckpt-{images_seen:09d}"
     with atomic.atomic_directory(final, overwrite=True) as tmp:
-        save_file(_state_dict(net), tmp / "model.safetensors")
-        save_file(_state_dict(ema), tmp / "ema.safetensors")
+        save_file(_tensors(weights), tmp / "model.safetensors")
+        save_file(_tensors(ema_weights), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
         info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
                 **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in FILES}}

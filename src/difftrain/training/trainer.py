@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.distributed.tensor import DTensor
 
 from difftrain import atomic
 from difftrain.config import Config, TrainConfig
@@ -43,6 +44,9 @@ from difftrain.training.optim import build_optimizer, learning_rate, skips_on_de
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
                                              resolve_precision)
 from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
+from difftrain.training.sharding import (FullCopy, by_position, enable_on_cpu_processes, full_weights, is_sharded,
+                                         load_sharded_optimizer_state, optimizer_state, reduce_gradients_in_float32,
+                                         shard_like, shard_size, sharded_config)
 
 
 @dataclass
@@ -67,10 +71,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
-    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        # Checkpoints and the EMA assume every process holds the full weights (docs/scale.md).
-        raise UserError(f"difftrain trains with data parallelism (DDP) only, not {accelerator.distributed_type.value}: "
-                        "launch with `accelerate launch --multi_gpu ...` (or --processes N)")
+    enable_on_cpu_processes(accelerator)
+    if is_sharded(accelerator):  # (which refuses what difftrain does not run: FSDP1, DeepSpeed, ...)
+        reduce_gradients_in_float32(accelerator)
     return accelerator
 
 
@@ -193,6 +196,8 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
             accelerator.backward(loss.sum() / (tc.batch_size // world))
         step_loss += loss.detach().sum()
     grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
+    if isinstance(grad_norm, DTensor):  # FSDP: the norm over every process's shards
+        grad_norm = grad_norm.full_tensor()
     applied = torch.isfinite(grad_norm)
     inner = getattr(optimizer, "optimizer", optimizer)
     if accelerator.scaler is not None:
@@ -259,6 +264,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if tc.threads:
         torch.set_num_threads(tc.threads)
     accelerator = make_accelerator(tc)
+    sharded = is_sharded(accelerator)
+    if sharded:
+        config = sharded_config(config)
+        tc = config.train
     main = accelerator.is_main_process
     world = accelerator.num_processes
     if tc.batch_size % (tc.accumulation * world):
@@ -310,7 +319,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         load_weights(net, existing.weights(ema=False), existing.path, run_dir / "config.yaml")
         load_weights(ema.net, existing.weights(ema=True), existing.path, run_dir / "config.yaml")
         state = existing.training_state()
-        load_optimizer_state(optimizer, state["optimizer"])
+        if not sharded:  # a sharded optimizer takes its state after `prepare` has sharded it
+            load_optimizer_state(optimizer, by_position(state["optimizer"], net))
         noise_gen.set_state(state["noise_rng"])
         restore_process_rng(state, accelerator, tc.seed * 7919 + 2 + existing.images * 31,
                             warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
@@ -329,9 +339,16 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             console.print(f"training in {world} processes ({accelerator.distributed_type.value}, {device.type}), "
                           f"{tc.micro_batch // world} images per process per micro-batch")
     net, optimizer = accelerator.prepare(net, optimizer)
+    raw_net = accelerator.unwrap_model(net)
+    ema_full = FullCopy(ema.net, main) if sharded else None  # the EMA's full weights, gathered for grids and evaluation
+    if sharded:
+        ema.net = shard_like(ema.net, accelerator)
+        if existing is not None:
+            load_sharded_optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), state["optimizer"])
+        if main:
+            console.print(f"FSDP: each process holds {shard_size(raw_net):,} of the network's {total:,} weights")
     ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
-    raw_net = accelerator.unwrap_model(net)
     batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
                            to_model=data_labels, hflip=tc.hflip)
     if replay is not None:
@@ -347,31 +364,46 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     grid_n = 10 * num_classes if num_classes else 64
     grid_labels = np.arange(grid_n) // 10 if num_classes else None
 
+    def full_ema() -> torch.nn.Module | None:
+        """The EMA network with all its weights on the main process (None on the others); a collective under FSDP."""
+        if sharded:
+            return ema_full.gather(ema.net, device)
+        return ema.net if main else None
+
     def write_grid() -> None:
+        ema_net = full_ema()
         if not main:
             return
-        ema_denoiser = Denoiser(ema.net, denoiser.formulation)
+        ema_denoiser = Denoiser(ema_net, denoiser.formulation)
         spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
         imgs = generate(ema_denoiser, grid_n, dataset.image_shape, grid_labels, spec, null_label=null_label, device=device)
         if dataset.mask_classes:  # image beside its coloured mask
             imgs = segmentation.preview(imgs, dataset.image_channels)
         image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
+        if sharded:
+            ema_full.release()
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
         rng = process_rng(accelerator)  # every process's own generators, gathered to all
+        # Under FSDP these gather the shards (collectives); otherwise the main process's own.
+        weights, ema_weights = full_weights(raw_net, sharded), full_weights(ema.net, sharded)
+        optim_state = optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), sharded)
         if main:
-            state = {"optimizer": optimizer.state_dict(), "noise_rng": noise_gen.get_state().cpu(), **rng,
+            state = {"optimizer": optim_state, "noise_rng": noise_gen.get_state().cpu(), **rng,
                      "nonfinite_steps": nonfinite + int(skipped)}
-            save_checkpoint(run_dir, net=raw_net, ema=ema.net, state=state, step=step, images_seen=images,
+            save_checkpoint(run_dir, weights=weights, ema_weights=ema_weights, state=state, step=step, images_seen=images,
                             keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
 
     def evaluate() -> None:
+        ema_net = full_ema() if config.eval.every_images else None
         if evaluator is not None:
             # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                evaluator(Denoiser(ema.net, denoiser.formulation), null_label, images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
+                evaluator(Denoiser(ema_net, denoiser.formulation), null_label, images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
+            if sharded:
+                ema_full.release()
         accelerator.wait_for_everyone()
 
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),

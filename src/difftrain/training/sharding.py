@@ -1,0 +1,141 @@
+"""FSDP: each process holds a shard of every weight, gradient and optimizer moment (accelerate's FSDP2,
+`accelerate launch --config_file fsdp.yaml`, docs/scale.md), for models whose training state does not fit
+one GPU. The EMA is sharded like the network, so its update stays local; checkpoints, sample grids and
+evaluation gather full weights, so a sharded run's checkpoints are the same files as any other run's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
+
+from difftrain.config import Config
+from difftrain.errors import UserError
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on the main process's CPU
+
+
+def enable_on_cpu_processes(accelerator: Accelerator) -> None:
+    """Honour an FSDP launch (ACCELERATE_USE_FSDP) on CPU processes too: accelerate enables FSDP on GPUs
+    only, though gloo shards as well as NCCL; this is how CI tests the sharded path without a GPU."""
+    wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if wanted and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        state = AcceleratorState()
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether this launch shards the model (FSDP); refuses the FSDP version and engines difftrain does not run."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise UserError("difftrain shards models with FSDP2 only: set `fsdp_version: 2` under fsdp_config in the "
+                        "accelerate config (docs/scale.md has one)")
+    if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP):
+        raise UserError(f"difftrain trains with DDP or FSDP2, not {kind.value}: launch with `accelerate launch --multi_gpu ...` "
+                        "(or --processes N), or with an FSDP config (docs/scale.md)")
+    return kind == DistributedType.FSDP
+
+
+def reduce_gradients_in_float32(accelerator: Accelerator) -> None:
+    """Keep FSDP's gradient reduction in float32 under bf16/fp16, as DDP does: accelerate's policy would
+    average the gradients in the low precision (the weights, moments and EMA stay float32 either way)."""
+    policy = accelerator.state.fsdp_plugin.mixed_precision_policy
+    if policy is not None and policy.reduce_dtype in (torch.bfloat16, torch.float16):
+        accelerator.state.fsdp_plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
+
+
+def sharded_config(config: Config) -> Config:
+    """The config as a sharded run trains it: what FSDP cannot do is refused with the fix, and the
+    device features measured only without sharding ("auto") are off."""
+    tc = config.train
+    if config.optim.name == "lamb":
+        # LAMB scales each tensor's step by its norm, which a process holding a shard does not have.
+        raise UserError("optim.name=lamb needs each weight's whole norm, which FSDP splits over the processes: "
+                        "use optim.name=adamw with FSDP, or launch with DDP (--multi_gpu / --processes)")
+    for name in ("compile", "channels_last", "cuda_graphs"):
+        if getattr(tc, name) == "on":
+            raise UserError(f"train.{name}=on is not supported with FSDP yet (it was measured without sharding): "
+                            f"use train.{name}=auto (off with FSDP)")
+    train = tc.model_copy(update={"compile": "off", "channels_last": "off", "cuda_graphs": "off"})
+    return config.model_copy(update={"train": train})
+
+
+def shard_like(net: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """`net` (the EMA) sharded as `accelerator.prepare` shards the trained network: same wrapping, same
+    mesh, so each process's shards of both line up and the EMA update needs no communication."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, net)
+
+
+def shard_size(net: torch.nn.Module) -> int:
+    """How many of the network's weights this process holds."""
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in net.parameters())
+
+
+def full_weights(net: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole state dict: gathered to the main process under FSDP (a collective: every process calls
+    it; the others get {}), the module's own otherwise."""
+    return get_model_state_dict(net, options=FULL) if sharded else net.state_dict()
+
+
+class FullCopy:
+    """A full-weight copy of a sharded network on the main process, refreshed on demand, for what runs
+    there alone (sample grids, evaluation). It lives on the CPU between uses, so the GPU holds it only then."""
+
+    def __init__(self, net: torch.nn.Module, main: bool):
+        self.copy = copy.deepcopy(net).cpu() if main else None
+
+    def gather(self, sharded_net: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+        weights = get_model_state_dict(sharded_net, options=FULL)  # collective
+        if self.copy is None:
+            return None
+        self.copy.cpu().load_state_dict(weights)
+        return self.copy.to(device)
+
+    def release(self) -> None:
+        if self.copy is not None:
+            self.copy.cpu()
+
+
+def optimizer_state(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
+    """The optimizer's state as a checkpoint keeps it. Under FSDP gathered whole (a collective) and keyed
+    by parameter name; otherwise torch's own layout (keyed by position)."""
+    return get_optimizer_state_dict(net, optimizer, options=FULL) if sharded else optimizer.state_dict()
+
+
+def _trainable_names(net: torch.nn.Module) -> list[str]:
+    """Names of the optimized parameters, in the optimizer's order (trainer: the trainable ones, in order)."""
+    return [name for name, p in net.named_parameters() if p.requires_grad]
+
+
+def by_position(state: dict, net: torch.nn.Module) -> dict:
+    """An optimizer state keyed by parameter name (a sharded run's checkpoint) in torch's positional layout."""
+    if not state["param_groups"] or not all(isinstance(p, str) for g in state["param_groups"] for p in g["params"]):
+        return state
+    position = {name: i for i, name in enumerate(_trainable_names(net))}
+    missing = [name for g in state["param_groups"] for name in g["params"] if name not in position]
+    if missing:
+        raise UserError(f"the checkpoint's optimizer state names parameters this network lacks ({', '.join(missing[:3])})")
+    return {"state": {position[name]: values for name, values in state["state"].items()},
+            "param_groups": [{**g, "params": [position[name] for name in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_sharded_optimizer_state(net: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state (either layout) into the optimizer of a sharded network: each
+    process keeps its shard of every moment. Called by every process, after `accelerator.prepare`."""
+    names = _trainable_names(net)
+    if state["param_groups"] and all(isinstance(p, int) for g in state["param_groups"] for p in g["params"]):
+        state = {"state": {names[i]: values for i, values in state["state"].items()},
+                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(net, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
