@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -22,7 +23,7 @@ from difftrain.config import load_config
 from difftrain.errors import UserError
 from difftrain.launch import free_port
 from difftrain.training.checkpoint import latest_checkpoint
-from difftrain.training.sharding import is_sharded, sharded_config
+from difftrain.training.sharding import float32_weights_and_gradients, is_sharded, sharded_config
 from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
 
@@ -124,12 +125,16 @@ def test_fsdp_shards_the_model_follows_one_process_and_resumes(tmp_path, small_d
     found = re.search(r"each process holds ([\d,]+) of the network's ([\d,]+) weights", said)
     held, total = (int(n.replace(",", "")) for n in found.groups())
     assert total / 2 <= held < total * 0.6  # half of every weight tensor (the odd rows go to the first process)
-    # A sharded run's checkpoint holds the full weights: one process resumes it; and FSDP resumes a
-    # one-process checkpoint (the optimizer state goes from torch's positional layout to names and back).
-    train(load_config(overrides=overrides), tmp_path / "fsdp", progress=False, resume=True)
-    train(load_config(overrides=[*overrides, "train.duration_steps=3"]), tmp_path / "one-then-fsdp", progress=False)
-    train_in_two_processes(tmp_path / "one-then-fsdp", overrides, "--resume", launch_env=FSDP)
-    for run in ("fsdp", "one-then-fsdp"):
+    # A sharded run's checkpoint holds the full weights: FSDP resumes it, and so does one process; FSDP
+    # resumes a one-process checkpoint (the optimizer state goes from torch's positional layout to names),
+    # here with gradient accumulation (under FSDP each micro-batch's gradients are reduced to shards).
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp-then-one")
+    train(load_config(overrides=overrides), tmp_path / "fsdp-then-one", progress=False, resume=True)
+    train_in_two_processes(tmp_path / "fsdp", overrides, "--resume", launch_env=FSDP)
+    accumulating = [*overrides, "train.accumulation=2"]
+    train(load_config(overrides=[*accumulating, "train.duration_steps=3"]), tmp_path / "one-then-fsdp", progress=False)
+    train_in_two_processes(tmp_path / "one-then-fsdp", accumulating, "--resume", launch_env=FSDP)
+    for run in ("fsdp", "fsdp-then-one", "one-then-fsdp"):
         assert [s for s, _, _ in losses(tmp_path / run)] == [1, 2, 3, 4, 5, 6]
         for (_, loss1, grad1), (_, loss2, grad2) in zip(losses(tmp_path / "one"), losses(tmp_path / run)):
             assert loss2 == pytest.approx(loss1, rel=1e-4)
@@ -152,6 +157,14 @@ def test_what_fsdp_cannot_do_is_refused_with_the_fix():
         sharded_config(load_config(overrides=["train.compile=on"]))
     plain = sharded_config(load_config()).train  # "auto" device features are off when sharded
     assert (plain.compile, plain.channels_last, plain.cuda_graphs) == ("off", "off", "off")
+
+    # Under bf16 accelerate would gather bf16 weights and average bf16 gradients: difftrain keeps both
+    # float32, with autocast doing the bf16 math, as under DDP.
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16
+    float32_weights_and_gradients(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
+    assert plugin.mixed_precision_policy is None
 
     def launch(kind, version=2):
         return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))

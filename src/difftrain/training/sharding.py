@@ -7,7 +7,6 @@ evaluation gather full weights, so a sharded run's checkpoints are the same file
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 
 import torch
@@ -46,12 +45,11 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return kind == DistributedType.FSDP
 
 
-def reduce_gradients_in_float32(accelerator: Accelerator) -> None:
-    """Keep FSDP's gradient reduction in float32 under bf16/fp16, as DDP does: accelerate's policy would
-    average the gradients in the low precision (the weights, moments and EMA stay float32 either way)."""
-    policy = accelerator.state.fsdp_plugin.mixed_precision_policy
-    if policy is not None and policy.reduce_dtype in (torch.bfloat16, torch.float16):
-        accelerator.state.fsdp_plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
+def float32_weights_and_gradients(accelerator: Accelerator) -> None:
+    """Keep FSDP's weights and gradients in float32 under bf16/fp16, with autocast doing the low-precision
+    math, as under DDP: accelerate's policy would gather bf16 weights and average bf16 gradients, which
+    trains another model than the one-process run (the price: gathers twice the size of bf16 ones)."""
+    accelerator.state.fsdp_plugin.mixed_precision_policy = None
 
 
 def sharded_config(config: Config) -> Config:
@@ -115,8 +113,9 @@ def optimizer_state(net: torch.nn.Module, optimizer: torch.optim.Optimizer, shar
 
 
 def _trainable_names(net: torch.nn.Module) -> list[str]:
-    """Names of the optimized parameters, in the optimizer's order (trainer: the trainable ones, in order)."""
-    return [name for name, p in net.named_parameters() if p.requires_grad]
+    """Names of the optimized parameters, in the optimizer's order (trainer: the trainable ones, in order),
+    as torch's state-dict functions name them (without activation checkpointing's wrapper)."""
+    return [name.replace("_checkpoint_wrapped_module.", "") for name, p in net.named_parameters() if p.requires_grad]
 
 
 def by_position(state: dict, net: torch.nn.Module) -> dict:
@@ -138,4 +137,7 @@ def load_sharded_optimizer_state(net: torch.nn.Module, optimizer: torch.optim.Op
     if state["param_groups"] and all(isinstance(p, int) for g in state["param_groups"] for p in g["params"]):
         state = {"state": {names[i]: values for i, values in state["state"].items()},
                  "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
     set_optimizer_state_dict(net, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+    for group, kernel in zip(optimizer.param_groups, kernels):  # the kernel chosen now, not the checkpoint's
+        group.update(kernel)

@@ -44,9 +44,9 @@ from difftrain.training.optim import build_optimizer, learning_rate, skips_on_de
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
                                              resolve_precision)
 from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
-from difftrain.training.sharding import (FullCopy, by_position, enable_on_cpu_processes, full_weights, is_sharded,
-                                         load_sharded_optimizer_state, optimizer_state, reduce_gradients_in_float32,
-                                         shard_like, shard_size, sharded_config)
+from difftrain.training.sharding import (FullCopy, by_position, enable_on_cpu_processes, float32_weights_and_gradients,
+                                         full_weights, is_sharded, load_sharded_optimizer_state, optimizer_state, shard_like,
+                                         shard_size, sharded_config)
 
 
 @dataclass
@@ -73,7 +73,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
     enable_on_cpu_processes(accelerator)
     if is_sharded(accelerator):  # (which refuses what difftrain does not run: FSDP1, DeepSpeed, ...)
-        reduce_gradients_in_float32(accelerator)
+        float32_weights_and_gradients(accelerator)
     return accelerator
 
 
@@ -187,7 +187,10 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         x0, labels = batches.batch(images + start, per_process)
         if labels is not None:
             labels = torch.where(keep_label[part], labels, null_label)
-        sync = contextlib.nullcontext() if micro == tc.accumulation - 1 else accelerator.no_sync(net)
+        # Under FSDP every micro-batch's gradients are reduced to shards at once: skipping that would keep
+        # whole, unsharded gradients on every process between micro-batches.
+        last = micro == tc.accumulation - 1 or accelerator.is_fsdp2
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(net)
         begin_graph_step(tc, device.type, world)
         with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
@@ -265,9 +268,6 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         torch.set_num_threads(tc.threads)
     accelerator = make_accelerator(tc)
     sharded = is_sharded(accelerator)
-    if sharded:
-        config = sharded_config(config)
-        tc = config.train
     main = accelerator.is_main_process
     world = accelerator.num_processes
     if tc.batch_size % (tc.accumulation * world):
@@ -283,6 +283,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, model_classes = _starting_point(config, dataset, run_dir, existing, source, console)
+    run_config = config  # what config.yaml keeps: the user's settings, not the ones FSDP turns off
+    if sharded:
+        config = sharded_config(config)
+        tc = config.train
     fc = config.finetune
     num_classes = len(model_classes) if config.model.conditional else 0
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
@@ -330,7 +334,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Only now, with the checkpoint known to fit, does the run's config change.
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_info(run_dir, config, dataset, model_classes if num_classes else None)
+        save_run_info(run_dir, run_config, dataset, model_classes if num_classes else None)
         if init_report is not None:
             _record_start(run_dir, fc.init, source, init_report, trainable, total, console)
         if trainable < total:
@@ -347,7 +351,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             load_sharded_optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), state["optimizer"])
         if main:
             console.print(f"FSDP: each process holds {shard_size(raw_net):,} of the network's {total:,} weights")
-    ema.net.to(device)
+    else:  # (sharding placed the EMA's shards where the network's are, on the CPU when offloading)
+        ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
     batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
                            to_model=data_labels, hflip=tc.hflip)
