@@ -3,6 +3,9 @@ generators, and optimizer moments laid out like the weights they belong to."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -35,14 +38,22 @@ def restore_process_rng(state: dict, accelerator: Accelerator, fresh_seed: int, 
         torch.cuda.set_rng_state_all(cuda[rank])
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load the optimizer's state into the optimizer as built now (fused or not: a checkpoint of an
-    older difftrain holds plain AdamW groups), each moment laid out (strides) like its weight: the
-    fused and multi-tensor kernels pair elements by memory order, and channels_last may differ."""
+@contextlib.contextmanager
+def kernel_kept(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Loading a state inside keeps the kernel (fused, foreach) the optimizer was built with, not the
+    saving run's: a checkpoint of an older difftrain holds plain AdamW groups."""
     kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    yield
     for group, kernel in zip(optimizer.param_groups, kernels):
         group.update(kernel)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load the optimizer's state into the optimizer as built now (fused or not), each moment laid out
+    (strides) like its weight: the fused and multi-tensor kernels pair elements by memory order, and
+    channels_last may differ."""
+    with kernel_kept(optimizer):
+        optimizer.load_state_dict(state)
     fused = any(group.get("fused") for group in optimizer.param_groups)
     for param, values in optimizer.state.items():
         for key, value in values.items():

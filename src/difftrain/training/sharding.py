@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 
 from difftrain.config import Config
 from difftrain.errors import UserError
+from difftrain.training.resume_state import kernel_kept
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on the main process's CPU
 
@@ -118,26 +119,32 @@ def _trainable_names(net: torch.nn.Module) -> list[str]:
     return [name.replace("_checkpoint_wrapped_module.", "") for name, p in net.named_parameters() if p.requires_grad]
 
 
+def _keyed_by(state: dict, kind: type) -> bool:
+    """Whether an optimizer state names its parameters by `kind`: int (torch's positions) or str (names)."""
+    return bool(state["param_groups"]) and all(isinstance(p, kind) for g in state["param_groups"] for p in g["params"])
+
+
+def _rekeyed(state: dict, key: dict) -> dict:
+    """The optimizer state with every parameter's key k replaced by key[k]."""
+    return {"state": {key[k]: values for k, values in state["state"].items()},
+            "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in state["param_groups"]]}
+
+
 def by_position(state: dict, net: torch.nn.Module) -> dict:
     """An optimizer state keyed by parameter name (a sharded run's checkpoint) in torch's positional layout."""
-    if not state["param_groups"] or not all(isinstance(p, str) for g in state["param_groups"] for p in g["params"]):
+    if not _keyed_by(state, str):
         return state
     position = {name: i for i, name in enumerate(_trainable_names(net))}
     missing = [name for g in state["param_groups"] for name in g["params"] if name not in position]
     if missing:
         raise UserError(f"the checkpoint's optimizer state names parameters this network lacks ({', '.join(missing[:3])})")
-    return {"state": {position[name]: values for name, values in state["state"].items()},
-            "param_groups": [{**g, "params": [position[name] for name in g["params"]]} for g in state["param_groups"]]}
+    return _rekeyed(state, position)
 
 
 def load_sharded_optimizer_state(net: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a checkpoint's optimizer state (either layout) into the optimizer of a sharded network: each
     process keeps its shard of every moment. Called by every process, after `accelerator.prepare`."""
-    names = _trainable_names(net)
-    if state["param_groups"] and all(isinstance(p, int) for g in state["param_groups"] for p in g["params"]):
-        state = {"state": {names[i]: values for i, values in state["state"].items()},
-                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
-    set_optimizer_state_dict(net, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
-    for group, kernel in zip(optimizer.param_groups, kernels):  # the kernel chosen now, not the checkpoint's
-        group.update(kernel)
+    if _keyed_by(state, int):
+        state = _rekeyed(state, dict(enumerate(_trainable_names(net))))
+    with kernel_kept(optimizer):
+        set_optimizer_state_dict(net, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
