@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.distributed.tensor import DTensor
+
+from difftrain.training.sharding import local_shard
 
 
 def ema_beta(batch_images: int, images_seen: int, halflife_images: int, rampup: float | None) -> float:
@@ -14,11 +15,6 @@ def ema_beta(batch_images: int, images_seen: int, halflife_images: int, rampup: 
     if rampup is not None:
         halflife = min(halflife, images_seen * rampup)
     return 0.5 ** (batch_images / max(halflife, 1e-8))
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of an FSDP weight (a DTensor; the EMA is sharded like the network), else the tensor."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class EMA:
@@ -30,7 +26,9 @@ class EMA:
     @torch.no_grad()
     def update(self, net: torch.nn.Module, beta: float, applied: torch.Tensor | None = None) -> None:
         """One EMA step; `applied` (a 0-d bool tensor) False leaves the EMA as it is, without a host sync."""
-        ema_params, params = [_local(p) for p in self.net.parameters()], [_local(p.detach()) for p in net.parameters()]
+        # Under FSDP the EMA is sharded like the network: each process updates its own shards.
+        ema_params = [local_shard(p) for p in self.net.parameters()]
+        params = [local_shard(p.detach()) for p in net.parameters()]
         if applied is None:
             torch._foreach_lerp_(ema_params, params, 1 - beta)
         else:

@@ -6,8 +6,10 @@ evaluation gather full weights, so a sharded run's checkpoints are the same file
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -77,9 +79,14 @@ def shard_like(net: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Modul
     return fsdp2_prepare_model(accelerator, net)
 
 
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded weight (a DTensor), else the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def shard_size(net: torch.nn.Module) -> int:
     """How many of the network's weights this process holds."""
-    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in net.parameters())
+    return sum(local_shard(p).numel() for p in net.parameters())
 
 
 def full_weights(net: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
@@ -88,22 +95,29 @@ def full_weights(net: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]
     return get_model_state_dict(net, options=FULL) if sharded else net.state_dict()
 
 
-class FullCopy:
-    """A full-weight copy of a sharded network on the main process, refreshed on demand, for what runs
-    there alone (sample grids, evaluation). It lives on the CPU between uses, so the GPU holds it only then."""
+class MainProcessCopy:
+    """The full weights of a network on the main process, for what runs there alone (sample grids,
+    evaluation). Unsharded, that is the network itself. Sharded, a copy on the main process's CPU takes
+    the gathered weights on demand, and sits on the device only while in use."""
 
-    def __init__(self, net: torch.nn.Module, main: bool):
-        self.copy = copy.deepcopy(net).cpu() if main else None
+    def __init__(self, net: torch.nn.Module, main: bool, sharded: bool):
+        self.main, self.sharded = main, sharded
+        self.copy = copy.deepcopy(net).cpu() if sharded and main else None  # made before `net` is sharded
 
-    def gather(self, sharded_net: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
-        weights = get_model_state_dict(sharded_net, options=FULL)  # collective
+    @contextlib.contextmanager
+    def gathered(self, net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module | None]:
+        """`net` with all its weights on the main process, None on the others (a collective when sharded)."""
+        if not self.sharded:
+            yield net if self.main else None
+            return
+        weights = get_model_state_dict(net, options=FULL)
         if self.copy is None:
-            return None
-        self.copy.cpu().load_state_dict(weights)
-        return self.copy.to(device)
-
-    def release(self) -> None:
-        if self.copy is not None:
+            yield None
+            return
+        self.copy.load_state_dict(weights)
+        try:
+            yield self.copy.to(device)
+        finally:
             self.copy.cpu()
 
 

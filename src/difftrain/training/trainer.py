@@ -44,9 +44,9 @@ from difftrain.training.optim import build_optimizer, learning_rate, skips_on_de
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
                                              resolve_precision)
 from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
-from difftrain.training.sharding import (FullCopy, by_position, enable_on_cpu_processes, float32_weights_and_gradients,
-                                         full_weights, is_sharded, load_sharded_optimizer_state, optimizer_state, shard_like,
-                                         shard_size, sharded_config)
+from difftrain.training.sharding import (MainProcessCopy, by_position, enable_on_cpu_processes,
+                                         float32_weights_and_gradients, full_weights, is_sharded, load_sharded_optimizer_state,
+                                         optimizer_state, shard_like, shard_size, sharded_config)
 
 
 @dataclass
@@ -344,7 +344,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                           f"{tc.micro_batch // world} images per process per micro-batch")
     net, optimizer = accelerator.prepare(net, optimizer)
     raw_net = accelerator.unwrap_model(net)
-    ema_full = FullCopy(ema.net, main) if sharded else None  # the EMA's full weights, gathered for grids and evaluation
+    ema_full = MainProcessCopy(ema.net, main, sharded)  # the EMA's full weights, for grids and evaluation
     if sharded:
         ema.net = shard_like(ema.net, accelerator)
         if existing is not None:
@@ -369,24 +369,16 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     grid_n = 10 * num_classes if num_classes else 64
     grid_labels = np.arange(grid_n) // 10 if num_classes else None
 
-    def full_ema() -> torch.nn.Module | None:
-        """The EMA network with all its weights on the main process (None on the others); a collective under FSDP."""
-        if sharded:
-            return ema_full.gather(ema.net, device)
-        return ema.net if main else None
-
     def write_grid() -> None:
-        ema_net = full_ema()
-        if not main:
-            return
-        ema_denoiser = Denoiser(ema_net, denoiser.formulation)
-        spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
-        imgs = generate(ema_denoiser, grid_n, dataset.image_shape, grid_labels, spec, null_label=null_label, device=device)
+        with ema_full.gathered(ema.net, device) as ema_net:
+            if ema_net is None:  # not the main process
+                return
+            spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
+            imgs = generate(Denoiser(ema_net, denoiser.formulation), grid_n, dataset.image_shape, grid_labels, spec,
+                            null_label=null_label, device=device)
         if dataset.mask_classes:  # image beside its coloured mask
             imgs = segmentation.preview(imgs, dataset.image_channels)
         image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
-        if sharded:
-            ema_full.release()
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
@@ -402,13 +394,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         accelerator.wait_for_everyone()
 
     def evaluate() -> None:
-        ema_net = full_ema() if config.eval.every_images else None
-        if evaluator is not None:
-            # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                evaluator(Denoiser(ema_net, denoiser.formulation), null_label, images, run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
-            if sharded:
-                ema_full.release()
+        with ema_full.gathered(ema.net, device) as ema_net:
+            if evaluator is not None:  # (the main process's)
+                # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    evaluator(Denoiser(ema_net, denoiser.formulation), null_label, images,
+                              run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
         accelerator.wait_for_everyone()
 
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
