@@ -25,7 +25,7 @@ import common
 from difftrain.config import load_config
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.models import build_network
-from difftrain.run import formulation_of
+from difftrain.store.run import formulation_of
 
 SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}
 

@@ -34,7 +34,7 @@ from difftrain.data import load_dataset, prepare_dataset
 from difftrain.errors import UserError
 from difftrain.evaluation.segmenter import segmentation_utility
 from difftrain.modalities import segmentation
-from difftrain.run import open_run
+from difftrain.store.run import open_run
 from difftrain.synth.generate import synthesize as synth
 from difftrain.synth.writer import read_sample
 

@@ -37,7 +37,7 @@ from difftrain.config import load_config
 from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
 from difftrain.data.sources import open_source
 from difftrain.errors import UserError
-from difftrain.run import open_run
+from difftrain.store.run import open_run
 from difftrain.synth.generate import synthesize as synth
 from difftrain.synth.report import report_markdown, write_report
 from difftrain.synth.writer import read_sample

@@ -48,7 +48,7 @@ from difftrain.data import PreparedDataset
 from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.models import build_network
-from difftrain.run import formulation_of
+from difftrain.store.run import formulation_of
 from difftrain.training.performance import enabled, uses_cuda_graphs
 from difftrain.training.trainer import make_accelerator, train
 from reference_loop import build_reference, train_step

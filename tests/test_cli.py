@@ -172,7 +172,7 @@ def test_torchscript_extractor_is_recorded_by_name_and_hash(trained_run, tmp_pat
     torch.jit.save(torch.jit.script(Pool()), str(file))
     result = cli("eval", trained_run, "--n", 40, "--steps", 2, "--metrics", "fid,kid", "--extractor", file, "--json")
     [record] = json.loads(result.stdout[result.stdout.index("["):])
-    from difftrain.training.checkpoint import sha256_file
+    from difftrain.store.checkpoint import sha256_file
 
     assert record["extractor"] == "torchscript:pool.pt" and record["extractor_sha256"] == sha256_file(file)
     assert record["fid"] > 0

@@ -29,7 +29,7 @@ from difftrain.pretrained.diffusers_format import (
     scheduler_to_diffusion,
     write_pipeline,
 )
-from difftrain.run import formulation_of
+from difftrain.store.run import formulation_of
 from difftrain.sampling import SamplingSpec, generate
 
 SHAPE = (8, 8, 1)  # H, W, C

@@ -110,7 +110,7 @@ def trained_and_untrained(tmp_path_factory, digits_dir):
     """A tiny model after 9,600 training images, and the same network untrained."""
     from difftrain.config import load_config
     from difftrain.diffusion import Denoiser
-    from difftrain.run import formulation_of, open_run
+    from difftrain.store.run import formulation_of, open_run
     from difftrain.training.trainer import train
     from tests.conftest import tiny_overrides
 
@@ -158,7 +158,7 @@ def test_inception_extractor_feeds_torch_fidelity_uint8_rgb(tmp_path, monkeypatc
     import torch
 
     from difftrain.evaluation.extractors import build_extractor
-    from difftrain.training.checkpoint import sha256_file
+    from difftrain.store.checkpoint import sha256_file
 
     seen = {}
 

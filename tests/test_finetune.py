@@ -16,7 +16,7 @@ from difftrain.errors import UserError
 from difftrain.models import build_network
 from difftrain.pretrained.source import Pretrained, open_pretrained
 from difftrain.pretrained.transfer import class_rows, label_space, transfer_weights
-from difftrain.run import open_run
+from difftrain.store.run import open_run
 from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
 from tests.test_cli import cli, difftrain

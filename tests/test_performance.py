@@ -16,7 +16,7 @@ from difftrain.config import load_config
 from difftrain.data.loader import ArrayBatches
 from difftrain.errors import UserError
 from difftrain.training import performance
-from difftrain.training.checkpoint import latest_checkpoint
+from difftrain.store.checkpoint import latest_checkpoint
 from difftrain.training.lamb import Lamb
 from difftrain.training.optim import build_optimizer
 from difftrain.training.trainer import train, train_step

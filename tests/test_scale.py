@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from difftrain.config import load_config
 from difftrain.errors import UserError
 from difftrain.launch import free_port
-from difftrain.training.checkpoint import latest_checkpoint
+from difftrain.store.checkpoint import latest_checkpoint
 from difftrain.training.sharding import float32_weights_and_gradients, is_sharded, sharded_config
 from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides

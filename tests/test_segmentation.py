@@ -279,7 +279,7 @@ def test_cli_data_info_shows_the_modality(seg_dir):
 def test_a_tiny_segmentation_run_trains_samples_and_draws_pairs(seg_dir, tmp_path):
     from difftrain.config import load_config
     from difftrain.evaluation.run_eval import sample_run
-    from difftrain.run import open_run
+    from difftrain.store.run import open_run
     from difftrain.sampling import read_samples
     from difftrain.training.trainer import train
 

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from difftrain.errors import UserError
-from difftrain.training import checkpoint as ckpt_mod
+from difftrain.store import checkpoint as ckpt_mod
 from difftrain.training import trainer as trainer_mod
-from difftrain.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, open_checkpoint
+from difftrain.store.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, open_checkpoint
 from difftrain.training.trainer import train
 
 

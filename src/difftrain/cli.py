@@ -211,7 +211,7 @@ def sample(
     _in_processes(processes, device)
     from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
-    from difftrain.run import open_run
+    from difftrain.store.run import open_run
 
     r = open_run(run)
     if class_label is not None and not 0 <= class_label < r.num_classes:
@@ -278,7 +278,7 @@ def synth(
     """Generate a labelled synthetic dataset: PNG files a classifier (or segmenter) trains on, with the provenance of
     every file and filters against copies, duplicates and off-class samples (docs/synth.md)."""
     _in_processes(processes, device)
-    from difftrain.run import open_run
+    from difftrain.store.run import open_run
     from difftrain.synth.generate import synthesize
 
     spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)

@@ -22,7 +22,7 @@ from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
-from difftrain.training.checkpoint import sha256_file
+from difftrain.store.checkpoint import sha256_file
 
 FEATURES = 64
 

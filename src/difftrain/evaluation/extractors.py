@@ -20,7 +20,7 @@ import torch
 
 from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
-from difftrain.training.checkpoint import sha256_file
+from difftrain.store.checkpoint import sha256_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (f"the standard FID Inception-v3 weights ({INCEPTION_FILE}, the file torch-fidelity and torchmetrics use) "

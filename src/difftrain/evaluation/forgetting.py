@@ -15,9 +15,9 @@ from rich.console import Console
 from difftrain import atomic
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.evaluation.run_eval import evaluate_denoiser, extractor_for
-from difftrain.run import Run, label_map, open_run, source_run
-from difftrain.training.checkpoint import open_checkpoint
-from difftrain.training.metrics_log import MetricsLog
+from difftrain.store.run import Run, label_map, open_run, source_run
+from difftrain.store.checkpoint import open_checkpoint
+from difftrain.store.metrics_log import MetricsLog
 
 # Headline numbers of each evaluation, in the order the report shows them.
 SHOWN = ("fid", "kid", "precision", "recall", "cas")

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from difftrain import atomic
-from difftrain.training.metrics_log import read_metrics
+from difftrain.store.metrics_log import read_metrics
 
 # Metric key -> axis title, in display order.
 PLOTTED = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall", "density": "density",

@@ -23,10 +23,10 @@ from difftrain.errors import UserError
 from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import image, segmentation
-from difftrain.run import Run, label_map, open_run
+from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
-from difftrain.training.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
-from difftrain.training.metrics_log import MetricsLog
+from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
+from difftrain.store.metrics_log import MetricsLog
 
 
 def _quiet(message: str) -> None:

@@ -23,7 +23,7 @@ from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
 from difftrain.models import build_network
-from difftrain.run import formulation_of
+from difftrain.store.run import formulation_of
 from difftrain.sampling import SamplingSpec
 from difftrain.training.ema import EMA
 from difftrain.training.optim import build_optimizer

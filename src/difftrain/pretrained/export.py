@@ -6,7 +6,7 @@ from pathlib import Path
 
 from difftrain import __version__
 from difftrain.pretrained.diffusers_format import write_pipeline
-from difftrain.run import open_run
+from difftrain.store.run import open_run
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "latest", overwrite: bool = False, warn=print) -> Path:

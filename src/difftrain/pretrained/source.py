@@ -15,8 +15,8 @@ import torch
 from difftrain.config import Config, validate_config
 from difftrain.errors import UserError
 from difftrain.models.unet import model_fields
-from difftrain.run import Run, source_run
-from difftrain.training.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
+from difftrain.store.run import Run, source_run
+from difftrain.store.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
 
 # The model settings that define the network's weights; training choices (dropout, labels) stay the user's.
 ARCHITECTURE = ("arch", "channels", "attention", "layers_per_block", "attention_head_dim", "norm_groups", "unet_options")

@@ -10,8 +10,8 @@ import yaml
 
 from difftrain import __version__, atomic
 from difftrain.models import build_network
-from difftrain.run import open_run
-from difftrain.training.metrics_log import read_metrics
+from difftrain.store.run import open_run
+from difftrain.store.metrics_log import read_metrics
 
 
 def _fmt(value, digits: int = 4) -> str:

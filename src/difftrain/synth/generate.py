@@ -19,7 +19,7 @@ import torch
 from difftrain.distributed import from_main_process, is_main_process, on_main_process, processes
 from difftrain.errors import UserError
 from difftrain.modalities import segmentation
-from difftrain.run import Run, open_run
+from difftrain.store.run import Run, open_run
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.synth import state
 from difftrain.synth.filters import FilterSpec, Judge, parse_filters
@@ -201,7 +201,7 @@ class Synthesis:
 
 
 def _checkpoint_settings(run: Run, which: str, ema: bool, warn) -> tuple[Any, dict[str, Any]]:
-    from difftrain.training.checkpoint import sha256_file
+    from difftrain.store.checkpoint import sha256_file
 
     ckpt = run.checkpoint(which, warn)
     file = "ema.safetensors" if ema else "model.safetensors"

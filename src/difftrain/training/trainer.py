@@ -34,12 +34,12 @@ from difftrain.models import build_network
 from difftrain.pretrained.lora import parameter_counts
 from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
 from difftrain.pretrained.transfer import LoadReport, label_space, transfer_weights
-from difftrain.run import adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset, save_run_info
+from difftrain.store.run import adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset, save_run_info
 from difftrain.sampling import SamplingSpec, generate
-from difftrain.training.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
+from difftrain.store.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
                                            save_best, save_checkpoint)
 from difftrain.training.ema import EMA, ema_beta
-from difftrain.training.metrics_log import MetricsLog
+from difftrain.store.metrics_log import MetricsLog
 from difftrain.training.optim import build_optimizer, learning_rate, skips_on_device
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
                                              resolve_precision)

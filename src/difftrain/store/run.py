@@ -2,7 +2,7 @@
 
     RUN/config.yaml        fully resolved config
     RUN/dataset.json       manifest of the prepared dataset (shape, classes, source)
-    RUN/checkpoints/       see training/checkpoint.py
+    RUN/checkpoints/       see store/checkpoint.py
     RUN/samples/           PNG grids over training
     RUN/eval/              samples scored by `difftrain eval`, memorization pairs, metric plots
     RUN/metrics.jsonl      training and evaluation records
@@ -26,7 +26,7 @@ from difftrain.data.builtin import BUILTIN_DATASETS
 from difftrain.diffusion import Denoiser, build_formulation
 from difftrain.errors import UserError
 from difftrain.models import build_network
-from difftrain.training.checkpoint import Checkpoint, resolve_checkpoint
+from difftrain.store.checkpoint import Checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     from difftrain.sampling import SamplingSpec
