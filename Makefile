@@ -16,6 +16,7 @@ demo: setup
 	$(BIN)/difftrain demo
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 clean:

@@ -37,7 +37,7 @@ def ours(data: str, cudnn_benchmark: bool, compiled: bool) -> _Trainee:
     """difftrain's training objects (the doctor's probe builds them as the trainer does)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark
     ds = load_dataset(data)
-    trainee = _Trainee(load_config("digits", overrides=["train.device=cuda"]), DataShape(ds.image_shape, ds.num_classes, data, ds))
+    trainee = _Trainee(load_config("digits", overrides=["train.device=cuda"]), DataShape(ds.sample_shape, ds.num_classes, data, ds))
     if compiled:
         trainee.raw_net.compile()
     return trainee
@@ -63,8 +63,8 @@ def speed(steps, n: int = 60) -> float:
 def reference_speed(data: str, cudnn_benchmark: bool) -> float:
     torch.backends.cudnn.benchmark = cudnn_benchmark
     ds = load_dataset(data)
-    ref = build_reference(load_config("digits"), ds.image_shape, ds.num_classes, 1000, device="cuda")
-    batches = common.shuffled_batches(ds.train_images, ds.train_labels, BATCH, seed=0, device=torch.device("cuda"))
+    ref = build_reference(load_config("digits"), ds.sample_shape, ds.num_classes, 1000, device="cuda")
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels, BATCH, seed=0, device=torch.device("cuda"))
     generator = torch.Generator("cuda").manual_seed(1)
     return speed(lambda n: [reference_step(ref, *next(batches), generator) for _ in range(n)])
 

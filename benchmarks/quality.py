@@ -21,7 +21,7 @@ import time
 import common
 from difftrain.config import load_config
 from difftrain.data import load_dataset
-from difftrain.evaluation.classifier import load_or_train_classifier
+from difftrain.modalities.image_classifier import load_or_train_classifier
 from difftrain.evaluation.run_eval import evaluate_run
 from difftrain.store.run import open_run
 from difftrain.training.trainer import train

@@ -36,7 +36,7 @@ from diffusers.training_utils import EMAModel
 
 import common
 from difftrain.config import Config, load_config
-from difftrain.evaluation.classifier import load_or_train_classifier
+from difftrain.modalities.image_classifier import load_or_train_classifier
 from difftrain.evaluation.run_eval import evaluate_samples_file
 from difftrain.models import build_network
 from difftrain.modalities import image
@@ -130,8 +130,8 @@ def main() -> None:
     num_classes = ds.num_classes if config.model.conditional else 0
     batch = args.batch or config.train.batch_size
     steps = -(-args.images // batch)
-    ref = build_reference(config, ds.image_shape, num_classes, steps, seed=args.seed, device=device)
-    batches = common.shuffled_batches(ds.train_images, ds.train_labels if num_classes else None, batch,
+    ref = build_reference(config, ds.sample_shape, num_classes, steps, seed=args.seed, device=device)
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, batch,
                                       seed=args.seed, device=device)
     noise_gen = torch.Generator(device).manual_seed(args.seed + 1)
 
@@ -146,7 +146,7 @@ def main() -> None:
     load_or_train_classifier(ds, epochs=config.eval.classifier_epochs)
     labels = balanced_labels(args.n_samples, num_classes)
     start = time.perf_counter()
-    images = sample_ddpm(ref.unet, ref.scheduler, args.n_samples, ds.image_shape, labels, steps=args.sample_steps,
+    images = sample_ddpm(ref.unet, ref.scheduler, args.n_samples, ds.sample_shape, labels, steps=args.sample_steps,
                          seed=args.seed, batch_size=config.sample.batch_size, device=device)
     nfe = len(ref.scheduler.timesteps)
     meta = {"name": "diffusers-ddpm-reference", "sampler": "ddpm (diffusers DDPMScheduler)", "steps": args.sample_steps,

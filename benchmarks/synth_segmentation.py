@@ -32,7 +32,7 @@ from continual import difftrain
 from difftrain import atomic
 from difftrain.data import load_dataset, prepare_dataset
 from difftrain.errors import UserError
-from difftrain.evaluation.segmenter import segmentation_utility
+from difftrain.modalities.segmenter import segmentation_utility
 from difftrain.modalities import segmentation
 from difftrain.store.run import open_run
 from difftrain.synth.generate import synthesize as synth
@@ -45,7 +45,7 @@ def real_pairs(data: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndar
     if not ds.mask_classes:
         raise UserError(f"{data} is not a segmentation dataset: --source must hold images/ and masks/ with matching names")
     split = segmentation.split
-    return split(ds.train_images, ds.image_channels), split(ds.test_images, ds.image_channels), ds.mask_classes
+    return split(ds.train_data, ds.image_channels), split(ds.test_data, ds.image_channels), ds.mask_classes
 
 
 def synthesize(run_dir: Path, out: Path, pairs: int, device: str, sampler: str | None, steps: int | None,
@@ -89,7 +89,7 @@ def main() -> None:
     seconds["prepare"] = time.perf_counter() - start
     if not (run / "README.md").is_file():
         seconds["train"] = difftrain("train", "--preset", "mnist", "--data", data, "--out", run, "--no-progress",
-                                     f"train.duration_images={args.train_images}", f"train.device={device}",
+                                     f"train.duration_images={args.train_data}", f"train.device={device}",
                                      f"train.threads={args.threads}", "eval.every_images=0")
     start = time.perf_counter()
     synth = synthesize(run, out, args.pairs, device, args.sampler, args.steps, args.filter)

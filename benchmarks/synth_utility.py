@@ -64,7 +64,7 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
     n_train = len(open_source(files["train"]).train)
     subset = prepared(files["train"], out / "train", limit=round(args.fraction * n_train), test_fraction=0.0)
     test = prepared(files["test"], out / "test", test_fraction=0.0)
-    return dataclasses.replace(subset, test_images=test.train_images, test_labels=test.train_labels)
+    return dataclasses.replace(subset, test_images=test.train_data, test_labels=test.train_labels)
 
 
 def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int, filters: str, sampler: str | None,
@@ -111,10 +111,10 @@ def main() -> None:
     seconds["prepare"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_images}", "eval.every_images=0",
+    settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_data}", "eval.every_images=0",
                 f"train.device={args.device}", f"train.seed={args.seed}"]
     config = load_config(args.dataset, overrides=settings)
-    if not any(int(c.name.removeprefix("ckpt-")) >= args.train_images for c in (out / "run" / "checkpoints").glob("ckpt-*")):
+    if not any(int(c.name.removeprefix("ckpt-")) >= args.train_data for c in (out / "run" / "checkpoints").glob("ckpt-*")):
         train(config, out / "run", resume=True, progress=sys.stderr.isatty())  # an interrupted run continues
     seconds["train"] = time.perf_counter() - start
 
@@ -133,7 +133,7 @@ def main() -> None:
     u, priv = summary["utility"], summary["privacy"]
     common.emit({
         "benchmark": "synth_utility", "settings": vars(args), "seconds": seconds,
-        "real_train_images": len(real.train_images), "real_test_images": len(real.test_images), "synthetic_images": len(images),
+        "real_train_images": len(real.train_data), "real_test_images": len(real.test_data), "synthetic_images": len(images),
         "synth_totals": manifest["totals"],
         "accuracy": {arm: {k: r[k] for k in ("accuracy_mean", "accuracy_std")} for arm, r in u["arms"].items()},
         "size_curve": u["size_curve"], "classifier_steps": u["steps"],

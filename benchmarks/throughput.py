@@ -105,8 +105,8 @@ def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: i
     """Images/s of reference_loop.train_step over `steps` steps after `warmup` steps."""
     num_classes = ds.num_classes if config.model.conditional else 0
     batch = config.train.batch_size
-    ref = build_reference(config, ds.image_shape, num_classes, warmup + steps, seed=seed, device=device)
-    batches = common.shuffled_batches(ds.train_images, ds.train_labels if num_classes else None, batch, seed=seed, device=device)
+    ref = build_reference(config, ds.sample_shape, num_classes, warmup + steps, seed=seed, device=device)
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, batch, seed=seed, device=device)
     noise_gen = torch.Generator(device).manual_seed(seed + 1)
     for i in range(warmup + steps):
         if i == warmup:
@@ -118,7 +118,7 @@ def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: i
 def measure_loader(config: Config, ds: PreparedDataset, device: torch.device, batches: int = 200) -> float:
     """Images/s of the loader alone: training batches (gathered, converted, augmented as configured) on the device."""
     batch = config.train.batch_size
-    loader = ArrayBatches(ds.train_images, ds.train_labels, seed=0, device=device, hflip=config.train.hflip)
+    loader = ArrayBatches(ds.train_data, ds.train_labels, seed=0, device=device, hflip=config.train.hflip)
     loader.batch(0, batch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -134,9 +134,9 @@ def train_flops_per_image(config: Config, ds: PreparedDataset) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     num_classes = ds.num_classes if config.model.conditional else 0
-    denoiser = Denoiser(build_network(config.model, ds.image_shape, num_classes), formulation_of(config))
+    denoiser = Denoiser(build_network(config.model, ds.sample_shape, num_classes), formulation_of(config))
     n = 8
-    x0 = torch.zeros(n, ds.image_shape[2], *ds.image_shape[:2]).uniform_(-1, 1)
+    x0 = torch.zeros(n, ds.sample_shape[2], *ds.sample_shape[:2]).uniform_(-1, 1)
     labels = torch.zeros(n, dtype=torch.long) if num_classes else None
     with FlopCounterMode(display=False) as counter:
         denoising_loss(denoiser, x0, labels, weighting="edm").sum().backward()

@@ -36,11 +36,11 @@ def tiny_overrides(data: Path, **extra) -> list[str]:
     """A model small enough that a training step takes milliseconds."""
     base = {
         "data.path": str(data),
-        "model.channels": "[16, 32]",
-        "model.attention": "[false, true]",
-        "model.layers_per_block": 1,
-        "model.norm_groups": 8,
-        "model.attention_head_dim": 8,
+        "model.unet.channels": "[16, 32]",
+        "model.unet.attention": "[false, true]",
+        "model.unet.layers_per_block": 1,
+        "model.unet.norm_groups": 8,
+        "model.unet.attention_head_dim": 8,
         "train.batch_size": 16,
         "train.mixed_precision": "no",  # float32 everywhere: the tests compare runs to 1e-5
         "train.compile": "off",  # compiling takes longer than these runs (tests/test_performance.py compiles)

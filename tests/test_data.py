@@ -48,11 +48,11 @@ def leftovers(parent: Path) -> list[str]:
 def test_digits_prepare_stratified_split(tmp_path):
     ds = prepare("digits", tmp_path / "digits")
     m = ds.manifest
-    assert len(ds.train_images) + len(ds.test_images) == 1797
+    assert len(ds.train_data) + len(ds.test_data) == 1797
     assert (m["count"]["train"], m["count"]["test"]) == (1617, 180)
-    assert ds.image_shape == (8, 8, 1) and ds.train_images.shape == (1617, 8, 8, 1)
-    assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int64
-    assert ds.train_images.min() == 0 and ds.train_images.max() == 255
+    assert ds.sample_shape == (8, 8, 1) and ds.train_data.shape == (1617, 8, 8, 1)
+    assert ds.train_data.dtype == np.uint8 and ds.train_labels.dtype == np.int64
+    assert ds.train_data.min() == 0 and ds.train_data.max() == 255
     assert ds.num_classes == 10 and ds.class_names == [str(d) for d in range(10)]
     # Stratified: every class keeps its share of the 10% test split (18 of ~180 each).
     assert m["class_counts"]["test"] == [18] * 10
@@ -65,16 +65,16 @@ def test_digits_seed_and_limit(tmp_path):
     a = prepare("digits", tmp_path / "a", seed=1, limit=200)
     b = prepare("digits", tmp_path / "b", seed=1, limit=200)
     c = prepare("digits", tmp_path / "c", seed=2, limit=200)
-    assert len(a.train_images) + len(a.test_images) == 200
-    assert np.array_equal(a.train_images, b.train_images)
-    assert not np.array_equal(a.train_images, c.train_images)
+    assert len(a.train_data) + len(a.test_data) == 200
+    assert np.array_equal(a.train_data, b.train_data)
+    assert not np.array_equal(a.train_data, c.train_data)
     assert a.manifest["class_counts"]["test"] == [2] * 10
 
 
 def test_digits_resolution_and_channels(tmp_path):
     ds = prepare("digits", tmp_path / "d", resolution=16, channels=3, limit=50)
-    assert ds.train_images.shape[1:] == (16, 16, 3)
-    assert np.array_equal(ds.train_images[..., 0], ds.train_images[..., 2])
+    assert ds.train_data.shape[1:] == (16, 16, 3)
+    assert np.array_equal(ds.train_data[..., 0], ds.train_data[..., 2])
 
 
 # --- single images -----------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_folder_prepare_rejects_bad_files(image_folder, tmp_path):
     m = ds.manifest
     assert tree_hashes(image_folder) == before  # the source is byte-for-byte untouched
     assert ds.class_names == ["cats", "dogs"] and ds.num_classes == 2
-    assert ds.image_shape == (16, 16, 3)  # colour present, so RGB
+    assert ds.sample_shape == (16, 16, 3)  # colour present, so RGB
     assert m["count"] == {"train": 6, "test": 0}
     assert m["class_counts"]["train"] == [3, 3]
     reasons = {r["path"]: r["reason"] for r in m["rejected"]}
@@ -195,11 +195,11 @@ def test_crop_and_pad(tmp_path):
     Image.fromarray(band).save(root / "wide.png")
     crop = prepare(root, tmp_path / "crop", resolution=20, test_fraction=0.0)
     assert crop.train_labels is None and crop.num_classes == 0 and crop.class_names == []
-    assert crop.image_shape == (20, 20, 1)
-    assert (crop.train_images[0] == 255).all()  # the centre survives the crop
+    assert crop.sample_shape == (20, 20, 1)
+    assert (crop.train_data[0] == 255).all()  # the centre survives the crop
 
     pad = prepare(root, tmp_path / "pad", resolution=20, fit="pad", test_fraction=0.0)
-    image = pad.train_images[0, ..., 0]
+    image = pad.train_data[0, ..., 0]
     assert image.shape == (20, 20)
     assert (image[:6] == 0).all() and (image[-6:] == 0).all()  # black bars above and below
     assert image[9:11].max() > 200
@@ -211,8 +211,8 @@ def test_grey_folder_gets_one_channel_and_same_size_needs_no_resolution(tmp_path
     for i in range(4):
         Image.new("L", (12, 10), 40 * i).save(root / f"{i}.png")
     ds = prepare(root, tmp_path / "out", test_fraction=0.25)
-    assert ds.image_shape == (10, 12, 1)
-    assert (len(ds.train_images), len(ds.test_images)) == (3, 1)
+    assert ds.sample_shape == (10, 12, 1)
+    assert (len(ds.train_data), len(ds.test_data)) == (3, 1)
     assert load_dataset(tmp_path / "out").train_labels is None
 
 
@@ -225,7 +225,7 @@ def test_out_rules(image_folder, tmp_path):
     prepare("digits", out, limit=30)
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         prepare("digits", out, limit=30)
-    assert len(prepare("digits", out, limit=40, overwrite=True).train_images) == 36
+    assert len(prepare("digits", out, limit=40, overwrite=True).train_data) == 36
     keep = tmp_path / "precious"
     keep.mkdir()
     (keep / "thesis.tex").write_text("do not delete")
@@ -244,7 +244,7 @@ def test_no_temp_folder_left_when_writing_fails(tmp_path, monkeypatch):
     def broken_write(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("difftrain.data.prepare.write_json", broken_write)
+    monkeypatch.setattr("difftrain.data.prepared_output.write_json", broken_write)
     with pytest.raises(OSError):
         prepare("digits", tmp_path / "out", limit=20)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -299,9 +299,9 @@ def test_idx_folder_with_test_split(tmp_path):
     train_images, train_labels = write_idx(src, "train", 30, gz=True, seed=0)
     test_images, test_labels = write_idx(src, "t10k", 9, gz=False, seed=1)
     ds = prepare(src, tmp_path / "out")
-    assert ds.image_shape == (5, 4, 1) and ds.class_names == ["0", "1", "2"]
-    assert np.array_equal(ds.train_images[..., 0], train_images)
-    assert np.array_equal(ds.test_images[..., 0], test_images)  # t10k is the test split, in full
+    assert ds.sample_shape == (5, 4, 1) and ds.class_names == ["0", "1", "2"]
+    assert np.array_equal(ds.train_data[..., 0], train_images)
+    assert np.array_equal(ds.test_data[..., 0], test_images)  # t10k is the test split, in full
     assert np.array_equal(ds.test_labels, test_labels.astype(np.int64))
     assert ds.manifest["source"]["kind"] == "idx"
 
@@ -316,7 +316,7 @@ def test_single_idx_file_without_labels(tmp_path):
     (src / "my-images-idx3-ubyte").write_bytes(idx_bytes(images))
     ds = prepare(src / "my-images-idx3-ubyte", tmp_path / "out", test_fraction=0.2)
     assert ds.train_labels is None and ds.num_classes == 0
-    assert (len(ds.train_images), len(ds.test_images)) == (8, 2)
+    assert (len(ds.train_data), len(ds.test_data)) == (8, 2)
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_real_mnist(tmp_path):
     if not (MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST IDX files not found at {MNIST} (they live outside the repo)")
     ds = prepare(MNIST, tmp_path / "mnist", limit=2000)
-    assert ds.image_shape == (28, 28, 1) and ds.num_classes == 10
+    assert ds.sample_shape == (28, 28, 1) and ds.num_classes == 10
     # t10k is the test split: its share of the limit is 2000 * 10000 / 70000.
     assert ds.manifest["count"] == {"train": 1714, "test": 286}
     assert min(ds.manifest["class_counts"]["test"]) > 0
@@ -356,7 +356,7 @@ def test_real_mnist(tmp_path):
 def test_load_and_describe(tmp_path):
     prepared = prepare("digits", tmp_path / "d", limit=100)
     ds = load_dataset(tmp_path / "d")
-    assert np.array_equal(ds.train_images, prepared.train_images)
+    assert np.array_equal(ds.train_data, prepared.train_data)
     assert np.array_equal(ds.test_labels, prepared.test_labels)
     info = describe_dataset(ds)
     json.dumps(info)

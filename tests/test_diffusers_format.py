@@ -21,6 +21,7 @@ from diffusers import (
 from difftrain.config import DiffusionConfig, ModelConfig
 from difftrain.diffusion import Denoiser, guided_denoiser, sample_ddim, sample_ddpm, sample_euler, sampling_sigmas
 from difftrain.errors import UserError
+from difftrain.modalities import modality_for
 from difftrain.models import build_network
 from difftrain.pretrained.diffusers_format import (
     diffusion_to_scheduler,
@@ -33,6 +34,7 @@ from difftrain.store.run import formulation_of
 from difftrain.sampling import SamplingSpec, generate
 
 SHAPE = (8, 8, 1)  # H, W, C
+MODALITY = modality_for({"kind": "image", "shape": list(SHAPE)})
 STEPS = 10  # divides num_timesteps, so DDIM's fixed stride matches the trailing timesteps
 VP_EPS = DiffusionConfig(formulation="vp", prediction="eps")
 VP_V = DiffusionConfig(formulation="vp", prediction="v", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -42,7 +44,7 @@ EDM_CFG = DiffusionConfig(formulation="edm", sigma_data=0.5)
 def tiny_net(num_classes: int, seed: int = 0):
     torch.manual_seed(seed)
     net = build_network(ModelConfig(channels=[32, 32], attention=[False, True], layers_per_block=1, norm_groups=8,
-                                    attention_head_dim=8), SHAPE, num_classes)
+                                    attention_head_dim=8), MODALITY, num_classes)
     with torch.no_grad():
         # Small outputs keep EDM samples inside [-1, 1] (v: about N(0, 1); eps: about sigma_max * noise), so fewer
         # image pixels are clamped; the unclamped comparison below covers the rest.
@@ -68,7 +70,7 @@ def difftrain_sample(net, diffusion: DiffusionConfig, sampler, schedule: str, se
     height, width, channels = SHAPE
     noise = torch.randn(n, channels, height, width, generator=generator)
     start = (sigmas[0] ** 2 + 1).sqrt() if diffusers_start else sigmas[0]
-    denoise = guided_denoiser(Denoiser(net, formulation), None if labels is None else torch.as_tensor(labels))
+    denoise = guided_denoiser(Denoiser(net, formulation), None if labels is None else {"label": torch.as_tensor(labels)})
     return sampler(denoise, noise * start, sigmas, generator=generator)
 
 
@@ -207,18 +209,19 @@ def test_edm_conditional_samples_match_difftrain(tmp_path):
     # The helper draws noise as `generate` does: its uint8 images are these, rounded.
     denoiser = Denoiser(net, formulation_of(SimpleNamespace(diffusion=EDM_CFG)))
     spec = SamplingSpec(sampler="euler", steps=STEPS, schedule="karras", seed=4)
-    generated = generate(denoiser, 4, SHAPE, np.array(labels), spec, null_label=2)
+    generated = generate(denoiser, MODALITY, 4, np.array(labels), spec)
+    assert net.null_label == 2  # generate's unconditional label comes from the network
     assert np.abs(generated.astype(float) - ours * 255).max() <= 0.5 + 1e-3
 
 
 def test_non_square_export(tmp_path):
     torch.manual_seed(0)
     config = ModelConfig(channels=[16, 16], attention=[False, False], layers_per_block=1, norm_groups=8, attention_head_dim=8)
-    net = build_network(config, (8, 16, 1), 0)
+    net = build_network(config, modality_for({"kind": "image", "shape": [8, 16, 1]}), 0)
     pipe = DiffusionPipeline.from_pretrained(write_pipeline(net.unet, VP_EPS, tmp_path / "wide", {}))
     assert pipe(batch_size=2, num_inference_steps=2, output_type="np").images.shape == (2, 8, 16, 1)
     # ConsistencyModelPipeline makes square images only: the README says so.
-    conditional = build_network(config, (8, 16, 1), 2)
+    conditional = build_network(config, modality_for({"kind": "image", "shape": [8, 16, 1]}), 2)
     out = write_pipeline(conditional.unet, EDM_CFG, tmp_path / "wide_edm", {})
     assert "own loop" in (out / "README.md").read_text()
 

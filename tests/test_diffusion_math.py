@@ -3,15 +3,19 @@
 Gaussian data x0 ~ N(MU, COV) has the exact denoiser E[x0 | x] = MU + COV (COV + sigma^2 I)^-1 (x - MU).
 An "ideal net" inverts each formulation's preconditioning so that Denoiser(ideal net) is that exact
 denoiser; samplers driven by it must reproduce MU and COV, and every loss must be minimised by it.
+The closed-form checks run on items shaped like images (C, H, W), sequences (C, L) and vectors (D,).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
+
+from difftrain.conditioning import ClassLabels
 
 from difftrain.diffusion import (
     EDM,
@@ -26,15 +30,25 @@ from difftrain.diffusion import (
     karras_sigmas,
     loss_weight,
     network_evaluations,
+    sample_heun,
     sampling_sigmas,
 )
 
-# Data: a 4-vector stored as a (1, 2, 2) "image", non-diagonal covariance with eigenvalues in [0.05, 1].
-SHAPE = (1, 2, 2)
-EIGS = torch.tensor([1.0, 0.5, 0.2, 0.05])
-Q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)))
-COV = Q @ torch.diag(EIGS) @ Q.T
-MU = torch.tensor([0.3, -0.2, 0.1, -0.05])
+# Item shapes: an image (C, H, W), a sequence (C, L), a vector (D,); batches add the leading B.
+SHAPES = [(1, 2, 2), (2, 3), (3,)]
+SHAPE = SHAPES[0]  # the default of the checks that do not depend on the shape
+
+
+@functools.cache
+def gaussian(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """MU (d,) and a non-diagonal COV (d, d) with eigenvalues from 1 down to 0.05, for items of `shape` (d elements)."""
+    d = math.prod(shape)
+    eigs = torch.logspace(0, math.log10(0.05), d)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1)))
+    return 0.3 * (-0.6) ** torch.arange(d), q @ torch.diag(eigs) @ q.T
+
+
+MU, COV = gaussian(SHAPE)
 
 FORMULATIONS = {
     "edm": dict(name="edm"),
@@ -49,15 +63,21 @@ def make(key: str):
     return build_formulation(kwargs.pop("name"), **kwargs)
 
 
-def gaussian_data(n: int, seed: int = 0, mu: torch.Tensor = MU, cov: torch.Tensor = COV) -> torch.Tensor:
-    z = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
-    return (mu + z @ torch.linalg.cholesky(cov).T).reshape(n, *SHAPE)
+def gaussian_data(n: int, seed: int = 0, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
+    mu, cov = gaussian(shape)
+    z = torch.randn(n, len(mu), generator=torch.Generator().manual_seed(seed))
+    return (mu + z @ torch.linalg.cholesky(cov).T).reshape(n, *shape)
+
+
+def per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ...), broadcastable against `like`."""
+    return t.view(-1, *[1] * (like.ndim - 1))
 
 
 def posterior_mean(x: torch.Tensor, sigma: torch.Tensor, mu: torch.Tensor = MU, cov: torch.Tensor = COV) -> torch.Tensor:
     """E[x0 | x0 + sigma n = x] = mu + cov (cov + sigma^2 I)^-1 (x - mu), per-sample sigma (B,), via cov's eigenbasis."""
     eigs, q = torch.linalg.eigh(cov)
-    z = (x.reshape(len(x), 4) - mu) @ q
+    z = (x.reshape(len(x), -1) - mu) @ q
     z = z * eigs / (eigs + sigma.view(-1, 1) ** 2)
     return (mu + z @ q.T).reshape(x.shape)
 
@@ -77,7 +97,7 @@ class IdealNet(torch.nn.Module):
 
     def forward(self, x_in, c_noise, class_labels=None):
         sigma = sigma_from_c_noise(self.formulation, c_noise)
-        c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in self.formulation.scalings(sigma))
+        c_skip, c_out, c_in, _ = (per_sample(c, x_in) for c in self.formulation.scalings(sigma))
         x = x_in / c_in
         F = (posterior_mean(x, sigma, self.mu, self.cov) - c_skip * x) / c_out
         if self.perturbation is not None:
@@ -85,16 +105,38 @@ class IdealNet(torch.nn.Module):
         return F
 
 
-def ideal_denoise_fn(formulation):
-    denoiser = Denoiser(IdealNet(formulation), formulation)
+def ideal_denoise_fn(formulation, shape: tuple[int, ...] = SHAPE):
+    denoiser = Denoiser(IdealNet(formulation, *gaussian(shape)), formulation)
     return lambda x, sigma: denoiser(x, sigma)
 
 
 def moment_errors(samples: torch.Tensor) -> tuple[float, float]:
-    flat = samples.reshape(len(samples), 4).double()
-    mean_err = (flat.mean(0) - MU.double()).norm()
-    cov_err = (torch.cov(flat.T) - COV.double()).norm() / COV.double().norm()
+    mu, cov = (t.double() for t in gaussian(tuple(samples.shape[1:])))
+    flat = samples.reshape(len(samples), -1).double()
+    mean_err = (flat.mean(0) - mu).norm()
+    cov_err = (torch.cov(flat.T) - cov).norm() / cov.norm()
     return float(mean_err), float(cov_err)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_exact_denoiser_is_the_gaussian_posterior_mean(shape):
+    # Independently of the formula: the best affine predictor of x0 from x (least squares on many draws) is E[x0 | x].
+    mu, cov = gaussian(shape)
+    n = 200_000
+    x0 = gaussian_data(n, seed=7, shape=shape).double()
+    for s in (0.1, 0.5, 2.0):
+        x = x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+        design = torch.cat([torch.ones(n, 1, dtype=torch.float64), x.reshape(n, -1)], dim=1)
+        coef = torch.linalg.lstsq(design, x0.reshape(n, -1)).solution  # (1 + d, d)
+        probe = torch.eye(len(mu), dtype=torch.float64).reshape(-1, *shape)  # x = e_i: the affine map at the unit vectors
+        exact = posterior_mean(probe.float(), torch.full((len(mu),), s), mu, cov).reshape(len(mu), -1).double()
+        torch.testing.assert_close(coef[0] + coef[1:], exact, rtol=0, atol=0.01)
+    # Every formulation's Denoiser(ideal net) is that denoiser, for any item shape.
+    x = gaussian_data(16, seed=9, shape=shape) + torch.randn(16, *shape, generator=torch.Generator().manual_seed(10))
+    sigma = torch.logspace(-1.5, 1.1, 16)  # inside every VP table (0.03 to 12.6), where sigma_to_t does not clamp
+    for key in FORMULATIONS:
+        torch.testing.assert_close(ideal_denoise_fn(make(key), shape)(x, sigma), posterior_mean(x, sigma, mu, cov),
+                                   rtol=1e-4, atol=1e-4)
 
 
 # 1. Samplers reproduce the data distribution. ---------------------------------------------------
@@ -109,6 +151,7 @@ SAMPLER_CASES = [
     ("euler", {}, "karras", 256),
     ("heun", {}, "karras", 64),
     ("heun", dict(s_churn=10.0, s_tmin=0.05, s_tmax=50.0), "karras", 128),
+    ("heun", dict(s_churn=10.0), "karras", 128),  # churn up to the top: VP's sigma_hat stops at sigma_max
     ("dpmpp_2m", {}, "karras", 64),
     ("ddim", {}, "uniform", 256),
     ("ddim", dict(eta=0.5), "karras", 500),
@@ -116,42 +159,50 @@ SAMPLER_CASES = [
 ]
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("key", ["edm", "vp_eps"])
 @pytest.mark.parametrize("sampler,kwargs,schedule,steps", SAMPLER_CASES)
-def test_sampler_reproduces_gaussian(key, sampler, kwargs, schedule, steps):
+def test_sampler_reproduces_gaussian(key, sampler, kwargs, schedule, steps, shape):
     formulation = make(key)
     sigmas = sampling_sigmas(formulation, steps, schedule)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N_SAMPLES, *SHAPE, generator=g) * sigmas[0]
-    out = SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas, generator=g, **kwargs)
+    x = torch.randn(N_SAMPLES, *shape, generator=g) * formulation.prior_std(float(sigmas[0]))  # as sampling.generate
+    if sampler == "heun":
+        kwargs = dict(kwargs, sigma_max=formulation.sigma_max)
+    out = SAMPLERS[sampler](ideal_denoise_fn(formulation, shape), x, sigmas, generator=g, **kwargs)
+    assert out.shape == x.shape
     mean_err, cov_err = moment_errors(out)
     assert mean_err < MEAN_TOL, (mean_err, cov_err)
     assert cov_err < COV_TOL, (mean_err, cov_err)
 
 
-def exact_output_distribution(sampler: str, formulation, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_output_distribution(sampler: str, formulation, steps: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of a deterministic sampler's output, exactly: it is affine in its start x.
 
     Started from the true marginal N(MU, COV + sigma_max^2 I), the exact ODE would end at N(MU, COV), so what
     remains is discretisation error alone (no Monte Carlo noise, no sigma_max truncation).
     """
+    mu, cov = gaussian(shape)
+    d = len(mu)
     sigmas = sampling_sigmas(formulation, steps, "karras")
-    chol = torch.linalg.cholesky(COV + sigmas[0] ** 2 * torch.eye(4))
-    x = (MU + torch.cat([torch.zeros(1, 4), chol.T])).reshape(5, *SHAPE)
-    out = SAMPLERS[sampler](ideal_denoise_fn(formulation), x, sigmas).reshape(5, 4).double()
+    chol = torch.linalg.cholesky(cov + sigmas[0] ** 2 * torch.eye(d))
+    x = (mu + torch.cat([torch.zeros(1, d), chol.T])).reshape(d + 1, *shape)
+    out = SAMPLERS[sampler](ideal_denoise_fn(formulation, shape), x, sigmas).reshape(d + 1, d).double()
     b, A = out[0], out[1:] - out[0]
     return b, A.T @ A
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("key", ["edm", "vp_eps"])
 @pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
-def test_sampler_convergence_order(key, sampler, order):
+def test_sampler_convergence_order(key, sampler, order, shape):
     # Without Monte Carlo noise, doubling the steps divides the covariance error by ~2^order.
+    mu, cov = (t.double() for t in gaussian(shape))
     errors = []
     for steps in (16, 32, 64):
-        mean, cov = exact_output_distribution(sampler, make(key), steps)
-        errors.append(float((cov - COV.double()).norm() / COV.double().norm()))
-        assert (mean - MU.double()).norm() < 1e-4  # MU is a fixed point of every step
+        mean, out_cov = exact_output_distribution(sampler, make(key), steps, shape)
+        errors.append(float((out_cov - cov).norm() / cov.norm()))
+        assert (mean - mu).norm() < 1e-4  # MU is a fixed point of every step
     ratios = [errors[0] / errors[1], errors[1] / errors[2]]
     lo, hi = (1.6, 2.5) if order == 1 else (3.5, 6.0)
     assert all(lo < r < hi for r in ratios), (errors, ratios)
@@ -183,21 +234,25 @@ N_LOSS = 20_000
 PERTURBATIONS = {
     "bias": lambda x_in, c_noise: torch.ones_like(x_in),
     "scale": lambda x_in, c_noise: x_in,
-    "nonlinear": lambda x_in, c_noise: torch.tanh(x_in.flip(-1)) * torch.cos(c_noise).view(-1, 1, 1, 1),
+    "nonlinear": lambda x_in, c_noise: torch.tanh(x_in.flip(-1)) * per_sample(torch.cos(c_noise), x_in),
 }
 
 
-def per_sample_loss(formulation, weighting, x0, *, delta=0.0, perturbation=None, mu=MU, cov=COV):
-    net = IdealNet(formulation, mu, cov, perturbation, delta)
+def per_sample_loss(formulation, weighting, x0, *, delta=0.0, perturbation=None, mu=None, cov=None):
+    """Per-sample loss of the ideal net (for N(mu, cov), default the data's own) plus delta * perturbation."""
+    data_mu, data_cov = gaussian(tuple(x0.shape[1:]))
+    net = IdealNet(formulation, data_mu if mu is None else mu, data_cov if cov is None else cov, perturbation, delta)
     # The same seed for every call: common random numbers (same sigma and noise per sample).
     return denoising_loss(Denoiser(net, formulation), x0, weighting=weighting, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("key", list(FORMULATIONS))
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
-def test_loss_minimised_by_exact_denoiser(key, weighting):
+def test_loss_minimised_by_exact_denoiser(key, weighting, shape):
     formulation = make(key)
-    x0 = gaussian_data(N_LOSS)
+    x0 = gaussian_data(N_LOSS, shape=shape)
+    d = x0[0].numel()
     l0 = per_sample_loss(formulation, weighting, x0).double()
     for name, h in PERTURBATIONS.items():
         # The loss is exactly quadratic in delta (F -> F + delta h): L(delta) = L(0) + b delta + c delta^2.
@@ -211,7 +266,7 @@ def test_loss_minimised_by_exact_denoiser(key, weighting):
         assert abs(delta_star) < 4 * delta_se, (name, float(delta_star), float(delta_se))
         assert abs(delta_star) < 0.05, (name, float(delta_star))
     # A denoiser for the wrong data distribution (identity covariance, zero mean) scores worse.
-    diff = per_sample_loss(formulation, weighting, x0, mu=torch.zeros(4), cov=torch.eye(4)).double() - l0
+    diff = per_sample_loss(formulation, weighting, x0, mu=torch.zeros(d), cov=torch.eye(d)).double() - l0
     assert diff.mean() > 4 * diff.std() / math.sqrt(N_LOSS), float(diff.mean())
 
 
@@ -251,6 +306,20 @@ def test_weightings_in_network_target_space(key):
 def test_loss_weight_rejects_unknown_weighting():
     with pytest.raises(ValueError, match="min_snr"):
         loss_weight(torch.ones(2), EDM(), "snr")
+
+
+def test_default_weighting_is_the_formulations_own(tmp_path):
+    # diffusion.weighting=auto resolves in the config, so config.yaml records it: EDM's lambda for edm, L_simple for vp.
+    from difftrain.config import DiffusionConfig, load_config, read_config, save_config
+
+    assert DiffusionConfig().weighting == "edm"
+    config = load_config(overrides=["diffusion.formulation=vp"])
+    save_config(config, tmp_path / "config.yaml")
+    assert read_config(tmp_path / "config.yaml").diffusion.weighting == "uniform"
+    assert "weighting: uniform" in (tmp_path / "config.yaml").read_text()
+    vp = VP()
+    torch.testing.assert_close(loss_weight(vp.sigmas, vp, config.diffusion.weighting), 1 / vp.sigmas**2)  # eps-MSE
+    assert DiffusionConfig(formulation="vp", weighting="edm").weighting == "edm"  # a named weighting stays
 
 
 # 3. Preconditioning, schedules and bookkeeping. ------------------------------------------------
@@ -343,6 +412,38 @@ def test_denoiser_broadcasts_sigma_and_keeps_float32():
     torch.testing.assert_close(out, ref, rtol=0, atol=0.02)
 
 
+def test_prior_std():
+    # VP starts where DDPM does: its x_T ~ N(0, I) is x_T / sqrt(abar_T) in sigma space.
+    vp = VP()
+    abar_T = float(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[-1])
+    assert vp.prior_std(vp.sigma_max) == pytest.approx(1 / math.sqrt(abar_T), rel=1e-6)
+    assert vp.prior_std(2.0) == pytest.approx(math.sqrt(5.0))
+    # EDM keeps Karras 2022's start at sigma itself.
+    assert EDM().prior_std(80.0) == 80.0
+
+
+def test_heun_churn_stops_at_sigma_max():
+    # Churn at the first step would raise VP's sigma to sigma_max * sqrt(2), beyond its table: the net would see
+    # timestep T-1 while c_in used the larger sigma. Clamped, that step adds no noise and stays at sigma_max.
+    vp = VP()
+    sigmas = sampling_sigmas(vp, 10)
+    seen = []
+
+    def denoise(x, sigma):
+        seen.append((float(sigma), x.clone()))
+        return 0.5 * x
+
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    sample_heun(denoise, x, sigmas, s_churn=10.0, sigma_max=vp.sigma_max, generator=torch.Generator().manual_seed(1))
+    assert max(s for s, _ in seen) == pytest.approx(vp.sigma_max)
+    assert seen[0][0] == pytest.approx(vp.sigma_max) and torch.equal(seen[0][1], x)
+    # Below sigma_max churn still raises sigma by 1 + gamma = sqrt(2); without sigma_max (EDM) the first step too.
+    assert seen[2][0] == pytest.approx(float(sigmas[1]) * math.sqrt(2))
+    seen.clear()
+    sample_heun(denoise, x, sigmas, s_churn=10.0, generator=torch.Generator().manual_seed(1))
+    assert seen[0][0] == pytest.approx(vp.sigma_max * math.sqrt(2))
+
+
 def test_karras_sigmas():
     s = karras_sigmas(10, 0.002, 80.0)
     assert s.shape == (11,) and float(s[-1]) == 0.0
@@ -384,7 +485,7 @@ def test_ddim_ddpm_match_diffusers(sampler, eta):
         x = scheduler.step(eps_net(x, t.float().expand(8)), t, x, generator=g, **step_kwargs).prev_sample
     denoiser = Denoiser(lambda x_in, c_noise, labels: eps_net(x_in, c_noise), vp)
     # diffusers' x_T is x_sigma * sqrt(abar_T); its last step lands on abar = 1, i.e. sigma space itself.
-    start = x_T * (1 + sigmas[0] ** 2).sqrt()
+    start = x_T * vp.prior_std(float(sigmas[0]))
     kwargs = dict(eta=eta) if sampler == "ddim" else {}
     ours = SAMPLERS[sampler](lambda x, sigma: denoiser(x, sigma), start, sigmas, generator=torch.Generator().manual_seed(1), **kwargs)
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
@@ -411,30 +512,38 @@ class CountingNet(torch.nn.Module):
         self.batches = []
         self.embed = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # 3 classes + null = 3
 
-    def forward(self, x_in, c_noise, class_labels):
+    def forward(self, x_in, c_noise, cond):
         self.batches.append(len(x_in))
-        emb = 0 if class_labels is None else self.embed[class_labels]
+        emb = 0 if cond is None else self.embed[cond["label"]]
         return torch.tanh(x_in) + emb * c_noise.view(-1, 1, 1, 1)
 
 
 def test_guidance():
     net = CountingNet()
     d = Denoiser(net, EDM())
-    x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(1))
-    sigma, labels, null = torch.tensor(1.3), torch.tensor([0, 1, 2, 1, 0]), torch.full((5,), 3)
-    d_cond, d_uncond = d(x, sigma, labels), d(x, sigma, null)
+    labels = ClassLabels(null=3)
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    sigma, cond = torch.tensor(1.3), labels.encode(torch.tensor([0, 1, 2, 1, 0]))
+    d_cond, d_uncond = d(x, sigma, cond), d(x, sigma, labels.null_like(cond))
     net.batches.clear()
     # w = 1 and unlabelled: one plain call.
-    torch.testing.assert_close(guided_denoiser(d, labels, 1.0, null_label=3)(x, sigma), d_cond)
-    torch.testing.assert_close(guided_denoiser(d, None, 3.0, null_label=3)(x, sigma), d(x, sigma))
+    torch.testing.assert_close(guided_denoiser(d, cond, 1.0, labels.null_like)(x, sigma), d_cond)
+    torch.testing.assert_close(guided_denoiser(d, None, 3.0, labels.null_like)(x, sigma), d(x, sigma))
     assert net.batches == [5, 5, 5]
     net.batches.clear()
     # w = 0 is the unconditional model; any w is D_u + w (D_c - D_u), from one batched call.
-    torch.testing.assert_close(guided_denoiser(d, labels, 0.0, null_label=3)(x, sigma), d_uncond)
-    torch.testing.assert_close(guided_denoiser(d, labels, 2.5, null_label=3)(x, sigma), d_uncond + 2.5 * (d_cond - d_uncond))
+    torch.testing.assert_close(guided_denoiser(d, cond, 0.0, labels.null_like)(x, sigma), d_uncond)
+    torch.testing.assert_close(guided_denoiser(d, cond, 2.5, labels.null_like)(x, sigma), d_uncond + 2.5 * (d_cond - d_uncond))
     assert net.batches == [10, 10]
-    with pytest.raises(ValueError, match="null_label"):
-        guided_denoiser(d, labels, 2.0)
+    with pytest.raises(ValueError, match="null condition"):
+        guided_denoiser(d, cond, 2.0)
+
+
+def test_label_dropout_puts_the_null_label_where_not_kept():
+    labels = ClassLabels(null=3)
+    cond = labels.drop(labels.encode(torch.tensor([0, 1, 2, 1])), torch.tensor([True, False, True, False]))
+    assert cond["label"].tolist() == [0, 3, 2, 3]
+    assert labels.drop(None, torch.tensor([True])) is None and labels.encode(None) is None
 
 
 # 5. Reproducibility. -----------------------------------------------------------------------------

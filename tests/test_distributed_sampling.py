@@ -12,24 +12,27 @@ import pytest
 import torch
 
 from difftrain import distributed
-from difftrain.config import ModelConfig
+from difftrain.config import ModelConfig, UNetConfig
 from difftrain.diffusion import EDM, Denoiser
 from difftrain.distributed import on_main_process, own_batches
 from difftrain.errors import UserError
 from difftrain.evaluation.likelihood import bits_per_dim
+from difftrain.modalities import modality_for
 from difftrain.models import build_network
 from difftrain.sampling import SamplingSpec, batch_generator, generate
 from tests.conftest import tiny_overrides
 
 SHAPE = (8, 8, 1)  # H, W, C
+MODALITY = modality_for({"kind": "image", "shape": list(SHAPE)})
 
 
 @pytest.fixture(scope="module")
 def denoiser() -> Denoiser:
     """An untrained class-conditional network: its samples are not images, but they are reproducible."""
     torch.manual_seed(0)
-    config = ModelConfig(channels=[16, 16], attention=[False, False], layers_per_block=1, norm_groups=8, attention_head_dim=8)
-    return Denoiser(build_network(config, SHAPE, 3).eval().requires_grad_(False), EDM())
+    config = ModelConfig(unet=UNetConfig(channels=[16, 16], attention=[False, False], layers_per_block=1, norm_groups=8,
+                                         attention_head_dim=8))
+    return Denoiser(build_network(config, MODALITY, 3).eval().requires_grad_(False), EDM())
 
 
 class TwoProcesses:
@@ -72,17 +75,17 @@ def test_processes_take_every_world_th_batch():
 def test_two_processes_draw_the_images_of_one(denoiser, monkeypatch):
     spec = SamplingSpec(sampler="ddpm", steps=3, seed=5)  # stochastic steps: the sampler draws from each batch's generator
     labels = np.arange(20) % 3
-    kwargs = dict(batch_size=6, null_label=denoiser.net.null_label)
-    whole = generate(denoiser, 20, SHAPE, labels, spec, **kwargs)  # batches 0-5, 6-11, 12-17, 18-19
+    kwargs = dict(batch_size=6)  # the null label comes from denoiser.net.null_label
+    whole = generate(denoiser, MODALITY, 20, labels, spec, **kwargs)  # batches 0-5, 6-11, 12-17, 18-19
     # A full batch depends on the seed and its index only: a shorter run begins with the same batches.
-    assert np.array_equal(generate(denoiser, 12, SHAPE, labels[:12], spec, **kwargs), whole[:12])
+    assert np.array_equal(generate(denoiser, MODALITY, 12, labels[:12], spec, **kwargs), whole[:12])
 
     launch = TwoProcesses(monkeypatch)
     counted = {0: [], 1: []}
     share = {}
     for rank in (1, 0):  # the main process last: it receives both shares
         launch.play(rank)
-        share[rank] = generate(denoiser, 20, SHAPE, labels, spec, **kwargs, progress=counted[rank].append, across_processes=True)
+        share[rank] = generate(denoiser, MODALITY, 20, labels, spec, **kwargs, progress=counted[rank].append, across_processes=True)
     assert np.array_equal(share[1], whole[np.r_[6:12, 18:20]])  # batches 1 and 3 alone: process 0 has sent nothing yet
     assert np.array_equal(share[0], whole)
     assert counted == {0: [6, 6], 1: [6, 2]}  # each process counts the images it draws
@@ -93,7 +96,7 @@ def test_one_process_never_asks_for_other_processes(denoiser, monkeypatch):
         raise AssertionError("a single-process call looked for other processes")
 
     monkeypatch.setattr(distributed, "processes", no_launch)
-    images = generate(denoiser, 5, SHAPE, np.zeros(5, np.int64), SamplingSpec(steps=2), batch_size=2)
+    images = generate(denoiser, MODALITY, 5, np.zeros(5, np.int64), SamplingSpec(steps=2), batch_size=2)
     assert images.shape == (5, *SHAPE)
 
 
@@ -101,12 +104,12 @@ def test_two_processes_measure_the_likelihood_of_one(denoiser, monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, size=(10, *SHAPE), dtype=np.uint8)
     labels = np.arange(10) % 3
     kwargs = dict(steps=4, batch_size=4, seed=2)  # batches of 4, 4 and 2 images; Hutchinson probes from each batch's generator
-    whole = bits_per_dim(denoiser, images, labels, **kwargs)
+    whole = bits_per_dim(denoiser, MODALITY, images, labels, **kwargs)
     launch = TwoProcesses(monkeypatch)
     launch.play(1)
-    bits_per_dim(denoiser, images, labels, **kwargs, across_processes=True)
+    bits_per_dim(denoiser, MODALITY, images, labels, **kwargs, across_processes=True)
     launch.play(0)
-    assert bits_per_dim(denoiser, images, labels, **kwargs, across_processes=True) == whole
+    assert bits_per_dim(denoiser, MODALITY, images, labels, **kwargs, across_processes=True) == whole
 
 
 def test_an_error_on_the_main_process_stops_every_process(monkeypatch):

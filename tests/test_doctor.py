@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from difftrain.cli import app
 from difftrain.config import load_config
+from difftrain.modalities import modality_for
 from difftrain.hardware.probe import DataShape, data_shape, fit_micro_batch, probe_config
 from difftrain.hardware.report import collect_environment
 from difftrain.hardware import probe as probe_mod
@@ -30,7 +31,7 @@ from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
 
 runner = CliRunner()
-DIGITS = DataShape((8, 8, 1), 10, "random tensors of the digits' shape")
+DIGITS = DataShape(modality_for({"kind": "image", "shape": [8, 8, 1]}), 10, "random tensors of the digits' shape")
 
 
 def doctor(*args: str):
@@ -206,10 +207,10 @@ def test_auto_batch_sets_the_accumulation(tmp_path, digits_dir, monkeypatch):
 
 
 def test_data_shape_without_preparing(digits_dir):
-    assert data_shape(load_config("digits")).image_shape == (8, 8, 1)
+    assert data_shape(load_config("digits")).modality.shape == (8, 8, 1)
     assert data_shape(load_config("digits")).dataset is None
     mnist = data_shape(load_config("mnist"), "mnist")
-    assert (mnist.image_shape, mnist.num_classes) == ((28, 28, 1), 10)
+    assert (mnist.modality.shape, mnist.num_classes) == ((28, 28, 1), 10)
     prepared = data_shape(load_config(overrides=[f"data.path={digits_dir}"]))
     assert prepared.dataset is not None and prepared.num_classes == 10
 

@@ -9,6 +9,10 @@ from PIL import Image
 from difftrain.evaluation.kid import kernel_distance, mmd2_unbiased
 from difftrain.evaluation.memorization import memorization, nearest_training, save_closest_pairs
 from difftrain.evaluation.neighbours import manifold_metrics
+from difftrain.modalities import modality_for
+
+IMAGES_8x8 = modality_for({"kind": "image", "shape": [8, 8, 1]})
+PIXEL = modality_for({"kind": "image", "shape": [1, 1, 1]})
 
 
 def test_mmd2_unbiased_by_hand_1d():
@@ -110,7 +114,7 @@ def test_memorization_flags_copies_and_near_copies_not_noise(train_images):
     near[3, 3, 0] = near[3, 3, 0] + 10 if near[3, 3, 0] < 200 else near[3, 3, 0] - 10
     noise = rng.integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
     samples = np.concatenate([train_images[[2, 5, 7]], near[None], noise])
-    result = memorization(samples, train_images)
+    result = memorization(samples, train_images, IMAGES_8x8)
     assert result.flagged.tolist() == [True] * 4 + [False] * 5
     assert result.nearest_index[:4].tolist() == [2, 5, 7, 4]
     assert result.d1[:3].tolist() == [0.0, 0.0, 0.0]
@@ -123,11 +127,11 @@ def test_memorization_ratio_and_duplicated_training_images():
     # 20/70 < 1/3 -> memorized. Sample 25: 25/65 > 1/3 -> not. Sample 90 copies a duplicated image: d1 = d2 = 0.
     train = np.array([0, 90, 255, 90], dtype=np.uint8).reshape(4, 1, 1, 1)
     samples = np.array([20, 25, 90], dtype=np.uint8).reshape(3, 1, 1, 1)
-    d1, d2, index = nearest_training(samples, train)
+    d1, d2, index = nearest_training(samples, train, PIXEL)
     assert d1 * 255 == pytest.approx([20, 25, 0]) and d2 * 255 == pytest.approx([70, 65, 0])
     assert index[:2].tolist() == [0, 0]
-    assert memorization(samples, train).flagged.tolist() == [True, False, True]
-    assert memorization(samples, train, ratio=0.5).flagged.tolist() == [True, True, True]
+    assert memorization(samples, train, PIXEL).flagged.tolist() == [True, False, True]
+    assert memorization(samples, train, PIXEL, ratio=0.5).flagged.tolist() == [True, True, True]
 
 
 def test_save_closest_pairs_layout(train_images, tmp_path):
@@ -135,8 +139,8 @@ def test_save_closest_pairs_layout(train_images, tmp_path):
     near[0, 0, 0] = near[0, 0, 0] + 10 if near[0, 0, 0] < 200 else near[0, 0, 0] - 10
     noise = np.random.default_rng(6).integers(0, 256, size=(3, 8, 8, 1), dtype=np.uint8)
     samples = np.concatenate([noise[:1], train_images[[2, 5, 7]], noise[1:], near[None]])
-    result = memorization(samples, train_images)
-    path = save_closest_pairs(samples, train_images, result, tmp_path / "pairs.png", count=4)
+    result = memorization(samples, train_images, IMAGES_8x8)
+    path = save_closest_pairs(samples, train_images, result, tmp_path / "pairs.png", IMAGES_8x8, count=4)
     # Four 8x16 pairs on a 2x2 grid with 1-pixel padding: 19 x 35, enlarged x8 to reach 256 -> 152 x 280.
     img = np.asarray(Image.open(path))
     assert img.shape == (152, 280)

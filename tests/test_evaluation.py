@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from difftrain.data import load_dataset
-from difftrain.evaluation.classifier import load_or_train_classifier
-from difftrain.evaluation.extractors import domain_extractor
+from difftrain.modalities.image_classifier import load_or_train_classifier
+from difftrain.modalities.image_features import domain_extractor
 from difftrain.evaluation.reference import classifier_pool, floor_pool
 from difftrain.evaluation.suite import evaluate_samples
 from difftrain.evaluation.frechet import feature_stats, frechet_between, frechet_distance
@@ -66,9 +66,9 @@ def test_real_images_score_at_the_floor_and_noise_far_above(digits_and_classifie
     every = ["fid", "kid", "pr", "mem"]
     # Unseen real images as "samples" (the floor pool, in another order): they score at the floor.
     pool = floor_pool(ds)
-    assert not set(pool) & set(classifier_pool(ds)) and len(pool) + len(classifier_pool(ds)) == len(ds.train_images)
+    assert not set(pool) & set(classifier_pool(ds)) and len(pool) + len(classifier_pool(ds)) == len(ds.train_data)
     half = np.random.default_rng(5).permutation(pool)[:len(pool) // 2]
-    real = evaluate_samples(ds.train_images[half], ds.train_labels[half], ds, extractor, metrics=every)
+    real = evaluate_samples(ds.train_data[half], ds.train_labels[half], ds, extractor, metrics=every)
     assert real["fid"] != real["fid_floor"] and real["fid_floor_std"] > 0
     # Near the floor: 359 samples against 359 held-out images leave FID ~20% and KID ~0.003 of noise.
     assert real["fid"] == pytest.approx(real["fid_floor"], rel=0.3)
@@ -79,29 +79,29 @@ def test_real_images_score_at_the_floor_and_noise_far_above(digits_and_classifie
     # Training images are training images: every one is an exact copy of itself.
     assert real["memorized_fraction"] == 1.0
     rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, size=(300, *ds.image_shape), dtype=np.uint8)
+    noise = rng.integers(0, 256, size=(300, *ds.sample_shape), dtype=np.uint8)
     bad = evaluate_samples(noise, ds.train_labels[:300], ds, extractor, metrics=every)
     assert bad["fid"] > 5 * bad["fid_floor"] and bad["kid"] > 5 * bad["kid_floor"]
     # Noise lands partly inside the real balls (precision's known weakness); density and coverage are robust to it.
     assert bad["precision"] < 0.5 * bad["precision_floor"] and bad["recall"] < 0.5 * bad["recall_floor"]
     assert bad["density"] < 0.2 and bad["coverage"] < 0.2 and bad["memorized_fraction"] == 0.0
     assert bad["label_agreement"] < 0.3
-    shuffled = evaluate_samples(ds.train_images, rng.permutation(ds.train_labels), ds, extractor, metrics=["fid"])
+    shuffled = evaluate_samples(ds.train_data, rng.permutation(ds.train_labels), ds, extractor, metrics=["fid"])
     assert shuffled["label_agreement"] < 0.2
 
 
 def test_every_number_carries_its_protocol(digits_and_classifier):
     ds, _, meta = digits_and_classifier
-    record = evaluate_samples(ds.test_images, ds.test_labels, ds, domain_extractor(ds, epochs=10), metrics=["fid"], seed=3)
+    record = evaluate_samples(ds.test_data, ds.test_labels, ds, domain_extractor(ds, epochs=10), metrics=["fid"], seed=3)
     assert record["extractor"] == "difftrain-small-classifier" and record["extractor_sha256"] == meta["weights_sha256"]
     assert record["extractor_test_accuracy"] == meta["test_accuracy"]
-    assert record["n_samples"] == len(ds.test_images) and record["n_reference"] == len(ds.test_images) and record["eval_seed"] == 3
+    assert record["n_samples"] == len(ds.test_data) and record["n_reference"] == len(ds.test_data) and record["eval_seed"] == 3
     # The real data's features are cached per dataset and extractor (name and weights hash in the file name).
     key = f"difftrain-small-classifier-{meta['weights_sha256'][:12]}"
     assert (ds.path / "eval-cache" / f"{key}-test.npy").is_file() and list((ds.path / "eval-cache").glob(f"{key}-floor-*.npy"))
     # 360 held-out images are enough for 64-d features; 40 samples are not, and the record says so.
     assert record["warnings"] == []
-    few = evaluate_samples(ds.test_images[:40], None, ds, domain_extractor(ds, epochs=10), metrics=["fid"])
+    few = evaluate_samples(ds.test_data[:40], None, ds, domain_extractor(ds, epochs=10), metrics=["fid"])
     assert any("biased" in w for w in few["warnings"]) and "label_agreement" not in few
 
 
@@ -120,7 +120,7 @@ def trained_and_untrained(tmp_path_factory, digits_dir):
     train(cfg, run_dir, progress=False)
     run = open_run(run_dir)
     trained = run.denoiser(run.checkpoint())
-    untrained = Denoiser(build_network(run.config.model, run.image_shape, run.num_classes).eval(), formulation_of(run.config))
+    untrained = Denoiser(build_network(run.config.model, run.modality, run.num_classes).eval(), formulation_of(run.config))
     return run, trained, untrained
 
 
@@ -135,7 +135,7 @@ def test_a_briefly_trained_model_beats_an_untrained_one_on_every_metric(trained_
     spec = SamplingSpec(steps=8)
     scores = {}
     for name, denoiser in (("trained", trained), ("untrained", untrained)):
-        images = generate(denoiser, 300, ds.image_shape, labels, spec, null_label=denoiser.net.null_label)
+        images = generate(denoiser, ds.modality, 300, labels, spec)
         scores[name] = evaluate_samples(images, labels, ds, extractor, metrics=["fid", "kid", "pr", "cas"],
                                         classifier_epochs=run.config.eval.classifier_epochs)
         ec = run.config.eval.model_copy(update={"nll_images": 32, "nll_steps": 16})
@@ -157,8 +157,8 @@ def test_inception_extractor_feeds_torch_fidelity_uint8_rgb(tmp_path, monkeypatc
 
     import torch
 
-    from difftrain.evaluation.extractors import build_extractor
-    from difftrain.store.checkpoint import sha256_file
+    from difftrain.modalities.image_features import build_extractor
+    from difftrain.hashing import sha256_file
 
     seen = {}
 
@@ -179,7 +179,7 @@ def test_inception_extractor_feeds_torch_fidelity_uint8_rgb(tmp_path, monkeypatc
     weights.write_bytes(b"stand-in weights")
     ds = load_dataset(digits_dir)
     extractor = build_extractor("auto", ds, inception_weights=str(weights))
-    features = extractor.features(ds.test_images[:10])
+    features = extractor.features(ds.test_data[:10])
     assert features.shape == (10, 2048) and extractor.name == "inception-v3-fid" and extractor.sha256 == sha256_file(weights)
     assert seen == {"name": "inception-v3-compat", "features": ["2048"], "weights": str(weights),
                     "input": (torch.uint8, (3, 8, 8))}

@@ -15,6 +15,7 @@ import torch
 
 from difftrain.diffusion import EDM, VP, Denoiser, Formulation
 from difftrain.evaluation.likelihood import bits_per_dim, ode_log_likelihood
+from difftrain.modalities import modality_for
 
 # A 4-vector stored as a (1, 2, 2) "image", non-diagonal covariance with eigenvalues in [0.05, 1].
 SHAPE = (1, 2, 2)
@@ -36,13 +37,13 @@ class GaussianNet(torch.nn.Module):
         eigs, q = torch.linalg.eigh(cov)
         self.eigs, self.q = eigs.float(), q.float()
 
-    def forward(self, x_in, c_noise, class_labels=None):
+    def forward(self, x_in, c_noise, cond=None):
         f = self.formulation
         # The net sees only c_noise; invert it (EDM: ln(sigma)/4; VP: fractional timestep).
         sigma = (4 * c_noise).exp() if isinstance(f, EDM) else f.t_to_sigma(c_noise)
         c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in f.scalings(sigma))
         x = x_in / c_in
-        mu = self.mu[0 if class_labels is None else class_labels]
+        mu = self.mu[0 if cond is None else cond["label"]]
         z = (x.flatten(1) - mu) @ self.q * self.eigs / (self.eigs + sigma.view(-1, 1) ** 2)
         return ((mu + z @ self.q.T).view_as(x) - c_skip * x) / c_out
 
@@ -130,6 +131,9 @@ def test_rademacher_probes_are_exact_for_a_diagonal_jacobian():
 
 # 3. Bits per dimension of uint8 images. ---------------------------------------------------------------
 
+IMAGES = modality_for({"kind": "image", "shape": [2, 1, 2]})  # the (H, W, C) of quantized_images
+PIXELS = modality_for({"kind": "image", "shape": [2, 2, 1]})  # 2x2 one-channel images
+
 def quantized_images(n: int, mus: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 2, 1, 2) images (H, W, C), from N(mus[label], COV) in NCHW order, and their labels."""
     rng = np.random.default_rng(seed)
@@ -167,7 +171,7 @@ def test_bits_per_dim_of_gaussian_images():
     seen = []
     denoiser = gaussian_denoiser(formulation, mu=mus).train()
     with torch.inference_mode():  # callers may be in inference mode
-        result = bits_per_dim(denoiser, images, labels, steps=512, batch_size=128, exact=True, seed=0,
+        result = bits_per_dim(denoiser, IMAGES, images, labels, steps=512, batch_size=128, exact=True, seed=0,
                               progress=seen.append)
     assert denoiser.training  # mode restored
     assert seen == [128, 128, 44]
@@ -179,7 +183,7 @@ def test_bits_per_dim_of_gaussian_images():
     assert {k: result[k] for k in ("nll_images", "nll_ode_steps", "nll_estimator", "nll_dequantization")} == {
         "nll_images": 300, "nll_ode_steps": 512, "nll_estimator": "exact", "nll_dequantization": "uniform"}
     # Without labels the model is scored against class 0's mean for every image: worse.
-    unlabelled = bits_per_dim(denoiser, images, None, steps=32, exact=True)
+    unlabelled = bits_per_dim(denoiser, IMAGES, images, None, steps=32, exact=True)
     assert unlabelled["nll_bits_per_dim"] > result["nll_bits_per_dim"] + 0.1
 
 
@@ -190,7 +194,7 @@ def test_dequantization_noise_counts():
     mu = torch.tensor([0.5, 100.5, 200.5, 255.5], dtype=torch.float64) / 127.5 - 1  # NCHW order of the bin centres
     cov = v * torch.eye(4, dtype=torch.float64)
     formulation = EDM()
-    result = bits_per_dim(gaussian_denoiser(formulation, mu=mu, cov=cov), k, None, steps=128, exact=True)
+    result = bits_per_dim(gaussian_denoiser(formulation, mu=mu, cov=cov), PIXELS, k, None, steps=128, exact=True)
     per_image, u_std = expected_bits(k, np.zeros(len(k), dtype=np.int64), mu[None], cov, formulation.sigma_min)
     tol = 4 * np.sqrt((u_std**2).sum()) / len(k) + 1e-3 / (4 * math.log(2))
     assert abs(result["nll_bits_per_dim"] - per_image.mean()) < tol, (result, per_image.mean(), tol)
@@ -198,7 +202,7 @@ def test_dequantization_noise_counts():
 
 def test_bits_per_dim_rejects_non_uint8():
     with pytest.raises(ValueError, match="uint8"):
-        bits_per_dim(gaussian_denoiser(EDM()), np.zeros((2, 2, 2, 1), dtype=np.float32), None)
+        bits_per_dim(gaussian_denoiser(EDM()), PIXELS, np.zeros((2, 2, 2, 1), dtype=np.float32), None)
 
 
 # 4. A worse model scores worse. -----------------------------------------------------------------------
@@ -207,8 +211,8 @@ def test_worse_denoiser_gives_higher_bits_per_dim():
     images, _ = quantized_images(200, MU[None], seed=1)
     formulation = VP()
     kwargs = dict(labels=None, steps=64, batch_size=100, seed=0)  # Hutchinson, the same u and probes for both
-    ideal = bits_per_dim(gaussian_denoiser(formulation), images, **kwargs)
+    ideal = bits_per_dim(gaussian_denoiser(formulation), IMAGES, images, **kwargs)
     # The denoiser of N(MU, 2 COV): about 0.5 (ln 2 - 1/2) / ln 2 = 0.14 bits/dim more on the true data.
-    worse = bits_per_dim(gaussian_denoiser(formulation, cov=2 * COV), images, **kwargs)
+    worse = bits_per_dim(gaussian_denoiser(formulation, cov=2 * COV), IMAGES, images, **kwargs)
     assert ideal["nll_estimator"] == "hutchinson-rademacher"
     assert worse["nll_bits_per_dim"] > ideal["nll_bits_per_dim"] + 0.07, (ideal, worse)

@@ -8,24 +8,29 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from difftrain.config import LORA_TARGETS, ModelConfig
+from difftrain.config import ModelConfig
 from difftrain.errors import UserError
+from difftrain.modalities import modality_for
 from difftrain.models import build_network
 from difftrain.pretrained.lora import adapt, is_adapted, merge, parameter_counts
 from difftrain.training.ema import EMA
 
-TINY = ModelConfig(channels=[32, 32], attention=[False, True], layers_per_block=1, norm_groups=8, attention_head_dim=8)
+TINY = ModelConfig(unet=dict(channels=[32, 32], attention=[False, True], layers_per_block=1, norm_groups=8, attention_head_dim=8))
 RANK = 2
 
 
 def fresh_net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_network(TINY, (8, 8, 1), 3)
+    return build_network(TINY, modality_for({"kind": "image", "shape": [8, 8, 1]}), 3)
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+# The UNet's own choice of LoRA layers (finetune.lora_targets=[] means these).
+LORA_TARGETS = fresh_net().lora_targets()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, generator=g), torch.tensor([0, 1, 2, 3])
+    return torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, generator=g), {"label": torch.tensor([0, 1, 2, 3])}
 
 
 def lora_net(train_only: list[str] | None = None) -> torch.nn.Module:
@@ -98,12 +103,12 @@ def test_parameter_counts_match_the_closed_form():
     plain = fresh_net()
     total = sum(p.numel() for p in plain.parameters())
     assert parameter_counts(plain) == (total, total)
-    targeted = [m for n, m in plain.unet.named_modules() if any(n == t or n.endswith("." + t) for t in LORA_TARGETS)]
+    targeted = [m for n, m in plain.core().named_modules() if any(n == t or n.endswith("." + t) for t in LORA_TARGETS)]
     assert {type(m) for m in targeted} == {torch.nn.Linear, torch.nn.Conv2d}
     added = sum(_lora_size(m, RANK) for m in targeted)
 
     assert parameter_counts(lora_net()) == (added, total + added)
-    embedding = plain.unet.class_embedding.weight.numel()
+    embedding = plain.core().class_embedding.weight.numel()
     assert parameter_counts(lora_net(train_only=["class_embedding"])) == (added + embedding, total + added)
 
 
@@ -115,7 +120,7 @@ def test_rank_zero_trains_everything_or_only_train_only():
     net = adapt(fresh_net(), rank=0, alpha=None, targets=LORA_TARGETS, train_only=["up_blocks"])
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("unet.up_blocks.") for n in trainable)
-    assert parameter_counts(net)[0] == sum(p.numel() for p in net.unet.up_blocks.parameters())
+    assert parameter_counts(net)[0] == sum(p.numel() for p in net.core().up_blocks.parameters())
     assert merge(net) is net and list(net.state_dict()) == list(fresh_net().state_dict())
 
 
@@ -138,9 +143,14 @@ def test_deepcopy_and_ema_work(tmp_path):
     x, c, labels = batch()
     assert torch.equal(copy.deepcopy(net)(x, c, labels), net(x, c, labels))
     ema = EMA(net)
-    ema.update(net, 0.5)
-    # Not bit-equal: torch's matmul takes another path when no weight requires grad (~1e-7 apart).
-    torch.testing.assert_close(ema.net(x, c, labels), net(x, c, labels), atol=1e-5, rtol=0)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    train_a_little(net)  # the network moves on, the EMA's copy stays behind
+    after = {name: p.detach() for name, p in net.named_parameters()}
+    assert any("lora_" in name and not torch.equal(before[name], p) for name, p in after.items())
+    ema.update(net, 0.25)
+    # ema = beta*ema + (1-beta)*net, weight by weight: LoRA weights blended, frozen ones unchanged.
+    for name, p in ema.net.named_parameters():
+        torch.testing.assert_close(p, 0.25 * before[name] + 0.75 * after[name], rtol=0, atol=1e-6)
     save_file(contiguous_cpu(ema.net), tmp_path / "ema.safetensors")  # no shared tensors in the copy either
     assert list(merge(ema.net).state_dict()) == list(fresh_net().state_dict())
 
@@ -148,7 +158,6 @@ def test_deepcopy_and_ema_work(tmp_path):
 @pytest.mark.parametrize("targets, words", [
     (["to_qq"], ["finetune.lora_targets", "'to_qq'", "to_q", "conv1"]),
     (["norm1"], ["finetune.lora_targets", "GroupNorm"]),
-    ([], ["finetune.lora_targets", "finetune.lora_rank"]),
 ])
 def test_bad_target_is_a_user_error(targets, words):
     with pytest.raises(UserError) as error:
@@ -160,3 +169,10 @@ def test_bad_prefix_is_a_user_error():
     for rank in (0, RANK):
         with pytest.raises(UserError, match=r"finetune\.train_only.*'upblocks'.*up_blocks"):
             adapt(fresh_net(), rank=rank, alpha=None, targets=LORA_TARGETS, train_only=["upblocks"])
+
+
+def test_no_targets_means_the_networks_own():
+    by_default = adapt(fresh_net(), rank=RANK, alpha=None, targets=[], train_only=[])
+    named = adapt(fresh_net(), rank=RANK, alpha=None, targets=LORA_TARGETS, train_only=[])
+    assert [n for n, p in by_default.named_parameters() if p.requires_grad] == [n for n, p in named.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n, _ in by_default.named_parameters())

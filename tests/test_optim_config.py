@@ -67,7 +67,9 @@ def test_presets_are_valid_and_overrides_apply():
     for name in PRESETS:
         load_config(name)
     cfg = load_config("digits", overrides=["train.batch_size=64", "optim.name=lamb", "model.channels=[32, 64]"])
-    assert (cfg.train.batch_size, cfg.optim.name, cfg.model.channels) == (64, "lamb", [32, 64])
+    assert (cfg.train.batch_size, cfg.optim.name, cfg.model.unet.channels) == (64, "lamb", [32, 64])
+    # The per-architecture key, and the flat key of configs written before model.unet existed, set the same field.
+    assert load_config("digits", overrides=["model.unet.channels=[32, 64]"]).model == cfg.model
 
 
 @pytest.mark.parametrize("override, message", [
@@ -107,7 +109,7 @@ def test_config_choices_match_the_implementations():
     from difftrain.diffusion import SAMPLERS, WEIGHTINGS
 
     assert set(typing.get_args(SampleConfig.model_fields["sampler"].annotation)) == set(SAMPLERS)
-    assert set(typing.get_args(DiffusionConfig.model_fields["weighting"].annotation)) == set(WEIGHTINGS)
+    assert set(typing.get_args(DiffusionConfig.model_fields["weighting"].annotation)) == {"auto", *WEIGHTINGS}
 
 
 def test_a_training_length_is_required():

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from difftrain.config import load_config
 from difftrain.data.loader import ArrayBatches
 from difftrain.errors import UserError
+from difftrain.modalities import modality_for
 from difftrain.training import performance
 from difftrain.store.checkpoint import latest_checkpoint
 from difftrain.training.lamb import Lamb
@@ -87,15 +88,15 @@ def test_lamb_skipping_its_first_step_starts_as_if_fresh():
 
 def test_hflip_mirrors_half_the_stream_reproducibly():
     images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
-    plain = ArrayBatches(images, None, seed=3, device=torch.device("cpu"))
-    flipped = ArrayBatches(images, None, seed=3, device=torch.device("cpu"), hflip=True)
+    plain = ArrayBatches(images, None, modality_for({"kind": "image", "shape": [4, 4, 1]}), seed=3, device=torch.device("cpu"))
+    flipped = ArrayBatches(images, None, modality_for({"kind": "image", "shape": [4, 4, 1]}), seed=3, device=torch.device("cpu"), hflip=True)
     x, _ = flipped.batch(30, 40)  # crosses an epoch boundary
     y, _ = plain.batch(30, 40)
     mirrored = [(a == b.flip(-1)).all().item() and not (a == b).all().item() for a, b in zip(x, y)]
     same = [(a == b).all().item() for a, b in zip(x, y)]
     assert all(m or s for m, s in zip(mirrored, same))
     assert 10 <= sum(mirrored) <= 30
-    again, _ = ArrayBatches(images, None, seed=3, device=torch.device("cpu"), hflip=True).batch(30, 40)
+    again, _ = ArrayBatches(images, None, modality_for({"kind": "image", "shape": [4, 4, 1]}), seed=3, device=torch.device("cpu"), hflip=True).batch(30, 40)
     assert torch.equal(x, again)  # a pure function of the stream position: resuming keeps it
 
 
@@ -173,14 +174,14 @@ def test_training_steps_never_wait_for_the_gpu(small_digits_dir):
 
     ds = load_dataset(small_digits_dir)
     cfg = load_config(overrides=tiny_overrides(small_digits_dir, **{"train.device": "cuda"}))
-    trainee = _Trainee(cfg, DataShape(ds.image_shape, ds.num_classes, "test", ds))
+    trainee = _Trainee(cfg, DataShape(ds.modality, ds.num_classes, "test", ds))
     trainee.steps(2)  # allocations and kernel choices happen here
     config = trainee.config
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(2, 8):  # positions 32..128 of 40 images: crosses epoch boundaries
             _, _, applied = train_step(config, trainee.accelerator, trainee.net, trainee.denoiser, trainee.optimizer,
-                                       trainee.batches, step * 16, trainee.noise_gen, trainee.null_label)
+                                       trainee.batches, step * 16, trainee.noise_gen, trainee.conditioner)
             trainee.ema.update(trainee.raw_net, 0.99, applied)
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difftrain.errors import UserError
-from difftrain.evaluation.segmenter import confusion_matrix, fit_segmenter, iou, predict_masks, segmentation_utility
+from difftrain.modalities.segmenter import confusion_matrix, fit_segmenter, iou, predict_masks, segmentation_utility
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from difftrain.cli import app
 from difftrain.data import load_dataset, prepare_dataset
 from difftrain.errors import UserError
+from difftrain.modalities import modality_for
+from difftrain.modalities.base import Classifier
 from difftrain.sampling import SamplingSpec
 from difftrain.synth import generate as synth_generate
 from difftrain.synth.filters import Judge, parse_filters
@@ -90,6 +92,19 @@ class MeanLogit(torch.nn.Module):
         return torch.stack([4 * mean, torch.zeros_like(mean)], 1)
 
 
+class MeanLogitClassifier(Classifier):
+    """MeanLogit behind the Classifier protocol: softmax of its logits, images read as the image classifier reads them."""
+
+    def probabilities(self, data: np.ndarray) -> np.ndarray:
+        from difftrain.modalities.image import to_model
+
+        with torch.no_grad():
+            return torch.softmax(MeanLogit()(to_model(torch.from_numpy(data))), 1).numpy()
+
+
+DIGIT_IMAGES = modality_for({"kind": "image", "shape": [8, 8, 1]})
+
+
 def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
@@ -100,7 +115,7 @@ def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
     near_a[3, 3, 0] = near_a[3, 3, 0] + 1 if near_a[3, 3, 0] < 255 else 254  # 1/255 from a: a near duplicate
     batch = np.stack([train[3], near_copy, a, a, near_a, b, c])
     kept_before = b[None]  # b was kept in an earlier batch
-    judge = Judge(parse_filters("memorization,dedup", (8, 8, 1)), train_images=train)
+    judge = Judge(parse_filters("memorization,dedup", (8, 8, 1)), DIGIT_IMAGES, train_images=train)
     room = [10]
     verdicts = judge.judge(batch, [0] * 7, room, kept_before)
     assert [v.removed_by for v in verdicts] == ["memorization", "memorization", None, "dedup", "dedup", "dedup", None]
@@ -115,7 +130,8 @@ def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
 
     # Confidence: p(class 0) = sigmoid(4 * mean) in [-1, 1] units; white images pass 0.5, black ones do not.
     white, black = np.full((8, 8, 1), 255, np.uint8), np.zeros((8, 8, 1), np.uint8)
-    judge = Judge(parse_filters("confidence:0.5", (8, 8, 1)), classifier=MeanLogit(), classifier_labels=[0, 1])
+    judge = Judge(parse_filters("confidence:0.5", (8, 8, 1)), DIGIT_IMAGES, classifier=MeanLogitClassifier(),
+                  classifier_labels=[0, 1])
     room = [2, 5]
     verdicts = judge.judge(np.stack([white, black, white, white, black]), [0, 0, 0, 0, 1], room, black[:0])
     assert [v.removed_by for v in verdicts] == [None, "confidence", None, "surplus", None]  # class 0 had room for two
@@ -158,13 +174,13 @@ def test_the_dataset_its_manifest_and_card_describe_each_other(run_dir, digits_d
 
     # It is an ImageFolder: `data prepare` reads back exactly the kept images, by class.
     ds = prepare_dataset(out, tmp_path / "prepared", test_fraction=0.0, progress=False)
-    assert ds.class_names == ["1", "4", "7"] and len(ds.train_images) == 9
+    assert ds.class_names == ["1", "4", "7"] and len(ds.train_data) == 9
     by_file = sorted((f["class"], np.asarray(Image.open(out / f["file"])).tobytes()) for f in m["files"])
-    assert sorted((ds.class_names[y], x[..., 0].tobytes()) for x, y in zip(ds.train_images, ds.train_labels)) == by_file
+    assert sorted((ds.class_names[y], x[..., 0].tobytes()) for x, y in zip(ds.train_data, ds.train_labels)) == by_file
 
 
 def test_planted_copies_and_duplicates_are_removed_and_replaced(run_dir, digits_dir, tmp_path, monkeypatch):
-    train_images = load_dataset(digits_dir).train_images
+    train_images = load_dataset(digits_dir).train_data
     real_generate = synth_generate.generate
 
     def planted(*args, first_batch: int, **kwargs):
@@ -298,7 +314,7 @@ def test_an_unconditional_run_fills_images_and_takes_n(tmp_path, digits_dir):
                             "shortfall": 0}]
     assert not (tmp_path / "out" / "labels.csv").exists()
     ds = prepare_dataset(tmp_path / "out" / "images", tmp_path / "prepared", test_fraction=0.0, progress=False)
-    assert ds.num_classes == 0 and len(ds.train_images) == 5
+    assert ds.num_classes == 0 and len(ds.train_data) == 5
 
 
 def test_a_segmentation_run_writes_aligned_images_and_masks(tmp_path):
@@ -323,7 +339,7 @@ def test_a_segmentation_run_writes_aligned_images_and_masks(tmp_path):
         assert np.asarray(mask).max() < len(DIGIT_MASK_CLASSES)
     assert (out / "mask_classes.txt").read_text().splitlines() == DIGIT_MASK_CLASSES
     ds = prepare_dataset(out, tmp_path / "again", test_fraction=0.0, progress=False)
-    assert ds.mask_classes == DIGIT_MASK_CLASSES and len(ds.train_images) == 4 and ds.class_names == ["3", "6"]
+    assert ds.modality.mask_classes == DIGIT_MASK_CLASSES and len(ds.train_data) == 4 and ds.class_names == ["3", "6"]
 
 
 # The command line and processes. -------------------------------------------------------------------------

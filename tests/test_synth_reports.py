@@ -11,11 +11,11 @@ from PIL import Image
 
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.errors import UserError
-from difftrain.evaluation.classifier import fit_classifier
-from difftrain.modalities import segmentation
+from difftrain.modalities.image_classifier import fit_classifier
+from difftrain.modalities import modality_for, segmentation
 from difftrain.synth.privacy import dcr_summary, privacy
 from difftrain.synth.report import report_markdown, write_report
-from difftrain.synth.utility import balanced_order, classification_utility
+from difftrain.evaluation.utility import balanced_order, classification_utility
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,13 @@ def digits(digits_dir):
 def fake_synthetic(ds, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stand-ins for generated images: real training images shifted one pixel, with noise, and their labels."""
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(ds.train_images), n, replace=False)
-    images = np.roll(ds.train_images[idx].astype(np.int64), 1, axis=2) + rng.integers(-25, 26, size=(n, 8, 8, 1))
+    idx = rng.choice(len(ds.train_data), n, replace=False)
+    images = np.roll(ds.train_data[idx].astype(np.int64), 1, axis=2) + rng.integers(-25, 26, size=(n, 8, 8, 1))
     return np.clip(images, 0, 255).astype(np.uint8), ds.train_labels[idx]
 
 
 def test_fit_classifier_steps_default_is_the_epoch_budget(digits):
-    x, y = digits.train_images[:300], digits.train_labels[:300]
+    x, y = digits.train_data[:300], digits.train_labels[:300]
     by_epochs = fit_classifier(x, y, 10, epochs=2, seed=3)
     by_steps = fit_classifier(x, y, 10, steps=2 * (300 // 128), seed=3)
     for a, b in zip(by_epochs.state_dict().values(), by_steps.state_dict().values()):
@@ -50,15 +50,15 @@ def test_balanced_order_keeps_every_prefix_balanced():
 
 def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
     synth = fake_synthetic(digits, 400)
-    real_train, real_test = (digits.train_images, digits.train_labels), (digits.test_images, digits.test_labels)
+    real_train, real_test = (digits.train_data, digits.train_labels), (digits.test_data, digits.test_labels)
     stages = []
     u = classification_utility(real_train, real_test, synth, 10, seeds=(0, 1), steps=80, fractions=(0.5, 1.0),
-                               progress=stages.append)
+                               progress=stages.append, modality=digits.modality)
     assert set(u["arms"]) == {"real", "synthetic", "real+synthetic"}
     assert u["steps"] == 80
     assert u["images"] == {"real_train": len(real_train[0]), "synthetic": 400, "real_test": len(real_test[0])}
     for arm in u["arms"].values():
-        assert len(arm["accuracy_per_seed"]) == 2 and all(0 <= a <= 1 for a in arm["accuracy_per_seed"])
+        assert len(arm["accuracy_per_seed"]) == 2 and all(0.25 < a <= 1 for a in arm["accuracy_per_seed"])  # chance is 0.1
         assert arm["accuracy_mean"] == pytest.approx(np.mean(arm["accuracy_per_seed"]))
         assert arm["accuracy_std"] == pytest.approx(np.std(arm["accuracy_per_seed"], ddof=1))
     assert u["arms"]["real"]["accuracy_mean"] > 0.8
@@ -73,7 +73,8 @@ def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
     assert u["synthetic_helps"] == ((gain > max(stds)) if len(u["seeds"]) > 1 else None)
     json.dumps(u)
     # The same seed gives the same numbers.
-    again = classification_utility(real_train, real_test, synth, 10, seeds=(1,), steps=80, fractions=(1.0,))
+    again = classification_utility(real_train, real_test, synth, 10, seeds=(1,), steps=80, fractions=(1.0,),
+                                   modality=digits.modality)
     for arm in ("real", "synthetic", "real+synthetic"):
         assert again["arms"][arm]["accuracy_per_seed"] == u["arms"][arm]["accuracy_per_seed"][1:]
 
@@ -81,8 +82,11 @@ def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
 def test_classification_utility_refuses_labels_outside_the_classes(digits):
     images, labels = fake_synthetic(digits, 20)
     with pytest.raises(UserError, match="synthetic images: label 10"):
-        classification_utility((digits.train_images, digits.train_labels), (digits.test_images, digits.test_labels),
-                               (images, labels + 1), 10, steps=1)
+        classification_utility((digits.train_data, digits.train_labels), (digits.test_data, digits.test_labels),
+                               (images, labels + 1), 10, steps=1, modality=digits.modality)
+
+
+IMAGES_2x2 = modality_for({"kind": "image", "shape": [2, 2, 1]})
 
 
 def constant(values, size: int = 2) -> np.ndarray:
@@ -96,7 +100,7 @@ def test_dcr_of_a_hand_made_case_in_closed_form():
     # Copies of two training images; 5 (near black, far from the rest: memorized); 64 (halfway: a tie, not
     # memorized); 90 (nearest 128 at 76/255, next black at 180/255: not below a third).
     synth = constant([0, 255, 5, 64, 90])
-    summary, result, held_out_dcr = privacy(synth, train, held_out)
+    summary, result, held_out_dcr = privacy(synth, train, held_out, IMAGES_2x2)
     assert held_out_dcr == pytest.approx(np.array([20, 40, 60, 80, 100]) / 255)
     # Linear-interpolation quantiles of 5 points: position q * 4.
     assert summary["held_out_dcr"] == pytest.approx({"p1": 20.8 / 255, "p5": 24 / 255, "p25": 40 / 255, "p50": 60 / 255})
@@ -120,7 +124,7 @@ def test_fraction_below_threshold_counts_strictly_below():
 def test_write_report_on_digits(digits, tmp_path):
     images, labels = fake_synthetic(digits, 200, seed=1)
     planted = [3, 50, 700, 900, 1200]
-    images = np.concatenate([images, digits.train_images[planted]])
+    images = np.concatenate([images, digits.train_data[planted]])
     labels = np.concatenate([labels, digits.train_labels[planted]])
     summary = write_report(tmp_path, digits, images, labels, seed=4, steps=30, repeats=2)
     assert json.loads((tmp_path / "report.json").read_text()) == summary
@@ -128,7 +132,7 @@ def test_write_report_on_digits(digits, tmp_path):
     assert summary["utility"]["seeds"] == [4, 5] and summary["utility"]["images"]["synthetic"] == 205
     p = summary["privacy"]
     assert p["exact_copies"] == 5 and p["memorized"] >= 5 and p["synthetic_images"] == 205
-    assert p["held_out_images"] == len(digits.test_images)
+    assert p["held_out_images"] == len(digits.test_data)
     for name in ("dcr.png", "closest-pairs.png"):
         with Image.open(tmp_path / name) as im:
             im.load()
@@ -136,7 +140,7 @@ def test_write_report_on_digits(digits, tmp_path):
     assert summary["files"] == {"report": "report.json", "dcr": "dcr.png", "closest_pairs": "closest-pairs.png"}
     md = report_markdown(summary)
     real = summary["utility"]["arms"]["real"]
-    assert f"| real | {len(digits.train_images)} | {real['accuracy_mean']:.4f} ± {real['accuracy_std']:.4f} |" in md
+    assert f"| real | {len(digits.train_data)} | {real['accuracy_mean']:.4f} ± {real['accuracy_std']:.4f} |" in md
     assert f"{p['fraction_below_held_out_p5']:.4f}" in md and f"**{p['exact_copies']}** of 205" in md
     assert f"{p['held_out_dcr']['p5']:.4f}" in md and "(dcr.png)" in md and "(closest-pairs.png)" in md
     assert f"| {summary['utility']['size_curve'][0]['synthetic_images']} | 0.125 |" in md
@@ -148,13 +152,13 @@ def test_unlabelled_synthetic_data_skips_utility_but_keeps_privacy(digits, tmp_p
     assert summary["utility"] is None and "no labels" in summary["utility_skipped"]
     assert summary["privacy"]["synthetic_images"] == 50
     md = report_markdown(summary)
-    assert "Skipped: the synthetic images have no labels" in md and "dcr.png" in md
+    assert "Skipped: the synthetic data has no labels" in md and "dcr.png" in md
 
 
 def test_write_report_refuses_bad_synthetic_images(digits, tmp_path):
     with pytest.raises(UserError, match="uint8"):
         write_report(tmp_path, digits, np.zeros((4, 8, 8, 1), np.float32), None)
-    with pytest.raises(UserError, match=r"\(H, W, C\)"):
+    with pytest.raises(UserError, match=r"uint8 \(9, 9, 1\) but the data of .* is uint8 \(8, 8, 1\)"):
         write_report(tmp_path, digits, np.zeros((4, 9, 9, 1), np.uint8), None)
 
 
@@ -162,19 +166,22 @@ def test_segmentation_report_scores_miou_and_privacy_on_the_image_part(digits, t
     def joint(images):
         return segmentation.join(images, (images[..., 0] > 64).astype(np.uint8), 2)  # digit against background
 
-    train, test = joint(digits.train_images[:300]), joint(digits.test_images[:100])
+    train, test = joint(digits.train_data[:300]), joint(digits.test_data[:100])
     manifest = {"kind": "segmentation", "shape": [8, 8, 1], "num_classes": None, "class_names": None,
                 "mask_classes": ["background", "digit"]}
     real = PreparedDataset(tmp_path / "data", manifest, train, None, test, None)
-    assert real.image_shape == (8, 8, 3) and real.image_channels == 1
-    synth_images, synth_masks = segmentation.split(joint(fake_synthetic(digits, 60)[0]), 1)
-    summary = write_report(tmp_path, real, synth_images, None, synth_masks=synth_masks, steps=10, repeats=1)
+    assert real.sample_shape == (8, 8, 3) and real.modality.image_channels == 1
+    synth_joint = joint(fake_synthetic(digits, 60)[0])
+    synth_images, synth_masks = segmentation.split(synth_joint, 1)
+    summary = write_report(tmp_path, real, segmentation.join(synth_images, synth_masks, 2), None, steps=10, repeats=1)
     assert summary["task"] == "segmentation" and summary["real"]["mask_classes"] == ["background", "digit"]
     assert set(summary["utility"]["arms"]) == {"real", "synthetic", "real+synthetic"}
-    assert 0 <= summary["utility"]["arms"]["real"]["miou_mean"] <= 1
+    assert summary["utility"]["arms"]["real"]["miou_mean"] > (test[..., 1] > 0).mean() / 2  # all-background's mIoU
     assert summary["privacy"]["held_out_images"] == 100
     md = report_markdown(summary)
     assert "mIoU" in md and f"{summary['utility']['arms']['real']['miou_mean']:.4f}" in md
-    # Without masks there is nothing to train a segmenter on; privacy still runs.
-    no_masks = write_report(tmp_path / "b", real, synth_images, None)
-    assert no_masks["utility"] is None and "without masks" in no_masks["utility_skipped"] and no_masks["privacy"]
+    # Without masks there is nothing to train a segmenter on: synthetic data of a segmentation dataset is the joint
+    # (H, W, C + K) pairs, so images alone are refused before anything runs.
+    with pytest.raises(UserError, match=r"\(8, 8, 1\) but the data of .* is uint8 \(8, 8, 3\)"):
+        write_report(tmp_path / "b", real, synth_images, None)
+    assert not (tmp_path / "b" / "report.json").exists()

@@ -61,11 +61,12 @@ def test_accumulation_equals_large_batch(tmp_path, tiny_config):
 
 
 def test_weights_change_and_loss_is_logged(tmp_path, tiny_config):
+    from difftrain.modalities import modality_for
     from difftrain.models import build_network
 
     cfg = tiny_config()
     torch.manual_seed(cfg.train.seed)
-    initial = build_network(cfg.model, (8, 8, 1), 10).state_dict()
+    initial = build_network(cfg.model, modality_for({"kind": "image", "shape": [8, 8, 1]}), 10).state_dict()
     result = train(cfg, tmp_path / "run", progress=False)
     trained = weights(tmp_path / "run")
     assert trained.keys() == initial.keys()

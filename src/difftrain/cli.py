@@ -29,12 +29,20 @@ def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
-@data_app.command("prepare", epilog="Example: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`")
+@data_app.command("prepare", epilog="Examples: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`  \n"
+                                    "`difftrain data prepare points.csv --kind points --label-column label --out data/points`")
 def data_prepare(
     source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), a folder/file of MNIST-style IDX files, "
-                                 "or a segmentation folder: images/ and masks/ with matching names (masks: class-index PNGs), "
-                                 "optional labels.csv (file,label) and mask_classes.txt (docs/segmentation.md)."),
+                                 "a segmentation folder: images/ and masks/ with matching names (masks: class-index PNGs), "
+                                 "optional labels.csv (file,label) and mask_classes.txt (docs/segmentation.md); "
+                                 "or points: a CSV/Parquet table of numeric columns, or a built-in set (moons, circles, swissroll, "
+                                 "gaussians25, gaussian_mixture)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
+    kind: Optional[str] = typer.Option(None, help="image, segmentation or points; default: what the source is (a table or a "
+                                       "point set's name: points; anything else: images)."),
+    label_column: Optional[str] = typer.Option(None, help="Points: the column of class labels (the others are the coordinates)."),
+    columns: Optional[str] = typer.Option(None, help="Points: the coordinate columns, comma-separated (default: all but the label)."),
+    n: Optional[int] = typer.Option(None, help="Points: how many points a built-in set draws (default 10,000)."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
     fit: str = typer.Option("crop", help="How to make images square: 'crop' (center crop) or 'pad'."),
@@ -46,14 +54,16 @@ def data_prepare(
     overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
 ) -> None:
     """Validate a source and write it once as arrays + manifest.json; the source is never modified."""
-    from difftrain.data import describe_dataset, prepare_dataset
+    from difftrain.data import describe_dataset
+    from difftrain.modalities import prepare
 
-    ds = prepare_dataset(source, out_dir, resolution=resolution, channels=channels, fit=fit, limit=limit,
-                         classes=[c.strip() for c in classes.split(",")] if classes else None,
-                         test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite)
+    ds = prepare(source, out_dir, kind=kind, resolution=resolution, channels=channels, fit=fit, limit=limit,
+                 classes=[c.strip() for c in classes.split(",")] if classes else None, label_column=label_column,
+                 columns=[c.strip() for c in columns.split(",")] if columns else None, n=n,
+                 test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite)
     rejected = ds.manifest.get("rejected", [])
     for item in rejected:
-        _warn(f"rejected {item['path']}: {item['reason']}")
+        _warn(f"rejected {item.get('path') or 'row ' + str(item.get('row'))}: {item['reason']}")
     _print_info(describe_dataset(ds))
     console.print(f"prepared {out_dir} ({len(rejected)} input(s) rejected)")
 
@@ -436,12 +446,15 @@ def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
 
 
 def _print_eval(records: list[dict]) -> None:
-    """The metrics beside their floors (the same metrics for real images), the extractor, the warnings."""
+    """The metrics beside their floors (the same metrics for real data), the extractor, the warnings."""
     from rich import box
 
     columns = {"FID": ("fid", "fid_floor"), "KID": ("kid", "kid_floor"), "precision": ("precision", "precision_floor"),
                "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),
-               "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None), "memorized": ("memorized_fraction", None),
+               "sliced Wasserstein": ("sliced_wasserstein", "sliced_wasserstein_floor"),
+               "energy distance": ("energy_distance", "energy_distance_floor"),
+               "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None),
+               "memorized": ("memorized_fraction", "memorized_fraction_floor"),
                "NLL bits/dim": ("nll_bits_per_dim", None)}
     shown = {title: keys for title, keys in columns.items() if any(isinstance(r.get(keys[0]), (int, float)) for r in records)}
 
@@ -529,7 +542,7 @@ def _apply_auto_batch(cfg, preset: Optional[str]) -> None:
                     "`difftrain doctor --preset mnist --data data/mnist --out runs/mnist --memory-budget 8 --json`")
 def doctor(
     ctx: typer.Context,
-    preset: Optional[str] = typer.Option(None, help="Check this preset: digits, mnist."),
+    preset: Optional[str] = typer.Option(None, help="Check this preset: digits, mnist, points."),
     config: Optional[Path] = typer.Option(None, help="YAML config file (applied over the preset)."),
     data: Optional[str] = typer.Option(None, help="Prepared dataset folder (sets data.path)."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Where the run will write (its free disk is checked)."),

@@ -27,44 +27,102 @@ class DataConfig(Section):
     path: str | None = Field("digits", description="Prepared dataset folder, or a built-in dataset name ('digits') prepared into the run.")
 
 
-class ModelConfig(Section):
-    arch: Literal["unet"] = Field("unet", description="Network: 'unet' is diffusers' UNet2DModel.")
+class UNetConfig(Section):
+    """model.arch=unet: diffusers' UNet2DModel, for images."""
+
     channels: list[int] = Field([64, 128, 128], description="Output channels of each UNet resolution level (one level per entry).")
     attention: list[bool] = Field([False, True, False], description="Self-attention at each resolution level.")
     layers_per_block: int = Field(2, ge=1, description="ResNet blocks per resolution level.")
     attention_head_dim: int = Field(32, ge=1, description="Channels per attention head.")
     norm_groups: int = Field(32, ge=1, description="Groups of the GroupNorm layers (must divide every channel count).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the ResNet blocks.")
-    conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
-    label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
     unet_options: dict[str, Any] = Field({}, description="Further UNet2DModel arguments, by diffusers' names (e.g. act_fn); set from the source's config by --init.")
 
     @model_validator(mode="after")
-    def _check_levels(self) -> "ModelConfig":
+    def _check_levels(self) -> "UNetConfig":
         if len(self.attention) != len(self.channels):
-            raise ValueError(f"model.attention has {len(self.attention)} entries but model.channels has {len(self.channels)}; give one per level")
+            raise ValueError(f"model.unet.attention has {len(self.attention)} entries but model.unet.channels has {len(self.channels)}; give one per level")
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
-            raise ValueError(f"model.channels {bad} are not divisible by model.norm_groups={self.norm_groups}")
+            raise ValueError(f"model.unet.channels {bad} are not divisible by model.unet.norm_groups={self.norm_groups}")
         # Attention layers (always in the middle block) split channels into heads.
         bad = [c for c in self.channels if c % self.attention_head_dim]
         if bad:
-            raise ValueError(f"model.channels {bad} are not multiples of model.attention_head_dim={self.attention_head_dim}")
+            raise ValueError(f"model.unet.channels {bad} are not multiples of model.unet.attention_head_dim={self.attention_head_dim}")
         return self
+
+
+class MLPConfig(Section):
+    """model.arch=mlp: a residual MLP, for vectors (points, rows)."""
+
+    width: int = Field(256, ge=8, description="Hidden units of every residual block.")
+    depth: int = Field(4, ge=1, description="Residual blocks.")
+    embedding_dim: int = Field(128, ge=8, description="Size of the noise-level and label embeddings (even: cosine and sine pairs).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the residual blocks.")
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"model.mlp.embedding_dim={value} must be even (cosine and sine features in pairs)")
+        return value
+
+
+ARCHITECTURES = ("unet", "mlp")
+
+
+class ModelConfig(Section):
+    arch: Literal["auto", "unet", "mlp"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors); 'auto': the data's default.")
+    unet: UNetConfig = Field(default_factory=UNetConfig, description="Settings of model.arch=unet.")
+    mlp: MLPConfig = Field(default_factory=MLPConfig, description="Settings of model.arch=mlp.")
+    conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, raw: Any) -> Any:
+        # Configs from before per-architecture sections (and `model.channels=...` overrides) name UNet keys at the top.
+        if isinstance(raw, dict) and any(key in UNetConfig.model_fields for key in raw):
+            raw = dict(raw)
+            unet = dict(raw.get("unet") or {})
+            for key in list(raw):
+                if key in UNetConfig.model_fields:
+                    unet[key] = raw.pop(key)
+            raw["unet"] = unet
+        return raw
+
+    def section(self, arch: str) -> Section:
+        """The settings of architecture `arch`."""
+        return getattr(self, arch)
 
 
 class DiffusionConfig(Section):
     formulation: Literal["edm", "vp"] = Field("edm", description="'edm' (Karras et al. 2022 preconditioning) or 'vp' (DDPM discrete schedule).")
     prediction: Literal["eps", "v"] = Field("eps", description="Network target for 'vp': noise 'eps' or velocity 'v'.")
-    weighting: Literal["edm", "min_snr", "uniform"] = Field("edm", description="Loss weighting over noise levels: 'edm', 'min_snr' (min-SNR-gamma) or 'uniform' (MSE on the network's target).")
+    weighting: Literal["auto", "edm", "min_snr", "uniform"] = Field("auto", description="Loss weighting over noise levels: 'edm', 'min_snr' (min-SNR-gamma), 'uniform' (MSE on the network's target; DDPM's L_simple) or 'auto', the formulation's own ('edm' for edm, 'uniform' for vp), saved resolved.")
     min_snr_gamma: float = Field(5.0, gt=0, description="Gamma of the min-SNR weighting.")
-    sigma_data: float = Field(0.5, gt=0, description="EDM: standard deviation of the data.")
+    sigma_data: float | Literal["auto"] = Field("auto", description="EDM: standard deviation of the data as the model sees it; 'auto': the data's own (0.5 for pixels in [-1, 1], measured for other data), recorded in config.yaml when training starts.")
+
+    @field_validator("sigma_data")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if value != "auto" and not value > 0:
+            raise ValueError(f"diffusion.sigma_data must be positive or 'auto', got {value!r}")
+        return value
     p_mean: float = Field(-1.2, description="EDM: mean of log(sigma) during training.")
     p_std: float = Field(1.2, gt=0, description="EDM: standard deviation of log(sigma) during training.")
     beta_schedule: Literal["linear", "scaled_linear"] = Field("linear", description="VP: beta schedule (diffusers' names).")
     beta_start: float = Field(1e-4, gt=0, description="VP: first beta.")
     beta_end: float = Field(0.02, gt=0, lt=1, description="VP: last beta.")
     num_timesteps: int = Field(1000, ge=2, description="VP: number of discrete timesteps.")
+
+    @model_validator(mode="after")
+    def _resolve_weighting(self) -> "DiffusionConfig":
+        # Resolved here, so config.yaml records the weighting actually trained with. VP's own is Ho 2020's L_simple:
+        # EDM's lambda is 4 sigma^2 + 1 times L_simple's, ~1e5 at VP's sigma_max (~157).
+        if self.weighting == "auto":
+            self.weighting = "edm" if self.formulation == "edm" else "uniform"
+        return self
 
 
 class OptimConfig(Section):
@@ -97,6 +155,7 @@ class TrainConfig(Section):
     grid_every_images: int = Field(20_000, ge=0, description="Write a PNG sample grid every this many images (0: only at the end).")
     checkpoint_every_images: int = Field(20_000, ge=0, description="Write a checkpoint every this many images (0: only at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Keep the latest K checkpoints.")
+    max_nonfinite_steps: int = Field(100, ge=1, description="Stop the run when this many optimizer steps in a row had non-finite gradients (each is skipped; checked at every log): it no longer learns.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default).")
 
     @field_validator("mixed_precision", "compile", "channels_last", "cuda_graphs", mode="before")
@@ -129,12 +188,12 @@ class SampleConfig(Section):
 
 
 # Sample metrics (fid, kid, pr, cas, mem) and the model metric nll; evaluation/suite.py describes them.
-MetricName = Literal["fid", "kid", "pr", "cas", "mem", "nll"]
+MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll"]
 
 
 class EvalConfig(Section):
     n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
-    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, cas, mem, nll.")
+    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space distances of vectors), cas, mem, nll.")
     extractor: str = Field("auto", description="Features: domain, inception, a TorchScript file, or auto (inception if its weights are set).")
     inception_weights: Optional[str] = Field(None, description="Local file of the FID Inception-v3 weights (never downloaded).")
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
@@ -144,17 +203,16 @@ class EvalConfig(Section):
     every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never).")
     during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
-    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
+    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
-        family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll"}.get(self.best_metric, self.best_metric)
+        family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
+                  "sliced_wasserstein": "dist", "energy_distance": "dist"}.get(self.best_metric, self.best_metric)
         if self.every_images and family not in self.during_metrics:
             raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
         return self
 
-
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
 
 class FinetuneConfig(Section):
@@ -162,8 +220,8 @@ class FinetuneConfig(Section):
     allow_partial: bool = Field(False, description="Start even when some source weights do not fit the network (they are reported either way).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank (0: train the weights themselves); LoRA is merged into the weights for sampling and export.")
     lora_alpha: Optional[float] = Field(None, gt=0, description="LoRA scale numerator (None: the rank, a scale of 1).")
-    lora_targets: list[str] = Field(LORA_TARGETS, description="Modules given LoRA adapters, by name or name ending (UNet2DModel's names).")
-    train_only: list[str] = Field([], description="Train only these modules (UNet2DModel name prefixes, e.g. up_blocks, class_embedding); freeze the rest.")
+    lora_targets: list[str] = Field([], description="Modules given LoRA adapters, by name or name ending ([]: the network's own choice, for the UNet its attention, convolution and time-embedding layers).")
+    train_only: list[str] = Field([], description="Train only these modules (name prefixes, e.g. UNet2DModel's up_blocks, class_embedding); freeze the rest.")
     replay: float = Field(0.0, ge=0, lt=1, description="Fraction of every batch drawn from the --init run's training data, against forgetting.")
     replay_data: Optional[str] = Field(None, description="Prepared dataset to replay (default: the --init run's own).")
     forgetting: bool = Field(True, description="After training from a run, score the source and the result on the source's data and the new data.")
@@ -185,16 +243,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # sklearn digits: 8x8 grayscale, 1797 images; a few CPU minutes.
     "digits": {
         "data": {"path": "digits"},
-        "model": {"channels": [64, 128], "attention": [False, True], "layers_per_block": 2},
+        "model": {"unet": {"channels": [64, 128], "attention": [False, True], "layers_per_block": 2}},
         "optim": {"lr": 2e-3, "warmup_images": 5_000},
         "train": {"batch_size": 128, "duration_images": 55_000, "ema_halflife_images": 5_000,
                   "log_every_images": 2_560, "grid_every_images": 11_000, "checkpoint_every_images": 11_000},
         "eval": {"every_images": 11_000, "during_n": 256},
     },
+    # Point sets (two moons by default; any `data prepare --kind points` folder with --data): an MLP, about a CPU minute.
+    "points": {
+        "data": {"path": "moons"},
+        "model": {"arch": "mlp"},
+        "optim": {"lr": 1e-3, "warmup_images": 20_000},
+        "train": {"batch_size": 256, "duration_images": 1_000_000, "ema_halflife_images": 50_000,
+                  "log_every_images": 25_600, "grid_every_images": 250_000, "checkpoint_every_images": 250_000},
+        "sample": {"batch_size": 5000},
+        "eval": {"n_samples": 2000, "metrics": ["dist", "fid", "pr", "cas", "mem"], "every_images": 250_000,
+                 "during_n": 1000, "during_metrics": ["dist"], "best_metric": "sliced_wasserstein"},
+    },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {
         "data": {"path": None},
-        "model": {"channels": [32, 64, 128], "attention": [False, False, True], "layers_per_block": 1},
+        "model": {"unet": {"channels": [32, 64, 128], "attention": [False, False, True], "layers_per_block": 1}},
         "optim": {"lr": 2e-3, "warmup_images": 10_000},
         "train": {"batch_size": 128, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},

@@ -1,4 +1,4 @@
-"""Generate samples from a denoiser with any sampler, and write the samples file."""
+"""Generate samples of any modality from a denoiser with any sampler, and write the samples file."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from difftrain import atomic
 from difftrain.diffusion import SAMPLERS, Denoiser, guided_denoiser, network_evaluations, sampling_sigmas
 from difftrain.distributed import map_batches
 from difftrain.errors import UserError
-from difftrain.modalities import image
+from difftrain.conditioning import ClassLabels
 
 @dataclass
 class SamplingSpec:
@@ -60,36 +60,37 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def generate(denoiser: Denoiser, n: int, shape: tuple[int, int, int], labels: np.ndarray | None, spec: SamplingSpec,
-             *, batch_size: int = 500, null_label: int | None = None, device: torch.device | str = "cpu",
-             progress=None, across_processes: bool = False, first_batch: int = 0) -> np.ndarray:
-    """n samples as uint8 (n, H, W, C); the same spec, seed and batch_size give the same images.
+def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *, batch_size: int = 500,
+             device: torch.device | str = "cpu", progress=None, across_processes: bool = False, first_batch: int = 0) -> np.ndarray:
+    """n samples of the modality's data; the same spec, seed and batch_size give the same samples.
 
     Each batch draws from its own generator (`batch_generator`), so no batch depends on who drew the others.
-    `across_processes`: under a multi-process launch this process draws its share of the batches and every
-    process gets all n images, the ones a single process would draw; every process must then call it.
-    `progress(count)` counts the images this process draws. `first_batch`: the index of the first batch,
+    `labels` are the model's class indices (None: unconditional); the network's null label is the guidance's
+    unconditional branch. `across_processes`: under a multi-process launch this process draws its share of the
+    batches and every process gets all n samples, the ones a single process would draw; every process must then
+    call it. `progress(count)` counts the samples this process draws. `first_batch`: the index of the first batch,
     so that a caller drawing a long sequence of batches in several calls gets the random numbers of one call.
     """
     spec.check()
     if labels is None and spec.guidance != 1:
         raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)
-    height, width, channels = shape
     try:
         sigmas = sampling_sigmas(denoiser.formulation, spec.steps, spec.schedule, device=device)
     except ValueError as e:
         raise UserError(f"sampling: {e}") from None
     sample = SAMPLERS[spec.sampler]
+    conditioner = ClassLabels(denoiser.net.null_label)
+    start_std = denoiser.formulation.prior_std(float(sigmas[0]))
 
     def draw(index: int) -> np.ndarray:
         start = index * batch_size
         count = min(batch_size, n - start)
         generator = batch_generator(spec.seed, first_batch + index, device)
-        y = None if labels is None else torch.as_tensor(labels[start:start + count], device=device)
-        noise = torch.randn(count, channels, height, width, generator=generator, device=device)
-        denoise = guided_denoiser(denoiser, y, spec.guidance, null_label)
-        x = image.to_uint8(sample(denoise, noise * sigmas[0], sigmas, generator=generator))
+        cond = conditioner.encode(None if labels is None else torch.as_tensor(labels[start:start + count], device=device))
+        noise = torch.randn(count, *modality.model_shape, generator=generator, device=device)
+        denoise = guided_denoiser(denoiser, cond, spec.guidance, conditioner.null_like)
+        x = modality.from_model(sample(denoise, noise * start_std, sigmas, generator=generator))
         if progress is not None:
             progress(count)
         return x
@@ -109,12 +110,13 @@ def batch_generator(seed: int, index: int, device: torch.device | str = "cpu") -
     return torch.Generator(device).manual_seed(int(derived))
 
 
-def write_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]) -> Path:
-    """The samples file: `images` uint8 (N,H,W,C), `labels` int64 (N,) when conditional, JSON `meta`."""
+def write_samples(path: str | Path, modality, samples: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]) -> Path:
+    """The samples file: the samples under the modality's key (`images` uint8 (N,H,W,C) for images, `points` float32
+    (N,D) for points), `labels` int64 (N,) when conditional, and JSON `meta` (with the data's `kind`)."""
     path = Path(path)
     if path.suffix != ".npz":
         raise UserError(f"samples file {path} must end in .npz")
-    arrays = {"images": images.astype(np.uint8), "meta": np.array(json.dumps(meta))}
+    arrays = {modality.samples_key: samples.astype(modality.dtype), "meta": np.array(json.dumps({"kind": modality.kind, **meta}))}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64)
     buf = io.BytesIO()
@@ -123,20 +125,23 @@ def write_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | Non
     return path
 
 
-def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def read_samples(path: str | Path, modality) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """The samples, labels and meta of a samples file of the modality's data (another tool's included)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            images = f["images"]
+            if modality.samples_key not in f.files:
+                raise UserError(f"{path} holds no `{modality.samples_key}` array (it has {', '.join(f.files) or 'nothing'}): "
+                                f"a samples file of {modality.kind} data keeps its samples under that name")
+            samples = f[modality.samples_key]
             labels = f["labels"] if "labels" in f.files else None
             meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read samples file {path}: {e}") from None
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise UserError(f"{path}: `images` must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),)):
-        raise UserError(f"{path}: `labels` must be {len(images)} integers (int64 (N,)), got {labels.dtype} {labels.shape}")
-    return images, labels, meta
+    modality.check_samples(samples, str(path))
+    if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(samples),)):
+        raise UserError(f"{path}: `labels` must be {len(samples)} integers (int64 (N,)), got {labels.dtype} {labels.shape}")
+    return samples, labels, meta
 
 
 def spec_meta(spec: SamplingSpec) -> dict[str, Any]:

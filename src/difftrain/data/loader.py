@@ -1,4 +1,4 @@
-"""Training batches from a prepared dataset held as one tensor on the training device.
+"""Training batches of any modality from a prepared dataset held as one tensor on the training device.
 
 No worker processes and no host-device round trips: a batch is a slice of a shuffled order
 already on the device, gathered and converted (and augmented) there.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from difftrain.errors import UserError
-from difftrain.modalities import image
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -30,7 +29,7 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class ArrayBatches:
-    """Batches addressed by position in the endless shuffled stream of training images.
+    """Batches addressed by position in the endless shuffled stream of training items.
 
     Position p is item order(p // n)[p % n]: the data order depends only on how many
     images were seen, so resuming and changing the process count keep it. `to_model`
@@ -38,32 +37,35 @@ class ArrayBatches:
     With `hflip`, position p is mirrored left-right when flips(p // n)[p % n]: as reproducible as the order.
     """
 
-    def __init__(self, images, labels, *, seed: int, device: torch.device, to_model: list[int] | None = None,
+    def __init__(self, data, labels, modality, *, seed: int, device: torch.device, to_model: list[int] | None = None,
                  hflip: bool = False):
-        self.images = torch.as_tensor(images).to(device)
+        self.modality = modality
+        if hflip:
+            modality.mirror(torch.zeros(1, *modality.model_shape))  # refuses data without left and right
+        self.data = torch.as_tensor(data).to(device)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
         if self.labels is not None and to_model is not None:
             self.labels = torch.as_tensor(to_model, dtype=torch.long, device=device)[self.labels]
-        self.n = len(self.images)
+        self.n = len(self.data)
         self.seed, self.hflip = seed, hflip
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The epoch's order and mirror flags, on the device."""
         if epoch not in self._cache:
             if len(self._cache) > 2:
                 self._cache.clear()
-            flips = _to_device(epoch_flips(self.n, self.seed, epoch), self.images.device) if self.hflip else None
-            self._cache[epoch] = _to_device(epoch_order(self.n, self.seed, epoch), self.images.device), flips
+            flips = _to_device(epoch_flips(self.n, self.seed, epoch), self.data.device) if self.hflip else None
+            self._cache[epoch] = _to_device(epoch_order(self.n, self.seed, epoch), self.data.device), flips
         return self._cache[epoch]
 
     def _slices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dataset indices and mirror flags at positions [start, start + count), cut from the epochs' orders."""
-        idx, flips = [torch.empty(0, dtype=torch.long, device=self.images.device)], []
+        idx, flips = [torch.empty(0, dtype=torch.long, device=self.data.device)], []
         position, end = start, start + count
         while position < end:
             epoch, offset = divmod(position, self.n)
@@ -76,9 +78,9 @@ class ArrayBatches:
         return torch.cat(idx), torch.cat(flips) if flips else None
 
     def _take(self, idx: torch.Tensor, flips: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = image.to_model(self.images[idx])
+        x = self.modality.to_model(self.data[idx])
         if flips is not None and len(flips):
-            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = torch.where(flips.view(-1, *[1] * (x.ndim - 1)), self.modality.mirror(x), x)
         return x, None if self.labels is None else self.labels[idx]
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -97,7 +99,7 @@ class ArrayBatches:
             idx[here] = order.cpu()[positions[here] - epoch * self.n]
             if flip is not None:
                 flips[here] = flip.cpu()[positions[here] - epoch * self.n]
-        device = self.images.device
+        device = self.data.device
         return self._take(idx.to(device), flips.to(device) if self.hflip else None)
 
 
@@ -111,13 +113,14 @@ class ReplayBatches:
     """
 
     def __init__(self, new: ArrayBatches, old: ArrayBatches, fraction: float):
-        if new.image_shape != old.image_shape:
-            raise UserError(f"the replayed data holds {old.image_shape} images, the new data {new.image_shape}: "
-                            "replay needs images of the same shape")
+        if new.sample_shape != old.sample_shape:
+            raise UserError(f"the replayed data holds items of shape {old.sample_shape}, the new data {new.sample_shape}: "
+                            "replay needs data of the same shape")
         if (new.labels is None) != (old.labels is None):
             raise UserError("the replayed data and the new data must both have labels or both have none")
         self.new, self.old, self.fraction = new, old, fraction
-        self.image_shape = new.image_shape
+        self.sample_shape = new.sample_shape
+        self.modality = new.modality  # train_step draws noise of its model shape
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Where each position of the batch comes from in cat(old, new): integer arithmetic on the

@@ -61,7 +61,7 @@ class Sample:
 
 @dataclass
 class Source:
-    kind: str  # "builtin" | "idx" | "folder" | "segmentation"
+    kind: str  # "builtin" | "idx" | "folder" | "mask-pairs"
     path: str  # absolute path, or "builtin:NAME"
     folder: Path | None  # where nothing may be written
     provenance: str
@@ -167,7 +167,7 @@ def _segmentation_source(root: Path) -> Source:
         for (image, mask), label in zip(folder.pairs, labels, strict=True)
     ]
     provenance = f"user-supplied image + mask pairs from {root}"
-    return Source("segmentation", str(root), root, provenance, folder.class_names, samples, None, folder.rejected,
+    return Source("mask-pairs", str(root), root, provenance, folder.class_names, samples, None, folder.rejected,
                   digest, folder.mask_classes)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,13 @@ class Formulation:
     ) -> Tensor:
         """n noise levels (n,) drawn from the training distribution."""
         raise NotImplementedError
+
+    def prior_std(self, sigma: float) -> float:
+        """Std of the noise samplers start from at noise level sigma (the first sampling sigma).
+
+        Karras 2022 Algorithm 1/2 start at sigma itself, ignoring the data's variance (negligible at sigma_max=80).
+        """
+        return sigma
 
 
 @dataclass(eq=False)
@@ -117,6 +125,10 @@ class VP(Formulation):
         """Ho 2020 Algorithm 1: t ~ Uniform{0, ..., T-1}, sigma = sigmas[t]."""
         t = torch.randint(0, self.num_timesteps, (n,), generator=generator, device=device)
         return self.sigmas.to(t.device)[t]
+
+    def prior_std(self, sigma: float) -> float:
+        """sqrt(1 + sigma^2): std of x0 + sigma*n for unit-variance data; at sigma_max, DDPM's x_T ~ N(0, I) / sqrt(abar_T)."""
+        return math.sqrt(1 + sigma**2)
 
     def timestep_sigmas(self, steps: int) -> Tensor:
         """Descending sigmas (steps,) at evenly spaced timesteps T-1, ..., T/steps-1 (diffusers' "trailing" spacing)."""

@@ -34,7 +34,7 @@ def loss_weight(sigma: Tensor, formulation: Formulation, weighting: str, min_snr
 def denoising_loss(
     denoiser: Denoiser,
     x0: Tensor,
-    class_labels: Tensor | None = None,
+    cond: dict[str, Tensor] | None = None,
     *,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
@@ -53,5 +53,5 @@ def denoising_loss(
         sigma = formulation.sample_training_sigma(x0.shape[0], generator=generator, device=x0.device)
     n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32) if noise is None else noise.float()
     x = x0 + sigma.view((-1,) + (1,) * (x0.ndim - 1)) * n
-    err = (denoiser(x, sigma, class_labels) - x0) ** 2
+    err = (denoiser(x, sigma, cond) - x0) ** 2
     return loss_weight(sigma, formulation, weighting, min_snr_gamma) * err.mean(dim=tuple(range(1, x0.ndim)))

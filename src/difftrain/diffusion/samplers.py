@@ -57,17 +57,19 @@ def sample_heun(
     *,
     generator: torch.Generator | None = None,
     s_churn: float = 0.0,  # total added noise over the run; 0 = deterministic ODE sampler
-    s_tmin: float = 0.0,  # churn only for sigma in [s_tmin, s_tmax]; for VP keep sigma*1.414 inside the sigma table
+    s_tmin: float = 0.0,  # churn only for sigma in [s_tmin, s_tmax]
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,  # >1 slightly over-noises to offset the denoiser's detail loss
+    sigma_max: float = float("inf"),  # the formulation's sigma_max: churn never raises sigma above it
 ) -> Tensor:
     """Karras 2022 Algorithm 2: Heun's 2nd-order method with optional churn (stochastic sampler)."""
     steps = len(sigmas) - 1
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        # Increase noise temporarily.
+        # Increase noise temporarily, but not above sigma_max (nor above a sigma that already is): beyond VP's
+        # sigma table the net would see a clamped timestep while c_in used the real sigma.
         gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (1 + gamma)
+        sigma_hat = torch.minimum(sigma * (1 + gamma), sigma.clamp(min=sigma_max))
         if gamma > 0:
             x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * _randn_like(x, generator)
         # Euler step.

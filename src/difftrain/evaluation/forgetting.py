@@ -27,7 +27,7 @@ def _score(run: Run, checkpoint_path: Path, ds: PreparedDataset, extractor, conf
     denoiser = run.denoiser(open_checkpoint(checkpoint_path), device=device)
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     record = evaluate_denoiser(denoiser, ds, extractor, config, n=config.eval.n_samples, metrics=metrics,
-                               to_model=to_model, null_label=denoiser.net.null_label, device=device)
+                               to_model=to_model, device=device)
     return {"checkpoint": str(checkpoint_path), **record}
 
 

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.distributed import map_batches
-from difftrain.modalities import image
 from difftrain.sampling import batch_generator
 
 # Heun steps (two network evaluations and VJPs each). On 4-d Gaussian data 128 steps overestimate log p by
@@ -45,7 +44,7 @@ def _jacobian_trace(out: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
 def ode_log_likelihood(
     denoiser: Denoiser,
     x: Tensor,
-    labels: Tensor | None = None,
+    cond: dict[str, Tensor] | None = None,
     *,
     steps: int = DEFAULT_STEPS,
     exact: bool = False,
@@ -75,7 +74,7 @@ def ode_log_likelihood(
         # Callers may be in inference mode, whose tensors cannot enter autograd: leave it and copy the inputs.
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone().float()
-            labels = None if labels is None else labels.clone()
+            cond = None if cond is None else {key: value.clone() for key, value in cond.items()}
             probe = None
             if not exact:
                 probe = torch.randint(0, 2, x.shape, generator=generator, device=x.device).float() * 2 - 1
@@ -83,7 +82,7 @@ def ode_log_likelihood(
             def denoise(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
                 """D(x) and div_x f * sigma = dims - tr(dD/dx)."""
                 x = x.detach().requires_grad_(True)
-                denoised = denoiser(x, sigma, labels)
+                denoised = denoiser(x, sigma, cond)
                 return denoised.detach(), dims - _jacobian_trace(denoised, x, probe).double()
 
             delta = torch.zeros(len(x), dtype=torch.float64, device=x.device)  # integral of div_x f dsigma
@@ -104,6 +103,7 @@ def ode_log_likelihood(
 
 def bits_per_dim(
     denoiser: Denoiser,
+    modality,
     images_uint8: np.ndarray,
     labels: np.ndarray | None,
     *,
@@ -115,34 +115,37 @@ def bits_per_dim(
     progress: Callable[[int], object] | None = None,
     across_processes: bool = False,
 ) -> dict:
-    """Negative log-likelihood in bits per dimension of uint8 (N, H, W, C) images, with uniform dequantization.
+    """Negative log-likelihood in bits per dimension of data items (the modality's), by the probability-flow ODE.
 
-    Each image k becomes x = (k + u) / 127.5 - 1 with u ~ U[0, 1)^D, D = H*W*C. The density of k + u is
-    p_x(x) / 127.5^D, and by Jensen -log2 P(k) <= E_u[-log2 p_x(x)] + D log2(127.5) (Theis et al. 2016), so
-    (-ln p_x(x)) / (D ln 2) + log2(127.5) is, in expectation over u, an upper bound on the discrete NLL per
-    dimension. The same seed and batch_size give the same u and probes (each batch its own generator).
+    The modality maps a batch to model-space points and the constant that turns -ln p(x) / (D ln 2) into bits
+    per dimension of the data as stored (`Modality.dequantize`). For images: each image k becomes
+    x = (k + u) / 127.5 - 1 with u ~ U[0, 1)^D, D = H*W*C. The density of k + u is p_x(x) / 127.5^D, and by
+    Jensen -log2 P(k) <= E_u[-log2 p_x(x)] + D log2(127.5) (Theis et al. 2016), so (-ln p_x(x)) / (D ln 2)
+    + log2(127.5) is, in expectation over u, an upper bound on the discrete NLL per dimension. The same seed and batch_size give the same u and probes (each batch its own generator).
     Without labels a class-conditional model is scored unconditionally (its "no label").
     `across_processes`: under a multi-process launch each process scores its share of the batches and all
     get the result of one process; every process must then call it.
     """
-    if images_uint8.ndim != 4 or images_uint8.dtype != np.uint8 or len(images_uint8) == 0:
-        raise ValueError(f"expected uint8 images (N, H, W, C), N > 0; got {images_uint8.dtype} {images_uint8.shape}")
+    if images_uint8.dtype != modality.dtype or images_uint8.shape[1:] != modality.shape or len(images_uint8) == 0:
+        raise ValueError(f"expected {modality.dtype} items {modality.shape}, N > 0; got {images_uint8.dtype} {images_uint8.shape}")
     n = len(images_uint8)
     dims = int(np.prod(images_uint8.shape[1:]))
     device = torch.device(device)
+
+    dequantization = ["uniform"]
 
     def batch_bits(index: int) -> Tensor:
         """Bits per dimension of each image of batch `index`."""
         part = slice(index * batch_size, (index + 1) * batch_size)
         generator = batch_generator(seed, index, device)
         batch = torch.as_tensor(images_uint8[part], device=device)
-        y = None if labels is None else torch.as_tensor(labels[part], device=device)
-        k = image.to_model(batch)  # k / 127.5 - 1
-        x = k + torch.rand(k.shape, generator=generator, device=device) / 127.5
-        log_p = ode_log_likelihood(denoiser, x, y, steps=steps, exact=exact, generator=generator)
+        y = None if labels is None else {"label": torch.as_tensor(labels[part], device=device)}
+        point = modality.dequantize(batch, generator)
+        dequantization[0] = point.dequantization
+        log_p = ode_log_likelihood(denoiser, point.x, y, steps=steps, exact=exact, generator=generator)
         if progress is not None:
             progress(len(batch))
-        return (-log_p / (dims * math.log(2)) + math.log2(127.5)).cpu()
+        return (-log_p / (dims * math.log(2)) + point.bits_offset).cpu()
 
     bits = map_batches(math.ceil(n / batch_size), batch_bits, across_processes)
     per_image = torch.cat(bits)
@@ -152,5 +155,5 @@ def bits_per_dim(
         "nll_images": n,
         "nll_ode_steps": steps,
         "nll_estimator": "exact" if exact else "hutchinson-rademacher",
-        "nll_dequantization": "uniform",
+        "nll_dequantization": dequantization[0],
     }

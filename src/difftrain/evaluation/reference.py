@@ -21,20 +21,20 @@ import numpy as np
 
 from difftrain import atomic
 from difftrain.data import PreparedDataset
-from difftrain.evaluation.extractors import FeatureExtractor
+from difftrain.modalities import FeatureExtractor
 
 FLOOR_POOL = 10_000
 
 
 def floor_pool(ds: PreparedDataset) -> np.ndarray:
     """Indices of the training images kept as real stand-ins for samples (the same for every evaluation)."""
-    count = len(ds.train_images)
+    count = len(ds.train_data)
     return np.random.default_rng(0).permutation(count)[:min(FLOOR_POOL, count // 2)]
 
 
 def classifier_pool(ds: PreparedDataset) -> np.ndarray:
     """Indices of the training images a domain classifier may learn from: all but the floor pool."""
-    return np.setdiff1d(np.arange(len(ds.train_images)), floor_pool(ds))
+    return np.setdiff1d(np.arange(len(ds.train_data)), floor_pool(ds))
 
 
 def _cached(file: Path, compute) -> np.ndarray:
@@ -57,6 +57,6 @@ def reference_features(ds: PreparedDataset, extractor: FeatureExtractor) -> tupl
     """(held-out features, floor-pool features), the pool in `floor_pool(ds)` order."""
     key = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', extractor.name)}-{extractor.sha256[:12]}"
     folder = Path(ds.path) / "eval-cache"
-    test = _cached(folder / f"{key}-test.npy", lambda: extractor.features(ds.test_images))
+    test = _cached(folder / f"{key}-test.npy", lambda: extractor.features(ds.test_data))
     pool = floor_pool(ds)
-    return test, _cached(folder / f"{key}-floor-{len(pool)}.npy", lambda: extractor.features(ds.train_images[pool]))
+    return test, _cached(folder / f"{key}-floor-{len(pool)}.npy", lambda: extractor.features(ds.train_data[pool]))

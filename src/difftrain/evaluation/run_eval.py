@@ -20,9 +20,8 @@ from difftrain.data import PreparedDataset, load_dataset
 from difftrain.diffusion import Denoiser
 from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.errors import UserError
-from difftrain.evaluation.extractors import FeatureExtractor, build_extractor
 from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
-from difftrain.modalities import image, segmentation
+from difftrain.modalities import FeatureExtractor
 from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
@@ -52,9 +51,8 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     if class_label is not None and labels is not None:
         labels[:] = class_label
     to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if labels is not None else None
-    images = generate(denoiser, n, run.image_shape, None if labels is None else to_model[labels], spec,
-                      batch_size=run.config.sample.batch_size, null_label=denoiser.net.null_label, device=device,
-                      progress=progress, across_processes=True)
+    images = generate(denoiser, run.modality, n, None if labels is None else to_model[labels], spec,
+                      batch_size=run.config.sample.batch_size, device=device, progress=progress, across_processes=True)
     meta = {"run": str(Path(run_dir).resolve()), "checkpoint": str(ckpt.path.resolve()), "images_seen": ckpt.images,
             "weights": "ema" if ema else "model", **spec_meta(spec), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if labels is not None:
@@ -62,28 +60,11 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     by_class = labels if class_label is None else None  # one class: a plain grid
 
     def write() -> None:
-        write_samples(out, images, labels, meta)
-        save_samples_grid(images, by_class, len(names), Path(out).with_suffix(".png"),
-                          image_channels=run.image_channels if run.mask_classes else None)
+        write_samples(out, run.modality, images, labels, meta)
+        run.modality.save_preview(images, Path(out).with_suffix(".png"), labels=by_class, class_names=names if labels is not None else None)
 
     on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
-
-
-def save_samples_grid(images: np.ndarray, labels: np.ndarray | None, num_classes: int, path: Path,
-                      image_channels: int | None = None) -> None:
-    """Up to 100 images; with `labels`, one class per row, in class order.
-
-    `image_channels`: the images are segmentation pairs (image channels, then the one-hot mask), shown image | coloured mask.
-    """
-    if image_channels is not None:
-        images = segmentation.preview(images, image_channels)
-    if labels is None:
-        image.save_grid(images[:100], path)
-        return
-    per_class = max(1, min(10, len(images) // num_classes))
-    rows = [images[labels == c][:per_class] for c in range(num_classes)]
-    image.save_grid(np.concatenate(rows), path, columns=per_class)
 
 
 def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:
@@ -109,9 +90,10 @@ def likelihood(denoiser: Denoiser, ds: PreparedDataset, to_model: list[int] | No
     """
     from difftrain.evaluation.likelihood import bits_per_dim
 
-    images = ds.test_images[:ec.nll_images]
+    data = ds.test_data[:ec.nll_images]
     labels = np.asarray(to_model, dtype=np.int64)[ds.test_labels[:ec.nll_images]] if to_model and ds.test_labels is not None else None
-    return bits_per_dim(denoiser, images, labels, steps=ec.nll_steps, seed=seed, device=device, across_processes=across_processes)
+    return bits_per_dim(denoiser, ds.modality, data, labels, steps=ec.nll_steps, seed=seed, device=device,
+                        across_processes=across_processes)
 
 
 def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None,
@@ -129,8 +111,8 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
                   inception_weights: str | None = None, device: str | torch.device = "cpu") -> FeatureExtractor | None:
     if not {"fid", "kid", "pr"} & set(metrics):
         return None
-    return build_extractor(choice or ec.extractor, ds, inception_weights=inception_weights or ec.inception_weights,
-                           classifier_epochs=ec.classifier_epochs, device=device)
+    return ds.modality.feature_extractor(ds, choice or ec.extractor, inception_weights=inception_weights or ec.inception_weights,
+                                         classifier_epochs=ec.classifier_epochs, device=device)
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
@@ -158,9 +140,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
                         "pass its new place with --data DIR")
     ds = load_dataset(data or run.dataset["path"])
-    if tuple(ds.image_shape) != run.image_shape:
-        raise UserError(f"{ds.path} holds {tuple(ds.image_shape)} images, the run {run_dir} makes {run.image_shape}: "
-                        "pass the dataset it was trained on with --data")
+    if ds.modality.spec != run.modality.spec:
+        raise UserError(f"{ds.path} holds {ds.modality.kind} data of shape {ds.sample_shape}, the run {run_dir} makes "
+                        f"{run.modality.kind} {run.sample_shape}: pass the dataset it was trained on with --data")
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
     ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))
@@ -203,8 +185,8 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
     metrics = parse_metrics(metrics or ec.metrics)
     if "nll" in metrics:
         raise UserError("nll is a property of a model, not of samples: evaluate a run directory for it, or drop nll from --metrics")
-    images, labels, meta = read_samples(samples)
     ds = load_dataset(data)
+    images, labels, meta = read_samples(samples, ds.modality)
     if labels is not None and meta.get("class_names"):
         # The file names its classes (`difftrain sample` of a model that knows more classes than `ds`): match by name.
         names = meta["class_names"]
@@ -222,15 +204,15 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
 
 
 def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *, n: int,
-                      metrics: list[str], to_model: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+                      metrics: list[str], to_model: list[int] | None, device) -> dict[str, Any]:
     """Score a denoiser against `ds` with the config's sampler; `to_model` gives the model's label of each
     of the data's classes (None: unconditional)."""
     ec = config.eval
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
     labels = balanced_labels(n, len(to_model)) if to_model else None
     with torch.inference_mode():
-        samples = generate(denoiser, n, ds.image_shape, None if labels is None else np.asarray(to_model)[labels], spec,
-                           batch_size=config.sample.batch_size, null_label=null_label, device=device)
+        samples = generate(denoiser, ds.modality, n, None if labels is None else np.asarray(to_model)[labels], spec,
+                           batch_size=config.sample.batch_size, device=device)
     record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed)}
     if "nll" in metrics:
         record.update(likelihood(denoiser, ds, to_model, ec, device, config.train.seed))
@@ -238,9 +220,9 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
 
 
 def evaluate_during_training(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *,
-                             images_seen: int, to_model: list[int] | None, null_label: int | None, device) -> dict[str, Any]:
+                             images_seen: int, to_model: list[int] | None, device) -> dict[str, Any]:
     """A small-budget evaluation of the EMA denoiser, logged by the trainer; picks checkpoints/best."""
     ec = config.eval
     return {"event": "eval", "during_training": True, "images": images_seen,
             **evaluate_denoiser(denoiser, ds, extractor, config, n=ec.during_n, metrics=list(ec.during_metrics),
-                                to_model=to_model, null_label=null_label, device=device)}
+                                to_model=to_model, device=device)}

@@ -14,7 +14,7 @@ import numpy as np
 
 from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
-from difftrain.evaluation.extractors import FeatureExtractor
+from difftrain.modalities import FeatureExtractor
 from difftrain.evaluation.frechet import frechet_between
 from difftrain.evaluation.kid import kernel_distance
 from difftrain.evaluation.neighbours import manifold_metrics
@@ -23,11 +23,12 @@ from difftrain.evaluation.reference import floor_pool, reference_features
 # Sample metrics; "nll" is a model metric (run_eval computes it from the denoiser, not from samples).
 METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (polynomial-kernel MMD^2)",
            "pr": "precision, recall, density, coverage (k-NN in feature space)",
+           "dist": "distances between sample and held-out sets in data space (vectors: sliced Wasserstein, energy distance)",
            "cas": "classification accuracy score (classifier trained on samples, tested on real)",
            "mem": "memorization: samples much closer to one training image than to any other",
            "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)"}
 FLOOR_REPEATS = 5
-LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction"}
+LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance"}
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -39,11 +40,11 @@ def parse_metrics(text: str | list[str]) -> list[str]:
 
 
 def check_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset) -> None:
-    if images.shape[1:] != tuple(ds.image_shape):
-        raise UserError(f"samples have shape {images.shape[1:]} (H, W, C), the dataset {ds.path} has {tuple(ds.image_shape)}")
-    if len(images) < 10 or len(ds.test_images) < 10:
+    if images.shape[1:] != tuple(ds.sample_shape):
+        raise UserError(f"samples have shape {images.shape[1:]}, the dataset {ds.path} has {tuple(ds.sample_shape)}")
+    if len(images) < 10 or len(ds.test_data) < 10:
         raise UserError(f"evaluation needs at least 10 samples and 10 held-out images (got {len(images)} and "
-                        f"{len(ds.test_images)}); prepare {ds.path} with a --test-fraction above 0 or generate more samples")
+                        f"{len(ds.test_data)}); prepare {ds.path} with a --test-fraction above 0 or generate more samples")
     if labels is not None and ds.num_classes and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),)
                                                   or labels.min() < 0 or labels.max() >= ds.num_classes):
         raise UserError(f"sample labels must be {len(images)} integers in 0..{ds.num_classes - 1} (the dataset's classes), "
@@ -53,7 +54,7 @@ def check_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDat
 def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None, *,
                      metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5,
                      classifier_epochs: int = 20, memorization_png: str | Path | None = None) -> dict[str, Any]:
-    """All requested sample metrics of uint8 (N, H, W, C) `images` (with their class `labels`, if any)."""
+    """All requested sample metrics of `images` (the dataset's kind of data; with their class `labels`, if any)."""
     check_samples(images, labels, ds)
     pool = floor_pool(ds)
     n = min(len(images), len(pool))
@@ -63,14 +64,30 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
                         "set aside for the floors (see docs/evaluation.md)")
     images = images[:n]
     labels = labels[:n] if labels is not None else None
-    record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_images)), "eval_seed": seed,
+    record: dict[str, Any] = {"n_samples": int(n), "n_reference": int(len(ds.test_data)), "eval_seed": seed,
                               **(extractor.identity if extractor is not None else {})}
+
+    # Every floor is averaged over several real subsets of the samples' count from the floor pool;
+    # its spread (`*_floor_std`) shows how far apart two equally good sample sets can score.
+    floor_sets = [pool[np.random.default_rng(seed + 1 + r).choice(len(pool), n, replace=False)] for r in range(FLOOR_REPEATS)]
+
+    def floored(key: str, metric, value: float, reals: list) -> None:
+        record[key] = value
+        floors = [metric(real) for real in reals]
+        record[f"{key}_floor"] = float(np.mean(floors))
+        if n < len(pool):  # with the whole pool every subset is the same: no spread to measure
+            record[f"{key}_floor_std"] = float(np.std(floors))
+
+    if "dist" in metrics:
+        extra = ds.modality.extra_metrics(images, ds.test_data, seed)
+        if not extra:
+            warnings.append(f"dist skipped: {ds.modality.kind} data has no data-space distances (use fid, kid, pr)")
+        for key, metric in extra.items():
+            floored(key, metric, metric(images), [ds.train_data[idx] for idx in floor_sets])
 
     if {"fid", "kid", "pr"} & set(metrics):
         f_test, f_pool = reference_features(ds, extractor)
         f_fake = extractor.features(images)
-        # The floor is averaged over several real subsets of the samples' count from the floor pool;
-        # its spread (`*_floor_std`) shows how far apart two equally good sample sets can score.
         rng = np.random.default_rng(seed)
         f_reals = [f_pool[rng.choice(len(f_pool), n, replace=False)] for _ in range(FLOOR_REPEATS)]
         dim = f_fake.shape[1]
@@ -100,28 +117,30 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
             record["k"] = k
 
     if labels is not None and ds.num_classes:
-        from difftrain.evaluation import classifier as clf
-
-        model, meta = clf.load_or_train_classifier(ds, epochs=classifier_epochs)
-        record["label_agreement"] = float((clf.predict(model, images) == labels).mean())
+        modality = ds.modality
+        model, meta = modality.domain_classifier(ds, epochs=classifier_epochs)
+        record["label_agreement"] = float((model.predict(images) == labels).mean())
         if "cas" in metrics:
-            # The same network and budget trained on real images of the same count: the score to reach.
+            # The same network and budget trained on real items of the same count: the score to reach.
             real_idx = pool[np.random.default_rng(seed).choice(len(pool), n, replace=False)]
-            fake_model = clf.fit_classifier(images, labels, ds.num_classes, epochs=classifier_epochs, seed=seed)
-            real_model = clf.fit_classifier(ds.train_images[real_idx], ds.train_labels[real_idx], ds.num_classes,
-                                            epochs=classifier_epochs, seed=seed)
-            record["cas"] = clf.accuracy(fake_model, ds.test_images, ds.test_labels)
-            record["cas_real"] = clf.accuracy(real_model, ds.test_images, ds.test_labels)
+            fake_model = modality.fit_classifier(images, labels, ds.num_classes, epochs=classifier_epochs, seed=seed)
+            real_model = modality.fit_classifier(ds.train_data[real_idx], ds.train_labels[real_idx], ds.num_classes,
+                                                 epochs=classifier_epochs, seed=seed)
+            record["cas"] = fake_model.accuracy(ds.test_data, ds.test_labels)
+            record["cas_real"] = real_model.accuracy(ds.test_data, ds.test_labels)
     elif "cas" in metrics:
         warnings.append("cas skipped: it needs class labels on both the samples and the dataset")
 
     if "mem" in metrics:
         from difftrain.evaluation.memorization import memorization, save_closest_pairs
 
-        result = memorization(images, ds.train_images)
+        result = memorization(images, ds.train_data, ds.modality)
         record.update(result.summary())
+        # The floor: held-out real items, never trained on, judged by the same rule. Near 0 for images; for dense
+        # low-dimensional data the nearest-neighbour ratio is often small by chance, and this shows how often.
+        held_out = ds.test_data[:n]
+        record["memorized_fraction_floor"] = float(memorization(held_out, ds.train_data, ds.modality).flagged.mean())
         if memorization_png is not None:
-            record["memorization_png"] = str(save_closest_pairs(images, ds.train_images, result, memorization_png,
-                                                                image_channels=ds.image_channels))
+            record["memorization_png"] = str(save_closest_pairs(images, ds.train_data, result, memorization_png, ds.modality))
     record["warnings"] = warnings
     return record

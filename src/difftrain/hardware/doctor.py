@@ -60,8 +60,8 @@ def run_doctor(config: Config, out_dir: str | Path = "runs", *, preset: str | No
             verdicts.append(Verdict("FAIL", "config", str(e), None))
         else:
             if data.dataset is None and not config.data.path:
-                h, w, c = data.image_shape
-                verdicts.append(Verdict("WARN", "data", f"no dataset given: the probe ran on random {h}x{w}x{c} images "
+                shape = "x".join(map(str, data.modality.shape))
+                verdicts.append(Verdict("WARN", "data", f"no dataset given: the probe ran on random {shape} {data.modality.kind} data "
                                                         f"({data.num_classes} classes), the {preset} preset's shape",
                                         "training needs --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)"))
     if report.fit is not None:

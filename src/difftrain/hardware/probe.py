@@ -8,6 +8,8 @@ The pieces are the trainer's own (`make_accelerator`, `build_network`, `EMA`, `b
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 import time
 from dataclasses import dataclass, field
 
@@ -16,30 +18,28 @@ import torch
 
 from difftrain.config import Config
 from difftrain.data import PreparedDataset, load_dataset
-from difftrain.data.builtin import BUILTIN_DATASETS
 from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
+from difftrain.conditioning import ClassLabels
+from difftrain.modalities import Modality, builtin_datasets, prepare, stand_in
 from difftrain.models import build_network
-from difftrain.store.run import formulation_of
+from difftrain.store.run import formulation_of, with_data_defaults
 from difftrain.sampling import SamplingSpec
 from difftrain.training.ema import EMA
 from difftrain.training.optim import build_optimizer
 from difftrain.training.performance import apply_memory_format
 from difftrain.training.trainer import make_accelerator, total_images, train_step
 
-# (H, W, C) and classes of data the probe can stand in for with random tensors: it measures compute.
-BUILTIN_SHAPES = {"digits": ((8, 8, 1), 10)}
-PRESET_SHAPES = {"mnist": ((28, 28, 1), 10)}  # presets whose data.path is left to --data
 SWEEP_SIZES = 7  # micro-batches tried: the configured one and up to 6 powers of two below it
 SWEEP_STEPS = 2  # steps at each: the second holds the optimizer state that the first creates
 
 
 @dataclass
 class DataShape:
-    image_shape: tuple[int, int, int]
+    modality: Modality
     num_classes: int
     source: str  # where the shape came from
     dataset: PreparedDataset | None = None  # the real data when prepared, else random tensors stand in
@@ -48,17 +48,19 @@ class DataShape:
 def data_shape(config: Config, preset: str | None = None) -> DataShape:
     """The shape and classes the config trains on, without preparing anything."""
     path = config.data.path
-    if path and str(path) in BUILTIN_DATASETS:
-        if str(path) not in BUILTIN_SHAPES:
-            raise UserError(f"difftrain doctor does not know the shape of built-in dataset '{path}'; prepare it and pass --data DIR")
-        shape, classes = BUILTIN_SHAPES[str(path)]
-        return DataShape(shape, classes, f"random tensors shaped as built-in '{path}'")
+    if path and str(path) in builtin_datasets():
+        if stand_in(str(path)) is not None:
+            modality, classes = stand_in(str(path))
+            return DataShape(modality, classes, f"random tensors shaped as built-in '{path}'")
+        with tempfile.TemporaryDirectory() as tmp:  # small built-ins (point sets) take a moment to make
+            ds = prepare(str(path), Path(tmp) / "data", progress=False)
+        return DataShape(ds.modality, ds.num_classes, f"built-in '{path}'", ds)
     if path:
         ds = load_dataset(path)
-        return DataShape(ds.image_shape, ds.num_classes, f"prepared dataset {path}", ds)
-    if preset in PRESET_SHAPES:
-        shape, classes = PRESET_SHAPES[preset]
-        return DataShape(shape, classes, f"random tensors shaped as the {preset} preset's data (no --data)")
+        return DataShape(ds.modality, ds.num_classes, f"prepared dataset {path}", ds)
+    if preset and stand_in(preset) is not None:
+        modality, classes = stand_in(preset)
+        return DataShape(modality, classes, f"random tensors shaped as the {preset} preset's data (no --data)")
     raise UserError("no dataset: pass --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)")
 
 
@@ -80,22 +82,25 @@ class _Trainee:
         self.num_classes = data.num_classes if config.model.conditional else 0
         torch.manual_seed(tc.seed)
         # As the trainer lays the network out; uncompiled, since each micro-batch size tried would recompile.
-        net = apply_memory_format(build_network(config.model, data.image_shape, self.num_classes), tc, self.device.type)
+        net = apply_memory_format(build_network(config.model, data.modality, self.num_classes), tc, self.device.type)
         self.ema = EMA(net)
         optimizer = build_optimizer(net.parameters(), config.optim)
         self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
         self.ema.net.to(self.device)
         self.raw_net = self.accelerator.unwrap_model(self.net)
-        self.denoiser = Denoiser(self.net, formulation_of(config))
-        self.null_label = self.raw_net.null_label if self.num_classes else None
+        # The data's own sigma_data when set to auto; random stand-ins are images, whose value is fixed.
+        sample = data.dataset.train_data if data.dataset is not None else np.zeros((1, *data.modality.shape), np.uint8)
+        self.denoiser = Denoiser(self.net, formulation_of(with_data_defaults(config, data.modality, sample)))
+        self.conditioner = ClassLabels(self.raw_net.null_label)
         if data.dataset is not None:
-            images = data.dataset.train_images
+            items = data.dataset.train_data
             labels = data.dataset.train_labels if self.num_classes else None
         else:
             rng = np.random.default_rng(tc.seed)
-            images = rng.integers(0, 256, (tc.batch_size, *data.image_shape), dtype=np.uint8)
+            # Random bytes stand in for images (the only stand-ins there are): the probe measures compute, not quality.
+            items = rng.integers(0, 256, (tc.batch_size, *data.modality.shape), dtype=np.uint8)
             labels = rng.integers(0, self.num_classes, tc.batch_size) if self.num_classes else None
-        self.batches = ArrayBatches(images, labels, seed=tc.seed, device=self.device)
+        self.batches = ArrayBatches(items, labels, data.modality, seed=tc.seed, device=self.device)
         self.noise_gen = torch.Generator(self.device).manual_seed(tc.seed)
         self.images = 0
 
@@ -110,7 +115,7 @@ class _Trainee:
         self.net.train()
         for _ in range(n):
             _, _, applied = train_step(config, self.accelerator, self.net, self.denoiser, self.optimizer, self.batches,
-                                       self.images, self.noise_gen, self.null_label)
+                                       self.images, self.noise_gen, self.conditioner)
             self.ema.update(self.raw_net, 0.999, applied)
             self.images += tc.batch_size
         if self.device.type == "cuda":
@@ -266,7 +271,7 @@ def fit_micro_batch(config: Config, data: DataShape, memory_budget: int | None =
 class Probe:
     device: str
     precision: str
-    image_shape: list[int]
+    sample_shape: list[int]
     num_classes: int
     data: str  # where the shape came from
     parameters: int
@@ -309,16 +314,15 @@ def _time_sampling(t: _Trainee) -> tuple[float, int]:
     config = t.config
     spec = SamplingSpec.from_config(config.sample)
     n = config.sample.batch_size
-    height, width, channels = t.batches.images.shape[1:]
-    x = torch.randn(n, channels, height, width, device=t.device)
+    x = torch.randn(n, *t.batches.modality.model_shape, device=t.device)
     sigma = torch.full((n,), t.denoiser.formulation.sigma_max, device=t.device)
     labels = torch.arange(n, device=t.device) % t.num_classes if t.num_classes else None
     denoiser = Denoiser(t.ema.net, t.denoiser.formulation)
     with torch.no_grad(), t.accelerator.autocast():
-        denoiser(x[:2], sigma[:2], None if labels is None else labels[:2])  # warm-up
+        denoiser(x[:2], sigma[:2], None if labels is None else {"label": labels[:2]})  # warm-up
         with PeakMemory(t.device) as meter:
             start = time.perf_counter()
-            denoiser(x, sigma, labels)
+            denoiser(x, sigma, None if labels is None else {"label": labels})
             if t.device.type == "cuda":
                 torch.cuda.synchronize(t.device)
             seconds = time.perf_counter() - start
@@ -355,7 +359,7 @@ def probe_config(config: Config, data: DataShape, memory_budget: int | None = No
     checkpoint = 2 * weights + _tensor_bytes(t.optimizer.state_dict()["state"])
     kept = tc.keep_checkpoints + 1
     probe = Probe(
-        device=str(t.device), precision=t.accelerator.mixed_precision, image_shape=list(data.image_shape),
+        device=str(t.device), precision=t.accelerator.mixed_precision, sample_shape=list(data.modality.shape),
         num_classes=t.num_classes, data=data.source, parameters=sum(p.numel() for p in t.raw_net.parameters()),
         memory_kind="CUDA allocator peak" if t.device.type == "cuda" else "growth of the process's resident memory",
         batch_size=tc.batch_size, micro_batch=fit.micro_batch, accumulation=fit.accumulation, peak_memory_bytes=meter.peak,

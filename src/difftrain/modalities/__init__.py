@@ -1,1 +1,64 @@
-"""Modalities: how raw data becomes tensors and how samples are written back out."""
+"""Modalities: one module per kind of data owns everything that depends on it (modalities/base.py).
+
+Registering a modality is one line in MODALITIES; nothing outside this package asks which kind it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality
+from difftrain.modalities.image import ImageModality
+from difftrain.modalities.points import PointsModality
+from difftrain.modalities.segmentation import SegmentationModality
+
+MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality)}
+KINDS = tuple(MODALITIES)
+
+
+def modality_for(spec: dict[str, Any]) -> Modality:
+    """The modality a manifest or a run's spec describes (its `kind` and the fields that kind keeps)."""
+    cls = MODALITIES[spec["kind"]]
+    return cls({key: spec[key] for key in cls.spec_keys if key in spec})
+
+
+# The first kind that claims a source prepares it; images come last, as they take any folder or IDX file.
+_PREPARE_ORDER = (PointsModality, ImageModality)
+
+
+def builtin_datasets() -> dict[str, str]:
+    """Every built-in dataset name (a run prepares it into RUN/data) -> its description."""
+    return {name: text for m in _PREPARE_ORDER for name, text in m.builtins().items()}
+
+
+def stand_in(name: str) -> tuple[Modality, int] | None:
+    """The modality and class count of a built-in dataset or preset that `doctor` probes with random data, if any."""
+    for m in _PREPARE_ORDER:
+        if name in m.stand_ins():
+            spec, classes = m.stand_ins()[name]
+            return modality_for(spec), classes
+    return None
+
+
+def prepare(source, out, *, kind: str | None = None, **options: Any):
+    """Prepare `source` as a dataset of `kind` (None: the kind that claims it: a built-in name, a table, a folder)."""
+    if kind is not None and kind not in MODALITIES:
+        from difftrain.errors import UserError
+
+        raise UserError(f"unknown --kind {kind!r}; choose one of: {', '.join(MODALITIES)}")
+    cls = MODALITIES[kind] if kind else next(m for m in _PREPARE_ORDER if m.claims(source))
+    return cls.prepare(source, out, **options)
+
+
+def run_modality(summary: dict[str, Any]) -> Modality:
+    """The modality of a run's dataset.json; runs from before modalities kept the shape and masks beside it."""
+    if "modality" in summary:
+        return modality_for(summary["modality"])
+    h, w, c = summary["shape"]
+    if summary.get("mask_classes"):
+        return modality_for({"kind": "segmentation", "shape": [h, w, summary["image_channels"]],
+                             "mask_classes": summary["mask_classes"]})
+    return modality_for({"kind": "image", "shape": [h, w, c]})
+
+
+__all__ = ["KINDS", "MODALITIES", "builtin_datasets", "prepare", "stand_in", "Classifier", "Dequantized", "FeatureExtractor", "Modality", "modality_for", "run_modality"]

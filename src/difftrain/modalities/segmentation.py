@@ -8,8 +8,14 @@ apart again (the mask is the argmax of its K channels, so noisy samples still gi
 from __future__ import annotations
 
 import colorsys
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+
+from difftrain import atomic
+from difftrain.errors import UserError
+from difftrain.modalities.image import ImageModality, read_png, write_png
 
 # Background (index 0) is black; then Trubetskoy's 20 distinct colours, most distinct first.
 _DISTINCT = [
@@ -57,3 +63,113 @@ def preview(joint: np.ndarray, image_channels: int) -> np.ndarray:
     images, masks = split(joint, image_channels)
     rgb = images if image_channels == 3 else np.repeat(images[..., :1], 3, axis=-1)
     return np.concatenate([rgb, colorize(masks, joint.shape[-1] - image_channels)], axis=2)
+
+
+class SegmentationModality(ImageModality):
+    """Image + mask pairs; spec: {"kind": "segmentation", "shape": [H, W, C] (the image), "mask_classes": [names]}.
+
+    In memory and in samples files a pair is one uint8 (H, W, C + K) image, the mask one-hot as 0/255; on disk
+    the masks stay class-index arrays (train_masks.npy, PNGs of synth).
+    """
+
+    kind = "segmentation"
+    spec_keys = ("kind", "shape", "mask_classes", "mask_pixel_fractions")
+    synth_task = "segmentation"
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.spec["shape"][2])
+
+    @property
+    def mask_classes(self) -> list[str]:
+        return list(self.spec["mask_classes"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        h, w, c = self.spec["shape"]
+        return h, w, c + len(self.mask_classes)
+
+    def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
+        names = self.spec.get("mask_classes")
+        if not (isinstance(names, list) and 0 < len(names) <= 256 and all(isinstance(n, str) for n in names)):
+            raise broken("manifest.json of a segmentation dataset needs mask_classes, a list of 1 to 256 class names")
+        images = super().load_split(folder, split, count, broken)
+        masks = np.load(folder / f"{split}_masks.npy", allow_pickle=False) if (folder / f"{split}_masks.npy").is_file() else None
+        if masks is None:
+            raise broken(f"{split}_masks.npy is missing")
+        if masks.dtype != np.uint8 or masks.shape != images.shape[:3]:
+            raise broken(f"{split}_masks.npy holds {masks.dtype} {masks.shape}; the manifest says uint8 {images.shape[:3]}")
+        if masks.size and masks.max() >= len(names):
+            raise broken(f"{split}_masks.npy has class index {masks.max()}, but the manifest names only "
+                         f"{len(names)} mask classes")
+        return join(images, masks, len(names))
+
+    def describe(self) -> dict[str, Any]:
+        # Pixel shares show at a glance how rare each class is (a class in 0.1% of pixels is hard to learn).
+        fractions = self.spec.get("mask_pixel_fractions") or {}
+        return {"image_channels": self.image_channels, "mask_classes": [
+            {"name": name, **{f"{split}_pixels": fractions[split][i] for split in ("train", "test") if split in fractions}}
+            for i, name in enumerate(self.mask_classes)]}
+
+    def _displayable(self, images: np.ndarray) -> np.ndarray:
+        return preview(images, self.image_channels)
+
+    def split(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Joint pairs -> images (N, H, W, C) and class-index masks (N, H, W)."""
+        return split(data, self.image_channels)
+
+    def privacy_view(self, data: np.ndarray) -> tuple[np.ndarray, ImageModality]:
+        # Privacy is about the images: a mask alone identifies no one.
+        return self.split(data)[0], ImageModality({"kind": ImageModality.kind, "shape": self.spec["shape"]})
+
+    def synth_utility(self, real, synth: np.ndarray, synth_labels: np.ndarray | None, *, seeds: tuple[int, ...],
+                      steps: int | None, progress) -> tuple[dict | None, str | None]:
+        from difftrain.modalities.segmenter import segmentation_utility
+
+        if not len(real.test_data):
+            return None, f"{real.path} has no held-out (test) images to score on"
+        stage = None if progress is None else lambda arm, seed: progress(f"{arm}, seed {seed}")
+        return segmentation_utility(self.split(real.train_data), self.split(real.test_data), self.split(synth),
+                                    len(self.mask_classes), seeds=seeds, steps=steps, class_names=self.mask_classes,
+                                    progress=stage), None
+
+    def canonical(self, data: np.ndarray) -> np.ndarray:
+        # A sample's mask channels become its mask's one-hot: what reading its files gives back.
+        return join(*self.split(data), len(self.mask_classes))
+
+    synth_what = "image + mask pairs"
+
+    def synth_manifest_fields(self) -> dict[str, Any]:
+        return {"image_shape": list(self.spec["shape"]), "mask_classes": self.mask_classes}
+
+    def synth_loading(self, conditional: bool) -> list[str]:
+        labels = " and the image-level labels of `labels.csv`." if conditional else "."
+        return ["`difftrain data prepare OUT --out prepared` reads `images/` and `masks/` (matched by name; a mask's pixel is "
+                f"its class index, named in `mask_classes.txt`){labels}"]
+
+    def synth_notes(self) -> list[str]:
+        named = ", ".join(f"{i} {name}" for i, name in enumerate(self.mask_classes))
+        return [f"Mask classes (pixel value = index): {named}."]
+
+    def synth_finish(self, out: Path, entries: list[dict[str, Any]], items: np.ndarray) -> list[str]:
+        # `data prepare OUT` names the mask classes from it (data/segmentation_folder.py).
+        atomic.write_text(out / "mask_classes.txt", "".join(f"{c}\n" for c in self.mask_classes))
+        return ["mask_classes.txt"]
+
+    def synth_files(self, class_name: str | None, number: int) -> dict[str, str]:
+        stem = f"{number:06d}" if class_name is None else f"{class_name}-{number:06d}"
+        return {"file": f"images/{stem}.png", "mask": f"masks/{stem}.png"}
+
+    def write_item(self, out: Path, files: dict[str, str], item: np.ndarray) -> None:
+        image, mask = self.split(item[None])
+        write_png(out / files["file"], image[0])
+        write_png(out / files["mask"], mask[0])
+
+    def read_item(self, out: Path, files: dict[str, str]) -> np.ndarray:
+        image = read_png(out / files["file"])
+        image = image[..., None] if image.ndim == 2 else image
+        mask = read_png(out / files["mask"])
+        h, w, _ = self.shape
+        if image.shape != (h, w, self.image_channels) or mask.shape != (h, w) or mask.max() >= len(self.mask_classes):
+            raise UserError(f"{out / files['file']} or its mask is not a sample of this run: pass --overwrite to start again")
+        return join(image[None], mask[None], len(self.mask_classes))[0]

@@ -1,18 +1,43 @@
-"""Networks: each maps (x_in, c_noise, class_labels) to a tensor shaped like x_in."""
+"""Networks: each maps (x_in, c_noise, cond) to a tensor shaped like x_in; `cond` is a mapping of
+condition tensors ({"label": (B,) class indices}) or None. One builder per `model.arch`, each with its
+own config section (config.py: model.unet, model.mlp)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from difftrain.config import ModelConfig
-from difftrain.models.unet import UNet, build_unet
+from difftrain.errors import UserError
 
-# Registry: architecture name -> builder(model config, (H, W, C), number of classes).
-NETWORKS = {"unet": build_unet}
+# Registry: architecture name -> builder(its config section, the modality's model shape, number of classes).
+def _build_unet(cfg, shape, num_classes):
+    from difftrain.models.unet import build_unet
+
+    return build_unet(cfg, shape, num_classes)
 
 
-def build_network(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    return NETWORKS[cfg.arch](cfg, image_shape, num_classes if cfg.conditional else 0)
+def _build_mlp(cfg, shape, num_classes):
+    from difftrain.models.mlp import build_mlp
+
+    return build_mlp(cfg, shape, num_classes)
 
 
-__all__ = ["NETWORKS", "UNet", "build_network", "build_unet"]
+NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp}
+
+
+def architecture(cfg: ModelConfig, modality) -> str:
+    """model.arch, with 'auto' the modality's default network."""
+    return modality.default_arch if cfg.arch == "auto" else cfg.arch
+
+
+def build_network(cfg: ModelConfig, modality, num_classes: int) -> torch.nn.Module:
+    """The configured network for the modality's data (conditional on `num_classes` labels when the config says so)."""
+    arch = architecture(cfg, modality)
+    if arch not in NETWORKS:
+        raise UserError(f"unknown model.arch {arch!r}; choose one of: {', '.join(NETWORKS)}")
+    return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0)
+
+
+__all__ = ["NETWORKS", "architecture", "build_network"]

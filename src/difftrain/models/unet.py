@@ -1,4 +1,4 @@
-"""diffusers' UNet2DModel behind difftrain's network signature net(x, c_noise, labels)."""
+"""diffusers' UNet2DModel behind difftrain's network signature net(x, c_noise, cond)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from difftrain.config import ModelConfig
+from difftrain.config import UNetConfig
 from difftrain.errors import UserError
 
 
@@ -30,19 +30,31 @@ class UNet(torch.nn.Module):
     def null_label(self) -> int | None:
         return self.num_classes if self.num_classes else None
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.num_classes and class_labels is None:
-            class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
-        return self.unet(x, c_noise, class_labels=class_labels if self.num_classes else None).sample
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        labels = (cond or {}).get("label")
+        if self.num_classes and labels is None:
+            labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+        return self.unet(x, c_noise, class_labels=labels if self.num_classes else None).sample
+
+    def core(self) -> UNet2DModel:
+        """The module whose parameter names are the network's public ones: LoRA targets, train_only prefixes,
+        the weights that runs and diffusers folders exchange."""
+        return self.unet
+
+    def lora_targets(self) -> list[str]:
+        """UNet2DModel's layers that take LoRA adapters (peft target names, matched as name endings)."""
+        return ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
 
-def unet_arguments(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
-    """UNet2DModel's arguments for the config, images of shape (H, W, C) and `num_classes` labels."""
-    height, width, channels = image_shape
+def unet_arguments(cfg: UNetConfig, shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """UNet2DModel's arguments for the config, model tensors of shape (C, H, W) and `num_classes` labels."""
+    if len(shape) != 3:
+        raise UserError(f"model.arch=unet takes images (C, H, W); this data's items are {tuple(shape)}: use model.arch=auto")
+    channels, height, width = shape
     factor = 2 ** (len(cfg.channels) - 1)  # every level but the last halves the size
     if height % factor or width % factor:
         raise UserError(f"{height}x{width} images cannot pass {len(cfg.channels)} UNet levels (each halves the size): "
-                        f"use fewer entries in model.channels or a --resolution divisible by {factor}")
+                        f"use fewer entries in model.unet.channels or a --resolution divisible by {factor}")
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return dict(
@@ -60,12 +72,12 @@ def unet_arguments(cfg: ModelConfig, image_shape: tuple[int, int, int], num_clas
     ) | cfg.unet_options
 
 
-def build_unet(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> UNet:
-    """A UNet2DModel sized by the config for images of shape (H, W, C)."""
+def build_unet(cfg: UNetConfig, shape: tuple[int, ...], num_classes: int) -> UNet:
+    """A UNet2DModel sized by the config for model tensors of shape (C, H, W)."""
     try:
-        return UNet(UNet2DModel(**unet_arguments(cfg, image_shape, num_classes)))
+        return UNet(UNet2DModel(**unet_arguments(cfg, shape, num_classes)))
     except (TypeError, ValueError) as e:
-        raise UserError(f"the network cannot be built from model.unet_options={cfg.unet_options}: {e}") from None
+        raise UserError(f"the network cannot be built from model.unet.unet_options={cfg.unet_options}: {e}") from None
 
 
 # Config keys that describe the data or the labels, not the architecture: the run sets them.
@@ -73,13 +85,13 @@ _NOT_ARCHITECTURE = {"sample_size", "in_channels", "out_channels", "num_class_em
 
 
 def model_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
-    """ModelConfig fields that rebuild a UNet2DModel of this config.json exactly: the fields
+    """UNetConfig fields that rebuild a UNet2DModel of this config.json exactly: the fields
     difftrain names, and every other argument that differs from what they build as `unet_options`."""
     c = {k: v for k, v in unet_config.items() if not k.startswith("_")}
     channels = list(c.get("block_out_channels", (224, 448, 672, 896)))
     head_dim = c.get("attention_head_dim", 8)
     if not head_dim or any(ch % head_dim for ch in channels):
-        head_dim = None  # diffusers allows these; ModelConfig's check wants a divisor: take the gcd, the option wins
+        head_dim = None  # diffusers allows these; UNetConfig's check wants a divisor: take the gcd, the option wins
     fields = {
         "channels": channels,
         "attention": [t.startswith("Attn") for t in c.get("down_block_types", ())] or [False] * len(channels),
@@ -88,7 +100,7 @@ def model_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
         "norm_groups": c.get("norm_num_groups", 32),
         "dropout": c.get("dropout", 0.0),
     }
-    built = unet_arguments(ModelConfig(**fields), (8 * 2 ** len(channels),) * 2 + (3,), 0)
+    built = unet_arguments(UNetConfig(**fields), (3,) + (8 * 2 ** len(channels),) * 2, 0)
     defaults = {name: p.default for name, p in inspect.signature(UNet2DModel.__init__).parameters.items()}
     options = {}
     for key, value in c.items():

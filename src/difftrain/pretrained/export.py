@@ -6,6 +6,7 @@ from pathlib import Path
 
 from difftrain import __version__
 from difftrain.pretrained.diffusers_format import write_pipeline
+from difftrain.pretrained.source import transferable
 from difftrain.store.run import open_run
 
 
@@ -13,13 +14,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "lates
     """Write the checkpoint's EMA weights (LoRA merged in) with a matching diffusers scheduler to `out`."""
     run = open_run(run_dir)
     ckpt = run.checkpoint(checkpoint, warn)
-    unet = run.denoiser(ckpt).net.unet
+    unet = transferable(run.denoiser(ckpt).net, f"difftrain export {run_dir}")
     info = {
         "difftrain_version": __version__,
         "run": str(Path(run_dir).resolve()),
         "checkpoint": str(ckpt.path.resolve()),
         "images_seen": ckpt.images,
-        "image_shape": list(run.image_shape),
+        "image_shape": list(run.sample_shape),
         "class_names": run.class_names or None,
         "null_label": run.num_classes if run.num_classes else None,  # the "no label" row, for classifier-free guidance
         "diffusion": run.config.diffusion.model_dump(),

@@ -1,4 +1,4 @@
-"""LoRA and freezing for fine-tuning (through peft); `merge` folds LoRA back into a plain UNet.
+"""LoRA and freezing for fine-tuning (through peft); `merge` folds LoRA back into a plain network.
 
 LoRA (Hu et al. 2021) trains W + (alpha/r)·B·A on chosen layers of a frozen network. B starts
 at zero, so the adapted network first computes exactly what the original did.
@@ -13,21 +13,22 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from difftrain.errors import UserError
-from difftrain.models.unet import UNet
 
 # Layer types peft's LoRA adapts and can merge back into their weights.
 LORA_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
 
 
-def adapt(net: UNet, *, rank: int, alpha: float | None, targets: list[str], train_only: list[str]) -> UNet:
-    """Add LoRA of `rank` to the `targets` layers of net.unet and freeze all but LoRA and `train_only`.
+def adapt(net: torch.nn.Module, *, rank: int, alpha: float | None, targets: list[str], train_only: list[str]) -> torch.nn.Module:
+    """Add LoRA of `rank` to the `targets` layers of net.core() (default: the network's own `lora_targets()`)
+    and freeze all but LoRA and `train_only`.
 
-    Changes `net` in place and returns it: the UNet wrapper (its call, num_classes, null_label)
-    stays, the LoRA layers replace the targeted ones inside net.unet. Rank 0 trains no LoRA:
+    Changes `net` in place and returns it: the network wrapper (its call, num_classes, null_label)
+    stays, the LoRA layers replace the targeted ones inside its core. Rank 0 trains no LoRA:
     only `train_only` is trained, or everything when it is empty (full fine-tuning). The same
     call on a fresh network rebuilds the structure a saved state dict of this one loads into.
     """
-    inner = net.unet
+    inner = net.core()
+    targets = list(targets) or net.lora_targets()
     _check_prefixes(inner, train_only)
     if rank:
         _check_targets(inner, targets)
@@ -47,15 +48,15 @@ def is_adapted(net: torch.nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in net.modules())
 
 
-def merge(net: UNet) -> UNet:
-    """A plain UNet with each LoRA delta (alpha/r)·B·A added to its layer's weight.
+def merge(net: torch.nn.Module) -> torch.nn.Module:
+    """A plain network with each LoRA delta (alpha/r)·B·A added to its layer's weight.
 
     `net` itself is left as it is (training goes on); a network without LoRA is returned as is.
     """
     if not is_adapted(net):
         return net
     merged = copy.deepcopy(net)
-    inner = merged.unet
+    inner = merged.core()
     for name, module in list(inner.named_modules()):
         if isinstance(module, BaseTunerLayer):
             module.merge()

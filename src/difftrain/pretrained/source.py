@@ -18,8 +18,8 @@ from difftrain.models.unet import model_fields
 from difftrain.store.run import Run, source_run
 from difftrain.store.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
 
-# The model settings that define the network's weights; training choices (dropout, labels) stay the user's.
-ARCHITECTURE = ("arch", "channels", "attention", "layers_per_block", "attention_head_dim", "norm_groups", "unet_options")
+# The UNet settings that define the network's weights; training choices (dropout, labels) stay the user's.
+ARCHITECTURE = ("channels", "attention", "layers_per_block", "attention_head_dim", "norm_groups", "unet_options")
 # The diffusion settings that define what the network predicts; a fine-tune must keep them.
 FORMULATION = ("formulation", "prediction", "sigma_data", "beta_schedule", "beta_start", "beta_end", "num_timesteps")
 
@@ -28,12 +28,23 @@ FORMULATION = ("formulation", "prediction", "sigma_data", "beta_schedule", "beta
 class Pretrained:
     origin: str  # what was loaded, for the report
     weights: dict[str, torch.Tensor]  # a UNet2DModel state dict
-    model: dict[str, Any]  # ModelConfig fields of the network the weights belong to
+    model: dict[str, Any]  # model.unet fields of the network the weights belong to
     diffusion: dict[str, Any] | None  # DiffusionConfig fields it was trained with (None: unknown)
     class_names: list[str] | None  # names of the class-embedding rows, in order (None: unnamed)
     has_null_label: bool  # its last class-embedding row is difftrain's "no label" row
     checkpoint: Checkpoint | None = None  # the difftrain checkpoint it comes from
     notes: list[str] = field(default_factory=list)
+
+
+def transferable(net: torch.nn.Module, what: str) -> torch.nn.Module:
+    """The part of a network whose weights move between runs and diffusers folders; refused for networks without one."""
+    from diffusers import UNet2DModel
+
+    core = net.core()
+    if not isinstance(core, UNet2DModel):
+        raise UserError(f"{what}: its {type(net).__name__} network cannot be loaded into another network yet "
+                        "(starting from weights works for UNet runs and diffusers folders)")
+    return core
 
 
 def open_pretrained(source: str | Path, warn=print) -> Pretrained:
@@ -57,8 +68,8 @@ def open_pretrained(source: str | Path, warn=print) -> Pretrained:
 
 def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
     # The EMA weights, as sampling uses them; a LoRA run's adapters are merged in by run.denoiser.
-    unet = run.denoiser(checkpoint).net.unet
-    model = run.config.model.model_dump()
+    unet = transferable(run.denoiser(checkpoint).net, f"--init {run.path}")
+    model = run.config.model.unet.model_dump()
     return Pretrained(
         origin=f"run {run.path} ({checkpoint.path.name}, {checkpoint.images:,} images)",
         weights={k: v.clone() for k, v in unet.state_dict().items()},
@@ -79,7 +90,7 @@ def _from_diffusers(path: Path) -> Pretrained:
     if found.diffusion is None:
         notes.append("no scheduler config found beside the UNet: its formulation is taken from your config (diffusion.*)")
     try:
-        fields = {"arch": "unet", **model_fields(found.unet_config)}
+        fields = model_fields(found.unet_config)
     except ValueError as e:
         raise UserError(f"{path}: its UNet2DModel config cannot be rebuilt by difftrain: {e}") from None
     # A difftrain export also carries its training choices (weighting, noise levels); the scheduler's formulation wins.
@@ -101,14 +112,17 @@ def config_for_source(config: Config, source: Pretrained, explicit: set[str] = f
     `explicit` holds the keys the user set (e.g. "model.channels"); one that contradicts the source is an error.
     """
     model = dict(source.model)
+    if config.model.arch not in ("auto", "unet"):
+        raise UserError(f"model.arch={config.model.arch} contradicts --init {source.origin}, a UNet2DModel: drop the model.arch setting")
     if source.diffusion is None and "diffusion.formulation" not in explicit:
         raise UserError(f"--init {source.origin}: no scheduler config says how this UNet was trained; say it yourself, "
                         "e.g. diffusion.formulation=vp diffusion.prediction=eps (with its beta schedule), or diffusion.formulation=edm")
     diffusion = {k: v for k, v in (source.diffusion or {}).items() if k in FORMULATION}
-    for section, values in (("model", model), ("diffusion", diffusion)):
-        current = getattr(config, section).model_dump()
+    for section, values in (("model.unet", model), ("diffusion", diffusion)):
+        current = (config.model.unet if section == "model.unet" else config.diffusion).model_dump()
         for key, value in values.items():
-            if f"{section}.{key}" in explicit and current[key] != value:
+            named = {f"{section}.{key}", f"model.{key}"} if section == "model.unet" else {f"{section}.{key}"}
+            if named & explicit and current[key] != value:
                 raise UserError(f"{section}.{key}={current[key]!r} contradicts --init {source.origin}, which has {value!r}: "
                                 f"its weights only work with the source's value; drop the {section}.{key} setting")
     # The source's training choices (loss weighting, noise levels) carry over unless set by the user.
@@ -116,6 +130,7 @@ def config_for_source(config: Config, source: Pretrained, explicit: set[str] = f
     if "weighting" not in (source.diffusion or {}) and diffusion.get("formulation") == "vp" and "diffusion.weighting" not in explicit:
         choices["weighting"] = "uniform"  # a foreign VP model: diffusers trains them on the plain eps/v MSE
     raw = config.model_dump(mode="json")
-    raw["model"].update(model)
+    raw["model"]["arch"] = "unet"
+    raw["model"]["unet"].update(model)
     raw["diffusion"].update(diffusion | choices)
     return validate_config(raw, f"--init {source.origin}")

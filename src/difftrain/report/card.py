@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from difftrain import __version__, atomic
-from difftrain.models import build_network
+from difftrain.models import architecture, build_network
 from difftrain.store.run import open_run
 from difftrain.store.metrics_log import read_metrics
 
@@ -121,11 +121,13 @@ def write_report(run_dir: str | Path) -> Path:
     evals = [r for r in records if r.get("event") == "eval"]
     grids = sorted((run_dir / "samples").glob("grid-*.png"))
     ds = run.dataset
-    params = sum(p.numel() for p in build_network(cfg.model, run.image_shape, run.num_classes).parameters())
+    net = build_network(cfg.model, run.modality, run.num_classes)
+    params = sum(p.numel() for p in net.parameters())
+    arch = architecture(cfg.model, run.modality)
 
     parts = [f"# difftrain run `{run_dir.name}`", "",
              f"A {'class-conditional' if run.num_classes else 'unconditional'} diffusion model for "
-             f"{ds['shape'][0]}x{ds['shape'][1]} images with {ds['shape'][2]} channel(s), trained with difftrain {__version__}.", ""]
+             f"{run.modality.kind} data of shape {'x'.join(map(str, run.sample_shape))}, trained with difftrain {__version__}.", ""]
     parts += ["## Data", "", _table([
         ("source", (ds.get("source") or {}).get("path", ds["path"])),
         ("prepared dataset", ds["path"]),
@@ -136,7 +138,7 @@ def write_report(run_dir: str | Path) -> Path:
     d = cfg.diffusion
     formulation = "EDM" if d.formulation == "edm" else f"VP/DDPM ({d.prediction}-prediction, {d.num_timesteps} steps, {d.beta_schedule} betas)"
     parts += ["## Model and training", "", _table([
-        ("network", f"diffusers UNet2DModel, {params:,} parameters, channels {cfg.model.channels}"),
+        ("network", f"{arch} ({type(net).__name__}), {params:,} parameters: {cfg.model.section(arch).model_dump(exclude_defaults=True) or 'defaults'}"),
         ("formulation / loss weighting", f"{formulation} / {d.weighting}"),
         ("optimizer", f"{cfg.optim.name}, lr {cfg.optim.lr:g}, {cfg.optim.schedule} after {cfg.optim.warmup_images:,} warm-up images"),
         ("batch", f"{cfg.train.batch_size} ({cfg.train.accumulation} micro-batch(es))"),

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from difftrain import __version__, atomic
 from difftrain.errors import UserError
+from difftrain.hashing import sha256_file
 
 FILES = ("model.safetensors", "ema.safetensors", "state.pt")
 
@@ -50,14 +50,6 @@ class Checkpoint:
             return torch.load(file, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means a corrupt file
             raise CheckpointError(f"cannot read {file}: {e}") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:

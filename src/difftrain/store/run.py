@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,34 +22,44 @@ import torch
 
 from difftrain import atomic
 from difftrain.config import Config, FinetuneConfig, read_config, save_config
-from difftrain.data import PreparedDataset, prepare_dataset
-from difftrain.data.builtin import BUILTIN_DATASETS
+from difftrain.data import PreparedDataset
 from difftrain.diffusion import Denoiser, build_formulation
 from difftrain.errors import UserError
+from difftrain.modalities import Modality, builtin_datasets, prepare, run_modality
 from difftrain.models import build_network
 from difftrain.store.checkpoint import Checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     from difftrain.sampling import SamplingSpec
 
-def resolve_dataset(config: Config, run_dir: Path, progress: bool = True, prepare: bool = True) -> Path:
+def resolve_dataset(config: Config, run_dir: Path, progress: bool = True, prepare_here: bool = True) -> Path:
     """The configured dataset's folder; a built-in name is prepared once into RUN/data.
 
-    Under several processes only one may prepare (`prepare=True`); the others wait, then load.
+    Under several processes only one may prepare (`prepare_here=True`); the others wait, then load.
     """
     path = config.data.path
     if not path:
         raise UserError("no dataset: pass --data DIR (make one with `difftrain data prepare SOURCE --out DIR`)")
-    if str(path) in BUILTIN_DATASETS:
+    if str(path) in builtin_datasets():
         target = Path(run_dir) / "data"
-        if prepare and not (target / "manifest.json").is_file():
-            prepare_dataset(path, target, test_fraction=0.2, overwrite=target.exists(), progress=progress)
+        if prepare_here and not (target / "manifest.json").is_file():
+            prepare(path, target, test_fraction=0.2, overwrite=target.exists(), progress=progress)
         return target
     return Path(path)
 
 
+def with_data_defaults(config: Config, modality, train_data) -> Config:
+    """`config` with the settings that 'auto' leaves to the data filled in from it: diffusion.sigma_data."""
+    if config.diffusion.sigma_data != "auto":
+        return config
+    sigma_data = round(modality.default_sigma_data(train_data), 6)
+    return config.model_copy(update={"diffusion": config.diffusion.model_copy(update={"sigma_data": sigma_data})})
+
+
 def formulation_of(config: Config):
     d = config.diffusion
+    if d.sigma_data == "auto":  # runs resolve it when training starts (with_data_defaults); a bare config means EDM's 0.5
+        d = d.model_copy(update={"sigma_data": 0.5})
     return build_formulation(d.formulation, prediction=d.prediction, sigma_data=d.sigma_data, p_mean=d.p_mean, p_std=d.p_std,
                              beta_start=d.beta_start, beta_end=d.beta_end, num_timesteps=d.num_timesteps, beta_schedule=d.beta_schedule)
 
@@ -60,9 +71,9 @@ def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -
     """
     m = ds.manifest
     names = ds.class_names if class_names is None else class_names
-    return {"path": str(Path(ds.path).resolve()), "shape": list(ds.image_shape), "num_classes": len(names),
-            "class_names": names, "count": m.get("count"), "source": m.get("source"), "provenance": m.get("provenance"),
-            "image_channels": ds.image_channels, "mask_classes": ds.mask_classes}
+    return {"path": str(Path(ds.path).resolve()), "modality": ds.modality.spec, "shape": list(ds.sample_shape),
+            "num_classes": len(names), "class_names": names, "count": m.get("count"), "source": m.get("source"),
+            "provenance": m.get("provenance")}
 
 
 def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset",
@@ -84,8 +95,8 @@ def adapt_network(net: torch.nn.Module, fc: FinetuneConfig) -> torch.nn.Module:
     return adapt(net, rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets, train_only=fc.train_only)
 
 
-def network_for(config: Config, image_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    return adapt_network(build_network(config.model, image_shape, num_classes), config.finetune)
+def network_for(config: Config, modality: Modality, num_classes: int) -> torch.nn.Module:
+    return adapt_network(build_network(config.model, modality, num_classes), config.finetune)
 
 
 def source_run(init: str | Path) -> "Run | None":
@@ -117,19 +128,13 @@ class Run:
     config: Config
     dataset: dict[str, Any]
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.dataset["shape"])
+    @cached_property
+    def modality(self) -> Modality:
+        return run_modality(self.dataset)
 
     @property
-    def image_channels(self) -> int:
-        """The image's own channels; a segmentation run's samples carry the one-hot mask after them."""
-        return int(self.dataset.get("image_channels", self.image_shape[2]))  # runs from before masks: all channels
-
-    @property
-    def mask_classes(self) -> list[str]:
-        """Names of the mask classes of a segmentation run; [] for an image run."""
-        return list(self.dataset.get("mask_classes") or [])
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.modality.shape
 
     @property
     def num_classes(self) -> int:
@@ -153,7 +158,7 @@ class Run:
         """The checkpoint's network (LoRA merged into its weights) as a frozen denoiser."""
         from difftrain.pretrained.lora import merge
 
-        net = network_for(self.config, self.image_shape, self.num_classes)
+        net = network_for(self.config, self.modality, self.num_classes)
         load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")
         return Denoiser(merge(net).to(device).eval().requires_grad_(False), formulation_of(self.config))
 

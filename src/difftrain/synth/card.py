@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from difftrain.modalities import modality_for
+
 NAMES = {"memorization": "near-copies of training images", "dedup": "exact and near duplicates among the kept samples",
          "confidence": "samples the domain classifier does not see as their class"}
 SETTING = {"memorization": ("ratio", "nearest training image closer than {:g} x the second nearest"),
-           "dedup": ("distance", "pixel L2 (values in [0, 1]) to a kept sample below {:g}"),
+           "dedup": ("distance", "L2 (pixels in [0, 1]; standardised columns) to a kept sample below {:g}"),
            "confidence": ("threshold", "probability of the intended class below {:g}")}
-
-
-def _how_to_load(m: dict) -> list[str]:
-    if m["task"] == "segmentation":
-        labels = " and the image-level labels of `labels.csv`." if m["classes"] else "."
-        return ["`difftrain data prepare OUT --out prepared` reads `images/` and `masks/` (matched by name; a mask's pixel is "
-                f"its class index, named in `mask_classes.txt`){labels}"]
-    if m["classes"] is None:
-        return ["`difftrain data prepare OUT/images --out prepared` reads it as an unlabelled image folder."]
-    return ["`difftrain data prepare OUT --out prepared` reads it as an ImageFolder (one subfolder per class; the other files at "
-            "the top are skipped, with a note). Any ImageFolder reader works too, or `labels.csv` (file,label,class; `label` is "
-            "the index in `class_names` of manifest.json, the run's own label of that class)."]
 
 
 def dataset_card(m: dict, report: dict | None = None) -> str:
     """README.md: what the dataset is, where it comes from, its counts and filters, how to load it, its terms."""
-    what = "image + mask pairs" if m["task"] == "segmentation" else "images"
+    modality = modality_for(m["modality"])
+    what = modality.synth_what
     kept, generated = m["totals"]["kept"], m["totals"]["generated"]
     lines = [f"# Synthetic dataset from {Path(m['run']).name}", "",
              f"{kept} synthetic {what} made by `difftrain synth` from the diffusion model in `{m['run']}`: checkpoint "
@@ -42,9 +33,8 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
     for c in m["counts"]:
         name, label = ("(unconditional)", "") if c["class"] is None else (c["class"], c["label"])
         lines.append(f"| {name} | {label} | {c['requested']} | {c['kept']} | {c['shortfall']} |")
-    if m["mask_classes"]:
-        named = ", ".join(f"{i} {name}" for i, name in enumerate(m["mask_classes"]))
-        lines += ["", f"Mask classes (pixel value = index): {named}."]
+    for note in modality.synth_notes():
+        lines += ["", note]
     lines += ["", "## Filters", ""]
     if m["filters"]:
         lines += ["In this order; a sample counts for the first filter that removed it.", "",
@@ -58,7 +48,7 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
     else:
         lines.append("No filter was applied.")
     source = (m["dataset"].get("provenance") or m["dataset"].get("path")).rstrip(".")
-    lines += ["", "## Loading it", "", *_how_to_load(m), "", "## Provenance and licence", "",
+    lines += ["", "## Loading it", "", *modality.synth_loading(m["classes"] is not None), "", "## Provenance and licence", "",
               f"The model was trained on {source}. Samples of a generative model can reproduce its training images, so treat "
               "this dataset under the terms of that data and share it only where they allow."]
     if any(f["name"] == "memorization" for f in m["filters"]):

@@ -12,12 +12,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from difftrain.errors import UserError
 from difftrain.evaluation.memorization import memorization
 from difftrain.evaluation.neighbours import distance_blocks, nearest
-from difftrain.modalities import image
 
 ORDER = ("memorization", "dedup", "confidence")
 DEFAULTS = {"memorization": 1 / 3, "confidence": 0.9}
@@ -76,27 +74,24 @@ def parse_filters(text: str | None, image_shape: tuple[int, int, int]) -> list[F
     return [specs[name] for name in ORDER if name in specs]
 
 
-def class_probability(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> np.ndarray:
-    """The classifier's softmax probability of each image's own label."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            logits = model(image.to_model(torch.from_numpy(images[i:i + batch])))
-            own = torch.from_numpy(labels[i:i + batch])
-            out.append(torch.softmax(logits.double(), 1)[torch.arange(len(logits)), own].numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+def class_probability(model, items: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The classifier's probability of each item's own label."""
+    return model.probabilities(items)[np.arange(len(items)), labels].astype(np.float64) if len(items) else np.zeros(0)
 
 
-def pairwise(images: np.ndarray) -> np.ndarray:
-    """L2 distances (values in [0, 1]) between all pairs of `images`, exact 0 for identical ones (see memorization.py)."""
-    return np.concatenate([d.numpy() for _, d in distance_blocks(images, images)]) / 255.0 if len(images) else np.zeros((0, 0))
+def pairwise(items: np.ndarray, modality) -> np.ndarray:
+    """L2 distances (the modality's neighbour space and unit) between all pairs of `items`, exact 0 for identical ones."""
+    if not len(items):
+        return np.zeros((0, 0))
+    view = modality.neighbour_view(items)
+    return np.concatenate([d.numpy() for _, d in distance_blocks(view, view)]) / modality.distance_unit
 
 
-def nearest_kept(images: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """L2 distance (values in [0, 1]) from each image to the nearest of `kept`; inf when nothing is kept yet."""
+def nearest_kept(items: np.ndarray, kept: np.ndarray, modality) -> np.ndarray:
+    """L2 distance from each item to the nearest of `kept`; inf when nothing is kept yet."""
     if not len(kept):
-        return np.full(len(images), np.inf)
-    return nearest(images, kept, 1)[0][:, 0] / 255.0
+        return np.full(len(items), np.inf)
+    return nearest(modality.neighbour_view(items), modality.neighbour_view(kept), 1)[0][:, 0] / modality.distance_unit
 
 
 @dataclass
@@ -113,10 +108,11 @@ class Judge:
     """The chosen filters with what they need: the training images (memorization), the domain classifier and its
     label of each requested class (confidence); `info` is what the manifest records of them (the classifier's hash)."""
 
-    def __init__(self, specs: list[FilterSpec], train_images: np.ndarray | None = None, classifier: torch.nn.Module | None = None,
+    def __init__(self, specs: list[FilterSpec], modality, train_images: np.ndarray | None = None, classifier=None,
                  classifier_labels: list[int] | None = None, info: dict[str, dict] | None = None):
         self.specs = {s.name: s.value for s in specs}
-        self.train_images, self.classifier, self.classifier_labels = train_images, classifier, classifier_labels
+        self.modality = modality
+        self.train_data, self.classifier, self.classifier_labels = train_images, classifier, classifier_labels
         self.info = info or {}
 
     def judge(self, images: np.ndarray, slots: list[int], room: list[int], kept: np.ndarray) -> list[Verdict]:
@@ -127,7 +123,7 @@ class Judge:
         scores: list[dict[str, float | None]] = [{} for _ in range(n)]
         removed: list[str | None] = [None] * n
         if "memorization" in specs:
-            m = memorization(images, self.train_images, ratio=specs["memorization"])
+            m = memorization(images, self.train_data, self.modality, ratio=specs["memorization"])
             for i in range(n):
                 ratio = m.d1[i] / m.d2[i] if m.d2[i] > 0 else 0.0  # 0/0: a copy of a duplicated training image
                 scores[i] |= {"training_distance": _score(m.d1[i]), "training_ratio": _score(ratio)}
@@ -137,7 +133,8 @@ class Judge:
             probability = class_probability(self.classifier, images, labels)
             for i in range(n):
                 scores[i]["confidence"] = _score(probability[i])
-        to_kept, among = (nearest_kept(images, kept), pairwise(images)) if "dedup" in specs else (None, None)
+        to_kept, among = ((nearest_kept(images, kept, self.modality), pairwise(images, self.modality)) if "dedup" in specs
+                          else (None, None))
         kept_here: list[int] = []
         verdicts = []
         for i in range(n):

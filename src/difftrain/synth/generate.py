@@ -18,13 +18,12 @@ import torch
 
 from difftrain.distributed import from_main_process, is_main_process, on_main_process, processes
 from difftrain.errors import UserError
-from difftrain.modalities import segmentation
 from difftrain.store.run import Run, open_run
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.synth import state
 from difftrain.synth.filters import FilterSpec, Judge, parse_filters
 from difftrain.synth.plan import round_sizes, round_slots, shortfall
-from difftrain.synth.writer import check_class_name, read_sample, sample_files, write_sample
+from difftrain.synth.writer import check_class_name
 
 
 # The score a rejection records: the number its filter judged.
@@ -79,8 +78,8 @@ def _training_data(run: Run, needed_by: str):
         raise UserError(f"{needed_by} needs the run's training data {path} (named in {run.path / 'dataset.json'}), "
                         f"which is gone: put it back there, or leave {needed_by} out")
     ds = load_dataset(path)
-    if tuple(ds.image_shape) != run.image_shape:
-        raise UserError(f"{path} holds {tuple(ds.image_shape)} images, but {run.path} makes {run.image_shape}: it is not "
+    if tuple(ds.sample_shape) != run.sample_shape:
+        raise UserError(f"{path} holds {tuple(ds.sample_shape)} images, but {run.path} makes {run.sample_shape}: it is not "
                         f"the data the run was trained on; leave {needed_by} out")
     return ds
 
@@ -92,7 +91,7 @@ class Synthesis:
                  progress: Callable[[int, int], None] | None):
         self.out, self.run, self.classes, self.targets, self.batch_size = out, run, classes, targets, batch_size
         self.judge, self.progress = judge, progress
-        self.mask_classes = run.mask_classes
+        self.modality = run.modality
         self.kept = [0] * len(classes)
         self.generated = [0] * len(classes)
         self.files: list[dict[str, Any]] = []
@@ -104,11 +103,9 @@ class Synthesis:
         self.round_first = 0
 
     def canonical(self, samples: np.ndarray) -> np.ndarray:
-        """Samples as their files hold them: a segmentation sample's mask channels become its mask's one-hot,
-        so the filters judge what is written and a resumed run reads back exactly what it judged."""
-        if not self.mask_classes:
-            return samples
-        return segmentation.join(*segmentation.split(samples, self.run.image_channels), len(self.mask_classes))
+        """Samples as their files hold them, so the filters judge what is written and a resumed run reads back
+        exactly what it judged."""
+        return self.modality.canonical(samples)
 
     def next_wave(self, world: int) -> Wave | None:
         """The next `world` batches of the current round (a new round when it is done); None when nothing is left."""
@@ -129,16 +126,7 @@ class Synthesis:
             if wave is None or record["batch"] != wave.first_batch or record["slots"] != wave.slots:
                 raise UserError(f"{state.record_file(self.out, record['batch'])} does not follow this run's plan: "
                                 f"pass --overwrite to start {self.out} again")
-            self._apply(record, np.stack([self._read_back(f) for f in record["files"]]) if record["files"] else None)
-
-    def _read_back(self, entry: dict[str, Any]) -> np.ndarray:
-        image, mask = read_sample(self.out, entry["file"], entry.get("mask"))
-        h, w, _ = self.run.image_shape
-        if image.shape != (h, w, self.run.image_channels) or (mask is not None and (mask.shape != (h, w)
-                                                                                     or mask.max() >= len(self.mask_classes))):
-            raise UserError(f"{self.out / entry['file']} (or its mask) is not the file `difftrain synth` wrote there: pass "
-                            f"--overwrite to start {self.out} again")
-        return image if mask is None else segmentation.join(image[None], mask[None], len(self.mask_classes))[0]
+            self._apply(record, self.modality.synth_read(self.out, record["files"]) if record["files"] else None)
 
     def take(self, wave: Wave, samples: np.ndarray) -> None:
         """Judge, write and record each batch of a wave, in batch order."""
@@ -152,6 +140,7 @@ class Synthesis:
         verdicts = self.judge.judge(samples, slots, room, kept)
         record: dict[str, Any] = {"batch": batch, "slots": slots, "files": [], "rejected": [], "surplus": 0}
         numbers = list(self.kept)
+        keep, names = [], []
         for index, (slot, verdict) in enumerate(zip(slots, verdicts, strict=True)):
             name = self.classes[slot]
             label = None if name is None else self.run.class_names.index(name)
@@ -162,20 +151,15 @@ class Synthesis:
                                            "filter": verdict.removed_by, "score": verdict.scores[SCORE[verdict.removed_by]],
                                            "scores": verdict.scores})
             else:
-                file, mask_file = sample_files(name, numbers[slot], bool(self.mask_classes))
+                keep.append(index)
+                names.append((name, numbers[slot]))
                 numbers[slot] += 1
-                entry = {"file": file, **({"mask": mask_file} if mask_file else {}), "label": label, "class": name,
-                         "batch": batch, "index": index, "scores": verdict.scores}
-                images, masks = self._parts(samples[index:index + 1])
-                write_sample(self.out, file, mask_file, images[0], None if masks is None else masks[0])
-                record["files"].append(entry)
+                record["files"].append({"label": label, "class": name, "batch": batch, "index": index, "scores": verdict.scores})
+        files = self.modality.synth_write(self.out, batch, samples[keep], names)
+        record["files"] = [{**where, **entry} for where, entry in zip(files, record["files"], strict=True)]
         state.write_record(self.out, record)  # after its files: a record names only files that are there
         kept_here = [f["index"] for f in record["files"]]
         self._apply(record, samples[kept_here] if kept_here else None)
-
-    def _parts(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Images (N, H, W, C) and masks (N, H, W), or None for plain images."""
-        return segmentation.split(samples, self.run.image_channels) if self.mask_classes else (samples, None)
 
     def _apply(self, record: dict[str, Any], kept_samples: np.ndarray | None) -> None:
         for slot in record["slots"]:
@@ -194,14 +178,15 @@ class Synthesis:
         if self.progress is not None:
             self.progress(sum(self.kept), sum(self.targets))
 
-    def kept_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """All kept samples' images (N, H, W, C) and masks (N, H, W) or None, in the manifest's order."""
-        samples = np.concatenate(self.kept_samples) if self.kept_samples else np.zeros((0, *self.run.image_shape), np.uint8)
-        return self._parts(samples)
+    def kept_arrays(self) -> np.ndarray:
+        """All kept samples, in the manifest's order."""
+        if self.kept_samples:
+            return np.concatenate(self.kept_samples)
+        return np.zeros((0, *self.modality.shape), self.modality.dtype)
 
 
 def _checkpoint_settings(run: Run, which: str, ema: bool, warn) -> tuple[Any, dict[str, Any]]:
-    from difftrain.store.checkpoint import sha256_file
+    from difftrain.hashing import sha256_file
 
     ckpt = run.checkpoint(which, warn)
     file = "ema.safetensors" if ema else "model.safetensors"
@@ -234,7 +219,7 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
     names, targets = requested_classes(run, per_class, n, classes)
     if spec.guidance != 1 and not run.num_classes:
         raise UserError(f"--guidance {spec.guidance:g} needs a class-conditional model; {run.path} is unconditional (use 1)")
-    specs = parse_filters(filters, run.image_shape) if filters is None or isinstance(filters, str) else list(filters)
+    specs = parse_filters(filters, run.sample_shape) if filters is None or isinstance(filters, str) else list(filters)
     batch_size = batch_size or run.config.sample.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -261,8 +246,8 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
         if wave is None:
             break
         labels = None if model_labels is None else model_labels[wave.slots]
-        samples = generate(denoiser, len(wave.slots), run.image_shape, labels, spec, batch_size=batch_size,
-                           null_label=denoiser.net.null_label, device=device, across_processes=True, first_batch=wave.first_batch)
+        samples = generate(denoiser, run.modality, len(wave.slots), labels, spec, batch_size=batch_size, device=device,
+                           across_processes=True, first_batch=wave.first_batch)
         on_main_process(lambda: job.take(wave, samples))  # noqa: B023 - called at once, in this iteration
     return from_main_process(on_main_process(lambda: finish(job, settings, ckpt, spec, report=report, warn=warn,
                                                             report_progress=report_progress, report_options=report_options)))
@@ -283,12 +268,10 @@ def _judge(run: Run, specs: list[FilterSpec], names: list[str | None]) -> Judge:
         if missing:
             raise UserError(f"--filter confidence: {ds.path} has no images of class(es) {', '.join(missing)} for its classifier "
                             "to learn: leave confidence out, or those classes out of --classes")
-        from difftrain.evaluation.classifier import load_or_train_classifier
-
-        classifier, meta = load_or_train_classifier(ds, epochs=run.config.eval.classifier_epochs)
+        classifier, meta = ds.modality.domain_classifier(ds, epochs=run.config.eval.classifier_epochs)
         classifier_labels = [ds.class_names.index(c) for c in names]
         info["confidence"] = {"classifier": meta["name"], "classifier_sha256": meta["weights_sha256"],
                               "classifier_test_accuracy": meta["test_accuracy"]}
     if "memorization" in chosen:
-        train_images = _training_data(run, "--filter memorization").train_images
-    return Judge(specs, train_images, classifier, classifier_labels, info)
+        train_images = _training_data(run, "--filter memorization").train_data
+    return Judge(specs, run.modality, train_images, classifier, classifier_labels, info)

@@ -31,11 +31,10 @@ def build_manifest(job: "Synthesis", settings: dict[str, Any], ckpt, spec: Sampl
                "generated": generated, "kept": kept, "shortfall": missing}
               for name, target, generated, kept, missing in zip(job.classes, job.targets, job.generated, job.kept, short,
                                                                strict=True)]
-    h, w, _ = run.image_shape
     return {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
-        "task": "segmentation" if job.mask_classes else "classification",
+        "task": job.modality.synth_task,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": settings["run"],
         "dataset": {key: run.dataset.get(key) for key in ("path", "source", "provenance")},
@@ -45,8 +44,8 @@ def build_manifest(job: "Synthesis", settings: dict[str, Any], ckpt, spec: Sampl
         "weights_sha256": settings["weights_sha256"],
         **spec_meta(spec),
         "batch_size": settings["batch_size"],
-        "image_shape": [h, w, run.image_channels],
-        "mask_classes": job.mask_classes,
+        "modality": job.modality.spec,
+        **job.modality.synth_manifest_fields(),
         "class_names": run.class_names,  # label i is class_names[i], as in the run's training data
         "classes": settings["classes"],
         "per_class": settings["per_class"],
@@ -77,25 +76,26 @@ def _report(job: "Synthesis", seed: int, report_progress, warn, options: dict[st
     from difftrain.synth.report import write_report
 
     real = load_dataset(path)
-    images, masks = job.kept_arrays()
+    images = job.kept_arrays()
     labels = None
     if run.num_classes:
         known = np.asarray([f["class"] in real.class_names for f in job.files])
         if not known.all():
             missing = sorted({f["class"] for f in job.files} - set(real.class_names))
             warn(f"report: class(es) {', '.join(missing)} are not in {path}: the report leaves their samples out")
-            images, masks = images[known], None if masks is None else masks[known]
+            images = images[known]
         labels = np.asarray([real.class_names.index(f["class"]) for f in job.files if f["class"] in real.class_names],
                             dtype=np.int64)
     if not len(images):
         warn(f"no report: none of the kept samples is of a class of {path}")
         return None
-    return write_report(job.out, real, images, labels, synth_masks=masks, seed=seed, progress=report_progress, **options)
+    return write_report(job.out, real, images, labels, seed=seed, progress=report_progress, **options)
 
 
 def finish(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec, *, report: bool = True,
            report_progress=None, report_options: dict[str, Any] | None = None, warn=print) -> dict[str, Any]:
-    """Write labels.csv, mask_classes.txt, manifest.json and README.md, then the report (and both again with it);
+    """Write labels.csv, the modality's own files (mask_classes.txt, points.csv), manifest.json and README.md, then the
+    report (and both again with it);
     return the manifest. The dataset is complete and described before the report, which may fail or be stopped."""
     from difftrain.synth.card import dataset_card
 
@@ -107,9 +107,7 @@ def finish(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec,
              "(see manifest.json `rejected`)")
     if job.run.num_classes:
         write_labels(out, job.files)
-    if job.mask_classes:
-        # `data prepare OUT` names the mask classes from it (data/segmentation_folder.py).
-        atomic.write_text(out / "mask_classes.txt", "".join(f"{c}\n" for c in job.mask_classes))
+    job.modality.synth_finish(out, job.files, job.kept_arrays())
     remove_strays(out, job.files, warn)
     atomic.write_json(out / "manifest.json", manifest)
     atomic.write_text(out / "README.md", dataset_card(manifest, None))

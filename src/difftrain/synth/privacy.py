@@ -45,19 +45,19 @@ def dcr_summary(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, result: Memoriz
     return summary
 
 
-def privacy(synth: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> tuple[dict, Memorization, np.ndarray]:
-    """The DCR summary of uint8 (N, H, W, C) synthetic images against the training images, with the held-out
-    images as baseline; also the synthetic images' memorization result and the held-out DCRs (for plots)."""
+def privacy(synth: np.ndarray, train: np.ndarray, held_out: np.ndarray, modality) -> tuple[dict, Memorization, np.ndarray]:
+    """The DCR summary of synthetic items against the training items (distances in the modality's neighbour space),
+    with the held-out items as baseline; also the synthetic items' memorization result and the held-out DCRs (for plots)."""
     for what, images in (("synthetic images", synth), ("real held-out images", held_out)):
         if not len(images):
             raise UserError(f"privacy report: there are no {what}; the DCR needs some of each")
         if images.shape[1:] != train.shape[1:]:
-            raise UserError(f"privacy report: {what} are (H, W, C) = {images.shape[1:]} but the training images are "
+            raise UserError(f"privacy report: {what} are {images.shape[1:]} but the training items are "
                             f"{train.shape[1:]}; compare images of the dataset the model was trained on")
     if len(train) < 2:
         raise UserError(f"privacy report: the training set has {len(train)} image(s); the memorization rule needs at least 2")
-    result = memorization(synth, train)
-    held_out_dcr = nearest_training(held_out, train)[0]
+    result = memorization(synth, train, modality)
+    held_out_dcr = nearest_training(held_out, train, modality)[0]
     return dcr_summary(result.d1, held_out_dcr, result), result, held_out_dcr
 
 
@@ -74,7 +74,7 @@ def save_dcr_histogram(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, path: st
     ax.hist(synth_dcr, bins=bins, density=True, alpha=0.5, label=f"synthetic (n={len(synth_dcr)})")
     ax.axvline(np.quantile(held_out_dcr, THRESHOLD_QUANTILE), color="gray", linestyle="--", linewidth=1,
                label="held-out 5th percentile")
-    ax.set_xlabel("distance to the closest training image (pixel L2, [0, 1])")
+    ax.set_xlabel("distance to the closest training item (L2)")
     ax.set_ylabel("density")
     ax.set_title("distance to closest record")
     ax.grid(alpha=0.3)

@@ -1,8 +1,8 @@
 """The report of a synthetic dataset: its utility (does it train a model that works on real data?) beside its
 privacy (how close does it come to the training images?), written as OUT/report.json, dcr.png, closest-pairs.png.
 
-Classification data is scored by synth/utility.py, segmentation data (image + mask pairs) by
-evaluation/segmenter.segmentation_utility; privacy is measured on the image part in both cases.
+Classification data is scored by evaluation/utility.py, segmentation data (image + mask pairs) by
+modalities/segmenter.segmentation_utility; privacy is measured on the image part in both cases.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
 from difftrain.evaluation.memorization import save_closest_pairs
 from difftrain.synth.privacy import privacy, save_dcr_histogram
-from difftrain.synth.utility import classification_utility
 
 REPORT, DCR_PNG, PAIRS_PNG = "report.json", "dcr.png", "closest-pairs.png"
 
@@ -35,42 +34,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _real_parts(real: PreparedDataset) -> tuple[list[str], tuple, tuple]:
-    """(mask class names, train (images, masks or None), test (images, masks or None)); masks split off joint arrays."""
-    if not real.mask_classes:
-        return [], (real.train_images, None), (real.test_images, None)
-    from difftrain.modalities.segmentation import split
-
-    return real.mask_classes, split(real.train_images, real.image_channels), split(real.test_images, real.image_channels)
-
-
-def _utility(real: PreparedDataset, mask_classes: list[str], train: tuple, test: tuple, synth_images: np.ndarray,
-             synth_labels: np.ndarray | None, synth_masks: np.ndarray | None, seeds: tuple[int, ...], steps: int | None,
-             progress: Callable[[str], None] | None) -> tuple[dict | None, str | None]:
-    """The utility result, or None and the reason it was skipped."""
-    if not len(test[0]):
-        return None, f"{real.path} has no held-out (test) images to score on"
-    if mask_classes:
-        if synth_masks is None:
-            return None, "the synthetic images came without masks"
-        from difftrain.evaluation.segmenter import segmentation_utility
-
-        stage = None if progress is None else lambda arm, seed: progress(f"{arm}, seed {seed}")
-        return segmentation_utility(train, test, (synth_images, synth_masks), len(mask_classes), seeds=seeds, steps=steps,
-                                    class_names=mask_classes, progress=stage), None
-    if not real.num_classes:
-        return None, f"{real.path} has no class labels (unconditional data): a classifier needs labelled real data"
-    if synth_labels is None:
-        return None, "the synthetic images have no labels (an unconditional model): a classifier needs labelled synthetic data"
-    return classification_utility((real.train_images, real.train_labels), (real.test_images, real.test_labels),
-                                  (synth_images, synth_labels), real.num_classes, seeds=seeds, steps=steps,
-                                  progress=progress), None
-
-
 def write_report(out_dir: str | Path, real: PreparedDataset, synth_images: np.ndarray, synth_labels: np.ndarray | None, *,
-                 synth_masks: np.ndarray | None = None, seed: int = 0, progress: Callable[[str], None] | None = None,
+                 seed: int = 0, progress: Callable[[str], None] | None = None,
                  steps: int | None = None, repeats: int = 3) -> dict:
-    """Score uint8 (N, H, W, C) synthetic images (the image part for segmentation) against the real dataset and write
+    """Score synthetic data (the real dataset's kind; privacy on the modality's `privacy_view`) against the real dataset and write
     OUT/report.json, dcr.png and closest-pairs.png; returns the summary that report.json holds.
 
     Utility is trained with seeds seed..seed+repeats-1 for `steps` optimizer steps per arm (None: 20 epochs of the
@@ -78,35 +45,36 @@ def write_report(out_dir: str | Path, real: PreparedDataset, synth_images: np.nd
     """
     out_dir = Path(out_dir)
     synth_images = np.asarray(synth_images)
-    if synth_images.ndim != 4 or synth_images.dtype != np.uint8:
-        raise UserError(f"synthetic images must be uint8 (N, H, W, C), got {synth_images.dtype} {synth_images.shape}")
+    modality = real.modality
     if repeats < 1:
         raise UserError(f"report: repeats must be at least 1 (got {repeats})")
-    mask_classes, train, test = _real_parts(real)
     # Checked before any training: a mismatch found after minutes of utility training would waste them.
-    if synth_images.shape[1:] != train[0].shape[1:]:
-        raise UserError(f"synthetic images are (H, W, C) = {synth_images.shape[1:]} but the images of {real.path} are "
-                        f"{train[0].shape[1:]}; report on samples of a model trained on that dataset")
+    if synth_images.dtype != modality.dtype or synth_images.shape[1:] != real.train_data.shape[1:]:
+        raise UserError(f"synthetic data is {synth_images.dtype} {synth_images.shape[1:]} but the data of {real.path} is "
+                        f"{modality.dtype} {real.train_data.shape[1:]}; report on samples of a model trained on that dataset")
+    (synth_part, view), train_part, test_part = (modality.privacy_view(synth_images), modality.privacy_view(real.train_data)[0],
+                                                 modality.privacy_view(real.test_data)[0])
     # Privacy first: it takes seconds, the utility's trainings minutes.
     privacy_summary, privacy_skipped, files = None, None, {"report": REPORT}
-    if not len(test[0]):
-        privacy_skipped = f"{real.path} has no held-out (test) images for the DCR baseline"
+    if not len(test_part):
+        privacy_skipped = f"{real.path} has no held-out (test) data for the DCR baseline"
     else:
         if progress is not None:
             progress("privacy: distances to the training images")
-        privacy_summary, result, held_out_dcr = privacy(synth_images, train[0], test[0])
+        privacy_summary, result, held_out_dcr = privacy(synth_part, train_part, test_part, view)
         save_dcr_histogram(result.d1, held_out_dcr, out_dir / DCR_PNG)
-        save_closest_pairs(synth_images, train[0], result, out_dir / PAIRS_PNG)
+        save_closest_pairs(synth_part, train_part, result, out_dir / PAIRS_PNG, view)
         files |= {"dcr": DCR_PNG, "closest_pairs": PAIRS_PNG}
     seeds = tuple(range(seed, seed + repeats))
-    utility, utility_skipped = _utility(real, mask_classes, train, test, synth_images, synth_labels, synth_masks, seeds, steps,
-                                        progress)
+    utility, utility_skipped = modality.synth_utility(real, synth_images, synth_labels, seeds=seeds, steps=steps,
+                                                      progress=progress)
 
     summary = _jsonable({
-        "task": "segmentation" if mask_classes else "classification",
-        "real": {"path": str(Path(real.path).resolve()), "train_images": len(train[0]), "test_images": len(test[0]),
-                 "class_names": real.class_names, "mask_classes": mask_classes},
-        "synthetic": {"images": len(synth_images), "labelled": synth_labels is not None, "masks": synth_masks is not None},
+        "task": modality.synth_task,
+        "real": {"path": str(Path(real.path).resolve()), "train_images": len(real.train_data), "test_images": len(real.test_data),
+                 "class_names": real.class_names, **modality.synth_manifest_fields()},
+        "synthetic": {"images": len(synth_images), "labelled": synth_labels is not None,
+                      "masks": bool(modality.synth_manifest_fields().get("mask_classes"))},
         "seed": seed, "utility": utility, "utility_skipped": utility_skipped,
         "privacy": privacy_summary, "privacy_skipped": privacy_skipped, "files": files,
     })
@@ -122,7 +90,7 @@ def _utility_markdown(u: dict) -> list[str]:
     seg = u.get("task") != "classification"
     metric, name = ("miou", "mIoU") if seg else ("accuracy", "accuracy")
     counts = u["pairs"] if seg else u["images"]
-    model = "segmenter (evaluation/segmenter.py)" if seg else "classifier (evaluation/classifier.py)"
+    model = "segmenter (modalities/segmenter.py)" if seg else "classifier (modalities/image_classifier.py)"
     lines = [f"The same small {model} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
              f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
              f"{'pairs' if seg else 'images'} (mean ± std over seeds).", "",

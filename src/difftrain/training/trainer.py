@@ -29,12 +29,13 @@ from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.distributed import WAIT_FOR_MAIN
 from difftrain.errors import UserError
 from difftrain.hardware.memory import PeakMemory
-from difftrain.modalities import image, segmentation
+from difftrain.conditioning import ClassLabels
 from difftrain.models import build_network
 from difftrain.pretrained.lora import parameter_counts
-from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
+from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained, transferable
 from difftrain.pretrained.transfer import LoadReport, label_space, transfer_weights
-from difftrain.store.run import adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset, save_run_info
+from difftrain.store.run import (adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset,
+                                 save_run_info, with_data_defaults)
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.store.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
                                            save_best, save_checkpoint)
@@ -141,12 +142,12 @@ class DuringTraining:
             return math.isfinite(value)
         return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
 
-    def __call__(self, denoiser: Denoiser, null_label: int | None, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
+    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
         from difftrain.evaluation.run_eval import evaluate_during_training
 
         ec = self.config.eval
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
-                                          to_model=self.data_labels, null_label=null_label, device=self.device)
+                                          to_model=self.data_labels, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())
         value = record.get(self.metric)
         if value is None:
@@ -164,7 +165,7 @@ class DuringTraining:
 
 def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
                optimizer: torch.optim.Optimizer, batches: ArrayBatches, images: int, noise_gen: torch.Generator,
-               null_label: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               conditioner: ClassLabels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on the global batch at stream position `images`: (this process's summed
     loss, grad norm, applied), all tensors on the device, so that no step waits for the device.
 
@@ -174,26 +175,24 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     tc = config.train
     world, device = accelerator.num_processes, accelerator.device
     per_process = tc.micro_batch // world
-    height, width, channels = batches.image_shape
     optimizer.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=device)
     sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
-    noise = torch.randn((tc.batch_size, channels, height, width), generator=noise_gen, device=device)
+    noise = torch.randn((tc.batch_size, *batches.modality.model_shape), generator=noise_gen, device=device)
     keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
     for micro in range(tc.accumulation):
         # This process's share of micro-batch `micro` of the global batch.
         start = micro * tc.micro_batch + accelerator.process_index * per_process
         part = slice(start, start + per_process)
         x0, labels = batches.batch(images + start, per_process)
-        if labels is not None:
-            labels = torch.where(keep_label[part], labels, null_label)
+        cond = conditioner.drop(conditioner.encode(labels), keep_label[part])
         # Under FSDP every micro-batch's gradients are reduced to shards at once: skipping that would keep
         # whole, unsharded gradients on every process between micro-batches.
         last = micro == tc.accumulation - 1 or accelerator.is_fsdp2
         sync = contextlib.nullcontext() if last else accelerator.no_sync(net)
         begin_graph_step(tc, device.type, world)
         with sync, accelerator.autocast(), attention_kernel(device):
-            loss = denoising_loss(denoiser, x0, labels, weighting=config.diffusion.weighting,
+            loss = denoising_loss(denoiser, x0, cond, weighting=config.diffusion.weighting,
                                   min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
             # Sum over the whole global batch; DDP averages over processes.
             accelerator.backward(loss.sum() / (tc.batch_size // world))
@@ -226,9 +225,9 @@ def _starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, exi
         if not fc.init:
             raise UserError("finetune.replay (--replay) mixes in the data of the run you start from: pass --init RUN")
         replay = load_dataset(replay_path(fc))
-        if replay.image_shape != dataset.image_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
-            raise UserError(f"the replayed data {replay.path} holds {replay.image_shape} images "
-                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.image_shape} "
+        if replay.sample_shape != dataset.sample_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
+            raise UserError(f"the replayed data {replay.path} holds {replay.sample_shape} images "
+                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.sample_shape} "
                             f"{'with' if dataset.num_classes else 'without'}: replay needs the same shape, and labels on both or neither")
     # The model's classes: kept from the run before when resuming, else the source's then the data's.
     if existing is not None:
@@ -277,12 +276,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     existing = _resumable_checkpoint(run_dir, resume, console) if main or resume else None
     if dataset is None:
         # One process prepares a built-in dataset; the others wait for it, then all load it.
-        path = resolve_dataset(config, run_dir, progress=progress and main, prepare=main)
+        path = resolve_dataset(config, run_dir, progress=progress and main, prepare_here=main)
         accelerator.wait_for_everyone()
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, model_classes = _starting_point(config, dataset, run_dir, existing, source, console)
+    config = with_data_defaults(config, dataset.modality, dataset.train_data)
     run_config = config  # what config.yaml keeps: the user's settings, not the ones FSDP turns off
     if sharded:
         config = sharded_config(config)
@@ -301,10 +301,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
 
     # Network, EMA and optimizer; the seed fixes the initial weights.
     torch.manual_seed(tc.seed)
-    net = build_network(config.model, dataset.image_shape, num_classes)
+    net = build_network(config.model, dataset.modality, num_classes)
     init_report = None
     if source is not None and existing is None:
-        init_report = transfer_weights(net.unet, source, model_classes, fc.allow_partial)
+        init_report = transfer_weights(transferable(net, f"--init {fc.init}"), source, model_classes, fc.allow_partial)
     net = adapt_network(net, fc)
     trainable, total = parameter_counts(net)
     device = accelerator.device
@@ -354,15 +354,16 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     else:  # (sharding placed the EMA's shards where the network's are, on the CPU when offloading)
         ema.net.to(device)
     denoiser = Denoiser(net, formulation_of(config))
-    batches = ArrayBatches(dataset.train_images, dataset.train_labels if num_classes else None, seed=tc.seed, device=device,
-                           to_model=data_labels, hflip=tc.hflip)
+    batches = ArrayBatches(dataset.train_data, dataset.train_labels if num_classes else None, dataset.modality, seed=tc.seed,
+                           device=device, to_model=data_labels, hflip=tc.hflip)
     if replay is not None:
-        old = ArrayBatches(replay.train_images, replay.train_labels if num_classes else None, seed=tc.seed + 1, device=device,
+        old = ArrayBatches(replay.train_data, replay.train_labels if num_classes else None, replay.modality, seed=tc.seed + 1,
+                           device=device,
                            to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None,
                            hflip=tc.hflip)
         batches = ReplayBatches(batches, old, fc.replay)
     log = MetricsLog(run_dir, enabled=main)
-    null_label = raw_net.null_label if num_classes else None
+    conditioner = ClassLabels(raw_net.null_label)
 
     # Fixed noise and labels for the grids, so grids over training are comparable.
     # Ten per class, one class per row.
@@ -374,11 +375,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             if ema_net is None:  # not the main process
                 return
             spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
-            imgs = generate(Denoiser(ema_net, denoiser.formulation), grid_n, dataset.image_shape, grid_labels, spec,
-                            null_label=null_label, device=device)
-        if dataset.mask_classes:  # image beside its coloured mask
-            imgs = segmentation.preview(imgs, dataset.image_channels)
-        image.save_grid(imgs, run_dir / "samples" / f"grid-{images:09d}.png", columns=10 if num_classes else 8)
+            samples = generate(Denoiser(ema_net, denoiser.formulation), dataset.modality, grid_n, grid_labels, spec, device=device)
+        dataset.modality.save_preview(samples, run_dir / "samples" / f"grid-{images:09d}.png", labels=grid_labels,
+                                      class_names=model_classes if num_classes else None, reference=dataset.train_data)
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
@@ -390,7 +389,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             state = {"optimizer": optim_state, "noise_rng": noise_gen.get_state().cpu(), **rng,
                      "nonfinite_steps": nonfinite + int(skipped)}
             save_checkpoint(run_dir, weights=weights, ema_weights=ema_weights, state=state, step=step, images_seen=images,
-                            keep=tc.keep_checkpoints, extra={"image_shape": list(dataset.image_shape), "num_classes": num_classes})
+                            keep=tc.keep_checkpoints, extra={"sample_shape": list(dataset.sample_shape), "num_classes": num_classes})
         accelerator.wait_for_everyone()
 
     def evaluate() -> None:
@@ -398,7 +397,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             if evaluator is not None:  # (the main process's)
                 # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    evaluator(Denoiser(ema_net, denoiser.formulation), null_label, images,
+                    evaluator(Denoiser(ema_net, denoiser.formulation), images,
                               run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
         accelerator.wait_for_everyone()
 
@@ -420,7 +419,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             lr = learning_rate(config.optim, images, goal)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, null_label)
+            step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, conditioner)
             # A NaN/Inf never reached the weights (the optimizer skipped the update): the EMA skips it too.
             ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup), applied)
             window_loss += torch.where(applied, step_loss.double(), 0.0)

@@ -18,11 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from difftrain import atomic
-from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
-from difftrain.store.checkpoint import sha256_file
+from difftrain.hashing import sha256_file
 
 FEATURES = 64
 
@@ -64,6 +63,14 @@ def predict(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
     return np.concatenate([model(x).argmax(1).numpy() for x in _batches(images)])
 
 
+@torch.no_grad()
+def probabilities(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
+    """(N, K) softmax class probabilities."""
+    model.eval()
+    parts = [torch.softmax(model(x), 1).numpy() for x in _batches(images)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.head.out_features), np.float32)
+
+
 def accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> float:
     return float((predict(model, images) == labels).mean()) if len(images) else float("nan")
 
@@ -101,23 +108,23 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, 
     return model.eval()
 
 
-def _needs_labels(ds: PreparedDataset) -> None:
+def _needs_labels(ds) -> None:
     if not ds.num_classes:
         raise UserError(f"{ds.path} has no labels: the feature classifier needs a labelled dataset "
                         "(use eval.extractor=inception or a TorchScript file for unlabelled data)")
 
 
-def train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
+def train_classifier(ds, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
     """Train on the train split less the floor pool; return the classifier and its held-out accuracy."""
     from difftrain.evaluation.reference import classifier_pool
 
     _needs_labels(ds)
     idx = classifier_pool(ds)
-    model = fit_classifier(ds.train_images[idx], ds.train_labels[idx], ds.num_classes, epochs=epochs, seed=seed, batch=batch)
-    return model, accuracy(model, ds.test_images, ds.test_labels)
+    model = fit_classifier(ds.train_data[idx], ds.train_labels[idx], ds.num_classes, epochs=epochs, seed=seed, batch=batch)
+    return model, accuracy(model, ds.test_data, ds.test_labels)
 
 
-def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
+def load_or_train_classifier(ds, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
     """The dataset's cached classifier, trained and saved beside the dataset on first use."""
     _needs_labels(ds)
     folder = Path(ds.path) / "classifier"
@@ -125,7 +132,7 @@ def load_or_train_classifier(ds: PreparedDataset, epochs: int = 20, seed: int = 
     key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed,
                                      "floor-pool"]).encode()).hexdigest()[:12]
     weights, meta_file = folder / f"classifier-{key}.safetensors", folder / f"classifier-{key}.json"
-    model = SmallClassifier(ds.image_shape[2], ds.num_classes)
+    model = SmallClassifier(ds.sample_shape[2], ds.num_classes)
     if weights.is_file() and meta_file.is_file():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(meta_file.read_text())

@@ -1,5 +1,4 @@
-"""Feature extractors for sample metrics. Every number records the extractor's name and
-weights hash, so numbers from different feature spaces are never compared by accident.
+"""Image feature spaces for sample metrics (the FeatureExtractor type is in modalities/base.py).
 
     domain     a small classifier trained on the prepared dataset itself (the default;
                the honest choice for small grayscale data such as digits and MNIST)
@@ -10,17 +9,14 @@ weights hash, so numbers from different feature spaces are never compared by acc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
-from difftrain.store.checkpoint import sha256_file
+from difftrain.modalities.base import FeatureExtractor
+from difftrain.hashing import sha256_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (f"the standard FID Inception-v3 weights ({INCEPTION_FILE}, the file torch-fidelity and torchmetrics use) "
@@ -29,28 +25,8 @@ INCEPTION_HELP = (f"the standard FID Inception-v3 weights ({INCEPTION_FILE}, the
                   "(or pass --inception-weights PATH); or use eval.extractor=domain")
 
 
-@dataclass
-class FeatureExtractor:
-    name: str
-    sha256: str
-    embed: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, H, W, C) -> (B, ...) features
-    batch_size: int = 256
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. the domain classifier's held-out accuracy
-
-    @torch.no_grad()
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """(N, D) float64 features of uint8 (N, H, W, C) images."""
-        parts = [self.embed(torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch_size]))).double().flatten(1).cpu().numpy()
-                 for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0))
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        return {"extractor": self.name, "extractor_sha256": self.sha256, **{f"extractor_{k}": v for k, v in self.info.items()}}
-
-
-def domain_extractor(ds: PreparedDataset, epochs: int = 20) -> FeatureExtractor:
-    from difftrain.evaluation.classifier import features, load_or_train_classifier
+def domain_extractor(ds, epochs: int = 20) -> FeatureExtractor:
+    from difftrain.modalities.image_classifier import features, load_or_train_classifier
 
     model, meta = load_or_train_classifier(ds, epochs=epochs)
     return FeatureExtractor("difftrain-small-classifier", meta["weights_sha256"], lambda x: torch.from_numpy(features(model, x.numpy())),
@@ -99,7 +75,7 @@ def file_extractor(path: str | Path, device: str | torch.device = "cpu") -> Feat
     return FeatureExtractor(f"{'exported' if exported else 'torchscript'}:{path.name}", sha256_file(path), embed)
 
 
-def build_extractor(choice: str, ds: PreparedDataset, *, inception_weights: str | None = None, classifier_epochs: int = 20,
+def build_extractor(choice: str, ds, *, inception_weights: str | None = None, classifier_epochs: int = 20,
                     device: str | torch.device = "cpu") -> FeatureExtractor:
     """`auto` is Inception when its weights are configured, else the domain classifier."""
     if choice == "auto":

@@ -1,4 +1,4 @@
-"""Prepare a dataset: read a source, validate and convert every image, split, write atomically.
+"""Prepare an image (or image + mask) dataset: read a source, validate and convert every image, split, write atomically.
 
 Every source (sources.py) becomes a list of samples; one loop reads, checks and converts them
 (images.conform_image, and masks.fit_mask for the masks of image + mask pairs), and one function
@@ -7,7 +7,6 @@ writes the result.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +17,8 @@ from rich.console import Console
 from rich.progress import track
 
 import difftrain
-from difftrain.atomic import atomic_directory, write_json
-from difftrain.data.dataset import FORMAT_VERSION, KINDS, MANIFEST, PreparedDataset, dataset_from_arrays
+from difftrain.data.dataset import FORMAT_VERSION, PreparedDataset, load_dataset
+from difftrain.data.prepared_output import check_out_folder, pick_stratified, write_prepared
 from difftrain.data.images import FITS, BadImage, conform_image, to_channels
 from difftrain.data.masks import fit_mask
 from difftrain.data.sources import Sample, Source, open_source
@@ -46,52 +45,9 @@ def _check_options(
         raise UserError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
 
 
-def _is_prepared_dataset(folder: Path) -> bool:
-    """A manifest.json that difftrain wrote: any other file of that name is the user's."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "format_version" in manifest and manifest.get("kind") in KINDS
-
-
-def _check_out(out: Path, src: Source, overwrite: bool) -> Path:
-    out = out.expanduser().resolve()
-    if src.folder is not None and (
-        out == src.folder or src.folder in out.parents or out in src.folder.parents
-    ):
-        raise UserError(
-            f"--out {out} overlaps the source folder {src.folder}; preparing never writes into (or "
-            "replaces) the source. Choose an output folder outside it."
-        )
-    if out.exists():
-        if not overwrite:
-            raise UserError(f"{out} already exists. Pass --overwrite to replace it, or choose another --out.")
-        # --overwrite deletes the old folder: only ever a prepared dataset or an empty folder.
-        if not out.is_dir() or not (_is_prepared_dataset(out) or not any(out.iterdir())):
-            raise UserError(
-                f"{out} exists and is not a prepared dataset, so --overwrite will not delete it. "
-                "Choose another --out."
-            )
-    return out
-
-
 def _strata(samples: list[Sample]) -> np.ndarray:
     # Unlabelled data is one stratum, so stratified picking is plain random picking.
     return np.array([s.label or 0 for s in samples], dtype=np.int64)
-
-
-def _pick(strata: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of k items drawn at random, in proportion to each stratum's size."""
-    if k >= len(strata):
-        return np.arange(len(strata))
-    classes, counts = np.unique(strata, return_counts=True)
-    quota = counts * k / len(strata)
-    take = np.floor(quota).astype(int)
-    # The largest remainders get the items that flooring left over.
-    take[np.argsort(take - quota, kind="stable")[: k - take.sum()]] += 1
-    picked = [rng.permutation(np.flatnonzero(strata == c))[:t] for c, t in zip(classes, take, strict=True)]
-    return np.sort(np.concatenate(picked))
 
 
 def _apply_limit(
@@ -102,7 +58,7 @@ def _apply_limit(
         return src.train, src.test
 
     def subset(samples: list[Sample], k: int) -> list[Sample]:
-        return [samples[i] for i in _pick(_strata(samples), k, rng)]
+        return [samples[i] for i in pick_stratified(_strata(samples), k, rng)]
 
     if src.test is None:
         return subset(src.train, limit), None
@@ -205,7 +161,7 @@ def _test_mask(
         strata = labels if labels is not None else np.zeros(len(kept), np.int64)
         # Keep at least one training image, however small the source.
         n_test = min(round(len(kept) * test_fraction), len(kept) - 1)
-        is_test[_pick(strata, n_test, rng)] = True
+        is_test[pick_stratified(strata, n_test, rng)] = True
     return is_test
 
 
@@ -226,7 +182,7 @@ def _manifest(
     num_classes = len(src.class_names) if src.class_names is not None else None
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "kind": "image" if mask_classes is None else "segmentation",
+        "kind": "image" if mask_classes is None else "segmentation",  # ImageModality.kind, SegmentationModality.kind
         "shape": list(train.shape[1:]),  # of train_images.npy: for segmentation the image alone, masks beside it
         "dtype": "uint8",
         "count": {"train": len(train), "test": len(test)},
@@ -252,18 +208,6 @@ def _manifest(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "difftrain_version": difftrain.__version__,
     }
-
-
-def _write(out: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any], overwrite: bool) -> None:
-    try:
-        with atomic_directory(out, overwrite=overwrite) as tmp:
-            for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-            write_json(tmp / MANIFEST, manifest)
-    except FileExistsError:
-        raise UserError(
-            f"{out} appeared while preparing. Pass --overwrite to replace it, or choose another --out."
-        ) from None
 
 
 def prepare_dataset(
@@ -294,7 +238,7 @@ def prepare_dataset(
     src = open_source(source)
     if classes:
         src = _keep_classes(src, classes)
-    out = _check_out(Path(out), src, overwrite)
+    out = check_out_folder(Path(out), src.folder, overwrite)
     rng = np.random.default_rng(seed)
 
     train, test = _apply_limit(src, limit, rng)
@@ -325,7 +269,7 @@ def prepare_dataset(
     if labels is not None:
         arrays |= {"train_labels": labels[~is_test], "test_labels": labels[is_test]}
     mask_classes = None
-    if src.kind == "segmentation":
+    if src.kind == "mask-pairs":
         all_masks = np.stack(masks)
         # Without mask_classes.txt, the classes are the indices up to the largest one found.
         mask_classes = src.mask_classes or [str(k) for k in range(int(all_masks.max()) + 1)]
@@ -346,5 +290,5 @@ def prepare_dataset(
         "seed": seed,
     }
     manifest = _manifest(src, arrays, rejected, options, mask_classes)
-    _write(out, arrays, manifest, overwrite)
-    return dataset_from_arrays(out, manifest, arrays)
+    write_prepared(out, arrays, manifest, overwrite)
+    return load_dataset(out)

@@ -3,7 +3,7 @@
 Every arm is tested on the same real held-out images. Fairness rule: every arm trains the same network for
 the same number of optimizer steps of the same batch size with the same seeds, so a gain comes from the
 data, not from more compute (a bigger training set would otherwise get more steps per epoch).
-The segmentation counterpart is evaluation/segmenter.segmentation_utility.
+The segmentation counterpart is modalities/segmenter.segmentation_utility.
 """
 
 from __future__ import annotations
@@ -14,20 +14,19 @@ import numpy as np
 
 from difftrain.errors import UserError
 from difftrain.evaluation.arms import clear_gain, gain_rule, seed_std, step_budget
-from difftrain.evaluation.classifier import accuracy, fit_classifier
 
 Labelled = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), int labels (N,)
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)  # of the synthetic set, for the accuracy-against-size curve
 
 
-def _check(data: Labelled, num_classes: int, what: str, shape: tuple[int, ...]) -> Labelled:
+def _check(data: Labelled, num_classes: int, what: str, shape: tuple[int, ...], modality) -> Labelled:
     images, labels = np.asarray(data[0]), np.asarray(data[1])
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise UserError(f"{what}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if images.dtype != modality.dtype or images.ndim != 1 + len(modality.shape):
+        raise UserError(f"{what}: must be {modality.dtype} (N, {', '.join(map(str, modality.shape))}), got {images.dtype} {images.shape}")
     if not len(images):
         raise UserError(f"classification utility: there are no {what}; it needs some of each")
     if images.shape[1:] != shape:
-        raise UserError(f"classification utility: {what} are (H, W, C) = {images.shape[1:]} but the real test images are "
+        raise UserError(f"classification utility: {what} are {images.shape[1:]} but the real test items are "
                         f"{shape}; synthesize from a model trained on this dataset")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{what}: labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
@@ -46,7 +45,7 @@ def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return perm[np.argsort(rank, kind="stable")]
 
 
-def classification_utility(real_train: Labelled, real_test: Labelled, synth: Labelled, num_classes: int, *,
+def classification_utility(real_train: Labelled, real_test: Labelled, synth: Labelled, num_classes: int, *, modality,
                            seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None, batch: int = 128,
                            fractions: tuple[float, ...] = FRACTIONS,
                            progress: Callable[[str], None] | None = None) -> dict:
@@ -56,10 +55,10 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
     `steps` None: 20 epochs of the real training images, for every arm. "synthetic_helps": real+synthetic
     beats real by more than the larger seed std of the two arms (None with one seed). `progress(stage)` is called before each training.
     """
-    real_test = _check(real_test, num_classes, "real test images", np.asarray(real_test[0]).shape[1:])
+    real_test = _check(real_test, num_classes, "real test images", np.asarray(real_test[0]).shape[1:], modality)
     shape = real_test[0].shape[1:]
-    real_train = _check(real_train, num_classes, "real training images", shape)
-    synth = _check(synth, num_classes, "synthetic images", shape)
+    real_train = _check(real_train, num_classes, "real training images", shape, modality)
+    synth = _check(synth, num_classes, "synthetic images", shape, modality)
     if not seeds:
         raise UserError("classification utility: give at least one seed")
     if steps is not None and steps < 1:
@@ -73,8 +72,8 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         for seed in seeds:
             if progress is not None:
                 progress(f"{arm}, seed {seed}")
-            model = fit_classifier(images, labels, num_classes, steps=steps, seed=seed, batch=batch)
-            values.append(accuracy(model, *real_test))
+            model = modality.fit_classifier(images, labels, num_classes, epochs=20, steps=steps, seed=seed, batch=batch)
+            values.append(model.accuracy(*real_test))
         return {"accuracy_mean": float(np.mean(values)), "accuracy_std": seed_std(values), "accuracy_per_seed": values,
                 "images": len(images)}
 

@@ -1,0 +1,238 @@
+"""The Modality seam: everything that depends on the kind of data, in one object per dataset.
+
+A modality is built from its `spec`, the JSON description that a prepared dataset's manifest and a
+run's dataset.json both hold ({"kind": "image", "shape": [8, 8, 1], ...}). The trainer, samplers,
+evaluation, synth and doctor only call these methods; none of them asks which kind it holds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from difftrain.errors import UserError
+
+
+@dataclass
+class FeatureExtractor:
+    """A feature space for sample metrics; every number records its name and weights hash, so numbers
+    from different feature spaces are never compared by accident."""
+
+    name: str
+    sha256: str
+    embed: Callable[[torch.Tensor], torch.Tensor]  # a batch of data arrays (as tensors) -> (B, ...) features
+    batch_size: int = 256
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the domain classifier's held-out accuracy
+
+    @torch.no_grad()
+    def features(self, data: np.ndarray) -> np.ndarray:
+        """(N, F) float64 features of N items."""
+        parts = [self.embed(torch.from_numpy(np.ascontiguousarray(data[i:i + self.batch_size]))).double().flatten(1).cpu().numpy()
+                 for i in range(0, len(data), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"extractor": self.name, "extractor_sha256": self.sha256, **{f"extractor_{k}": v for k, v in self.info.items()}}
+
+
+class Classifier(ABC):
+    """A classifier of one modality's items: the domain features' network, CAS and the confidence filter."""
+
+    @abstractmethod
+    def probabilities(self, data: np.ndarray) -> np.ndarray:
+        """(N, K) class probabilities of N items."""
+
+    def predict(self, data: np.ndarray) -> np.ndarray:
+        return self.probabilities(data).argmax(1) if len(data) else np.zeros(0, np.int64)
+
+    def accuracy(self, data: np.ndarray, labels: np.ndarray) -> float:
+        return float((self.predict(data) == labels).mean()) if len(data) else float("nan")
+
+
+@dataclass
+class Dequantized:
+    """Model-space points for a likelihood: x, and the constant that turns -ln p(x) / (D ln 2) into
+    bits per dimension of the data as stored (the data's discretisation and scale)."""
+
+    x: torch.Tensor
+    bits_offset: float
+    dequantization: str
+
+
+class Modality(ABC):
+    kind: ClassVar[str]
+    default_arch: ClassVar[str]  # model.arch when the config leaves it to the data
+    samples_key: ClassVar[str]  # the array's name in a samples .npz
+    item: ClassVar[str] = "item"  # what one sample is called in messages ("image", "point")
+    spec_keys: ClassVar[tuple[str, ...]] = ("kind", "shape")  # what the spec keeps of a manifest
+    distance_unit: ClassVar[float] = 1.0  # neighbour distances are divided by it (pixels: 255, so values in [0, 1])
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = dict(spec)
+
+    # -- preparing a dataset (data prepare; built-in names prepared into a run) ------------------------
+    @classmethod
+    def builtins(cls) -> dict[str, str]:
+        """Built-in datasets of this kind: name -> description."""
+        return {}
+
+    @classmethod
+    def stand_ins(cls) -> dict[str, tuple[dict[str, Any], int]]:
+        """Specs and class counts that `doctor` may probe with random data instead of preparing a dataset:
+        built-in names and presets whose data is large."""
+        return {}
+
+    @classmethod
+    def claims(cls, source: str | Path) -> bool:
+        """Whether this kind prepares `source` when `--kind` is not given."""
+        return str(source) in cls.builtins()
+
+    @classmethod
+    @abstractmethod
+    def prepare(cls, source: str | Path, out: str | Path, **options: Any):
+        """Validate and convert `source` into a prepared dataset at `out` (never touching the source)."""
+
+    # -- the prepared arrays ------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def shape(self) -> tuple[int, ...]:
+        """One item as datasets and samples files hold it in memory."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> np.dtype:
+        """The arrays' dtype in memory and in samples files."""
+
+    @abstractmethod
+    def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
+        """The `count` items of `split` from a prepared folder, checked against the spec (`broken(problem)` to refuse)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra lines for `difftrain data info`."""
+        return {}
+
+    # -- model tensors -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def model_shape(self) -> tuple[int, ...]:
+        """One item as the network sees it: the noise shape."""
+
+    @abstractmethod
+    def to_model(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of data (as a tensor of `dtype`, on any device) -> float model tensors (B, *model_shape)."""
+
+    @abstractmethod
+    def from_model(self, x: torch.Tensor) -> np.ndarray:
+        """Model tensors -> data as stored (rounded, clipped, in the data's units)."""
+
+    def mirror(self, x: torch.Tensor) -> torch.Tensor:
+        """The left-right mirror of model tensors (train.hflip)."""
+        raise UserError(f"train.hflip mirrors images; {self.kind} data has no left and right: set train.hflip=false")
+
+    def default_sigma_data(self, train: np.ndarray) -> float:
+        """EDM's sigma_data when diffusion.sigma_data=auto: the std of the training data as the model sees it."""
+        sample = torch.as_tensor(train[:10_000])
+        return float(self.to_model(sample).double().std(correction=0))
+
+    # -- outputs --------------------------------------------------------------------------------------
+    def check_samples(self, data: np.ndarray, where: str) -> None:
+        """Refuse a samples array of another dtype or shape, naming `where` it came from."""
+        if data.dtype != self.dtype or tuple(data.shape[1:]) != self.shape:
+            raise UserError(f"{where}: `{self.samples_key}` must be {self.dtype} (N, {', '.join(map(str, self.shape))}) "
+                            f"for this {self.kind} data, got {data.dtype} {data.shape}")
+
+    @abstractmethod
+    def save_preview(self, data: np.ndarray, path: Path, *, labels: np.ndarray | None = None,
+                     class_names: list[str] | None = None, reference: np.ndarray | None = None) -> Path:
+        """A PNG that shows samples (by class when labelled; `reference`: real data to compare with)."""
+
+    @abstractmethod
+    def save_pairs(self, left: np.ndarray, right: np.ndarray, path: Path) -> Path:
+        """A PNG of item pairs side by side (memorization: each sample and its nearest training item)."""
+
+    # -- synthetic datasets ---------------------------------------------------------------------------
+    synth_task: ClassVar[str] = "classification"
+
+    @abstractmethod
+    def synth_write(self, out: Path, batch: int, items: np.ndarray, names: list[tuple[str | None, int]]) -> list[dict[str, Any]]:
+        """Write the kept samples of synth batch `batch`, atomically; `names` gives each one's class (None: unconditional)
+        and its number within the class. Returns each sample's file entry for the manifest ({"file": ..., ...})."""
+
+    @abstractmethod
+    def synth_read(self, out: Path, entries: list[dict[str, Any]]) -> np.ndarray:
+        """The samples of these entries back from their files, exactly as written (refusing a damaged file)."""
+
+    synth_what: ClassVar[str] = "items"  # what a synthetic dataset of this kind holds, for its card
+
+    def synth_manifest_fields(self) -> dict[str, Any]:
+        """What a synthetic dataset's manifest.json says of its data, beside the spec."""
+        return {}
+
+    def synth_loading(self, conditional: bool) -> list[str]:
+        """How to read a synthetic dataset of this kind (its card's "Loading it")."""
+        return []
+
+    def synth_notes(self) -> list[str]:
+        """Further lines of the card's "Contents"."""
+        return []
+
+    def synth_finish(self, out: Path, entries: list[dict[str, Any]], items: np.ndarray) -> list[str]:
+        """Files written once every sample is kept (e.g. one table of all rows); their names relative to `out`."""
+        return []
+
+    def synth_utility(self, real, synth: np.ndarray, synth_labels: np.ndarray | None, *, seeds: tuple[int, ...],
+                      steps: int | None, progress) -> tuple[dict | None, str | None]:
+        """Train on real, synthetic and both, test on real: the utility result, or None and why it was skipped."""
+        from difftrain.evaluation.utility import classification_utility
+
+        if not len(real.test_data):
+            return None, f"{real.path} has no held-out (test) data to score on"
+        if not real.num_classes:
+            return None, f"{real.path} has no class labels (unconditional data): a classifier needs labelled real data"
+        if synth_labels is None:
+            return None, "the synthetic data has no labels (an unconditional model): a classifier needs labelled synthetic data"
+        return classification_utility((real.train_data, real.train_labels), (real.test_data, real.test_labels),
+                                      (synth, synth_labels), real.num_classes, modality=self, seeds=seeds, steps=steps,
+                                      progress=progress), None
+
+    def privacy_view(self, data: np.ndarray) -> tuple[np.ndarray, "Modality"]:
+        """The part of the data that privacy is measured on, and the modality whose distances measure it."""
+        return data, self
+
+    def canonical(self, data: np.ndarray) -> np.ndarray:
+        """Samples as their files hold them (what a reader of the files gets back)."""
+        return data
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    @abstractmethod
+    def feature_extractor(self, dataset, choice: str, *, inception_weights: str | None, classifier_epochs: int,
+                          device: str | torch.device) -> FeatureExtractor:
+        """The feature space of FID/KID/precision-recall: `choice` is eval.extractor ('auto' = this data's default)."""
+
+    def neighbour_view(self, data: np.ndarray) -> np.ndarray:
+        """Arrays in which Euclidean distance compares items (memorization, duplicates, distance to closest record)."""
+        return data.reshape(len(data), -1).astype(np.float32)
+
+    @abstractmethod
+    def domain_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
+        """The dataset's own classifier (cached beside it when it trains): label agreement, confidence filter."""
+
+    @abstractmethod
+    def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int) -> Classifier:
+        """The same classifier recipe trained on any labelled items (CAS: on samples, and on real items of the same count)."""
+
+    def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
+        """Further sample metrics of this kind of data, each a function of a sample set scored against `reference`
+        (the held-out data); the suite prints each next to its floor."""
+        return {}
+
+    @abstractmethod
+    def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
+        """Model-space points for the likelihood of a batch of data (see evaluation/likelihood.py)."""
