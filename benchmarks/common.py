@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from difftrain.data import PreparedDataset, load_dataset
-from difftrain.modalities import image
+from difftrain.modalities import Modality
 
 
 def machine() -> dict[str, Any]:
@@ -60,10 +60,10 @@ def load_data(path: str | Path) -> PreparedDataset:
     return load_dataset(path)
 
 
-def shuffled_batches(images: np.ndarray, labels: np.ndarray | None, batch: int, *, seed: int,
+def shuffled_batches(data: np.ndarray, labels: np.ndarray | None, modality: Modality, batch: int, *, seed: int,
                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Endless batches in [-1, 1] (N, C, H, W) from shuffled epochs; a batch may span two epochs."""
-    x_all = torch.as_tensor(images).to(device)
+    """Endless batches as model tensors (images: [-1, 1] (N, C, H, W)) from shuffled epochs; a batch may span two epochs."""
+    x_all = torch.as_tensor(data).to(device)
     y_all = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
     gen = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)
@@ -71,7 +71,7 @@ def shuffled_batches(images: np.ndarray, labels: np.ndarray | None, batch: int, 
         while len(order) < batch:
             order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
         idx, order = order[:batch].to(device), order[batch:]
-        yield image.to_model(x_all[idx]), None if y_all is None else y_all[idx]
+        yield modality.to_model(x_all[idx]), None if y_all is None else y_all[idx]
 
 
 def gpu_count() -> int:

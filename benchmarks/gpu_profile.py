@@ -14,8 +14,8 @@ Run (on a GPU machine, the digits data prepared in DATA):
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import torch
@@ -26,7 +26,7 @@ import common
 from difftrain.config import load_config
 from difftrain.data import load_dataset
 from difftrain.hardware.probe import DataShape, _Trainee
-from difftrain.training.trainer import train_step
+from difftrain.training.trainee import train_step
 from reference_loop import build_reference
 from reference_loop import train_step as reference_step
 
@@ -34,19 +34,21 @@ BATCH = 128
 
 
 def ours(data: str, cudnn_benchmark: bool, compiled: bool) -> _Trainee:
-    """difftrain's training objects (the doctor's probe builds them as the trainer does)."""
+    """difftrain's training objects (the doctor's probe builds them as the trainer does).
+
+    The trainer's compile setting is pinned: off for eager; on, without CUDA graphs, for compiled (the
+    plain torch.compile this script has always measured)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark
     ds = load_dataset(data)
-    trainee = _Trainee(load_config("digits", overrides=["train.device=cuda"]), DataShape(ds.sample_shape, ds.num_classes, data, ds))
-    if compiled:
-        trainee.raw_net.compile()
-    return trainee
+    compile_settings = ["train.compile=on", "train.cuda_graphs=off"] if compiled else ["train.compile=off"]
+    config = load_config("digits", overrides=["train.device=cuda", *compile_settings])
+    return _Trainee(config, DataShape(ds.modality, ds.num_classes, data, ds))
 
 
 def run(t: _Trainee, n: int) -> None:
     for _ in range(n):
         _, _, applied = train_step(t.config, t.accelerator, t.net, t.denoiser, t.optimizer, t.batches, t.images,
-                                   t.noise_gen, t.null_label)
+                                   t.trainee.noise_gen, t.conditioner)
         t.ema.update(t.raw_net, 0.999, applied)
         t.images += BATCH
 
@@ -63,8 +65,8 @@ def speed(steps, n: int = 60) -> float:
 def reference_speed(data: str, cudnn_benchmark: bool) -> float:
     torch.backends.cudnn.benchmark = cudnn_benchmark
     ds = load_dataset(data)
-    ref = build_reference(load_config("digits"), ds.sample_shape, ds.num_classes, 1000, device="cuda")
-    batches = common.shuffled_batches(ds.train_data, ds.train_labels, BATCH, seed=0, device=torch.device("cuda"))
+    ref = build_reference(load_config("digits"), ds.modality, ds.num_classes, 1000, device="cuda")
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels, ds.modality, BATCH, seed=0, device=torch.device("cuda"))
     generator = torch.Generator("cuda").manual_seed(1)
     return speed(lambda n: [reference_step(ref, *next(batches), generator) for _ in range(n)])
 
@@ -83,7 +85,11 @@ def profiled(t: _Trainee, path: str) -> float:
 
 
 def main() -> None:
-    data, out = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="prepared digits dataset folder")
+    parser.add_argument("out", help="folder for prof_eager.txt and prof_compiled.txt")
+    args = parser.parse_args()
+    data, out = args.data, args.out
     result = {"plain loop": reference_speed(data, False), "plain loop, cudnn.benchmark": reference_speed(data, True)}
     trainee = ours(data, False, False)
     result["ours eager"] = speed(lambda n: run(trainee, n))

@@ -21,7 +21,6 @@ import time
 import common
 from difftrain.config import load_config
 from difftrain.data import load_dataset
-from difftrain.modalities.image_classifier import load_or_train_classifier
 from difftrain.evaluation.run_eval import evaluate_run
 from difftrain.store.run import open_run
 from difftrain.training.trainer import train
@@ -31,7 +30,8 @@ def evaluate(run_dir: str, args: argparse.Namespace, steps: int, trained: dict) 
     """Sample and score the run with one sampler setting and print its JSON line."""
     run = open_run(run_dir)
     # Train (or load) the feature classifier first so that sample_seconds does not include it.
-    load_or_train_classifier(load_dataset(run.dataset["path"]), epochs=run.config.eval.classifier_epochs)
+    ds = load_dataset(run.dataset["path"])
+    ds.modality.domain_classifier(ds, epochs=run.config.eval.classifier_epochs)
     start = time.perf_counter()
     record = evaluate_run(run_dir, steps=[steps], sampler=args.sampler, guidance=args.guidance, n=args.n_samples,
                           seed=args.seed, metrics=args.metrics, warn=lambda m: None)[0]

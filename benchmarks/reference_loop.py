@@ -36,10 +36,9 @@ from diffusers.training_utils import EMAModel
 
 import common
 from difftrain.config import Config, load_config
-from difftrain.modalities.image_classifier import load_or_train_classifier
 from difftrain.evaluation.run_eval import evaluate_samples_file
 from difftrain.models import build_network
-from difftrain.modalities import image
+from difftrain.modalities import Modality
 from difftrain.sampling import balanced_labels, write_samples
 
 
@@ -54,11 +53,11 @@ class Reference:
     ema: EMAModel
 
 
-def build_reference(config: Config, image_shape: tuple[int, int, int], num_classes: int, total_steps: int,
+def build_reference(config: Config, modality: Modality, num_classes: int, total_steps: int,
                     *, seed: int = 0, device: torch.device | str = "cpu") -> Reference:
     """The same network as difftrain's (same seed, same initial weights) with diffusers' training recipe."""
     torch.manual_seed(seed)
-    unet = build_network(config.model, image_shape, num_classes).unet.to(device)
+    unet = build_network(config.model, modality, num_classes).core().to(device)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                               prediction_type="epsilon")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
@@ -88,23 +87,22 @@ def train_step(ref: Reference, clean: torch.Tensor, labels: torch.Tensor | None,
 
 
 @torch.no_grad()
-def sample_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, image_shape: tuple[int, int, int],
+def sample_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, modality: Modality,
                 labels: np.ndarray | None, *, steps: int = 1000, seed: int = 0, batch_size: int = 500,
                 device: torch.device | str = "cpu") -> np.ndarray:
-    """DDPM ancestral sampling (Ho et al. 2020) as DDPMPipeline does it; uint8 (n, H, W, C)."""
+    """DDPM ancestral sampling (Ho et al. 2020) as DDPMPipeline does it; the modality's items (images: uint8 (n, H, W, C))."""
     unet.eval()
-    height, width, channels = image_shape
     generator = torch.Generator(device).manual_seed(seed)
     scheduler.set_timesteps(steps)
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         y = None if labels is None else torch.as_tensor(labels[start:start + count], device=device)
-        x = torch.randn(count, channels, height, width, generator=generator, device=device)
+        x = torch.randn(count, *modality.model_shape, generator=generator, device=device)
         for t in scheduler.timesteps:
             eps = unet(x, t, class_labels=y).sample
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
-        out.append(image.to_uint8(x))
+        out.append(modality.from_model(x))
     return np.concatenate(out)
 
 
@@ -130,8 +128,8 @@ def main() -> None:
     num_classes = ds.num_classes if config.model.conditional else 0
     batch = args.batch or config.train.batch_size
     steps = -(-args.images // batch)
-    ref = build_reference(config, ds.sample_shape, num_classes, steps, seed=args.seed, device=device)
-    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, batch,
+    ref = build_reference(config, ds.modality, num_classes, steps, seed=args.seed, device=device)
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, ds.modality, batch,
                                       seed=args.seed, device=device)
     noise_gen = torch.Generator(device).manual_seed(args.seed + 1)
 
@@ -143,15 +141,15 @@ def main() -> None:
 
     # Sample with the EMA weights, then score like difftrain's `eval` (classifier cached first).
     ref.ema.copy_to(ref.unet.parameters())
-    load_or_train_classifier(ds, epochs=config.eval.classifier_epochs)
+    ds.modality.domain_classifier(ds, epochs=config.eval.classifier_epochs)
     labels = balanced_labels(args.n_samples, num_classes)
     start = time.perf_counter()
-    images = sample_ddpm(ref.unet, ref.scheduler, args.n_samples, ds.sample_shape, labels, steps=args.sample_steps,
+    images = sample_ddpm(ref.unet, ref.scheduler, args.n_samples, ds.modality, labels, steps=args.sample_steps,
                          seed=args.seed, batch_size=config.sample.batch_size, device=device)
     nfe = len(ref.scheduler.timesteps)
     meta = {"name": "diffusers-ddpm-reference", "sampler": "ddpm (diffusers DDPMScheduler)", "steps": args.sample_steps,
             "network_evaluations": nfe, "weights": "ema", "seed": args.seed, "images_seen": steps * batch}
-    write_samples(Path(args.out) / "samples.npz", images, labels, meta)
+    write_samples(Path(args.out) / "samples.npz", ds.modality, images, labels, meta)
     sample_seconds = time.perf_counter() - start
     # Scored as any other tool's samples file: `difftrain eval --samples FILE --data DIR`.
     scores = evaluate_samples_file(Path(args.out) / "samples.npz", args.data, metrics=args.metrics, seed=args.seed)

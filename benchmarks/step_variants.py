@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import common
 from difftrain.config import load_config
 from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.modalities import modality_for
 from difftrain.models import build_network
 from difftrain.store.run import formulation_of
 
@@ -32,22 +33,23 @@ SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}
 
 def make_step(config, shape, batch: int, *, bf16: bool, math: bool, channels_last: bool = False, compiled: bool = False):
     torch.manual_seed(0)
-    net = build_network(config.model, shape, 10)
+    modality = modality_for({"kind": "image", "shape": list(shape)})
+    net = build_network(config.model, modality, 10)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compiled:
         net.compile()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     denoiser = Denoiser(net, formulation_of(config))
-    x0 = torch.rand(batch, shape[2], *shape[:2]) * 2 - 1
-    labels = torch.randint(0, 10, (batch,))
+    x0 = torch.rand(batch, *modality.model_shape) * 2 - 1
+    cond = {"label": torch.randint(0, 10, (batch,))}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         kernel = sdpa_kernel([SDPBackend.MATH]) if math else contextlib.nullcontext()
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with kernel, autocast:
-            loss = denoising_loss(denoiser, x0, labels, weighting="edm").sum() / batch
+            loss = denoising_loss(denoiser, x0, cond, weighting="edm").sum() / batch
         loss.backward()
         optimizer.step()
 

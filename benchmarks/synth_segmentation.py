@@ -33,19 +33,17 @@ from difftrain import atomic
 from difftrain.data import load_dataset, prepare_dataset
 from difftrain.errors import UserError
 from difftrain.modalities.segmenter import segmentation_utility
-from difftrain.modalities import segmentation
 from difftrain.store.run import open_run
 from difftrain.synth.generate import synthesize as synth
-from difftrain.synth.writer import read_sample
 
 
 def real_pairs(data: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
     """(train pairs, test pairs, mask class names) of a prepared segmentation dataset."""
     ds = load_dataset(data)
-    if not ds.mask_classes:
+    if ds.modality.kind != "segmentation":
         raise UserError(f"{data} is not a segmentation dataset: --source must hold images/ and masks/ with matching names")
-    split = segmentation.split
-    return split(ds.train_data, ds.image_channels), split(ds.test_data, ds.image_channels), ds.mask_classes
+    m = ds.modality
+    return m.split(ds.train_data), m.split(ds.test_data), m.mask_classes
 
 
 def synthesize(run_dir: Path, out: Path, pairs: int, device: str, sampler: str | None, steps: int | None,
@@ -57,8 +55,7 @@ def synthesize(run_dir: Path, out: Path, pairs: int, device: str, sampler: str |
     amount = {"per_class": -(-pairs // run.num_classes)} if run.num_classes else {"n": pairs}
     manifest = synth(run_dir, out / "synth", spec=spec, filters=filters, device=device, report=False,
                      warn=lambda m: print(f"warning: {m}", file=sys.stderr), **amount)
-    images, masks = zip(*(read_sample(out / "synth", f["file"], f["mask"]) for f in manifest["files"]))
-    return np.stack(images), np.stack(masks)
+    return run.modality.split(run.modality.synth_read(out / "synth", manifest["files"]))
 
 
 def main() -> None:
@@ -89,7 +86,7 @@ def main() -> None:
     seconds["prepare"] = time.perf_counter() - start
     if not (run / "README.md").is_file():
         seconds["train"] = difftrain("train", "--preset", "mnist", "--data", data, "--out", run, "--no-progress",
-                                     f"train.duration_images={args.train_data}", f"train.device={device}",
+                                     f"train.duration_images={args.train_images}", f"train.device={device}",
                                      f"train.threads={args.threads}", "eval.every_images=0")
     start = time.perf_counter()
     synth = synthesize(run, out, args.pairs, device, args.sampler, args.steps, args.filter)

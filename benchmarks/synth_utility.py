@@ -40,7 +40,6 @@ from difftrain.errors import UserError
 from difftrain.store.run import open_run
 from difftrain.synth.generate import synthesize as synth
 from difftrain.synth.report import report_markdown, write_report
-from difftrain.synth.writer import read_sample
 from difftrain.training.trainer import train
 
 
@@ -64,7 +63,7 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
     n_train = len(open_source(files["train"]).train)
     subset = prepared(files["train"], out / "train", limit=round(args.fraction * n_train), test_fraction=0.0)
     test = prepared(files["test"], out / "test", test_fraction=0.0)
-    return dataclasses.replace(subset, test_images=test.train_data, test_labels=test.train_labels)
+    return dataclasses.replace(subset, test_data=test.train_data, test_labels=test.train_labels)
 
 
 def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int, filters: str, sampler: str | None,
@@ -77,7 +76,7 @@ def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int,
     # The report is written below, against the whole MNIST test split (the run's data has none).
     manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
                      warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    images = np.stack([read_sample(out, f["file"], None)[0] for f in manifest["files"]])
+    images = run.modality.synth_read(out, manifest["files"])
     labels = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
     return images, labels, manifest
 
@@ -111,10 +110,10 @@ def main() -> None:
     seconds["prepare"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_data}", "eval.every_images=0",
+    settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_images}", "eval.every_images=0",
                 f"train.device={args.device}", f"train.seed={args.seed}"]
     config = load_config(args.dataset, overrides=settings)
-    if not any(int(c.name.removeprefix("ckpt-")) >= args.train_data for c in (out / "run" / "checkpoints").glob("ckpt-*")):
+    if not any(int(c.name.removeprefix("ckpt-")) >= args.train_images for c in (out / "run" / "checkpoints").glob("ckpt-*")):
         train(config, out / "run", resume=True, progress=sys.stderr.isatty())  # an interrupted run continues
     seconds["train"] = time.perf_counter() - start
 

@@ -50,7 +50,8 @@ from difftrain.diffusion import Denoiser, denoising_loss
 from difftrain.models import build_network
 from difftrain.store.run import formulation_of
 from difftrain.training.performance import enabled, uses_cuda_graphs
-from difftrain.training.trainer import make_accelerator, train
+from difftrain.training.trainee import make_accelerator
+from difftrain.training.trainer import train
 from reference_loop import build_reference, train_step
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (no sparsity).
@@ -105,8 +106,9 @@ def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: i
     """Images/s of reference_loop.train_step over `steps` steps after `warmup` steps."""
     num_classes = ds.num_classes if config.model.conditional else 0
     batch = config.train.batch_size
-    ref = build_reference(config, ds.sample_shape, num_classes, warmup + steps, seed=seed, device=device)
-    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, batch, seed=seed, device=device)
+    ref = build_reference(config, ds.modality, num_classes, warmup + steps, seed=seed, device=device)
+    batches = common.shuffled_batches(ds.train_data, ds.train_labels if num_classes else None, ds.modality, batch,
+                                      seed=seed, device=device)
     noise_gen = torch.Generator(device).manual_seed(seed + 1)
     for i in range(warmup + steps):
         if i == warmup:
@@ -118,7 +120,7 @@ def measure_reference(config: Config, ds: PreparedDataset, warmup: int, steps: i
 def measure_loader(config: Config, ds: PreparedDataset, device: torch.device, batches: int = 200) -> float:
     """Images/s of the loader alone: training batches (gathered, converted, augmented as configured) on the device."""
     batch = config.train.batch_size
-    loader = ArrayBatches(ds.train_data, ds.train_labels, seed=0, device=device, hflip=config.train.hflip)
+    loader = ArrayBatches(ds.train_data, ds.train_labels, ds.modality, seed=0, device=device, hflip=config.train.hflip)
     loader.batch(0, batch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -134,12 +136,12 @@ def train_flops_per_image(config: Config, ds: PreparedDataset) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     num_classes = ds.num_classes if config.model.conditional else 0
-    denoiser = Denoiser(build_network(config.model, ds.sample_shape, num_classes), formulation_of(config))
+    denoiser = Denoiser(build_network(config.model, ds.modality, num_classes), formulation_of(config))
     n = 8
-    x0 = torch.zeros(n, ds.sample_shape[2], *ds.sample_shape[:2]).uniform_(-1, 1)
-    labels = torch.zeros(n, dtype=torch.long) if num_classes else None
+    x0 = torch.zeros(n, *ds.modality.model_shape).uniform_(-1, 1)
+    cond = {"label": torch.zeros(n, dtype=torch.long)} if num_classes else None
     with FlopCounterMode(display=False) as counter:
-        denoising_loss(denoiser, x0, labels, weighting="edm").sum().backward()
+        denoising_loss(denoiser, x0, cond, weighting="edm").sum().backward()
     return counter.get_total_flops() / n
 
 

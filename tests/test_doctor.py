@@ -24,7 +24,7 @@ from difftrain.hardware.probe import DataShape, data_shape, fit_micro_batch, pro
 from difftrain.hardware.report import collect_environment
 from difftrain.hardware import probe as probe_mod
 from difftrain.hardware import report as report_mod
-from difftrain.hardware.memory import PeakMemory, release_memory
+from difftrain.training.memory import PeakMemory, release_memory
 from difftrain.hardware.report import distributed_info
 from difftrain.hardware.verdicts import check_cuda, check_distributed
 from difftrain.training.trainer import train

@@ -149,3 +149,26 @@ def test_save_closest_pairs_layout(train_images, tmp_path):
     assert np.array_equal(grid[1:9, 1:9], train_images[2, ..., 0])
     assert np.array_equal(grid[10:18, 18:26], near[..., 0])
     assert np.array_equal(grid[10:18, 26:34], train_images[4, ..., 0])
+
+
+def test_floors_hold_the_samples_classes_in_the_samples_counts(tmp_path):
+    from difftrain.data.dataset import PreparedDataset
+    from difftrain.evaluation.reference import floor_pool
+    from difftrain.evaluation.suite import floor_subsets
+
+    rng = np.random.default_rng(0)
+    train_labels = rng.integers(0, 4, 400).astype(np.int64)
+    manifest = {"kind": "points", "shape": [1], "num_classes": 4, "class_names": list("abcd"), "columns": ["x"],
+                "mean": [0.0], "std": [1.0]}
+    ds = PreparedDataset(tmp_path, manifest, rng.normal(size=(400, 1)).astype(np.float32), train_labels,
+                         np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
+    pool = floor_pool(ds)
+    samples = np.arange(60, dtype=np.int64) % 3  # balanced over classes 0-2, none of class 3
+    subsets = floor_subsets(ds, pool, samples, 60, seed=0)
+    assert len(subsets) == 5 and len({tuple(s) for s in subsets}) == 5  # five different real subsets
+    for s in subsets:
+        assert len(set(s)) == 60 and np.bincount(train_labels[pool[s]], minlength=4).tolist() == [20, 20, 20, 0]
+    # Without labels (or with a class too rare in the pool): plain random subsets of the same size.
+    assert all(len(set(s)) == 60 for s in floor_subsets(ds, pool, None, 60, seed=0))
+    counts = [np.bincount(train_labels[pool[s]], minlength=4)[3] for s in floor_subsets(ds, pool, np.full(60, 3), 60, seed=0)]
+    assert counts != [60] * 5  # the pool holds fewer than 60 of class 3: the subsets are random

@@ -12,7 +12,7 @@ from difftrain.config import ModelConfig
 from difftrain.errors import UserError
 from difftrain.modalities import modality_for
 from difftrain.models import build_network
-from difftrain.pretrained.lora import adapt, is_adapted, merge, parameter_counts
+from difftrain.models.lora import adapt, is_adapted, merge, parameter_counts
 from difftrain.training.ema import EMA
 
 TINY = ModelConfig(unet=dict(channels=[32, 32], attention=[False, True], layers_per_block=1, norm_groups=8, attention_head_dim=8))

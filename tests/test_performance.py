@@ -20,7 +20,8 @@ from difftrain.training import performance
 from difftrain.store.checkpoint import latest_checkpoint
 from difftrain.training.lamb import Lamb
 from difftrain.training.optim import build_optimizer
-from difftrain.training.trainer import train, train_step
+from difftrain.training.trainee import train_step
+from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from safetensors.torch import load_file
 
 from difftrain.errors import UserError
 from difftrain.store import checkpoint as ckpt_mod
-from difftrain.training import trainer as trainer_mod
 from difftrain.store.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, open_checkpoint
+from difftrain.training import trainee as trainee_mod
 from difftrain.training.trainer import train
 
 
@@ -82,7 +83,7 @@ def test_weights_change_and_loss_is_logged(tmp_path, tiny_config):
 
 
 def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
-    real_loss = trainer_mod.denoising_loss
+    real_loss = trainee_mod.denoising_loss
     calls = {"n": 0}
 
     def flaky_loss(*args, **kwargs):
@@ -90,7 +91,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatc
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(trainer_mod, "denoising_loss", flaky_loss)
+    monkeypatch.setattr(trainee_mod, "denoising_loss", flaky_loss)
     cfg = tiny_config()
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.nonfinite_steps == 1
@@ -100,6 +101,49 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatc
     # Counted on the device and reported at the next log (every step here): step 2 holds the skipped one.
     assert [e["step"] for e in events if e.get("event") == "nonfinite_skipped"] == [2]
     assert latest_checkpoint(tmp_path / "run").training_state()["nonfinite_steps"] == 1
+
+
+def test_a_run_whose_steps_all_fail_stops_with_the_cause(tmp_path, tiny_config, monkeypatch):
+    real_loss = trainee_mod.denoising_loss
+    monkeypatch.setattr(trainee_mod, "denoising_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    cfg = tiny_config(**{"train.duration_steps": 12, "train.max_nonfinite_steps": 3, "train.checkpoint_every_images": 16})
+    with pytest.raises(UserError, match=r"last 3 steps all had non-finite.*train.max_nonfinite_steps=3.*optim.lr"):
+        train(cfg, tmp_path / "run", progress=False)
+    # Stopped at the first log that saw 3 in a row (step 3; logs every step here), before any checkpoint of NaN-free but
+    # unlearnt weights that would read as a good run: the checkpoints of steps 1 and 2 are all there is.
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-000000016", "ckpt-000000032"]
+    events = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["nonfinite_steps"] for e in events if "loss" in e] == [1, 2, 3]
+
+
+def test_resume_after_a_crash_drops_the_records_after_its_checkpoint(tmp_path, tiny_config):
+    cfg = tiny_config(**{"train.duration_steps": 4, "train.checkpoint_every_images": 32})
+    train(cfg, tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    # A crash after step 4 was logged but before its checkpoint was written: only step 2's is there.
+    shutil.rmtree(run / "checkpoints" / "ckpt-000000064")
+    train(cfg, run, progress=False, resume=True)
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(l)]
+    assert steps == [1, 2, 3, 4]  # steps 3 and 4 once, from the resumed run
+    whole = [json.loads(l)["loss"] for l in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == pytest.approx(whole, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast and its loss scaler need a CUDA GPU")
+def test_fp16_resume_keeps_the_loss_scale(tmp_path, tiny_config):
+    cfg = tiny_config(**{"train.mixed_precision": "fp16", "train.device": "cuda", "train.duration_steps": 8,
+                         "train.checkpoint_every_images": 64})
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "run", progress=False, stop_at_step=4)
+    train(cfg, tmp_path / "run", progress=False, resume=True)
+    whole = latest_checkpoint(tmp_path / "whole").training_state()["grad_scaler"]
+    resumed = latest_checkpoint(tmp_path / "run").training_state()["grad_scaler"]
+    # The resumed run scales as the unbroken one (scales are powers of two: exact), whose state is not a fresh
+    # scaler's (65536, growth count 0), which a resume that forgot it would have restarted from.
+    assert resumed == whole and (whole["scale"] != 65536.0 or whole["_growth_tracker"] > 0)
+    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "run"), atol=1e-4)  # GPU kernels sum in no fixed order
 
 
 def test_checkpoints_keep_last_k_and_skip_damaged(tmp_path, tiny_config):

@@ -1,12 +1,13 @@
 """Real training steps of the user's config on this machine: peak memory by micro-batch, the largest
 micro-batch that fits a memory budget, speed, and from those the run's time, checkpoint size and disk.
 
-The pieces are the trainer's own (`make_accelerator`, `build_network`, `EMA`, `build_optimizer`,
-`Denoiser`, `train_step`), so what is measured is what `difftrain train` runs.
+The trainee is built by the trainer's own `build_trainee` (the --init architecture, LoRA, compile and sharding
+included) and steps with its `train_step`, so what is measured is what `difftrain train` runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from pathlib import Path
@@ -21,17 +22,19 @@ from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches
 from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
-from difftrain.hardware.memory import PeakMemory, release_memory, rss_bytes
+from difftrain.training.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
-from difftrain.conditioning import ClassLabels
 from difftrain.modalities import Modality, builtin_datasets, prepare, stand_in
 from difftrain.models import build_network
-from difftrain.store.run import formulation_of, with_data_defaults
+from difftrain.store.run import with_data_defaults
 from difftrain.sampling import SamplingSpec
 from difftrain.training.ema import EMA
 from difftrain.training.optim import build_optimizer
-from difftrain.training.performance import apply_memory_format
-from difftrain.training.trainer import make_accelerator, total_images, train_step
+from difftrain.pretrained.source import config_for_source, open_pretrained
+from difftrain.training.performance import enabled
+from difftrain.training.sharding import is_sharded, sharded_config
+from difftrain.training.trainee import build_trainee, check_batch, make_accelerator, random_stand_in
+from difftrain.training.trainer import total_images
 
 SWEEP_SIZES = 7  # micro-batches tried: the configured one and up to 6 powers of two below it
 SWEEP_STEPS = 2  # steps at each: the second holds the optimizer state that the first creates
@@ -73,39 +76,35 @@ class _Trainee:
         self.baseline = rss_bytes()  # on CPU, memory counts from here: the network and optimizer count too
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.config = config
         self.accelerator = make_accelerator(tc)
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
-        if tc.batch_size % (tc.accumulation * self.world):
-            raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {self.world} processes")
+        check_batch(tc, self.world)
         self.num_classes = data.num_classes if config.model.conditional else 0
-        torch.manual_seed(tc.seed)
-        # As the trainer lays the network out; uncompiled, since each micro-batch size tried would recompile.
-        net = apply_memory_format(build_network(config.model, data.modality, self.num_classes), tc, self.device.type)
-        self.ema = EMA(net)
-        optimizer = build_optimizer(net.parameters(), config.optim)
-        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
-        self.ema.net.to(self.device)
-        self.raw_net = self.accelerator.unwrap_model(self.net)
-        # The data's own sigma_data when set to auto; random stand-ins are images, whose value is fixed.
-        sample = data.dataset.train_data if data.dataset is not None else np.zeros((1, *data.modality.shape), np.uint8)
-        self.denoiser = Denoiser(self.net, formulation_of(with_data_defaults(config, data.modality, sample)))
-        self.conditioner = ClassLabels(self.raw_net.null_label)
         if data.dataset is not None:
             items = data.dataset.train_data
             labels = data.dataset.train_labels if self.num_classes else None
-        else:
-            rng = np.random.default_rng(tc.seed)
-            # Random bytes stand in for images (the only stand-ins there are): the probe measures compute, not quality.
-            items = rng.integers(0, 256, (tc.batch_size, *data.modality.shape), dtype=np.uint8)
-            labels = rng.integers(0, self.num_classes, tc.batch_size) if self.num_classes else None
-        self.batches = ArrayBatches(items, labels, data.modality, seed=tc.seed, device=self.device)
-        self.noise_gen = torch.Generator(self.device).manual_seed(tc.seed)
+        else:  # the probe measures compute, not quality: random data of the right shape will do
+            items, labels = random_stand_in(data.modality, tc.batch_size, self.num_classes, tc.seed)
+        # The network trains as `train` builds it: the --init source's architecture, LoRA, compile, sharding.
+        if config.finetune.init:
+            config = config_for_source(config, open_pretrained(config.finetune.init, warn=lambda m: None))
+        config = with_data_defaults(config, data.modality, items)
+        if is_sharded(self.accelerator):
+            config = sharded_config(config)
+        self.config = config
+        self.trainee, _ = build_trainee(config, self.accelerator, data.modality, self.num_classes,
+                                        lambda device: ArrayBatches(items, labels, data.modality, seed=tc.seed, device=device))
+        t = self.trainee
+        self.net, self.raw_net, self.ema, self.optimizer = t.net, t.raw_net, t.ema, t.optimizer
+        self.denoiser, self.conditioner, self.batches, self.noise_gen = t.denoiser, t.conditioner, t.batches, t.noise_gen
         self.images = 0
 
-    def steps(self, n: int, micro_batch: int | None = None, accumulation: int | None = None) -> None:
-        """`n` real training steps; `micro_batch` alone means one micro-batch per step of that size (per process)."""
+    def steps(self, n: int, micro_batch: int | None = None, accumulation: int | None = None, eager: bool = False) -> None:
+        """`n` real training steps; `micro_batch` alone means one micro-batch per step of that size (per process).
+
+        `eager`: a compiled network runs uncompiled (the memory sweep: each size tried would compile anew, and
+        compiled code needs no more memory than eager code, so the fit stays on the safe side)."""
         tc = self.config.train
         if micro_batch is not None:
             tc = tc.model_copy(update={"batch_size": micro_batch * self.world, "accumulation": 1})
@@ -113,11 +112,11 @@ class _Trainee:
             tc = tc.model_copy(update={"accumulation": accumulation})
         config = self.config.model_copy(update={"train": tc})
         self.net.train()
-        for _ in range(n):
-            _, _, applied = train_step(config, self.accelerator, self.net, self.denoiser, self.optimizer, self.batches,
-                                       self.images, self.noise_gen, self.conditioner)
-            self.ema.update(self.raw_net, 0.999, applied)
-            self.images += tc.batch_size
+        with torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+            for _ in range(n):
+                _, _, applied = self.trainee.step(self.images, config)
+                self.ema.update(self.raw_net, 0.999, applied)
+                self.images += tc.batch_size
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -216,7 +215,7 @@ def _sweep(t: _Trainee, budget: int) -> list[BatchMemory]:
         oom = False
         try:
             with PeakMemory(t.device, t.baseline) as meter:
-                t.steps(SWEEP_STEPS, micro_batch=size)
+                t.steps(SWEEP_STEPS, micro_batch=size, eager=True)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -338,9 +337,12 @@ def probe_config(config: Config, data: DataShape, memory_budget: int | None = No
         t.close()
         return None, fit
     tc = config.train
-    if fit.accumulation == 1:
+    compiled = enabled(t.config.train.compile, t.device.type)
+    if fit.accumulation == 1 and not compiled:
         warmup_steps = SWEEP_STEPS  # the sweep's last steps were this very step: they warmed it up
     else:
+        # A compiled network compiles (and records its CUDA graphs) in its first steps: never timed.
+        warmup_steps = max(warmup_steps, 3) if compiled else warmup_steps
         t.steps(warmup_steps, accumulation=fit.accumulation)
         t.clear()
     with PeakMemory(t.device, t.baseline) as meter:

@@ -90,7 +90,7 @@ def adapt_network(net: torch.nn.Module, fc: FinetuneConfig) -> torch.nn.Module:
     """`net` with LoRA adapters and frozen parts when finetune.* asks for them."""
     if not (fc.lora_rank or fc.train_only):
         return net
-    from difftrain.pretrained.lora import adapt
+    from difftrain.models.lora import adapt
 
     return adapt(net, rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets, train_only=fc.train_only)
 
@@ -156,7 +156,7 @@ class Run:
 
     def denoiser(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
         """The checkpoint's network (LoRA merged into its weights) as a frozen denoiser."""
-        from difftrain.pretrained.lora import merge
+        from difftrain.models.lora import merge
 
         net = network_for(self.config, self.modality, self.num_classes)
         load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")

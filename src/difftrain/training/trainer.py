@@ -1,53 +1,40 @@
-"""The training loop. It knows neither the formulation nor the modality: it sees a
-denoiser, a loss and batches of tensors. Durations, LR schedule and EMA count
-training images, so results do not depend on the batch split or process count.
+"""The training loop. It knows neither the formulation nor the modality: it sees a trainee (training/trainee.py)
+that steps on batches of tensors. `setup` builds one explicit training state; `run` loops over it and calls
+named hooks (log, checkpoint, evaluate, grid). Durations, LR schedule and EMA count training images, so
+results do not depend on the batch split or process count.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import InitProcessGroupKwargs
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.distributed.tensor import DTensor
 
-from difftrain import atomic
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, ReplayBatches
-from difftrain.diffusion import Denoiser, denoising_loss
-from difftrain.distributed import WAIT_FOR_MAIN
+from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
-from difftrain.hardware.memory import PeakMemory
-from difftrain.conditioning import ClassLabels
-from difftrain.models import build_network
-from difftrain.pretrained.lora import parameter_counts
-from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained, transferable
-from difftrain.pretrained.transfer import LoadReport, label_space, transfer_weights
-from difftrain.store.run import (adapt_network, formulation_of, label_map, load_weights, replay_path, resolve_dataset,
-                                 save_run_info, with_data_defaults)
+from difftrain.training.memory import PeakMemory
+from difftrain.pretrained.source import Pretrained
 from difftrain.sampling import SamplingSpec, generate
-from difftrain.store.checkpoint import (Checkpoint, best_record, checkpoint_images, latest_checkpoint, list_checkpoints,
-                                           save_best, save_checkpoint)
-from difftrain.training.ema import EMA, ema_beta
+from difftrain.store.checkpoint import latest_checkpoint, save_checkpoint
 from difftrain.store.metrics_log import MetricsLog
-from difftrain.training.optim import build_optimizer, learning_rate, skips_on_device
-from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
-                                             resolve_precision)
-from difftrain.training.resume_state import load_optimizer_state, process_rng, restore_process_rng
-from difftrain.training.sharding import (MainProcessCopy, by_position, enable_on_cpu_processes,
-                                         float32_weights_and_gradients, full_weights, is_sharded, load_sharded_optimizer_state,
-                                         optimizer_state, shard_like, shard_size, sharded_config)
+from difftrain.store.run import label_map, resolve_dataset, save_run_info, with_data_defaults
+from difftrain.training.during_training import DuringTraining
+from difftrain.training.ema import ema_beta
+from difftrain.training.optim import learning_rate
+from difftrain.training.resume_state import process_rng
+from difftrain.training.sharding import full_weights, is_sharded, optimizer_state, shard_size, sharded_config
+from difftrain.training.start import record_start, resumable_checkpoint, starting_point
+from difftrain.training.trainee import Trainee, build_trainee, check_batch, make_accelerator
 
 
 @dataclass
@@ -62,22 +49,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-    if cfg.device == "cuda" and not cuda:
-        raise UserError("train.device=cuda but no CUDA GPU is usable; use train.device=auto or cpu")
-    device_type = "cuda" if cuda else "mps" if cfg.device == "mps" else "cpu"
-    # accelerate keeps one precision per process; one process may train runs of several (the doctor
-    # then training, tests, benchmarks). The distributed set-up (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type),
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
-    enable_on_cpu_processes(accelerator)
-    if is_sharded(accelerator):  # (which refuses what difftrain does not run: FSDP1, DeepSpeed, ...)
-        float32_weights_and_gradients(accelerator)
-    return accelerator
-
-
 def total_images(cfg: TrainConfig) -> int:
     return cfg.duration_steps * cfg.batch_size if cfg.duration_steps else cfg.duration_images
 
@@ -87,193 +58,68 @@ def _due(images: int, prev: int, every: int) -> bool:
     return every > 0 and images // every > prev // every
 
 
-RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "eval", "metrics.jsonl", "tensorboard", "README.md", "data"}
+@dataclass
+class TrainingState:
+    """Everything a run's loop reads and moves, in one place."""
+
+    config: Config  # as trained (FSDP's forced settings included); config.yaml keeps the user's
+    run_dir: Path
+    dataset: PreparedDataset
+    model_classes: list[str]  # label i of the model is model_classes[i] ([] when unconditional)
+    trainee: Trainee
+    log: MetricsLog
+    memory: PeakMemory
+    console: Console
+    evaluator: DuringTraining | None
+    goal: int  # training images
+    step: int = 0
+    images: int = 0
+    nonfinite: int = 0  # non-finite steps counted so far (read from the device at each log)
+    # Summed on the device and read only when logged: nothing in a step waits for the device.
+    window_loss: torch.Tensor | None = None
+    window_n: torch.Tensor | None = None
+    skipped: torch.Tensor | None = None  # non-finite steps since `nonfinite` was last read
+    in_a_row: torch.Tensor | None = None  # consecutive non-finite steps, up to now
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.trainee.accelerator.is_main_process
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.model_classes)
 
 
-def _resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Checkpoint | None:
-    """The checkpoint to resume from, after refusing to train over anything else."""
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
-        if foreign:
-            raise UserError(f"--out {run_dir} is a folder with other files ({', '.join(foreign[:3])}); choose a new or empty folder for the run")
-    if not resume:
-        if list_checkpoints(run_dir):
-            raise UserError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
-        return None
-    existing = latest_checkpoint(run_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-    if existing is None and list_checkpoints(run_dir):
-        raise UserError(f"no valid checkpoint left in {run_dir / 'checkpoints'} to resume from")
-    # Damaged checkpoints newer than the one resumed from are set aside (kept, never deleted),
-    # so they cannot shadow or displace the checkpoints that this run writes next.
-    for path in list_checkpoints(run_dir):
-        if existing is not None and checkpoint_images(path) > existing.images:
-            path.rename(path.with_name(f"damaged-{path.name}"))
-            console.print(f"[yellow]warning:[/] set aside damaged checkpoint as {path.with_name(f'damaged-{path.name}')}")
-    return existing
+@dataclass
+class Hooks:
+    """What the loop does besides stepping, each a function of the state; `default_hooks` gives the run's own."""
+
+    log: Callable[[TrainingState, dict], None]
+    checkpoint: Callable[[TrainingState], None]
+    evaluate: Callable[[TrainingState], None]
+    grid: Callable[[TrainingState], None]
 
 
-class DuringTraining:
-    """Evaluate the EMA denoiser at a checkpoint, log it, and copy the checkpoint to
-    checkpoints/best when it is the best so far by eval.best_metric (kept across resumes)."""
+def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          dataset: PreparedDataset | None = None, console: Console | None = None,
+          source: Pretrained | None = None) -> TrainingState:
+    """The training state of `config` in `run_dir`: a new run, or the latest checkpoint's with `resume`.
 
-    def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, device: torch.device,
-                 console: Console, data_labels: list[int] | None = None):
-        self.config, self.run_dir, self.dataset, self.console = config, run_dir, dataset, console
-        self.num_classes, self.device, self.data_labels = num_classes, device, data_labels
-        self.metric = config.eval.best_metric
-        if self.metric == "cas" and not num_classes:
-            raise UserError("eval.best_metric=cas needs a class-conditional model on labelled data; choose e.g. eval.best_metric=fid")
-        previous = best_record(run_dir) or {}
-        self.best = previous.get(self.metric)
-        from difftrain.evaluation.run_eval import extractor_for
-
-        # Built before training starts, so that a feature space that cannot work (an unlabelled
-        # dataset for the domain classifier, a missing weights file) stops the run at once.
-        try:
-            self.extractor = extractor_for(dataset, config.eval, list(config.eval.during_metrics), device=device)
-        except UserError as e:
-            raise UserError(f"evaluation during training (eval.every_images={config.eval.every_images}): {e}; "
-                            "or turn it off with eval.every_images=0") from None
-
-    def better(self, value: float) -> bool:
-        from difftrain.evaluation.suite import LOWER_IS_BETTER
-
-        if self.best is None:
-            return math.isfinite(value)
-        return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
-
-    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
-        from difftrain.evaluation.run_eval import evaluate_during_training
-
-        ec = self.config.eval
-        record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
-                                          to_model=self.data_labels, device=self.device)
-        record["checkpoint"] = str(checkpoint_path.resolve())
-        value = record.get(self.metric)
-        if value is None:
-            raise UserError(f"eval.best_metric={self.metric} was not computed (eval.during_metrics={ec.during_metrics})")
-        is_best = self.better(value)
-        record["best"] = is_best
-        log.write(record)
-        if is_best:
-            self.best = value
-            save_best(self.run_dir, checkpoint_path, record)
-        floor = record.get(f"{self.metric}_floor")
-        self.console.print(f"eval at {images:,} images: {self.metric} {value:.4g}" + (f" (floor {floor:.4g})" if floor is not None else "")
-                           + (" - new best, saved to checkpoints/best" if is_best else ""))
-
-
-def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
-               optimizer: torch.optim.Optimizer, batches: ArrayBatches, images: int, noise_gen: torch.Generator,
-               conditioner: ClassLabels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on the global batch at stream position `images`: (this process's summed
-    loss, grad norm, applied), all tensors on the device, so that no step waits for the device.
-
-    A NaN/Inf gradient never reaches the weights: the optimizer skips the update (found_inf) and
-    `applied` is False. The gradient norm comes after DDP's all-reduce, so every process agrees.
-    """
-    tc = config.train
-    world, device = accelerator.num_processes, accelerator.device
-    per_process = tc.micro_batch // world
-    optimizer.zero_grad(set_to_none=True)
-    step_loss = torch.zeros((), device=device)
-    sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
-    noise = torch.randn((tc.batch_size, *batches.modality.model_shape), generator=noise_gen, device=device)
-    keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
-    for micro in range(tc.accumulation):
-        # This process's share of micro-batch `micro` of the global batch.
-        start = micro * tc.micro_batch + accelerator.process_index * per_process
-        part = slice(start, start + per_process)
-        x0, labels = batches.batch(images + start, per_process)
-        cond = conditioner.drop(conditioner.encode(labels), keep_label[part])
-        # Under FSDP every micro-batch's gradients are reduced to shards at once: skipping that would keep
-        # whole, unsharded gradients on every process between micro-batches.
-        last = micro == tc.accumulation - 1 or accelerator.is_fsdp2
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(net)
-        begin_graph_step(tc, device.type, world)
-        with sync, accelerator.autocast(), attention_kernel(device):
-            loss = denoising_loss(denoiser, x0, cond, weighting=config.diffusion.weighting,
-                                  min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
-            # Sum over the whole global batch; DDP averages over processes.
-            accelerator.backward(loss.sum() / (tc.batch_size // world))
-        step_loss += loss.detach().sum()
-    grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.optim.grad_clip or float("inf"))
-    if isinstance(grad_norm, DTensor):  # FSDP: the norm over every process's shards
-        grad_norm = grad_norm.full_tensor()
-    applied = torch.isfinite(grad_norm)
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if accelerator.scaler is not None:
-        optimizer.step()  # the GradScaler skips a non-finite fp16 step itself (and lowers its scale)
-    elif skips_on_device(inner):
-        inner.found_inf = (~applied).float()  # the optimizer reads it on the device: no wait here
-        optimizer.step()
-    elif applied:  # an optimizer that cannot: ask the device (a sync, once per step)
-        optimizer.step()
-    return step_loss, grad_norm, applied
-
-
-def _starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, existing: Checkpoint | None,
-                    source: Pretrained | None, console: Console) -> tuple[Config, Pretrained | None, PreparedDataset | None, list[str]]:
-    """What a run starts from besides its data: the --init source (its network and formulation
-    taken into the config), the replayed data, and the model's classes."""
-    fc = config.finetune
-    if fc.init and existing is None and source is None:
-        source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-        config = config_for_source(config, source)
-    replay = None
-    if fc.replay:
-        if not fc.init:
-            raise UserError("finetune.replay (--replay) mixes in the data of the run you start from: pass --init RUN")
-        replay = load_dataset(replay_path(fc))
-        if replay.sample_shape != dataset.sample_shape or (replay.num_classes == 0) != (dataset.num_classes == 0):
-            raise UserError(f"the replayed data {replay.path} holds {replay.sample_shape} images "
-                            f"{'with' if replay.num_classes else 'without'} labels, the new data {dataset.sample_shape} "
-                            f"{'with' if dataset.num_classes else 'without'}: replay needs the same shape, and labels on both or neither")
-    # The model's classes: kept from the run before when resuming, else the source's then the data's.
-    if existing is not None:
-        model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
-    else:
-        model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
-    new_classes = source is not None and config.model.conditional and len(model_classes) > len(source.class_names or [])
-    if new_classes and (fc.lora_rank or fc.train_only) and "class_embedding" not in fc.train_only:
-        # New classes need their embedding rows trained, even when the rest is frozen or adapted.
-        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
-    return config, source, replay, model_classes
-
-
-def _record_start(run_dir: Path, init: str, source: Pretrained, report: LoadReport, trainable: int, total: int, console: Console) -> None:
-    """Print the load report and keep it as RUN/init.json (the run's README shows it)."""
-    console.print(f"started from {source.origin}")
-    for line in [*source.notes, *report.lines()]:
-        console.print(f"  {line}")
-    atomic.write_json(run_dir / "init.json", {
-        "source": init, "origin": source.origin, "notes": source.notes,
-        "checkpoint": str(source.checkpoint.path.resolve()) if source.checkpoint else None,
-        **report.as_dict(), "trainable_parameters": trainable, "parameters": total})
-
-
-def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
-          console: Console | None = None, source: Pretrained | None = None) -> TrainResult:
-    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted.
-
-    With finetune.init the network starts from that source's weights (`source`, when the caller
-    has opened it already and adapted the config with `config_for_source`).
+    With finetune.init the network starts from that source's weights (`source`, when the caller has opened it
+    already and adapted the config with `config_for_source`). Nothing is written before every check has passed.
     """
     run_dir = Path(run_dir)
     tc = config.train
     console = console or Console(stderr=True)
+    warn = lambda m: console.print(f"[yellow]warning:[/] {m}")  # noqa: E731
     if tc.threads:
         torch.set_num_threads(tc.threads)
     accelerator = make_accelerator(tc)
-    sharded = is_sharded(accelerator)
-    main = accelerator.is_main_process
-    world = accelerator.num_processes
-    if tc.batch_size % (tc.accumulation * world):
-        raise UserError(f"train.batch_size={tc.batch_size} must divide into train.accumulation={tc.accumulation} x {world} processes")
-    goal = total_images(tc)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    check_batch(tc, world)
 
-    existing = _resumable_checkpoint(run_dir, resume, console) if main or resume else None
+    existing = resumable_checkpoint(run_dir, resume, console) if main or resume else None
     if dataset is None:
         # One process prepares a built-in dataset; the others wait for it, then all load it.
         path = resolve_dataset(config, run_dir, progress=progress and main, prepare_here=main)
@@ -281,14 +127,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         dataset = load_dataset(path)
     if dataset.num_classes == 0 and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
-    config, source, replay, model_classes = _starting_point(config, dataset, run_dir, existing, source, console)
+    config, source, replay, label_space = starting_point(config, dataset, run_dir, existing, source, console)
     config = with_data_defaults(config, dataset.modality, dataset.train_data)
     run_config = config  # what config.yaml keeps: the user's settings, not the ones FSDP turns off
-    if sharded:
+    if is_sharded(accelerator):
         config = sharded_config(config)
-        tc = config.train
-    fc = config.finetune
-    num_classes = len(model_classes) if config.model.conditional else 0
+    num_classes = len(label_space) if config.model.conditional else 0
+    model_classes = label_space if num_classes else []
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
     # (its feature classifier trained) before training, so a setting that cannot work stops the run now.
@@ -299,178 +144,203 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Peak memory from here on (model, optimizer state, activations), as `difftrain doctor` measures it.
     memory = PeakMemory(accelerator.device).__enter__()
 
-    # Network, EMA and optimizer; the seed fixes the initial weights.
-    torch.manual_seed(tc.seed)
-    net = build_network(config.model, dataset.modality, num_classes)
-    init_report = None
-    if source is not None and existing is None:
-        init_report = transfer_weights(transferable(net, f"--init {fc.init}"), source, model_classes, fc.allow_partial)
-    net = adapt_network(net, fc)
-    trainable, total = parameter_counts(net)
-    device = accelerator.device
-    net = apply_memory_format(net, tc, device.type)
-    ema = EMA(net)
-    net = compile_network(net, tc, device.type, world)
-    optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
-    # One noise stream for the whole global batch, identical on every process: each takes
-    # its slice, so accumulation and the process count do not change the random numbers.
-    noise_gen = torch.Generator(device).manual_seed(tc.seed * 7919 + 1)
-    # Dropout draws from the global generator: a stream of each process's own (the weights, drawn
-    # above, are the same everywhere), so the processes do not drop the same units.
-    torch.manual_seed(tc.seed * 7919 + 2 + accelerator.process_index)
-    step = images = nonfinite = 0
+    def batches_of(device: torch.device) -> ArrayBatches | ReplayBatches:
+        batches = ArrayBatches(dataset.train_data, dataset.train_labels if num_classes else None, dataset.modality,
+                               seed=config.train.seed, device=device, to_model=data_labels, hflip=config.train.hflip)
+        if replay is None:
+            return batches
+        old = ArrayBatches(replay.train_data, replay.train_labels if num_classes else None, replay.modality,
+                           seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
+                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
+        return ReplayBatches(batches, old, config.finetune.replay)
+
+    trainee, resumed = build_trainee(config, accelerator, dataset.modality, num_classes, batches_of, source=source,
+                                     model_classes=label_space, existing=existing, warn=warn)
+    state = TrainingState(config, run_dir, dataset, model_classes, trainee, MetricsLog(run_dir, enabled=False), memory,
+                          console, evaluator, total_images(config.train))
     if existing is not None:
-        load_weights(net, existing.weights(ema=False), existing.path, run_dir / "config.yaml")
-        load_weights(ema.net, existing.weights(ema=True), existing.path, run_dir / "config.yaml")
-        state = existing.training_state()
-        if not sharded:  # a sharded optimizer takes its state after `prepare` has sharded it
-            load_optimizer_state(optimizer, by_position(state["optimizer"], net))
-        noise_gen.set_state(state["noise_rng"])
-        restore_process_rng(state, accelerator, tc.seed * 7919 + 2 + existing.images * 31,
-                            warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-        step, images, nonfinite = existing.info["step"], existing.images, state.get("nonfinite_steps", 0)
+        state.step, state.images, state.nonfinite = existing.info["step"], existing.images, resumed.get("nonfinite_steps", 0)
         if main:
-            console.print(f"resuming from {existing.path} ({images:,} images, step {step})")
-    # Only now, with the checkpoint known to fit, does the run's config change.
+            console.print(f"resuming from {existing.path} ({state.images:,} images, step {state.step})")
+    # Only now, with the checkpoint known to fit, does the run's folder change.
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_info(run_dir, run_config, dataset, model_classes if num_classes else None)
-        if init_report is not None:
-            _record_start(run_dir, fc.init, source, init_report, trainable, total, console)
-        if trainable < total:
-            console.print(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+        save_run_info(run_dir, run_config, dataset, model_classes or None)
+        if trainee.init_report is not None:
+            record_start(run_dir, config.finetune.init, source, trainee.init_report, trainee.trainable, trainee.total, console)
+        if trainee.trainable < trainee.total:
+            console.print(f"training {trainee.trainable:,} of {trainee.total:,} parameters ({trainee.trainable / trainee.total:.2%})")
         if world > 1:
-            console.print(f"training in {world} processes ({accelerator.distributed_type.value}, {device.type}), "
-                          f"{tc.micro_batch // world} images per process per micro-batch")
-    net, optimizer = accelerator.prepare(net, optimizer)
-    raw_net = accelerator.unwrap_model(net)
-    ema_full = MainProcessCopy(ema.net, main, sharded)  # the EMA's full weights, for grids and evaluation
-    if sharded:
-        ema.net = shard_like(ema.net, accelerator)
-        if existing is not None:
-            load_sharded_optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), state["optimizer"])
-        if main:
-            console.print(f"FSDP: each process holds {shard_size(raw_net):,} of the network's {total:,} weights")
-    else:  # (sharding placed the EMA's shards where the network's are, on the CPU when offloading)
-        ema.net.to(device)
-    denoiser = Denoiser(net, formulation_of(config))
-    batches = ArrayBatches(dataset.train_data, dataset.train_labels if num_classes else None, dataset.modality, seed=tc.seed,
-                           device=device, to_model=data_labels, hflip=tc.hflip)
-    if replay is not None:
-        old = ArrayBatches(replay.train_data, replay.train_labels if num_classes else None, replay.modality, seed=tc.seed + 1,
-                           device=device,
-                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None,
-                           hflip=tc.hflip)
-        batches = ReplayBatches(batches, old, fc.replay)
-    log = MetricsLog(run_dir, enabled=main)
-    conditioner = ClassLabels(raw_net.null_label)
+            kind = "FSDP" if trainee.sharded else accelerator.distributed_type.value
+            console.print(f"training in {world} processes ({kind}, {accelerator.device.type}), "
+                          f"{config.train.micro_batch // world} images per process per micro-batch")
+        if trainee.sharded:
+            console.print(f"FSDP: each process holds {shard_size(trainee.raw_net):,} of the network's {trainee.total:,} weights")
+    # A resumed run's log continues from its checkpoint: records of steps after it (a crash's) are dropped.
+    state.log = MetricsLog(run_dir, enabled=main, resume_at=state.images if existing is not None else None)
+    device = accelerator.device
+    state.window_loss = torch.zeros((), dtype=torch.float64, device=device)
+    state.window_n = torch.zeros((), dtype=torch.long, device=device)
+    state.skipped = torch.zeros((), dtype=torch.long, device=device)
+    state.in_a_row = torch.zeros((), dtype=torch.long, device=device)
+    return state
 
-    # Fixed noise and labels for the grids, so grids over training are comparable.
-    # Ten per class, one class per row.
-    grid_n = 10 * num_classes if num_classes else 64
-    grid_labels = np.arange(grid_n) // 10 if num_classes else None
 
-    def write_grid() -> None:
-        with ema_full.gathered(ema.net, device) as ema_net:
-            if ema_net is None:  # not the main process
-                return
-            spec = SamplingSpec.from_config(config.sample, seed=tc.seed)
-            samples = generate(Denoiser(ema_net, denoiser.formulation), dataset.modality, grid_n, grid_labels, spec, device=device)
-        dataset.modality.save_preview(samples, run_dir / "samples" / f"grid-{images:09d}.png", labels=grid_labels,
-                                      class_names=model_classes if num_classes else None, reference=dataset.train_data)
+def write_checkpoint(state: TrainingState) -> None:
+    """Every process's generators, the gathered weights and optimizer state, saved by the main process."""
+    t = state.trainee
+    accelerator = t.accelerator
+    accelerator.wait_for_everyone()
+    rng = process_rng(accelerator)  # every process's own generators, gathered to all
+    # Under FSDP these gather the shards (collectives); otherwise the main process's own.
+    weights, ema_weights = full_weights(t.raw_net, t.sharded), full_weights(t.ema.net, t.sharded)
+    optim_state = optimizer_state(t.raw_net, getattr(t.optimizer, "optimizer", t.optimizer), t.sharded)
+    if state.main:
+        saved = {"optimizer": optim_state, "noise_rng": t.noise_gen.get_state().cpu(), **rng,
+                 "nonfinite_steps": state.nonfinite + int(state.skipped)}
+        if accelerator.scaler is not None:  # fp16: the loss scale, so that a resumed run scales as an unbroken one
+            saved["grad_scaler"] = accelerator.scaler.state_dict()
+        save_checkpoint(state.run_dir, weights=weights, ema_weights=ema_weights, state=saved, step=state.step,
+                        images_seen=state.images, keep=state.config.train.keep_checkpoints,
+                        extra={"sample_shape": list(state.dataset.sample_shape), "num_classes": state.num_classes})
+    accelerator.wait_for_everyone()
 
-    def checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        rng = process_rng(accelerator)  # every process's own generators, gathered to all
-        # Under FSDP these gather the shards (collectives); otherwise the main process's own.
-        weights, ema_weights = full_weights(raw_net, sharded), full_weights(ema.net, sharded)
-        optim_state = optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), sharded)
-        if main:
-            state = {"optimizer": optim_state, "noise_rng": noise_gen.get_state().cpu(), **rng,
-                     "nonfinite_steps": nonfinite + int(skipped)}
-            save_checkpoint(run_dir, weights=weights, ema_weights=ema_weights, state=state, step=step, images_seen=images,
-                            keep=tc.keep_checkpoints, extra={"sample_shape": list(dataset.sample_shape), "num_classes": num_classes})
-        accelerator.wait_for_everyone()
 
-    def evaluate() -> None:
-        with ema_full.gathered(ema.net, device) as ema_net:
-            if evaluator is not None:  # (the main process's)
-                # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    evaluator(Denoiser(ema_net, denoiser.formulation), images,
-                              run_dir / "checkpoints" / f"ckpt-{images:09d}", log)
-        accelerator.wait_for_everyone()
+def evaluate_ema(state: TrainingState) -> None:
+    """Evaluation during training of the EMA weights at the checkpoint just written (the main process's)."""
+    t = state.trainee
+    device = t.device
+    with t.ema_full.gathered(t.ema.net, device) as ema_net:
+        if state.evaluator is not None:
+            # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                state.evaluator(Denoiser(ema_net, t.denoiser.formulation), state.images,
+                                state.run_dir / "checkpoints" / f"ckpt-{state.images:09d}", state.log)
+    t.accelerator.wait_for_everyone()
 
+
+def write_grid(state: TrainingState) -> None:
+    """A preview of the EMA's samples from fixed noise and labels (ten per class, one class per row), so grids over
+    training are comparable."""
+    t = state.trainee
+    grid_n = 10 * state.num_classes if state.num_classes else 64
+    grid_labels = np.arange(grid_n) // 10 if state.num_classes else None
+    with t.ema_full.gathered(t.ema.net, t.device) as ema_net:
+        if ema_net is None:  # not the main process
+            return
+        spec = SamplingSpec.from_config(state.config.sample, seed=state.config.train.seed)
+        samples = generate(Denoiser(ema_net, t.denoiser.formulation), state.dataset.modality, grid_n, grid_labels, spec,
+                           device=t.device)
+    state.dataset.modality.save_preview(samples, state.run_dir / "samples" / f"grid-{state.images:09d}.png", labels=grid_labels,
+                                        class_names=state.model_classes or None, reference=state.dataset.train_data)
+
+
+def default_hooks() -> Hooks:
+    return Hooks(log=lambda state, record: state.log.write(record), checkpoint=write_checkpoint, evaluate=evaluate_ema,
+                 grid=write_grid)
+
+
+def _stop_if_stuck(state: TrainingState) -> None:
+    """Stop a run whose last train.max_nonfinite_steps steps were all skipped: it no longer learns (read at logs)."""
+    limit = state.config.train.max_nonfinite_steps
+    in_a_row = int(state.in_a_row)
+    if in_a_row >= limit:
+        raise UserError(
+            f"training stopped at step {state.step:,}: the last {in_a_row} steps all had non-finite (NaN/Inf) gradients and "
+            f"were skipped, so the weights have not changed since step {state.step - in_a_row:,} "
+            f"(train.max_nonfinite_steps={limit}). Likely causes: a learning rate too high for this network "
+            f"(optim.lr={state.config.optim.lr:g}: try a tenth), fp16 overflow (train.mixed_precision=bf16 or no), or "
+            f"non-finite values in the data. The checkpoints written before are intact: continue from the last good one "
+            f"with --resume and the fix")
+
+
+def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
+    """Train from the state to its goal (or `stop_at_step`, as if interrupted), calling the hooks as due."""
+    hooks = hooks or default_hooks()
+    t, config, tc = state.trainee, state.config, state.config.train
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
-    bar = Progress(*columns, console=console, disable=not (progress and main), transient=False)
-    history: list[dict] = []
-    # Loss, applied steps and skipped steps are summed on the device and read only when logged:
-    # nothing in a step waits for the device to finish.
-    window_loss, window_n = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.long, device=device)
-    skipped = torch.zeros((), dtype=torch.long, device=device)  # non-finite steps since `nonfinite` was last read
-    window_start, window_images = time.perf_counter(), images
-    start_time, start_images = time.perf_counter(), images
+    bar = Progress(*columns, console=state.console, disable=not (progress and state.main), transient=False)
+    window_start, window_images = time.perf_counter(), state.images
+    start_time, start_images = time.perf_counter(), state.images
     last_loss = math.nan
-    net.train()
-    with bar:
-        task = bar.add_task("train", total=goal, completed=images, loss="-", speed="-")
-        while images < goal and (stop_at_step is None or step < stop_at_step):
-            lr = learning_rate(config.optim, images, goal)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss, grad_norm, applied = train_step(config, accelerator, net, denoiser, optimizer, batches, images, noise_gen, conditioner)
-            # A NaN/Inf never reached the weights (the optimizer skipped the update): the EMA skips it too.
-            ema.update(raw_net, ema_beta(tc.batch_size, images + tc.batch_size, tc.ema_halflife_images, tc.ema_rampup), applied)
-            window_loss += torch.where(applied, step_loss.double(), 0.0)
-            window_n += applied
-            skipped += ~applied
-            prev, step, images = images, step + 1, images + tc.batch_size
+    t.net.train()
+    try:
+        with bar:
+            task = bar.add_task("train", total=state.goal, completed=state.images, loss="-", speed="-")
+            while state.images < state.goal and (stop_at_step is None or state.step < stop_at_step):
+                lr = learning_rate(config.optim, state.images, state.goal)
+                for group in t.optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss, grad_norm, applied = t.step(state.images)
+                # A NaN/Inf never reached the weights (the optimizer skipped the update): the EMA skips it too.
+                t.ema.update(t.raw_net, ema_beta(tc.batch_size, state.images + tc.batch_size, tc.ema_halflife_images,
+                                                 tc.ema_rampup), applied)
+                state.window_loss += torch.where(applied, step_loss.double(), 0.0)
+                state.window_n += applied
+                state.skipped += ~applied
+                state.in_a_row = torch.where(applied, 0, state.in_a_row + 1)
+                prev, state.step, state.images = state.images, state.step + 1, state.images + tc.batch_size
 
-            if _due(images, prev, tc.log_every_images) or images >= goal:
-                now = time.perf_counter()
-                speed = (images - window_images) / max(now - window_start, 1e-9)
-                # Each process summed the loss of its share of the batch: add them up.
-                total_loss, n_applied = accelerator.reduce(window_loss, "sum").item(), int(window_n)
-                last_loss = total_loss / (n_applied * tc.batch_size) if n_applied else math.nan
-                if int(skipped):  # counted on the device, reported here: `skipped` steps since the last record
-                    nonfinite += int(skipped)
-                    log.write({"images": images, "step": step, "event": "nonfinite_skipped", "skipped": int(skipped),
-                               "nonfinite_steps": nonfinite})
-                    skipped.zero_()
-                record = {"images": images, "step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                          "images_per_s": speed, "nonfinite_steps": nonfinite, "peak_memory_bytes": memory.so_far()}
-                history.append(record)
-                log.write(record)
-                bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
-                window_loss.zero_()
-                window_n.zero_()
-                window_start, window_images = now, images
-            bar.update(task, completed=min(images, goal))
-            if (_due(images, prev, tc.checkpoint_every_images) or _due(images, prev, config.eval.every_images)) and images < goal:
-                checkpoint()
-            if _due(images, prev, config.eval.every_images) and images < goal:
-                paused = time.perf_counter()
-                evaluate()
-                # Evaluation time is not training time: keep it out of the speed figures.
-                paused = time.perf_counter() - paused
-                window_start, start_time = window_start + paused, start_time + paused
-            if _due(images, prev, tc.grid_every_images) and images < goal:
-                write_grid()
-    seconds = time.perf_counter() - start_time
-    latest = latest_checkpoint(run_dir, warn=lambda m: None)
-    if latest is None or latest.images != images:
-        checkpoint()
-    if config.eval.every_images and (latest is None or latest.images != images):
-        evaluate()
-    write_grid()
-    if main and fc.init and fc.forgetting:
-        from difftrain.evaluation.forgetting import forgetting_report
+                if _due(state.images, prev, tc.log_every_images) or state.images >= state.goal:
+                    now = time.perf_counter()
+                    speed = (state.images - window_images) / max(now - window_start, 1e-9)
+                    # Each process summed the loss of its share of the batch: add them up.
+                    total_loss, n_applied = t.accelerator.reduce(state.window_loss, "sum").item(), int(state.window_n)
+                    last_loss = total_loss / (n_applied * tc.batch_size) if n_applied else math.nan
+                    if int(state.skipped):  # counted on the device, reported here: steps skipped since the last record
+                        state.nonfinite += int(state.skipped)
+                        hooks.log(state, {"images": state.images, "step": state.step, "event": "nonfinite_skipped",
+                                          "skipped": int(state.skipped), "nonfinite_steps": state.nonfinite})
+                        state.skipped.zero_()
+                    record = {"images": state.images, "step": state.step, "loss": last_loss, "lr": lr,
+                              "grad_norm": float(grad_norm), "images_per_s": speed, "nonfinite_steps": state.nonfinite,
+                              "peak_memory_bytes": state.memory.so_far()}
+                    state.history.append(record)
+                    hooks.log(state, record)
+                    bar.update(task, loss=f"{last_loss:.4f}", speed=f"{speed:,.0f}")
+                    state.window_loss.zero_()
+                    state.window_n.zero_()
+                    window_start, window_images = now, state.images
+                    _stop_if_stuck(state)
+                bar.update(task, completed=min(state.images, state.goal))
+                evaluate_now = _due(state.images, prev, config.eval.every_images) and state.images < state.goal
+                if (_due(state.images, prev, tc.checkpoint_every_images) or evaluate_now) and state.images < state.goal:
+                    _stop_if_stuck(state)  # never save a run that stopped learning as if it were fine
+                    hooks.checkpoint(state)
+                if evaluate_now:
+                    paused = time.perf_counter()
+                    hooks.evaluate(state)
+                    # Evaluation time is not training time: keep it out of the speed figures.
+                    paused = time.perf_counter() - paused
+                    window_start, start_time = window_start + paused, start_time + paused
+                if _due(state.images, prev, tc.grid_every_images) and state.images < state.goal:
+                    hooks.grid(state)
+        seconds = time.perf_counter() - start_time
+        latest = latest_checkpoint(state.run_dir, warn=lambda m: None)
+        if latest is None or latest.images != state.images:
+            _stop_if_stuck(state)
+            hooks.checkpoint(state)
+            if config.eval.every_images:
+                hooks.evaluate(state)
+        hooks.grid(state)
+        fc = config.finetune
+        if state.main and fc.init and fc.forgetting:
+            from difftrain.evaluation.forgetting import forgetting_report
 
-        try:
-            forgetting_report(run_dir, dataset, log, device=device, console=console)
-        except UserError as e:  # the model is trained and saved: a report that cannot be made must not fail the run
-            console.print(f"[yellow]warning:[/] forgetting not measured: {e}")
-    log.close()
-    return TrainResult(run_dir, step, images, seconds, (images - start_images) / max(seconds, 1e-9), last_loss,
-                       nonfinite + int(skipped), history)
+            try:
+                forgetting_report(state.run_dir, state.dataset, state.log, device=t.device, console=state.console)
+            except UserError as e:  # the model is trained and saved: a report that cannot be made must not fail the run
+                state.console.print(f"[yellow]warning:[/] forgetting not measured: {e}")
+    finally:
+        state.log.close()
+    return TrainResult(state.run_dir, state.step, state.images, seconds, (state.images - start_images) / max(seconds, 1e-9),
+                       last_loss, state.nonfinite + int(state.skipped), state.history)
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
+          console: Console | None = None, source: Pretrained | None = None) -> TrainResult:
+    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted."""
+    state = setup(config, run_dir, resume=resume, progress=progress, dataset=dataset, console=console, source=source)
+    return run(state, progress=progress, stop_at_step=stop_at_step)

@@ -1,0 +1,67 @@
+"""Evaluation during training: score the EMA at a checkpoint, log it, keep the best as checkpoints/best."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from difftrain.config import Config
+from difftrain.data import PreparedDataset
+from difftrain.diffusion import Denoiser
+from difftrain.errors import UserError
+from difftrain.store.checkpoint import best_record, save_best
+from difftrain.store.metrics_log import MetricsLog
+
+
+class DuringTraining:
+    """Evaluate the EMA denoiser at a checkpoint, log it, and copy the checkpoint to
+    checkpoints/best when it is the best so far by eval.best_metric (kept across resumes)."""
+
+    def __init__(self, config: Config, run_dir: Path, dataset: PreparedDataset, num_classes: int, device: torch.device,
+                 console: Console, data_labels: list[int] | None = None):
+        self.config, self.run_dir, self.dataset, self.console = config, run_dir, dataset, console
+        self.num_classes, self.device, self.data_labels = num_classes, device, data_labels
+        self.metric = config.eval.best_metric
+        if self.metric == "cas" and not num_classes:
+            raise UserError("eval.best_metric=cas needs a class-conditional model on labelled data; choose e.g. eval.best_metric=fid")
+        previous = best_record(run_dir) or {}
+        self.best = previous.get(self.metric)
+        from difftrain.evaluation.run_eval import extractor_for
+
+        # Built before training starts, so that a feature space that cannot work (an unlabelled
+        # dataset for the domain classifier, a missing weights file) stops the run at once.
+        try:
+            self.extractor = extractor_for(dataset, config.eval, list(config.eval.during_metrics), device=device)
+        except UserError as e:
+            raise UserError(f"evaluation during training (eval.every_images={config.eval.every_images}): {e}; "
+                            "or turn it off with eval.every_images=0") from None
+
+    def better(self, value: float) -> bool:
+        from difftrain.evaluation.suite import LOWER_IS_BETTER
+
+        if self.best is None:
+            return math.isfinite(value)
+        return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
+
+    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
+        from difftrain.evaluation.run_eval import evaluate_during_training
+
+        ec = self.config.eval
+        record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
+                                          to_model=self.data_labels, device=self.device)
+        record["checkpoint"] = str(checkpoint_path.resolve())
+        value = record.get(self.metric)
+        if value is None:
+            raise UserError(f"eval.best_metric={self.metric} was not computed (eval.during_metrics={ec.during_metrics})")
+        is_best = self.better(value)
+        record["best"] = is_best
+        log.write(record)
+        if is_best:
+            self.best = value
+            save_best(self.run_dir, checkpoint_path, record)
+        floor = record.get(f"{self.metric}_floor")
+        self.console.print(f"eval at {images:,} images: {self.metric} {value:.4g}" + (f" (floor {floor:.4g})" if floor is not None else "")
+                           + (" - new best, saved to checkpoints/best" if is_best else ""))
