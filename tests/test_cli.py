@@ -100,9 +100,13 @@ def test_eval_scores_any_samples_file(trained_run, digits_dir, tmp_path):
     from difftrain.data import load_dataset
     from difftrain.sampling import write_samples
 
+    from difftrain.evaluation.reference import floor_pool
+
     ds = load_dataset(digits_dir)
-    # Real training images packed as a samples file (as another tool would write them) score at the floor.
-    write_samples(tmp_path / "real.npz", ds.modality, ds.train_data[:400], ds.train_labels[:400], {"name": "real images"})
+    # Real training images packed as a samples file (as another tool would write them) score at the floor: images the
+    # feature classifier never trained on, as the floor's own (its training images have more confident features).
+    real = floor_pool(ds)[:400]
+    write_samples(tmp_path / "real.npz", ds.modality, ds.train_data[real], ds.train_labels[real], {"name": "real images"})
     result = cli("eval", "--samples", tmp_path / "real.npz", "--data", digits_dir, "--metrics", "fid,pr,mem", "--json")
     [record] = json.loads(result.stdout[result.stdout.index("["):])
     assert record["fid"] == pytest.approx(record["fid_floor"], rel=0.5) and record["memorized_fraction"] == 1.0

@@ -155,3 +155,13 @@ def test_image_only_settings_are_refused_for_points(moons, tmp_path):
     assert result.returncode == 2 and "train.hflip" in result.stderr and "Traceback" not in result.stderr
     result = difftrain("train", "--preset", "points", "--data", moons / "data", "--out", tmp_path / "r2", *TINY, "model.arch=unet")
     assert result.returncode == 2 and "model.arch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_points_options_that_do_not_apply_are_refused(moons, tmp_path):
+    result = difftrain("data", "prepare", moons / "moons.csv", "--n", 500, "--out", tmp_path / "a")
+    assert result.returncode == 2 and "--n" in result.stderr and "--limit" in result.stderr
+    result = difftrain("data", "prepare", "moons", "--label-column", "x", "--out", tmp_path / "b")
+    assert result.returncode == 2 and "--label-column" in result.stderr
+    result = difftrain("data", "prepare", moons / "moons.csv", "--label-column", "label", "--strict", "--out", tmp_path / "c")
+    assert result.returncode == 2 and "strict" in result.stderr and "row 1202" in result.stderr
+    assert not any((tmp_path / name).exists() for name in "abc")

@@ -71,17 +71,18 @@ def test_each_round_draws_the_shortfall_over_the_share_kept_so_far():
 
 
 def test_filter_strings_parse_into_specs_in_judging_order():
-    specs = parse_filters("confidence:0.8, dedup ,memorization:1/4", (8, 8, 1))
+    specs = parse_filters("confidence:0.8, dedup ,memorization:1/4", 0.02 * math.sqrt(8 * 8 * 1))
     # dedup's default: an RMS difference of 0.02 per value, 0.02 * sqrt(8 * 8 * 1).
     assert [s.describe() for s in specs] == [{"name": "memorization", "ratio": 0.25}, {"name": "dedup", "distance": 0.16},
                                              {"name": "confidence", "threshold": 0.8}]
-    assert parse_filters("memorization,confidence", (28, 28, 1))[0].value == round(1 / 3, 6)
-    assert parse_filters("dedup", (28, 28, 3))[0].value == pytest.approx(0.02 * math.sqrt(28 * 28 * 3), abs=1e-6)
-    assert parse_filters(None, (8, 8, 1)) == [] == parse_filters("", (8, 8, 1))
+    assert parse_filters("memorization,confidence", 0.02 * math.sqrt(28 * 28 * 1))[0].value == round(1 / 3, 6)
+    rgb = modality_for({"kind": "image", "shape": [28, 28, 3]})
+    assert parse_filters("dedup", rgb.dedup_distance())[0].value == pytest.approx(0.02 * math.sqrt(28 * 28 * 3), abs=1e-6)
+    assert parse_filters(None, 0.02 * math.sqrt(8 * 8 * 1)) == [] == parse_filters("", 0.02 * math.sqrt(8 * 8 * 1))
     for text, message in [("blur", "unknown filter 'blur'"), ("confidence:2", "must be in (0, 1]"), ("dedup:-1", "must be >= 0"),
                           ("memorization:abc", "not a number"), ("dedup,dedup:3", "given twice"), ("memorization:0", "(0, 1]")]:
         with pytest.raises(UserError, match=re.escape(message)):
-            parse_filters(text, (8, 8, 1))
+            parse_filters(text, 0.02 * math.sqrt(8 * 8 * 1))
 
 
 class MeanLogit(torch.nn.Module):
@@ -115,7 +116,7 @@ def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
     near_a[3, 3, 0] = near_a[3, 3, 0] + 1 if near_a[3, 3, 0] < 255 else 254  # 1/255 from a: a near duplicate
     batch = np.stack([train[3], near_copy, a, a, near_a, b, c])
     kept_before = b[None]  # b was kept in an earlier batch
-    judge = Judge(parse_filters("memorization,dedup", (8, 8, 1)), DIGIT_IMAGES, train_images=train)
+    judge = Judge(parse_filters("memorization,dedup", 0.02 * math.sqrt(8 * 8 * 1)), DIGIT_IMAGES, train_images=train)
     room = [10]
     verdicts = judge.judge(batch, [0] * 7, room, kept_before)
     assert [v.removed_by for v in verdicts] == ["memorization", "memorization", None, "dedup", "dedup", "dedup", None]
@@ -130,7 +131,7 @@ def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
 
     # Confidence: p(class 0) = sigmoid(4 * mean) in [-1, 1] units; white images pass 0.5, black ones do not.
     white, black = np.full((8, 8, 1), 255, np.uint8), np.zeros((8, 8, 1), np.uint8)
-    judge = Judge(parse_filters("confidence:0.5", (8, 8, 1)), DIGIT_IMAGES, classifier=MeanLogitClassifier(),
+    judge = Judge(parse_filters("confidence:0.5", 0.02 * math.sqrt(8 * 8 * 1)), DIGIT_IMAGES, classifier=MeanLogitClassifier(),
                   classifier_labels=[0, 1])
     room = [2, 5]
     verdicts = judge.judge(np.stack([white, black, white, white, black]), [0, 0, 0, 0, 1], room, black[:0])

@@ -92,15 +92,16 @@ def _config(preset: Optional[str], file: Optional[Path], overrides: list[str], d
 
 
 def _explicit_keys(overrides: list[str], file: Optional[Path]) -> set[str]:
-    """The setting keys the user named (key=value arguments and the YAML file's), e.g. {"model.channels"}."""
+    """The setting keys the user named (key=value arguments and the YAML file's), e.g. {"model.unet.channels"}."""
     import yaml
 
     keys = {arg.split("=", 1)[0].strip() for arg in overrides if "=" in arg}
 
     def walk(node, prefix: str) -> None:
         for key, value in node.items():
-            if isinstance(value, dict) and not prefix:
-                walk(value, f"{key}.")
+            # Sections and per-architecture subsections hold settings; a setting's own mapping (unet_options) is one value.
+            if isinstance(value, dict) and key != "unet_options":
+                walk(value, f"{prefix}{key}.")
             else:
                 keys.add(f"{prefix}{key}")
 
@@ -217,7 +218,7 @@ def sample(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
 ) -> None:
-    """Generate samples into the samples file: images uint8 (N,H,W,C), labels int64 (N,), JSON meta."""
+    """Generate samples into the samples file: images uint8 (N,H,W,C) or points float32 (N,D), labels int64 (N,), JSON meta."""
     _in_processes(processes, device)
     from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
@@ -357,7 +358,7 @@ def _device(name: str) -> str:
                              "`difftrain eval --samples other_tool.npz --data data/digits --json`")
 def evaluate(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
-    samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C), optional labels) instead of a run."),
+    samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C) or points float32 (N,D), optional labels) instead of a run."),
     data: Optional[Path] = typer.Option(None, help="Prepared dataset to score against (default for a run: its own)."),
     checkpoints: str = typer.Option("latest", help="'latest', 'best' (kept by evaluation during training), 'all' or a checkpoint folder."),
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),

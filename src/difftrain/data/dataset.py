@@ -16,6 +16,7 @@ import numpy as np
 
 from difftrain.errors import UserError
 from difftrain.modalities import KINDS, Modality, modality_for
+from difftrain.modalities.base import load_array
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,15 +57,6 @@ def _broken(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {problem}. Prepare it with `difftrain data prepare SOURCE --out {path}`.")
 
 
-def _load_array(folder: Path, name: str) -> np.ndarray:
-    try:
-        return np.load(folder / name, allow_pickle=False)
-    except FileNotFoundError:
-        raise _broken(folder, f"{name} is missing") from None
-    except (OSError, ValueError) as e:
-        raise _broken(folder, f"{name} is unreadable ({e})") from None
-
-
 def _labels_fit(labels: np.ndarray, n: int, num_classes: int) -> bool:
     if labels.dtype != np.int64 or labels.shape != (n,):
         return False
@@ -100,7 +92,7 @@ def load_dataset(path: str | Path) -> PreparedDataset:
     for split in SPLITS:
         n = manifest["count"].get(split) if isinstance(manifest["count"], dict) else None
         arrays[f"{split}_data"] = modality.load_split(path, split, n, lambda problem: _broken(path, problem))
-        labels = _load_array(path, f"{split}_labels.npy") if num_classes else None
+        labels = load_array(path, f"{split}_labels.npy", lambda problem: _broken(path, problem)) if num_classes else None
         if labels is not None and not _labels_fit(labels, n, num_classes):
             raise _broken(path, f"{split}_labels.npy holds {labels.dtype} {labels.shape}; "
                                 f"expected int64 ({n},) with values below {num_classes}")

@@ -140,9 +140,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
                         "pass its new place with --data DIR")
     ds = load_dataset(data or run.dataset["path"])
-    if ds.modality.spec != run.modality.spec:
-        raise UserError(f"{ds.path} holds {ds.modality.kind} data of shape {ds.sample_shape}, the run {run_dir} makes "
-                        f"{run.modality.kind} {run.sample_shape}: pass the dataset it was trained on with --data")
+    if not ds.modality.same_data(run.modality):
+        raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
+                        f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
     ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))

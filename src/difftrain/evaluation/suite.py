@@ -58,8 +58,8 @@ def floor_subsets(ds: PreparedDataset, pool: np.ndarray, labels: np.ndarray | No
     draws a balanced set, and an unbalanced real subset would score worse on distances between sets for that alone
     (on the 25-Gaussian grid, a sliced Wasserstein floor of 0.063 against 0.004). Random subsets when a class has too few."""
     subsets = []
-    for r in range(repeats):
-        rng = np.random.default_rng(seed + 1 + r)
+    rng = np.random.default_rng(seed)  # one stream for all repeats (the unlabelled floors are what they always were)
+    for _ in range(repeats):
         if labels is not None and ds.train_labels is not None:
             pool_labels = ds.train_labels[pool]
             wanted = np.bincount(labels, minlength=ds.num_classes)
@@ -120,11 +120,7 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
                             "only numbers with the same counts and extractor, and read them against their floor")
 
         def with_floor(key: str, metric, value: float | None = None) -> None:
-            record[key] = metric(f_fake) if value is None else value
-            floors = [metric(f_real) for f_real in f_reals]
-            record[f"{key}_floor"] = float(np.mean(floors))
-            if n < len(f_pool):  # with the whole pool every subset is the same: no spread to measure
-                record[f"{key}_floor_std"] = float(np.std(floors))
+            floored(key, metric, metric(f_fake) if value is None else value, f_reals)
 
         if "fid" in metrics:
             with_floor("fid", lambda f: frechet_between(f, f_test))

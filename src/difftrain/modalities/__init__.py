@@ -47,7 +47,7 @@ def prepare(source, out, *, kind: str | None = None, **options: Any):
 
         raise UserError(f"unknown --kind {kind!r}; choose one of: {', '.join(MODALITIES)}")
     cls = MODALITIES[kind] if kind else next(m for m in _PREPARE_ORDER if m.claims(source))
-    return cls.prepare(source, out, **options)
+    return cls.prepare(source, out, expect_kind=kind, **options)
 
 
 def run_modality(summary: dict[str, Any]) -> Modality:

@@ -114,6 +114,15 @@ class Modality(ABC):
     def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
         """The `count` items of `split` from a prepared folder, checked against the spec (`broken(problem)` to refuse)."""
 
+    def same_data(self, other: "Modality") -> bool:
+        """Whether `other` describes data of the same kind and shape (statistics and provenance may differ)."""
+        return self.kind == other.kind and self.shape == other.shape
+
+    def spec_summary(self) -> str:
+        """The spec in a few words for messages: shape and names, not statistics."""
+        names = self.spec.get("mask_classes") or self.spec.get("columns")
+        return f"of shape {self.shape}" + (f" ({', '.join(map(str, names))})" if names else "")
+
     def describe(self) -> dict[str, Any]:
         """Extra lines for `difftrain data info`."""
         return {}
@@ -138,7 +147,7 @@ class Modality(ABC):
 
     def default_sigma_data(self, train: np.ndarray) -> float:
         """EDM's sigma_data when diffusion.sigma_data=auto: the std of the training data as the model sees it."""
-        sample = torch.as_tensor(train[:10_000])
+        sample = torch.as_tensor(train[::max(1, len(train) // 10_000)])  # evenly spread: files may be sorted by class
         return float(self.to_model(sample).double().std(correction=0))
 
     # -- outputs --------------------------------------------------------------------------------------
@@ -169,7 +178,10 @@ class Modality(ABC):
     def synth_read(self, out: Path, entries: list[dict[str, Any]]) -> np.ndarray:
         """The samples of these entries back from their files, exactly as written (refusing a damaged file)."""
 
+    classifier_name: ClassVar[str] = "classifier"  # its domain classifier, for reports
     synth_what: ClassVar[str] = "items"  # what a synthetic dataset of this kind holds, for its card
+    synth_globs: ClassVar[tuple[str, ...]] = ()  # the files synth_write makes (under the output folder): strays are removed
+    synth_labels_csv: ClassVar[bool] = True  # labels.csv (file,label,class) lists each sample's file
 
     def synth_manifest_fields(self) -> dict[str, Any]:
         """What a synthetic dataset's manifest.json says of its data, beside the spec."""
@@ -216,6 +228,10 @@ class Modality(ABC):
                           device: str | torch.device) -> FeatureExtractor:
         """The feature space of FID/KID/precision-recall: `choice` is eval.extractor ('auto' = this data's default)."""
 
+    def dedup_distance(self) -> float:
+        """synth's default --filter dedup distance (in neighbour-view units divided by `distance_unit`)."""
+        return 0.0
+
     def neighbour_view(self, data: np.ndarray) -> np.ndarray:
         """Arrays in which Euclidean distance compares items (memorization, duplicates, distance to closest record)."""
         return data.reshape(len(data), -1).astype(np.float32)
@@ -225,8 +241,10 @@ class Modality(ABC):
         """The dataset's own classifier (cached beside it when it trains): label agreement, confidence filter."""
 
     @abstractmethod
-    def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int) -> Classifier:
-        """The same classifier recipe trained on any labelled items (CAS: on samples, and on real items of the same count)."""
+    def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,
+                       steps: int | None = None, batch: int = 128) -> Classifier:
+        """The same classifier recipe trained on any labelled items (CAS: on samples, and on real items of the same count);
+        `steps` optimizer steps of `batch` items, when given, instead of `epochs` (equal compute for every arm)."""
 
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         """Further sample metrics of this kind of data, each a function of a sample set scored against `reference`
@@ -236,3 +254,13 @@ class Modality(ABC):
     @abstractmethod
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
         """Model-space points for the likelihood of a batch of data (see evaluation/likelihood.py)."""
+
+
+def load_array(folder: Path, name: str, broken: Callable[[str], UserError]) -> np.ndarray:
+    """One array of a prepared folder; a missing or unreadable file is `broken(problem)`, a one-line user error."""
+    try:
+        return np.load(folder / name, allow_pickle=False)
+    except FileNotFoundError:
+        raise broken(f"{name} is missing") from None
+    except (OSError, ValueError) as e:
+        raise broken(f"{name} is unreadable ({e})") from None

@@ -67,7 +67,7 @@ def predict(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
 def probabilities(model: SmallClassifier, images: np.ndarray) -> np.ndarray:
     """(N, K) softmax class probabilities."""
     model.eval()
-    parts = [torch.softmax(model(x), 1).numpy() for x in _batches(images)]
+    parts = [torch.softmax(model(x).double(), 1).numpy() for x in _batches(images)]  # float64: thresholds compare exactly
     return np.concatenate(parts) if parts else np.zeros((0, model.head.out_features), np.float32)
 
 

@@ -224,6 +224,7 @@ def prepare_dataset(
     strict: bool = False,  # fail if any input is rejected instead of skipping it
     overwrite: bool = False,  # replace an existing prepared dataset at `out`
     progress: bool = True,  # show a progress bar while reading
+    expect_kind: str | None = None,  # --kind: refuse a source of the other kind (image vs segmentation)
 ) -> PreparedDataset:
     """Read `source`, validate and convert every image, split it, and write a prepared dataset to `out`.
 
@@ -236,6 +237,11 @@ def prepare_dataset(
     """
     _check_options(resolution, channels, fit, limit, test_fraction)
     src = open_source(source)
+    found = "segmentation" if src.kind == "mask-pairs" else "image"
+    if expect_kind not in (None, found):
+        raise UserError(f"--kind {expect_kind}: {source} holds {found} data"
+                        + (" (images/ and masks/ folders)" if found == "segmentation" else " (no images/ and masks/ pair folders)")
+                        + f"; pass --kind {found} or leave --kind out")
     if classes:
         src = _keep_classes(src, classes)
     out = check_out_folder(Path(out), src.folder, overwrite)

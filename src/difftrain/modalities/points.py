@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,16 +19,22 @@ import torch
 
 from difftrain import atomic
 from difftrain.errors import UserError
-from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality
+from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
 
 
 def fit_point_classifier(data: np.ndarray, labels: np.ndarray, num_classes: int, mean: np.ndarray, std: np.ndarray, *,
-                         epochs: int, seed: int) -> Classifier:
-    """A small MLP (scikit-learn) on standardised points; every class gets a probability column even when absent."""
+                         epochs: int, seed: int, steps: int | None = None, batch: int = 128) -> Classifier:
+    """A small MLP (scikit-learn, Adam) on standardised points; every class gets a probability column even when absent.
+
+    `steps` (optimizer steps of `batch` points) overrides `epochs`, rounded to whole passes, with no early stop, so
+    training sets of different sizes get the same compute (the synth utility's arms); else 10 passes per epoch asked.
+    """
     from sklearn.neural_network import MLPClassifier
 
     present = np.unique(labels)
-    model = MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=max(epochs, 1) * 10, random_state=seed, early_stopping=False)
+    passes = max(1, round(steps / max(1, -(-len(data) // batch)))) if steps else max(epochs, 1) * 10
+    model = MLPClassifier(hidden_layer_sizes=(64, 64), batch_size=min(batch, len(data)), max_iter=passes,
+                          n_iter_no_change=passes + 1, tol=0.0, random_state=seed, early_stopping=False)
     x = (np.asarray(data, np.float64) - mean) / std
     import warnings
 
@@ -38,7 +45,9 @@ def fit_point_classifier(data: np.ndarray, labels: np.ndarray, num_classes: int,
     class _AllClasses(Classifier):
         def probabilities(self, items: np.ndarray) -> np.ndarray:
             p = np.zeros((len(items), num_classes))
-            if len(items):
+            if len(items) and len(present) == 1:  # fitted on one class: it is all it knows
+                p[:, present[0]] = 1.0
+            elif len(items):
                 p[:, present] = model.predict_proba((np.asarray(items, np.float64) - mean) / std)
             return p
 
@@ -62,7 +71,7 @@ class PointsModality(Modality):
 
     @classmethod
     def claims(cls, source: str | Path) -> bool:
-        return str(source) in cls.builtins() or Path(str(source)).suffix.lower() in (".csv", ".parquet")
+        return str(source) in cls.builtins() or Path(str(source)).suffix.lower() in (".csv", ".parquet", ".pq")
 
     @classmethod
     def prepare(cls, source: str | Path, out: str | Path, **options: Any):
@@ -93,18 +102,16 @@ class PointsModality(Modality):
         return np.asarray(self.spec["std"], np.float64)
 
     def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
-        try:
-            points = np.load(folder / f"{split}_points.npy", allow_pickle=False)
-        except FileNotFoundError:
-            raise broken(f"{split}_points.npy is missing") from None
-        except (OSError, ValueError) as e:
-            raise broken(f"{split}_points.npy is unreadable ({e})") from None
+        points = load_array(folder, f"{split}_points.npy", broken)
         expected = (count, *self.shape)
         if points.dtype != np.float32 or points.shape != expected:
             raise broken(f"{split}_points.npy holds {points.dtype} {points.shape}; the manifest says float32 {expected}")
         if not np.isfinite(points).all():
             raise broken(f"{split}_points.npy holds NaN or infinite values")
         return points
+
+    def same_data(self, other: Modality) -> bool:
+        return super().same_data(other) and self.columns == list(other.spec.get("columns") or [])
 
     def describe(self) -> dict[str, Any]:
         return {"columns": [{"name": c, "mean": round(m, 6), "std": round(s, 6)}
@@ -132,17 +139,17 @@ class PointsModality(Modality):
         return save_scatter(both, path, labels=which, class_names=["sample", "nearest training point"], columns=self.columns)
 
     # -- synthetic datasets: each batch's kept rows in one CSV (atomic); points.csv holds them all at the end.
-    def _header(self) -> list[str]:
-        return [*self.columns, "label", "class"]
-
+    classifier_name = "MLP classifier (scikit-learn, on standardised points)"
     synth_what = "points"
+    synth_globs = ("rows/*.csv",)
+    synth_labels_csv = False  # points.csv holds each row's label and class itself
 
     def synth_manifest_fields(self) -> dict[str, Any]:
         return {"columns": self.columns}
 
     def synth_loading(self, conditional: bool) -> list[str]:
         return ["`points.csv` holds every kept point (its columns, then `label` and `class` when conditional), in the "
-                "manifest's order; `difftrain data prepare OUT/points.csv --kind points"
+                f"manifest's order; `difftrain data prepare OUT/points.csv --columns {','.join(self.columns)}"
                 + (" --label-column class" if conditional else "") + " --out prepared` reads it."]
 
     def synth_notes(self) -> list[str]:
@@ -183,10 +190,11 @@ class PointsModality(Modality):
         return np.asarray(values, np.float32).reshape(-1, *self.shape)
 
     def synth_finish(self, out: Path, entries: list[dict[str, Any]], items: np.ndarray) -> list[str]:
+        conditional = any(e.get("class") is not None for e in entries)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(self._header())
-        writer.writerows([*map(repr, map(float, row)), "" if e.get("label") is None else e["label"], e.get("class") or ""]
+        writer.writerow([*self.columns, *(["label", "class"] if conditional else [])])
+        writer.writerows([*map(repr, map(float, row)), *([e["label"], e["class"]] if conditional else [])]
                          for row, e in zip(items, entries, strict=True))
         atomic.write_text(out / "points.csv", buf.getvalue())
         return ["points.csv"]
@@ -201,6 +209,12 @@ class PointsModality(Modality):
         digest = hashlib.sha256(np.asarray([*self._mean, *self._std]).tobytes()).hexdigest()
         return FeatureExtractor("standardised-data", digest, lambda x: (x.double() - mean) / std, batch_size=65_536)
 
+    def dedup_distance(self) -> float:
+        # Repeats only: real points of dense sets lie closer than any fixed share of their spread (1% of the 25-Gaussian
+        # grid's nearest-neighbour gaps are below 2e-4 standard deviations), so 1e-6 per column catches exact and
+        # float-rounding copies and nothing else.
+        return 1e-6 * math.sqrt(self.shape[0])
+
     def neighbour_view(self, data: np.ndarray) -> np.ndarray:
         return ((np.asarray(data, np.float64) - self._mean) / self._std).astype(np.float64)
 
@@ -211,7 +225,8 @@ class PointsModality(Modality):
 
     def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,
                        steps: int | None = None, batch: int = 128) -> Classifier:
-        return fit_point_classifier(data, labels, num_classes, self._mean, self._std, epochs=epochs, seed=seed)
+        return fit_point_classifier(data, labels, num_classes, self._mean, self._std, epochs=epochs, seed=seed, steps=steps,
+                                    batch=batch)
 
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         from difftrain.evaluation.sample_distances import energy_distance, sliced_wasserstein
@@ -235,16 +250,17 @@ def standardisation(train: np.ndarray) -> tuple[list[float], list[float]]:
 
 def prepare_points(source: str | Path, out: str | Path, *, label_column: str | None = None, columns: list[str] | None = None,
                    n: int | None = None, limit: int | None = None, test_fraction: float = 0.1, seed: int = 0,
-                   overwrite: bool = False, progress: bool = True, **unused: Any):
+                   strict: bool = False, overwrite: bool = False, progress: bool = True, expect_kind: str | None = None,
+                   **unused: Any):
     """A prepared points dataset from a built-in set (`n` points drawn with `seed`) or a CSV/Parquet table:
     float32 train/test_points.npy, int64 labels when there is a label column, and a manifest with the columns
     and their standardisation. The source is never touched; the output is written atomically."""
     import difftrain
     from datetime import datetime, timezone
 
-    from difftrain.data.dataset import FORMAT_VERSION, MANIFEST, load_dataset
+    from difftrain.data.dataset import FORMAT_VERSION, load_dataset
     from difftrain.data.point_sources import BUILTIN_POINTS, generate_points, read_point_table
-    from difftrain.data.prepared_output import check_out_folder, pick_stratified
+    from difftrain.data.prepared_output import check_out_folder, pick_stratified, write_prepared
 
     options = {name: value for name, value in unused.items() if value not in (None, False, "crop")}
     if options:
@@ -253,8 +269,17 @@ def prepare_points(source: str | Path, out: str | Path, *, label_column: str | N
     if not 0 <= test_fraction < 1:
         raise UserError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
     builtin = str(source) in BUILTIN_POINTS
-    n = n or 10_000
-    table = generate_points(str(source), n, seed) if builtin else read_point_table(source, label_column=label_column, columns=columns)
+    if n is not None and (not builtin or n < 2):
+        raise UserError(f"--n {n}: " + ("give at least 2 points" if builtin else f"--n draws a built-in point set; {source} is a "
+                                        "table, whose rows are all read (use --limit for fewer)"))
+    if builtin and (label_column or columns):
+        raise UserError(f"--label-column and --columns read tables; the built-in set {source} has its own columns and classes")
+    table = generate_points(str(source), n or 10_000, seed) if builtin else read_point_table(source, label_column=label_column,
+                                                                                           columns=columns)
+    if strict and table.rejected:
+        shown = "; ".join(f"row {r['row']}: {r['reason']}" for r in table.rejected[:5])
+        raise UserError(f"{len(table.rejected)} row(s) of {source} rejected in strict mode: {shown}. Fix or remove them, "
+                        "or prepare without --strict to skip them.")
     out = check_out_folder(Path(out), None, overwrite)
     if not builtin and out == Path(source).resolve():
         raise UserError(f"--out {out} is the source file itself; preparing never replaces the source. Choose a folder.")
@@ -289,11 +314,5 @@ def prepare_points(source: str | Path, out: str | Path, *, label_column: str | N
                     "test_fraction": test_fraction, "seed": seed},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "difftrain_version": difftrain.__version__,
     }
-    try:
-        with atomic.atomic_directory(out, overwrite=overwrite) as tmp:
-            for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-            atomic.write_json(tmp / MANIFEST, manifest)
-    except FileExistsError:
-        raise UserError(f"{out} appeared while preparing. Pass --overwrite to replace it, or choose another --out.") from None
+    write_prepared(out, arrays, manifest, overwrite)
     return load_dataset(out)

@@ -15,6 +15,7 @@ import numpy as np
 
 from difftrain import atomic
 from difftrain.errors import UserError
+from difftrain.modalities.base import Modality, load_array
 from difftrain.modalities.image import ImageModality, read_png, write_png
 
 # Background (index 0) is black; then Trubetskoy's 20 distinct colours, most distinct first.
@@ -94,15 +95,16 @@ class SegmentationModality(ImageModality):
         if not (isinstance(names, list) and 0 < len(names) <= 256 and all(isinstance(n, str) for n in names)):
             raise broken("manifest.json of a segmentation dataset needs mask_classes, a list of 1 to 256 class names")
         images = super().load_split(folder, split, count, broken)
-        masks = np.load(folder / f"{split}_masks.npy", allow_pickle=False) if (folder / f"{split}_masks.npy").is_file() else None
-        if masks is None:
-            raise broken(f"{split}_masks.npy is missing")
+        masks = load_array(folder, f"{split}_masks.npy", broken)
         if masks.dtype != np.uint8 or masks.shape != images.shape[:3]:
             raise broken(f"{split}_masks.npy holds {masks.dtype} {masks.shape}; the manifest says uint8 {images.shape[:3]}")
         if masks.size and masks.max() >= len(names):
             raise broken(f"{split}_masks.npy has class index {masks.max()}, but the manifest names only "
                          f"{len(names)} mask classes")
         return join(images, masks, len(names))
+
+    def same_data(self, other: Modality) -> bool:
+        return super().same_data(other) and self.mask_classes == list(other.spec.get("mask_classes") or [])
 
     def describe(self) -> dict[str, Any]:
         # Pixel shares show at a glance how rare each class is (a class in 0.1% of pixels is hard to learn).

@@ -18,11 +18,7 @@ from difftrain.evaluation.memorization import memorization
 from difftrain.evaluation.neighbours import distance_blocks, nearest
 
 ORDER = ("memorization", "dedup", "confidence")
-DEFAULTS = {"memorization": 1 / 3, "confidence": 0.9}
-# dedup's default distance is an RMS difference of 0.02 per pixel value, 0.02 * sqrt(H * W * C): about half the
-# smallest gap between two distinct real images (RMS 0.041 among the 1,797 sklearn digits; 0.038 from 2,000 MNIST
-# training images to 10,000 others), so a near duplicate is closer than any two real images are, yet far above rounding noise.
-DEDUP_RMS = 0.02
+DEFAULTS = {"memorization": 1 / 3, "confidence": 0.9}  # dedup's default distance is the modality's (dedup_distance)
 SYNTAX = "give a comma list such as memorization,dedup,confidence:0.9 (each NAME or NAME:VALUE)"
 
 
@@ -46,8 +42,8 @@ def _number(text: str, where: str) -> float:
         raise UserError(f"--filter {where}: {text!r} is not a number; {SYNTAX}") from None
 
 
-def parse_filters(text: str | None, image_shape: tuple[int, int, int]) -> list[FilterSpec]:
-    """The --filter string as specs in judging order, every value resolved (dedup's default from the image size)."""
+def parse_filters(text: str | None, dedup_default: float) -> list[FilterSpec]:
+    """The --filter string as specs in judging order, every value resolved (dedup's default is the modality's)."""
     specs: dict[str, FilterSpec] = {}
     for item in (text or "").split(","):
         item = item.strip()
@@ -62,11 +58,11 @@ def parse_filters(text: str | None, image_shape: tuple[int, int, int]) -> list[F
         if raw.strip():
             value = _number(raw.strip(), item)
         elif name == "dedup":
-            value = DEDUP_RMS * math.sqrt(math.prod(image_shape))
+            value = dedup_default
         else:
             value = DEFAULTS[name]
         if name == "dedup" and not (value >= 0 and math.isfinite(value)):
-            raise UserError(f"--filter {item}: the dedup distance must be >= 0 (pixel L2 with values in [0, 1])")
+            raise UserError(f"--filter {item}: the dedup distance must be >= 0 (L2: pixels in [0, 1], standardised columns)")
         if name != "dedup" and not 0 < value <= 1:
             what = "ratio to the second-nearest training image" if name == "memorization" else "class probability"
             raise UserError(f"--filter {item}: the {what} must be in (0, 1]")

@@ -219,7 +219,7 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
     names, targets = requested_classes(run, per_class, n, classes)
     if spec.guidance != 1 and not run.num_classes:
         raise UserError(f"--guidance {spec.guidance:g} needs a class-conditional model; {run.path} is unconditional (use 1)")
-    specs = parse_filters(filters, run.sample_shape) if filters is None or isinstance(filters, str) else list(filters)
+    specs = parse_filters(filters, run.modality.dedup_distance()) if filters is None or isinstance(filters, str) else list(filters)
     batch_size = batch_size or run.config.sample.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")

@@ -105,10 +105,10 @@ def finish(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec,
         warn(f"{'class ' + row['class'] if row['class'] is not None else 'the run'}: kept {row['kept']} of {row['requested']} "
              f"after {row['generated']} samples ({MAX_ATTEMPTS}x the request); the filters rejected the rest "
              "(see manifest.json `rejected`)")
-    if job.run.num_classes:
+    if job.run.num_classes and job.modality.synth_labels_csv:
         write_labels(out, job.files)
     job.modality.synth_finish(out, job.files, job.kept_arrays())
-    remove_strays(out, job.files, warn)
+    remove_strays(out, job.files, job.modality.synth_globs, warn)
     atomic.write_json(out / "manifest.json", manifest)
     atomic.write_text(out / "README.md", dataset_card(manifest, None))
     if not report:
@@ -125,11 +125,12 @@ def finish(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec,
     return manifest
 
 
-def remove_strays(out: Path, files: list[dict[str, Any]], warn) -> None:
-    """Delete PNGs of ours that no file entry names: a batch interrupted after writing, drawn again on resume
-    (on a GPU, with other rounding) and judged otherwise. The manifest then describes every file there is."""
+def remove_strays(out: Path, files: list[dict[str, Any]], globs: tuple[str, ...], warn) -> None:
+    """Delete sample files of ours (the modality's `globs`) that no file entry names: a batch interrupted after writing,
+    drawn again on resume (on a GPU, with other rounding) and judged otherwise. The manifest then describes every file."""
     named = {f[key] for f in files for key in ("file", "mask") if f.get(key)}
-    strays = [p for p in out.rglob("*.png") if p.relative_to(out).as_posix() not in named
+    found = {p for pattern in globs for p in (out.rglob(pattern) if pattern.startswith("*") else out.glob(pattern))}
+    strays = [p for p in sorted(found) if p.relative_to(out).as_posix() not in named
               and not p.relative_to(out).parts[0].startswith(".") and p.name not in (DCR_PNG, PAIRS_PNG)]
     for path in strays:
         path.unlink()

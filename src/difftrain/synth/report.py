@@ -90,7 +90,7 @@ def _utility_markdown(u: dict) -> list[str]:
     seg = u.get("task") != "classification"
     metric, name = ("miou", "mIoU") if seg else ("accuracy", "accuracy")
     counts = u["pairs"] if seg else u["images"]
-    model = "segmenter (modalities/segmenter.py)" if seg else "classifier (modalities/image_classifier.py)"
+    model = "segmenter (modalities/segmenter.py)" if seg else u.get("classifier", "classifier")
     lines = [f"The same small {model} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
              f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
              f"{'pairs' if seg else 'images'} (mean ± std over seeds).", "",
