@@ -188,6 +188,11 @@ def test_a_setting_that_contradicts_the_source_is_refused(tmp_path, split_digits
                   *fine_tune_overrides(split_digits[1]))
     assert r.returncode == 2 and "model.unet.layers_per_block" in said(r) and "contradicts --init" in said(r)
     assert not (tmp_path / "x" / "checkpoints").exists()
+    # The same setting in a YAML file, nested under its architecture's section, is as explicit.
+    (tmp_path / "mine.yaml").write_text("model:\n  unet:\n    layers_per_block: 2\n")
+    r = difftrain("train", "--init", old_run, "--config", tmp_path / "mine.yaml", "--out", tmp_path / "y", "--no-progress",
+                  *fine_tune_overrides(split_digits[1]))
+    assert r.returncode == 2 and "model.unet.layers_per_block" in said(r) and "contradicts --init" in said(r)
 
 
 def test_a_corrupted_source_checkpoint_is_a_clear_error(tmp_path, split_digits, old_run):

@@ -247,7 +247,7 @@ def _fit(t: _Trainee, rows: list[BatchMemory], budget: int, budget_source: str) 
             suggestions.append("train.mixed_precision=bf16 stores activations in half the bytes")
         suggestions.append("gradient checkpointing would trade compute for activation memory (not yet a difftrain setting)")
         if best is None:
-            suggestions.append("a smaller model (fewer or narrower model.channels, model.layers_per_block=1) needs less")
+            suggestions.append("a smaller model (fewer or narrower model.unet.channels, model.unet.layers_per_block=1; model.mlp.width) needs less")
     return Fit(str(t.device), budget, budget_source, tc.batch_size, configured, need, estimated,
                best.micro_batch if best else None, per_process_batch // best.micro_batch if best else None,
                best.peak_bytes if best else None, rows, suggestions)

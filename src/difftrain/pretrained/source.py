@@ -109,7 +109,7 @@ def _from_diffusers(path: Path) -> Pretrained:
 def config_for_source(config: Config, source: Pretrained, explicit: set[str] = frozenset()) -> Config:
     """`config` with the source's network and formulation, which its weights only work with.
 
-    `explicit` holds the keys the user set (e.g. "model.channels"); one that contradicts the source is an error.
+    `explicit` holds the keys the user set (e.g. "model.unet.channels"); one that contradicts the source is an error.
     """
     model = dict(source.model)
     if config.model.arch not in ("auto", "unet"):

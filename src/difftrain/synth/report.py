@@ -91,10 +91,11 @@ def _utility_markdown(u: dict) -> list[str]:
     metric, name = ("miou", "mIoU") if seg else ("accuracy", "accuracy")
     counts = u["pairs"] if seg else u["images"]
     model = "segmenter (modalities/segmenter.py)" if seg else u.get("classifier", "classifier")
+    items = "pairs" if seg else u.get("items", "images")
     lines = [f"The same small {model} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
              f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
-             f"{'pairs' if seg else 'images'} (mean ± std over seeds).", "",
-             f"| trained on | {'pairs' if seg else 'images'} | {name} |", "|---|---:|---:|"]
+             f"{items} (mean ± std over seeds).", "",
+             f"| trained on | {items} | {name} |", "|---|---:|---:|"]
     sizes = {"real": counts["real_train"], "synthetic": counts["synthetic"],
              "real+synthetic": counts["real_train"] + counts["synthetic"]}
     for arm in ("real", "synthetic", "real+synthetic"):
