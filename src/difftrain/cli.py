@@ -97,18 +97,24 @@ def _explicit_keys(overrides: list[str], file: Optional[Path]) -> set[str]:
 
     keys = {arg.split("=", 1)[0].strip() for arg in overrides if "=" in arg}
 
-    def walk(node, prefix: str) -> None:
+    from pydantic import BaseModel
+
+    from difftrain.config import Config
+
+    def walk(node: dict, section: type[BaseModel], prefix: str) -> None:
         for key, value in node.items():
-            # Sections and per-architecture subsections hold settings; a setting's own mapping (unet_options) is one value.
-            if isinstance(value, dict) and key != "unet_options":
-                walk(value, f"{prefix}{key}.")
+            # Sections (and per-architecture subsections) hold settings; a setting whose value is a mapping is one key.
+            field = section.model_fields.get(key)
+            inner = field.annotation if field is not None else None
+            if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
+                walk(value, inner, f"{prefix}{key}.")
             else:
                 keys.add(f"{prefix}{key}")
 
     if file and file.is_file():
         loaded = yaml.safe_load(file.read_text())
         if isinstance(loaded, dict):
-            walk(loaded, "")
+            walk(loaded, Config, "")
     return keys
 
 

@@ -25,6 +25,7 @@ from difftrain.errors import UserError
 from difftrain.training.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
 from difftrain.modalities import Modality, builtin_datasets, prepare, stand_in
+from difftrain.models import smaller_network_hint
 from difftrain.models import build_network
 from difftrain.store.run import with_data_defaults
 from difftrain.sampling import SamplingSpec
@@ -247,7 +248,7 @@ def _fit(t: _Trainee, rows: list[BatchMemory], budget: int, budget_source: str) 
             suggestions.append("train.mixed_precision=bf16 stores activations in half the bytes")
         suggestions.append("gradient checkpointing would trade compute for activation memory (not yet a difftrain setting)")
         if best is None:
-            suggestions.append("a smaller model (fewer or narrower model.unet.channels, model.unet.layers_per_block=1; model.mlp.width) needs less")
+            suggestions.append(f"a smaller model ({smaller_network_hint(t.config.model, t.trainee.batches.modality)}) needs less")
     return Fit(str(t.device), budget, budget_source, tc.batch_size, configured, need, estimated,
                best.micro_batch if best else None, per_process_batch // best.micro_batch if best else None,
                best.peak_bytes if best else None, rows, suggestions)

@@ -25,6 +25,9 @@ def _build_mlp(cfg, shape, num_classes):
 
 
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp}
+# How to make each network smaller, for the doctor's advice when nothing fits.
+SMALLER = {"unet": "fewer or narrower model.unet.channels, model.unet.layers_per_block=1",
+           "mlp": "a smaller model.mlp.width or model.mlp.depth"}
 
 
 def architecture(cfg: ModelConfig, modality) -> str:
@@ -40,4 +43,9 @@ def build_network(cfg: ModelConfig, modality, num_classes: int) -> torch.nn.Modu
     return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0)
 
 
-__all__ = ["NETWORKS", "architecture", "build_network"]
+def smaller_network_hint(cfg: ModelConfig, modality) -> str:
+    """The settings that shrink the configured network."""
+    return SMALLER[architecture(cfg, modality)]
+
+
+__all__ = ["NETWORKS", "architecture", "build_network", "smaller_network_hint"]
