@@ -30,19 +30,28 @@ def _warn(message: str) -> None:
 
 
 @data_app.command("prepare", epilog="Examples: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`  \n"
-                                    "`difftrain data prepare points.csv --kind points --label-column label --out data/points`")
+                                    "`difftrain data prepare points.csv --kind points --label-column label --out data/points`  \n"
+                                    "`difftrain data prepare prices.csv --kind timeseries --window 24 --out data/stocks`")
 def data_prepare(
     source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), a folder/file of MNIST-style IDX files, "
                                  "a segmentation folder: images/ and masks/ with matching names (masks: class-index PNGs), "
                                  "optional labels.csv (file,label) and mask_classes.txt (docs/segmentation.md); "
                                  "or points: a CSV/Parquet table of numeric columns, or a built-in set (moons, circles, swissroll, "
-                                 "gaussians25, gaussian_mixture)."),
+                                 "gaussians25, gaussian_mixture); or series (--kind timeseries): a CSV/Parquet/.npy file of "
+                                 "numeric columns, or a built-in set (sines, co2, sunspots, macrodata)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
-    kind: Optional[str] = typer.Option(None, help="image, segmentation or points; default: what the source is (a table or a "
-                                       "point set's name: points; anything else: images)."),
+    kind: Optional[str] = typer.Option(None, help="image, segmentation, points or timeseries; default: what the source is (a "
+                                       "series set's name: timeseries; a table or a point set's name: points; anything else: images)."),
     label_column: Optional[str] = typer.Option(None, help="Points: the column of class labels (the others are the coordinates)."),
     columns: Optional[str] = typer.Option(None, help="Points: the coordinate columns, comma-separated (default: all but the label)."),
-    n: Optional[int] = typer.Option(None, help="Points: how many points a built-in set draws (default 10,000)."),
+    n: Optional[int] = typer.Option(None, help="Points: how many points a built-in set draws (default 10,000); sines: how many windows."),
+    window: Optional[int] = typer.Option(None, help="Series: steps per window (default 24)."),
+    stride: Optional[int] = typer.Option(None, help="Series: steps between the starts of consecutive windows (default 1)."),
+    time_column: Optional[str] = typer.Option(None, "--time-column", help="Series: the column of timestamps (parsed, checked increasing)."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Series: the column naming each row's series (many series in one file)."),
+    scaling: Optional[str] = typer.Option(None, help="Series: per-channel scaling fitted on the training split, minmax (default) or standard."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Series: keep empty or NaN cells as gaps (trains imputation "
+                                       "around them) instead of refusing the file."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
     fit: str = typer.Option("crop", help="How to make images square: 'crop' (center crop) or 'pad'."),
@@ -60,7 +69,9 @@ def data_prepare(
     ds = prepare(source, out_dir, kind=kind, resolution=resolution, channels=channels, fit=fit, limit=limit,
                  classes=[c.strip() for c in classes.split(",")] if classes else None, label_column=label_column,
                  columns=[c.strip() for c in columns.split(",")] if columns else None, n=n,
-                 test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite)
+                 test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite,
+                 **{k: v for k, v in dict(window=window, stride=stride, time_column=time_column, id_column=id_column,
+                                          scaling=scaling, allow_missing=allow_missing).items() if v not in (None, False)})
     rejected = ds.manifest.get("rejected", [])
     for item in rejected:
         _warn(f"rejected {item.get('path') or 'row ' + str(item.get('row'))}: {item['reason']}")
@@ -209,7 +220,9 @@ def train(
         out.print(str(out_dir))
 
 
-@app.command(epilog="Example: `difftrain sample runs/digits --n 100 --out samples.npz --sampler dpmpp_2m --steps 20 --guidance 1.5`")
+@app.command(epilog="Examples: `difftrain sample runs/digits --n 100 --out samples.npz --sampler dpmpp_2m --steps 20 --guidance 1.5`  \n"
+                     "`difftrain sample runs/stocks --context recent.csv --horizon 24 --n 100 --out forecast.npz`  \n"
+                     "`difftrain sample runs/stocks --impute gappy.csv --out filled.csv`")
 def sample(
     run: Path = typer.Argument(..., help="Run directory."),
     n: int = typer.Option(100, "--n", min=1, help="Number of samples."),
@@ -223,8 +236,16 @@ def sample(
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
+    context: Optional[Path] = typer.Option(None, help="Series: forecast after this file's last rows (CSV/Parquet/.npy of the "
+                                           "run's columns); --n paths, with quantiles, into --out (.npz)."),
+    horizon: Optional[int] = typer.Option(None, min=1, help="Series: steps to forecast after --context (context + horizon = window)."),
+    impute: Optional[Path] = typer.Option(None, help="Series: fill this file's empty or NaN cells; --out .csv (the table, filled "
+                                          "with the median of --n draws) or .npz (with every draw)."),
 ) -> None:
-    """Generate samples into the samples file: images uint8 (N,H,W,C) or points float32 (N,D), labels int64 (N,), JSON meta."""
+    """Generate samples into the samples file: images uint8 (N,H,W,C), points float32 (N,D) or series float32 (N,L,C),
+    labels int64 (N,), JSON meta; series runs also forecast (--context, --horizon) and impute (--impute)."""
+    if context is not None or impute is not None or horizon is not None:
+        return _sample_observed(run, n, out_file, context, horizon, impute, sampler, steps, seed, checkpoint, device)
     _in_processes(processes, device)
     from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
@@ -245,6 +266,33 @@ def sample(
         shared = f", in {state.num_processes} processes" if state.num_processes > 1 else ""
         console.print(f"{n} samples, {spec.network_evaluations} network evaluations each{shared}, from {result['meta']['checkpoint']}")
         out.print(str(out_file))
+
+
+def _sample_observed(run: Path, n: int, out_file: Path, context: Optional[Path], horizon: Optional[int], impute: Optional[Path],
+                     sampler: Optional[str], steps: Optional[int], seed: int, checkpoint: str, device: str) -> None:
+    from difftrain.observed_sampling import forecast, impute as impute_file
+    from difftrain.store.run import open_run
+
+    if (context is None) == (impute is None):
+        raise UserError("give either --context FILE (with --horizon) to forecast, or --impute FILE to fill gaps")
+    if context is not None and horizon is None:
+        raise UserError("--context needs --horizon: the steps to forecast")
+    if impute is not None and horizon is not None:
+        raise UserError("--horizon is for --context (forecasting); --impute fills the file's own gaps")
+    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps)
+    dev = _device(device)
+    with Progress(console=console) as bar:
+        task = bar.add_task("forecast" if context else "impute", total=None)
+        advance = lambda k: bar.advance(task, k)  # noqa: E731
+        if context is not None:
+            result = forecast(run, context, horizon, n, spec, out_file, checkpoint=checkpoint, device=dev, progress=advance, warn=_warn)
+            console.print(f"{n} paths of {horizon} steps after the last rows of {context}; quantiles "
+                          f"{', '.join(f'{q:g}' for q in result['meta']['quantile_levels'])} in {out_file}")
+        else:
+            result = impute_file(run, impute, n, spec, out_file, checkpoint=checkpoint, device=dev, progress=advance, warn=_warn)
+            console.print(f"filled {result['meta']['filled_cells']} cell(s) of {impute} in {result['meta']['gappy_windows']} "
+                          f"window(s), each the median of {n} draw(s)")
+    out.print(str(out_file))
 
 
 @app.command(epilog="Example: `difftrain export runs/digits --out digits-diffusers`, then in Python "
@@ -452,6 +500,23 @@ def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
     return table
 
 
+def _print_tasks(r: dict, cell) -> None:
+    """Forecasting and imputation scores beside the baselines measured in the same run."""
+    from rich import box
+
+    rows = [(f"forecast, {r['forecast_horizon']} steps", "forecast", ("var", "naive"))] if "forecast_crps" in r else []
+    rows += [(f"impute, {r['impute_fraction']:.0%} hidden", "impute", (None, "interp"))] if "impute_crps" in r else []
+    if not rows:
+        return
+    table = Table("task", "score", "model", "VAR", "naive / interpolation", box=box.SIMPLE_HEAD,
+                  title=f"{r.get('forecast_windows') or r.get('impute_windows')} held-out windows, {r.get('forecast_paths') or r.get('impute_paths')} paths each")
+    for title, prefix, (var, simple) in rows:
+        for score in ("crps", "mae", "mse"):
+            table.add_row(title if score == "crps" else "", score.upper(), cell(r.get(f"{prefix}_{score}")),
+                          cell(r.get(f"{prefix}_{score}_{var}")) if var else "", cell(r.get(f"{prefix}_{score}_{simple}")))
+    out.print(table)
+
+
 def _print_eval(records: list[dict]) -> None:
     """The metrics beside their floors (the same metrics for real data), the extractor, the warnings."""
     from rich import box
@@ -460,6 +525,8 @@ def _print_eval(records: list[dict]) -> None:
                "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),
                "sliced Wasserstein": ("sliced_wasserstein", "sliced_wasserstein_floor"),
                "energy distance": ("energy_distance", "energy_distance_floor"),
+               "discriminative": ("discriminative", "discriminative_floor"), "predictive": ("predictive", "predictive_floor"),
+               "correlational": ("correlational", "correlational_floor"),
                "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None),
                "memorized": ("memorized_fraction", "memorized_fraction_floor"),
                "NLL bits/dim": ("nll_bits_per_dim", None)}
@@ -478,6 +545,8 @@ def _print_eval(records: list[dict]) -> None:
         out.print(table)
     else:
         out.print(_eval_rows(records, shown, cell))
+    for r in records:
+        _print_tasks(r, cell)
     first = records[0]
     if first.get("extractor"):
         accuracy = first.get("extractor_test_accuracy")

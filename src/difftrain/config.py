@@ -68,15 +68,92 @@ class MLPConfig(Section):
         return value
 
 
-ARCHITECTURES = ("unet", "mlp")
+def _even_embedding(section: str, value: int) -> int:
+    if value % 2:
+        raise ValueError(f"model.{section}.embedding_dim={value} must be even (cosine and sine features in pairs)")
+    return value
+
+
+class UNet1DConfig(Section):
+    """model.arch=unet1d: a 1-D convolutional UNet over time, for multivariate series windows (C, L)."""
+
+    channels: list[int] = Field([64, 128, 256], description="Output channels of each resolution level (one level per entry; every level but the last halves the time axis).")
+    layers_per_block: int = Field(2, ge=1, description="Residual blocks per resolution level.")
+    attention: list[bool] = Field([False, False, True], description="Self-attention over time at each resolution level (the middle block always has it).")
+    attention_heads: int = Field(4, ge=1, description="Heads of the self-attention layers (must divide the channels of every level with attention and the last level's).")
+    embedding_dim: int = Field(128, ge=8, description="Size of the noise-level and label embeddings (even: cosine and sine pairs).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the residual blocks.")
+    norm_groups: int = Field(8, ge=1, description="Groups of the GroupNorm layers (must divide every channel count).")
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        return _even_embedding("unet1d", value)
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "UNet1DConfig":
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError(f"model.unet1d.channels={self.channels} must list at least one positive channel count")
+        if len(self.attention) != len(self.channels):
+            raise ValueError(f"model.unet1d.attention has {len(self.attention)} entries but model.unet1d.channels has {len(self.channels)}; give one per level")
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"model.unet1d.channels {bad} are not divisible by model.unet1d.norm_groups={self.norm_groups}")
+        attended = [c for c, a in zip(self.channels, self.attention) if a] + [self.channels[-1]]
+        bad = sorted({c for c in attended if c % self.attention_heads})
+        if bad:
+            raise ValueError(f"model.unet1d.channels {bad} (levels with attention, and the last) are not divisible by model.unet1d.attention_heads={self.attention_heads}")
+        return self
+
+
+class Transformer1DConfig(Section):
+    """model.arch=transformer1d: a DiT-style transformer (adaLN-Zero) over patches of time steps, for series windows (C, L)."""
+
+    width: int = Field(128, ge=8, description="Token width (even, divisible by model.transformer1d.heads).")
+    depth: int = Field(4, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    embedding_dim: int = Field(128, ge=8, description="Size of the sinusoidal noise-level features (even: cosine and sine pairs).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and the blocks' MLPs.")
+    patch: int = Field(1, ge=1, description="Time steps per token (windows are padded to a multiple).")
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        return _even_embedding("transformer1d", value)
+
+    @model_validator(mode="after")
+    def _check_width(self) -> "Transformer1DConfig":
+        if self.width % 2:
+            raise ValueError(f"model.transformer1d.width={self.width} must be even (sinusoidal position features in pairs)")
+        if self.width % self.heads:
+            raise ValueError(f"model.transformer1d.width={self.width} is not divisible by model.transformer1d.heads={self.heads}")
+        return self
+
+
+ARCHITECTURES = ("unet", "mlp", "unet1d", "transformer1d")
 
 
 class ModelConfig(Section):
-    arch: Literal["auto", "unet", "mlp"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors); 'auto': the data's default.")
+    arch: Literal["auto", "unet", "mlp", "unet1d", "transformer1d"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows); 'auto': the data's default.")
     unet: UNetConfig = Field(default_factory=UNetConfig, description="Settings of model.arch=unet.")
     mlp: MLPConfig = Field(default_factory=MLPConfig, description="Settings of model.arch=mlp.")
+    unet1d: UNet1DConfig = Field(default_factory=UNet1DConfig, description="Settings of model.arch=unet1d.")
+    transformer1d: Transformer1DConfig = Field(default_factory=Transformer1DConfig, description="Settings of model.arch=transformer1d.")
     conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
+    observe: dict[str, float] = Field({"none": 0.5, "random": 0.2, "block": 0.1, "history": 0.2}, description="Series: how often training observes each kind of part of a window (none: generation, random: scattered values, block: all but a stretch of time, history: the first steps, for forecasting); one model then generates, imputes and forecasts. {}: generation only.")
+
+    @field_validator("observe")
+    @classmethod
+    def _strategies(cls, value: dict[str, float]) -> dict[str, float]:
+        from difftrain.conditioning.observed import STRATEGIES
+
+        unknown = sorted(set(value) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"model.observe names {', '.join(unknown)}; the strategies are {', '.join(STRATEGIES)}")
+        if any(w < 0 for w in value.values()) or (value and not sum(value.values()) > 0):
+            raise ValueError(f"model.observe weights must be >= 0 with a positive sum, got {value}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -188,27 +265,33 @@ class SampleConfig(Section):
 
 
 # Sample metrics (fid, kid, pr, cas, mem) and the model metric nll; evaluation/suite.py describes them.
-MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll"]
+MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll", "forecast", "impute"]
 
 
 class EvalConfig(Section):
     n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
-    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space distances of vectors), cas, mem, nll.")
+    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space scores: vectors' distances; series' discriminative, predictive, correlational), cas, mem, nll; series models also forecast and impute.")
     extractor: str = Field("auto", description="Features: domain, inception, a TorchScript file, or auto (inception if its weights are set).")
     inception_weights: Optional[str] = Field(None, description="Local file of the FID Inception-v3 weights (never downloaded).")
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
     nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
+    horizon: int = Field(0, ge=0, description="forecast: steps hidden at the end of each held-out window (0: a quarter of the window).")
+    season: int = Field(0, ge=0, description="forecast: the seasonal-naive baseline's season in steps (0: the horizon).")
+    impute_fraction: float = Field(0.5, gt=0, lt=1, description="impute: share of each held-out window's values hidden at random.")
+    task_windows: int = Field(100, ge=1, description="forecast, impute: held-out windows scored (evenly spread over the tail).")
+    task_paths: int = Field(50, ge=1, description="forecast, impute: sample paths per window (CRPS, median, mean).")
     every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never).")
     during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
-    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
+    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "discriminative", "predictive", "correlational", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
         family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
-                  "sliced_wasserstein": "dist", "energy_distance": "dist"}.get(self.best_metric, self.best_metric)
+                  "sliced_wasserstein": "dist", "energy_distance": "dist", "discriminative": "dist", "predictive": "dist",
+                  "correlational": "dist"}.get(self.best_metric, self.best_metric)
         if self.every_images and family not in self.during_metrics:
             raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
         return self
@@ -259,6 +342,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample": {"batch_size": 5000},
         "eval": {"n_samples": 2000, "metrics": ["dist", "fid", "pr", "cas", "mem"], "every_images": 250_000,
                  "during_n": 1000, "during_metrics": ["dist"], "best_metric": "sliced_wasserstein"},
+    },
+    # Time series (TimeGAN's sines by default; any `data prepare --kind timeseries` folder with --data): a 1-D network
+    # conditioned on observed values, so one model generates, forecasts and imputes.
+    "timeseries": {
+        "data": {"path": "sines"},
+        "model": {"arch": "unet1d", "unet1d": {"channels": [64, 128], "attention": [False, True], "layers_per_block": 2}},
+        "optim": {"lr": 1e-3, "warmup_images": 20_000},
+        "train": {"batch_size": 128, "duration_images": 300_000, "ema_halflife_images": 20_000,
+                  "log_every_images": 12_800, "grid_every_images": 100_000, "checkpoint_every_images": 100_000},
+        "sample": {"batch_size": 1000},
+        "eval": {"n_samples": 1000, "metrics": ["fid", "dist", "mem", "forecast", "impute"], "best_metric": "fid",
+                 "every_images": 0},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

@@ -16,7 +16,7 @@ from difftrain import atomic
 from difftrain.diffusion import SAMPLERS, Denoiser, guided_denoiser, network_evaluations, sampling_sigmas
 from difftrain.distributed import map_batches
 from difftrain.errors import UserError
-from difftrain.conditioning import ClassLabels
+from difftrain.conditioning import Conditions
 
 @dataclass
 class SamplingSpec:
@@ -61,7 +61,8 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray | None:
 
 @torch.no_grad()
 def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *, batch_size: int = 500,
-             device: torch.device | str = "cpu", progress=None, across_processes: bool = False, first_batch: int = 0) -> np.ndarray:
+             device: torch.device | str = "cpu", progress=None, across_processes: bool = False, first_batch: int = 0,
+             known: np.ndarray | None = None) -> np.ndarray:
     """n samples of the modality's data; the same spec, seed and batch_size give the same samples.
 
     Each batch draws from its own generator (`batch_generator`), so no batch depends on who drew the others.
@@ -70,9 +71,11 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     batches and every process gets all n samples, the ones a single process would draw; every process must then
     call it. `progress(count)` counts the samples this process draws. `first_batch`: the index of the first batch,
     so that a caller drawing a long sequence of batches in several calls gets the random numbers of one call.
+    `known`: data (N, *modality.shape) with NaN where to generate, for a network conditioned on observed values
+    (forecasting, imputation): the known values are its condition and are kept as they are in the samples.
     """
     spec.check()
-    if labels is None and spec.guidance != 1:
+    if labels is None and known is None and spec.guidance != 1:
         raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)
     try:
@@ -80,17 +83,19 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     except ValueError as e:
         raise UserError(f"sampling: {e}") from None
     sample = SAMPLERS[spec.sampler]
-    conditioner = ClassLabels(denoiser.net.null_label)
+    conditioner = Conditions(denoiser.net.null_label)
     start_std = denoiser.formulation.prior_std(float(sigmas[0]))
 
     def draw(index: int) -> np.ndarray:
         start = index * batch_size
         count = min(batch_size, n - start)
         generator = batch_generator(spec.seed, first_batch + index, device)
-        cond = conditioner.encode(None if labels is None else torch.as_tensor(labels[start:start + count], device=device))
+        given = None if known is None else modality.to_model(torch.from_numpy(known[start:start + count]).to(device))
+        cond = conditioner.sampling(None if labels is None else torch.as_tensor(labels[start:start + count], device=device), given)
         noise = torch.randn(count, *modality.model_shape, generator=generator, device=device)
         denoise = guided_denoiser(denoiser, cond, spec.guidance, conditioner.null_like)
-        x = modality.from_model(sample(denoise, noise * start_std, sigmas, generator=generator))
+        x = sample(denoise, noise * start_std, sigmas, generator=generator)
+        x = modality.from_model(x if given is None else torch.where(torch.isfinite(given), given, x))
         if progress is not None:
             progress(count)
         return x

@@ -1,7 +1,9 @@
-"""Conditioners: a condition is a small mapping of tensors ({"label": (B,) class indices} today; text, observed
-values and masks later). A conditioner builds it from a batch, knows its "null" value, drops it for
-classifier-free guidance training, and pairs each condition with its null for guided sampling."""
+"""Conditioners: a condition is a small mapping of tensors ({"label": (B,) class indices}, {"observed", "mask"} of
+series). A conditioner builds it from a batch, knows its "null" value, drops it for classifier-free guidance
+training, and pairs each condition with its null for guided sampling; `Conditions` holds a run's together."""
 
+from difftrain.conditioning.conditions import Conditions
 from difftrain.conditioning.labels import ClassLabels, Condition
+from difftrain.conditioning.observed import STRATEGIES, ObservedValues
 
-__all__ = ["ClassLabels", "Condition"]
+__all__ = ["ClassLabels", "Condition", "Conditions", "ObservedValues", "STRATEGIES"]

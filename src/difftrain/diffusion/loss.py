@@ -41,11 +41,13 @@ def denoising_loss(
     generator: torch.Generator | None = None,
     sigma: Tensor | None = None,
     noise: Tensor | None = None,
+    where: Tensor | None = None,
 ) -> Tensor:
     """Per-sample loss (B,): lambda(sigma) * mean ||D(x0 + sigma*n, sigma) - x0||^2 (Karras 2022 eq. 2, 8).
 
     `sigma` (B,) and `noise` default to fresh draws from `generator`; the trainer passes them in
-    so that a sample's noise does not depend on how the batch is split.
+    so that a sample's noise does not depend on how the batch is split. `where` (bool, shaped like x0): average the
+    error over these elements only (data with gaps: a missing value has no target).
     """
     formulation = denoiser.formulation
     x0 = x0.float()
@@ -54,4 +56,10 @@ def denoising_loss(
     n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32) if noise is None else noise.float()
     x = x0 + sigma.view((-1,) + (1,) * (x0.ndim - 1)) * n
     err = (denoiser(x, sigma, cond) - x0) ** 2
-    return loss_weight(sigma, formulation, weighting, min_snr_gamma) * err.mean(dim=tuple(range(1, x0.ndim)))
+    dims = tuple(range(1, x0.ndim))
+    if where is None:
+        per_item = err.mean(dim=dims)
+    else:
+        where = where.to(err.dtype)
+        per_item = (err * where).sum(dim=dims) / where.sum(dim=dims).clamp(min=1)
+    return loss_weight(sigma, formulation, weighting, min_snr_gamma) * per_item

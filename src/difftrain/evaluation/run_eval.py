@@ -20,7 +20,7 @@ from difftrain.data import PreparedDataset, load_dataset
 from difftrain.diffusion import Denoiser
 from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.errors import UserError
-from difftrain.evaluation.suite import check_samples, evaluate_samples, parse_metrics
+from difftrain.evaluation.suite import MODEL_METRICS, check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import FeatureExtractor
 from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
@@ -96,10 +96,35 @@ def likelihood(denoiser: Denoiser, ds: PreparedDataset, to_model: list[int] | No
                         across_processes=across_processes)
 
 
+def observed_tasks(denoiser: Denoiser, ds: PreparedDataset, config, metrics: list[str], spec: SamplingSpec, device,
+                   seed: int = 0, warn=print) -> dict[str, Any]:
+    """forecast and impute scores (evaluation/series_tasks.py) of a model conditioned on observed values."""
+    wanted = [m for m in ("forecast", "impute") if m in metrics]
+    if not wanted:
+        return {}
+    if not ds.modality.observable or not config.model.observe:
+        warn(f"{', '.join(wanted)} skipped: " + (f"{ds.modality.kind} data has no partly known items" if not ds.modality.observable
+                                                else "the model was trained without observed values (model.observe={})"))
+        return {}
+    from difftrain.evaluation.series_tasks import forecast_scores, impute_scores
+
+    ec = config.eval
+    common = dict(windows=ec.task_windows, paths=ec.task_paths, spec=spec, batch_size=config.sample.batch_size, device=device,
+                  seed=seed)
+    record: dict[str, Any] = {}
+    with torch.inference_mode():
+        if "forecast" in wanted:
+            record |= forecast_scores(denoiser, ds.modality, ds.train_data, ds.test_data, horizon=ec.horizon, season=ec.season,
+                                      **common)
+        if "impute" in wanted:
+            record |= impute_scores(denoiser, ds.modality, ds.test_data, fraction=ec.impute_fraction, **common)
+    return record
+
+
 def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None,
           metrics: list[str], ec: EvalConfig, seed: int = 0, memorization_png: Path | None = None) -> dict[str, Any]:
     """`evaluate_samples` with the run's eval settings; nothing to do when only nll is asked."""
-    sample_metrics = [m for m in metrics if m != "nll"]
+    sample_metrics = [m for m in metrics if m not in MODEL_METRICS]
     if not sample_metrics:
         return {}
     return evaluate_samples(images, labels, ds, extractor, metrics=sample_metrics, seed=seed, k=ec.k,
@@ -154,8 +179,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
             base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed}
             nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
                              across_processes=True) if "nll" in metrics else {}
-            if metrics == ["nll"]:
-                records.append({**base, **nll})
+            tasks = on_main_process(lambda: observed_tasks(run.denoiser(ckpt, device=device), ds, run.config, metrics,
+                                                           specs[0], device, seed, warn))
+            nll = {**nll, **(tasks or {})}
+            if set(metrics) <= set(MODEL_METRICS):
+                records.append({**base, **(spec_meta(specs[0]) if tasks else {}), **nll})
                 log.write(records[-1])
                 continue
             for spec in specs:
@@ -183,8 +211,9 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
     """Score any samples file (ours, another tool's, real images packed so) against a prepared dataset."""
     ec = eval_config or EvalConfig()
     metrics = parse_metrics(metrics or ec.metrics)
-    if "nll" in metrics:
-        raise UserError("nll is a property of a model, not of samples: evaluate a run directory for it, or drop nll from --metrics")
+    asked = [m for m in metrics if m in MODEL_METRICS]
+    if asked:
+        raise UserError(f"{', '.join(asked)} score a model, not samples: evaluate a run directory for them, or drop them from --metrics")
     ds = load_dataset(data)
     images, labels, meta = read_samples(samples, ds.modality)
     if labels is not None and meta.get("class_names"):

@@ -23,12 +23,18 @@ from difftrain.evaluation.reference import floor_pool, reference_features
 # Sample metrics; "nll" is a model metric (run_eval computes it from the denoiser, not from samples).
 METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (polynomial-kernel MMD^2)",
            "pr": "precision, recall, density, coverage (k-NN in feature space)",
-           "dist": "distances between sample and held-out sets in data space (vectors: sliced Wasserstein, energy distance)",
+           "dist": "data-space scores of the samples against held-out data (vectors: sliced Wasserstein, energy distance; "
+                   "series: discriminative, predictive and correlational scores of TimeGAN / Diffusion-TS)",
            "cas": "classification accuracy score (classifier trained on samples, tested on real)",
            "mem": "memorization: samples much closer to one training image than to any other",
-           "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)"}
+           "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)",
+           "forecast": "series: CRPS, MAE, MSE of forecasts of held-out windows' ends, beside seasonal-naive and VAR baselines",
+           "impute": "series: CRPS, MAE, MSE of values hidden at random in held-out windows, beside linear interpolation"}
+# Metrics of the model itself (run_eval computes them from the denoiser), not of a set of samples.
+MODEL_METRICS = ("nll", "forecast", "impute")
 FLOOR_REPEATS = 5
-LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance"}
+LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance",
+                   "discriminative", "predictive", "correlational"}
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:

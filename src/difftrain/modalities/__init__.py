@@ -11,8 +11,9 @@ from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor,
 from difftrain.modalities.image import ImageModality
 from difftrain.modalities.points import PointsModality
 from difftrain.modalities.segmentation import SegmentationModality
+from difftrain.modalities.series import SeriesModality
 
-MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality)}
+MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality, SeriesModality)}
 KINDS = tuple(MODALITIES)
 
 
@@ -22,13 +23,19 @@ def modality_for(spec: dict[str, Any]) -> Modality:
     return cls({key: spec[key] for key in cls.spec_keys if key in spec})
 
 
-# The first kind that claims a source prepares it; images come last, as they take any folder or IDX file.
-_PREPARE_ORDER = (PointsModality, ImageModality)
+# The first kind that claims a source prepares it; images come last, as they take any folder or IDX file. Series claim
+# only their built-in names: a CSV is a table of points unless --kind timeseries says otherwise.
+_PREPARE_ORDER = (SeriesModality, PointsModality, ImageModality)
 
 
 def builtin_datasets() -> dict[str, str]:
     """Every built-in dataset name (a run prepares it into RUN/data) -> its description."""
     return {name: text for m in _PREPARE_ORDER for name, text in m.builtins().items()}
+
+
+def builtin_test_fraction(name: str) -> float:
+    """The held-out share when a run prepares the built-in dataset `name`."""
+    return next(m.builtin_test_fraction for m in _PREPARE_ORDER if name in m.builtins())
 
 
 def stand_in(name: str) -> tuple[Modality, int] | None:
@@ -61,4 +68,4 @@ def run_modality(summary: dict[str, Any]) -> Modality:
     return modality_for({"kind": "image", "shape": [h, w, c]})
 
 
-__all__ = ["KINDS", "MODALITIES", "builtin_datasets", "prepare", "stand_in", "Classifier", "Dequantized", "FeatureExtractor", "Modality", "modality_for", "run_modality"]
+__all__ = ["KINDS", "MODALITIES", "builtin_datasets", "builtin_test_fraction", "prepare", "stand_in", "Classifier", "Dequantized", "FeatureExtractor", "Modality", "modality_for", "run_modality"]

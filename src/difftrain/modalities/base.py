@@ -73,6 +73,13 @@ class Modality(ABC):
     item: ClassVar[str] = "item"  # what one sample is called in messages ("image", "point")
     spec_keys: ClassVar[tuple[str, ...]] = ("kind", "shape")  # what the spec keeps of a manifest
     distance_unit: ClassVar[float] = 1.0  # neighbour distances are divided by it (pixels: 255, so values in [0, 1])
+    builtin_test_fraction: ClassVar[float] = 0.2  # held out when a run prepares a built-in dataset of this kind
+    observable: ClassVar[bool] = False  # items can be partly known (series): one model also imputes and forecasts
+
+    @property
+    def has_gaps(self) -> bool:
+        """Whether the prepared items hold missing values (NaN), which training neither observes nor scores."""
+        return False
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = dict(spec)

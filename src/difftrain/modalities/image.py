@@ -121,10 +121,11 @@ class ImageModality(Modality):
     def prepare(cls, source: str | Path, out: str | Path, **options: Any):
         from difftrain.modalities.image_prepare import prepare_dataset
 
-        given = [k for k in ("label_column", "columns", "n") if options.pop(k, None) is not None]
+        given = [k for k in ("label_column", "columns", "n", "window", "stride", "time_column", "id_column", "scaling",
+                             "allow_missing") if options.pop(k, None) not in (None, False)]
         if given:
-            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to tables of points, not to images "
-                            f"({source}): leave them out, or pass --kind points")
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to tables of points or to series, not "
+                            f"to images ({source}): leave them out, or pass --kind points or --kind timeseries")
         return prepare_dataset(source, out, **options)
 
     @property

@@ -24,10 +24,25 @@ def _build_mlp(cfg, shape, num_classes):
     return build_mlp(cfg, shape, num_classes)
 
 
-NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp}
+def _build_unet1d(cfg, shape, num_classes):
+    from difftrain.models.unet1d import build_unet1d
+
+    return build_unet1d(cfg, shape, num_classes)
+
+
+def _build_transformer1d(cfg, shape, num_classes):
+    from difftrain.models.transformer1d import build_transformer1d
+
+    return build_transformer1d(cfg, shape, num_classes)
+
+
+NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp,
+                                                       "unet1d": _build_unet1d, "transformer1d": _build_transformer1d}
 # How to make each network smaller, for the doctor's advice when nothing fits.
 SMALLER = {"unet": "fewer or narrower model.unet.channels, model.unet.layers_per_block=1",
-           "mlp": "a smaller model.mlp.width or model.mlp.depth"}
+           "mlp": "a smaller model.mlp.width or model.mlp.depth",
+           "unet1d": "fewer or narrower model.unet1d.channels, model.unet1d.layers_per_block=1",
+           "transformer1d": "a smaller model.transformer1d.width or model.transformer1d.depth, or a larger model.transformer1d.patch"}
 
 
 def architecture(cfg: ModelConfig, modality) -> str:

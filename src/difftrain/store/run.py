@@ -25,7 +25,7 @@ from difftrain.config import Config, FinetuneConfig, read_config, save_config
 from difftrain.data import PreparedDataset
 from difftrain.diffusion import Denoiser, build_formulation
 from difftrain.errors import UserError
-from difftrain.modalities import Modality, builtin_datasets, prepare, run_modality
+from difftrain.modalities import Modality, builtin_datasets, builtin_test_fraction, prepare, run_modality
 from difftrain.models import build_network
 from difftrain.store.checkpoint import Checkpoint, resolve_checkpoint
 
@@ -43,7 +43,7 @@ def resolve_dataset(config: Config, run_dir: Path, progress: bool = True, prepar
     if str(path) in builtin_datasets():
         target = Path(run_dir) / "data"
         if prepare_here and not (target / "manifest.json").is_file():
-            prepare(path, target, test_fraction=0.2, overwrite=target.exists(), progress=progress)
+            prepare(path, target, test_fraction=builtin_test_fraction(path), overwrite=target.exists(), progress=progress)
         return target
     return Path(path)
 

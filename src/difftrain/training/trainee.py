@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from torch.distributed.tensor import DTensor
 
-from difftrain.conditioning import ClassLabels
+from difftrain.conditioning import Conditions
 from difftrain.config import Config, TrainConfig
 from difftrain.data.loader import ArrayBatches, ReplayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
@@ -69,7 +69,7 @@ class Trainee:
     ema_full: MainProcessCopy  # the EMA's full weights on the main process, for grids and evaluation
     optimizer: torch.optim.Optimizer
     denoiser: Denoiser
-    conditioner: ClassLabels
+    conditioner: Conditions
     noise_gen: torch.Generator
     batches: ArrayBatches | ReplayBatches
     trainable: int
@@ -137,13 +137,13 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
     if accelerator.scaler is not None and "grad_scaler" in state:  # fp16: the loss scale it had reached
         accelerator.scaler.load_state_dict(state["grad_scaler"])
     trainee = Trainee(config, accelerator, net, raw_net, ema, ema_full, optimizer, Denoiser(net, formulation_of(config)),
-                      ClassLabels(raw_net.null_label), noise_gen, batches_of(device), trainable, total, sharded, init_report)
+                      conditions_of(config, modality, raw_net), noise_gen, batches_of(device), trainable, total, sharded, init_report)
     return trainee, state
 
 
 def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, denoiser: Denoiser,
                optimizer: torch.optim.Optimizer, batches: ArrayBatches, images: int, noise_gen: torch.Generator,
-               conditioner: ClassLabels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               conditioner: Conditions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on the global batch at stream position `images`: (this process's summed
     loss, grad norm, applied), all tensors on the device, so that no step waits for the device.
 
@@ -158,12 +158,19 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
     noise = torch.randn((tc.batch_size, *batches.modality.model_shape), generator=noise_gen, device=device)
     keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
+    observed = conditioner.draw_mask((tc.batch_size, *batches.modality.model_shape), noise_gen)
+    gaps = batches.modality.has_gaps
     for micro in range(tc.accumulation):
         # This process's share of micro-batch `micro` of the global batch.
         start = micro * tc.micro_batch + accelerator.process_index * per_process
         part = slice(start, start + per_process)
         x0, labels = batches.batch(images + start, per_process)
-        cond = conditioner.drop(conditioner.encode(labels), keep_label[part])
+        # Data with gaps (NaN): only what is there is observed and scored.
+        present = torch.isfinite(x0) if gaps else None
+        if gaps:
+            x0 = torch.nan_to_num(x0)
+        mask = None if observed is None else observed[part] * present if gaps else observed[part]
+        cond = conditioner.training(x0, labels, keep_label[part], mask)
         # Under FSDP every micro-batch's gradients are reduced to shards at once: skipping that would keep
         # whole, unsharded gradients on every process between micro-batches.
         last = micro == tc.accumulation - 1 or accelerator.is_fsdp2
@@ -171,7 +178,8 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         begin_graph_step(tc, device.type, world)
         with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, cond, weighting=config.diffusion.weighting,
-                                  min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part])
+                                  min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part],
+                                  where=present)
             # Sum over the whole global batch; DDP averages over processes.
             accelerator.backward(loss.sum() / (tc.batch_size // world))
         step_loss += loss.detach().sum()
@@ -188,6 +196,11 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     elif applied:  # an optimizer that cannot: ask the device (a sync, once per step)
         optimizer.step()
     return step_loss, grad_norm, applied
+
+
+def conditions_of(config: Config, modality, net: torch.nn.Module) -> Conditions:
+    """The run's conditioners: the network's class labels, and observed values for data whose items can be partly known."""
+    return Conditions(net.null_label, config.model.observe if modality.observable else None)
 
 
 def random_stand_in(modality, count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
