@@ -135,7 +135,7 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[Any]], np.ndarray, 
             if header is None:
                 raise UserError(f"{path} is empty: a points CSV needs a header row of column names and one row per point")
             names = [c.strip() for c in header]
-            _check_header(path, names)
+            check_header(path, names)
             values: list[list[str]] = []
             lines: list[int] = []
             rejected: list[dict[str, Any]] = []
@@ -159,8 +159,9 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[Any]], np.ndarray, 
     return names, cells, np.asarray(lines, np.int64), rejected
 
 
-def _check_header(path: Path, names: list[str]) -> None:
-    if all(_is_number(n) for n in names):
+def check_header(path: Path, names: list[str]) -> None:
+    """Refuse a header row that is data, or that leaves a column unnamed or names one twice (tables of points and series)."""
+    if names and all(is_number(n) for n in names):
         raise UserError(f"{path}: the first row ({', '.join(names[:5])}) looks like data, not column names; "
                         "add a header row naming the columns")
     seen: set[str] = set()
@@ -184,7 +185,7 @@ def _read_parquet(path: Path) -> tuple[list[str], dict[str, Any], np.ndarray, li
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"{path} is not a readable Parquet file ({e})") from None
     names = [str(n) for n in table.column_names]
-    _check_header(path, names)
+    check_header(path, names)
     cells: dict[str, Any] = {}
     for name, column in zip(names, table.columns):
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
@@ -196,7 +197,7 @@ def _read_parquet(path: Path) -> tuple[list[str], dict[str, Any], np.ndarray, li
     return names, cells, np.arange(1, table.num_rows + 1, dtype=np.int64), []
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -326,6 +327,6 @@ def _label_text(value: Any) -> str:
 
 def _label_order(labels: list[str]):
     """Sort key: numerically when every label is a number (so '10' follows '9'), else as text."""
-    if all(_is_number(t) for t in set(labels)):
+    if all(is_number(t) for t in set(labels)):
         return lambda t: (float(t), t)
     return lambda t: t

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from difftrain.data.point_sources import check_header as _check_header, is_number as _is_number
 from difftrain.errors import UserError
 
 
@@ -209,27 +210,6 @@ def _cell_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # a numeric id 3.0 is series "3", as in a CSV
     return str(value).strip()
-
-
-def _check_header(path: Path, names: list[str]) -> None:
-    if names and all(_is_number(n) for n in names):
-        raise UserError(f"{path}: the first row ({', '.join(names[:5])}) looks like data, not column names; "
-                        "add a header row naming the columns")
-    seen: set[str] = set()
-    for i, name in enumerate(names, 1):
-        if not name:
-            raise UserError(f"{path}: column {i} has no name in the header (a saved index?); name it or remove it")
-        if name in seen:
-            raise UserError(f"{path}: the header names column {name!r} twice; give every column its own name")
-        seen.add(name)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _show(value: Any, limit: int = 40) -> str:
