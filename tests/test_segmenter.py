@@ -97,7 +97,7 @@ def test_segmentation_utility_scores_every_arm_with_the_same_steps(digit_pairs):
                                   class_names=["background", *map(str, range(10))], progress=lambda a, s: calls.append((a, s)))
     assert calls == [(arm, s) for arm in ("real", "synthetic", "real+synthetic") for s in (0, 1)]
     assert result["steps"] == 80 and "80 optimizer steps" in result["fairness"]
-    assert result["pairs"] == {"real_train": 600, "synthetic": 300, "real_test": len(real_test[0])}
+    assert result["counts"] == {"real_train": 600, "synthetic": 300, "real_test": len(real_test[0])}
     for arm in result["arms"].values():
         assert len(arm["miou_per_seed"]) == 2 and arm["miou_std"] >= 0
         assert list(arm["per_class_iou"]) == result["class_names"]

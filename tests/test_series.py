@@ -112,3 +112,22 @@ def test_point_options_are_refused_for_series_and_series_options_for_images(seri
     assert bad.returncode != 0 and "--label-column" in bad.stderr + bad.stdout and not (tmp_path / "x").exists()
     bad = difftrain("data", "prepare", "digits", "--window", 8, "--out", tmp_path / "y")
     assert bad.returncode != 0 and "--window" in bad.stderr + bad.stdout
+
+
+def test_synth_writes_tables_and_a_forecasting_utility_report(series_run, tmp_path):
+    from difftrain.synth.generate import synthesize
+
+    out = tmp_path / "synth"
+    manifest = synthesize(series_run / "run", out, n=12, report_options={"steps": 4, "repeats": 2}, warn=lambda *_: None)
+    import pandas as pd
+
+    table = pd.read_csv(out / "series.csv")
+    assert list(table.columns) == ["window", "step", "a", "b"] and len(table) == 12 * 16
+    assert pd.read_parquet(out / "series.parquet")[["a", "b"]].to_numpy() == pytest.approx(table[["a", "b"]].to_numpy(), abs=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    utility = report["utility"]
+    assert utility["task"] == "forecasting" and utility["counts"] == {"real_train": 255, "synthetic": 12, "real_test": 15}
+    assert utility["steps"] == 4 and utility["seeds"] == [0, 1] and utility["synthetic_helps"] in (True, False)
+    card = (out / "README.md").read_text()
+    assert "next-step MAE" in card and "| real + synthetic | 267 |" in card
+    assert manifest["report"] == report["files"]

@@ -235,3 +235,24 @@ def test_encoder_takes_missing_values_the_scores_refuse_them(real):
     assert np.isfinite(encoder.embed(holed[:6])).all()
     with pytest.raises(ValueError):
         discriminative_score(real, holed, steps=1)
+
+
+# ------------------------------------------------------------------------------------------ utility (synth report)
+
+
+def test_forecasting_utility_prefers_real_over_noise_and_checks_shapes():
+    from difftrain.errors import UserError
+    from difftrain.evaluation.series_utility import forecasting_utility
+
+    x = sines(300, channels=3)
+    x[:, 1:, 2] = x[:, :-1, 0]  # a predictable channel, as test_predictive_learns_a_predictable_channel
+    noise = np.random.default_rng(1).uniform(0, 1, x.shape).astype(np.float32)
+    u = forecasting_utility(x[:200], x[200:], noise, seeds=(0, 1), steps=300, batch=128, hidden=8)
+    arms = u["arms"]
+    # A forecaster trained on white noise cannot predict sines; adding noise to real windows does not help.
+    assert arms["synthetic"]["mae_mean"] > arms["real"]["mae_mean"] + 0.05
+    assert u["counts"] == {"real_train": 200, "synthetic": 300, "real_test": 100} and u["steps"] == 300
+    assert u["real_plus_synthetic_gain"] == pytest.approx(arms["real"]["mae_mean"] - arms["real+synthetic"]["mae_mean"])
+    assert u["synthetic_helps"] in (True, False) and len(arms["real"]["mae_per_seed"]) == 2
+    with pytest.raises(UserError, match="synthesize from a model trained on this dataset"):
+        forecasting_utility(x[:200], x[200:], noise[:, :12], seeds=(0,), steps=5)

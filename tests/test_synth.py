@@ -244,7 +244,7 @@ def test_the_report_scores_the_kept_samples_under_the_real_labels(run_dir, tmp_p
     m = synthesize(run_dir, out, per_class=4, classes=["7", "1"], spec=FAST, report_options={"steps": 5, "repeats": 1})
     report = json.loads((out / "report.json").read_text())
     assert m["report"] == report["files"] and (out / "dcr.png").is_file() and (out / "closest-pairs.png").is_file()
-    assert report["utility"]["images"]["synthetic"] == 8 == report["privacy"]["synthetic_images"]
+    assert report["utility"]["counts"]["synthetic"] == 8 == report["privacy"]["synthetic_images"]
     assert report["utility"]["steps"] == 5 and report["utility"]["synthetic_helps"] is None  # one seed: no verdict
     card = (out / "README.md").read_text()
     assert "## Utility and privacy" in card and "has no verdict" in card

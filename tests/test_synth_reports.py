@@ -56,7 +56,7 @@ def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
                                progress=stages.append, modality=digits.modality)
     assert set(u["arms"]) == {"real", "synthetic", "real+synthetic"}
     assert u["steps"] == 80
-    assert u["images"] == {"real_train": len(real_train[0]), "synthetic": 400, "real_test": len(real_test[0])}
+    assert u["counts"] == {"real_train": len(real_train[0]), "synthetic": 400, "real_test": len(real_test[0])}
     for arm in u["arms"].values():
         assert len(arm["accuracy_per_seed"]) == 2 and all(0.25 < a <= 1 for a in arm["accuracy_per_seed"])  # chance is 0.1
         assert arm["accuracy_mean"] == pytest.approx(np.mean(arm["accuracy_per_seed"]))
@@ -129,7 +129,7 @@ def test_write_report_on_digits(digits, tmp_path):
     summary = write_report(tmp_path, digits, images, labels, seed=4, steps=30, repeats=2)
     assert json.loads((tmp_path / "report.json").read_text()) == summary
     assert summary["task"] == "classification" and summary["utility_skipped"] is None
-    assert summary["utility"]["seeds"] == [4, 5] and summary["utility"]["images"]["synthetic"] == 205
+    assert summary["utility"]["seeds"] == [4, 5] and summary["utility"]["counts"]["synthetic"] == 205
     p = summary["privacy"]
     assert p["exact_copies"] == 5 and p["memorized"] >= 5 and p["synthetic_images"] == 205
     assert p["held_out_images"] == len(digits.test_data)

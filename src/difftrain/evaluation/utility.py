@@ -93,8 +93,9 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
     real, both = results["real"], results["real+synthetic"]
     gain = both["accuracy_mean"] - real["accuracy_mean"]
     return {
-        "task": "classification", "classifier": modality.classifier_name, "items": f"{modality.item}s", "num_classes": num_classes, "seeds": list(seeds), "steps": steps, "batch": batch,
-        "images": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
+        "task": "classification", "model": modality.classifier_name, "items": f"{modality.item}s",
+        "metric": "accuracy", "metric_name": "accuracy", "num_classes": num_classes, "seeds": list(seeds), "steps": steps,
+        "batch": batch, "counts": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
         "fairness": (f"every arm trains the same classifier recipe for the same {steps} optimizer steps of batch {batch} "
                      "with the same seeds; only the training images differ; all are tested on the same real held-out images"),
         "arms": results,

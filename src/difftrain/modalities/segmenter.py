@@ -201,8 +201,10 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
     real, both = results["real"], results["real+synthetic"]
     gain = both["miou_mean"] - real["miou_mean"]
     return {
-        "num_mask_classes": num_mask_classes, "class_names": class_names, "seeds": list(seeds), "steps": steps, "batch": batch,
-        "pairs": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
+        "task": "segmentation", "model": "segmenter (modalities/segmenter.py)", "items": "pairs", "metric": "miou",
+        "metric_name": "mIoU", "num_mask_classes": num_mask_classes, "class_names": class_names, "seeds": list(seeds),
+        "steps": steps, "batch": batch,
+        "counts": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
         "fairness": (f"every arm trains the same segmenter recipe for the same {steps} optimizer steps of batch {batch} with the "
                      "same seeds; only the training pairs differ; all are tested on the same real test pairs"),
         "arms": results,

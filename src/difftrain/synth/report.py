@@ -87,12 +87,8 @@ def _mean_std(arm: dict, metric: str) -> str:
 
 
 def _utility_markdown(u: dict) -> list[str]:
-    seg = u.get("task") != "classification"
-    metric, name = ("miou", "mIoU") if seg else ("accuracy", "accuracy")
-    counts = u["pairs"] if seg else u["images"]
-    model = "segmenter (modalities/segmenter.py)" if seg else u.get("classifier", "classifier")
-    items = "pairs" if seg else u.get("items", "images")
-    lines = [f"The same small {model} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
+    metric, name, counts, items = u["metric"], u["metric_name"], u["counts"], u["items"]
+    lines = [f"The same small {u['model']} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
              f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
              f"{items} (mean ± std over seeds).", "",
              f"| trained on | {items} | {name} |", "|---|---:|---:|"]
@@ -103,11 +99,11 @@ def _utility_markdown(u: dict) -> list[str]:
     real, both = u["arms"]["real"], u["arms"]["real+synthetic"]
     std = max(real[f"{metric}_std"], both[f"{metric}_std"])
     verdict = {True: "helps", False: "does not help", None: "has no verdict (one seed shows no spread)"}[u["synthetic_helps"]]
-    lines += ["", f"**Adding the synthetic data {verdict}**: real + synthetic minus real = {u['real_plus_synthetic_gain']:+.4f} "
-                  f"{name}, against a seed std of {std:.4f} ({u['synthetic_helps_rule']})."]
+    lines += ["", f"**Adding the synthetic data {verdict}**: its gain over real alone is {u['real_plus_synthetic_gain']:+.4f} "
+                  f"({name}), against a seed std of {std:.4f} ({u['synthetic_helps_rule']})."]
     if u.get("size_curve"):
         lines += ["", f"{name.capitalize()} against the synthetic set's size:", "",
-                  "| synthetic images | fraction | synthetic only | real + synthetic |", "|---:|---:|---:|---:|"]
+                  f"| synthetic {items} | fraction | synthetic only | real + synthetic |", "|---:|---:|---:|---:|"]
         for point in u["size_curve"]:
             lines.append(f"| {point['synthetic_images']} | {point['fraction']:g} | {_mean_std(point['synthetic'], metric)} | "
                          f"{_mean_std(point['real+synthetic'], metric)} |")
