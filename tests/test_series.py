@@ -131,3 +131,16 @@ def test_synth_writes_tables_and_a_forecasting_utility_report(series_run, tmp_pa
     card = (out / "README.md").read_text()
     assert "next-step MAE" in card and "| real + synthetic | 267 |" in card
     assert manifest["report"] == report["files"]
+
+
+def test_series_scores_take_real_data_with_gaps(tmp_path):
+    source = tmp_path / "gappy.csv"
+    write_series(source, rows=120, gaps=True)
+    cli("data", "prepare", source, "--kind", "timeseries", "--window", 8, "--time-column", "time", "--allow-missing", "--out", tmp_path / "data")
+    ds = load_dataset(tmp_path / "data")
+    assert np.isnan(ds.train_data).any()
+    scores = ds.modality.extra_metrics(ds.train_data[40:60], ds.test_data, 0)
+    correlational = scores["correlational"]
+    # Gaps are interpolated in time before scoring: finite, and zero for the same windows.
+    assert correlational(ds.test_data) == pytest.approx(0.0, abs=1e-9)
+    assert np.isfinite(correlational(ds.train_data[:20])) and correlational(ds.train_data[:20]) > 0

@@ -119,18 +119,25 @@ def test_every_parameter_gets_a_gradient(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_lora_targets_are_linear_layers_lora_can_adapt(arch):
-    from difftrain.models.lora import adapt
+def test_lora_adapts_the_default_targets_and_merges_back(arch):
+    from difftrain.models.lora import LORA_LAYERS, adapt, merge
 
     net = tiny(arch, 2)
     for target in net.lora_targets():
         found = [m for name, m in net.named_modules() if name.endswith("." + target)]
-        assert found and all(isinstance(m, torch.nn.Linear) for m in found), target
+        assert found and all(isinstance(m, LORA_LAYERS) for m in found), target
     train_steps(net, 3, 2, 24)
     x, c_noise, cond = batch(2, 2, 24)
     before = net(x, c_noise, cond)
     adapt(net, rank=2, alpha=None, targets=[], train_only=[])
     torch.testing.assert_close(net(x, c_noise, cond), before)  # LoRA's B starts at zero
+    for name, p in net.named_parameters():
+        if "lora_B" in name:  # move every adapter, Conv1d ones included, so merging has something to fold in
+            with torch.no_grad():
+                p.normal_(0, 0.05)
+    adapted = net(x, c_noise, cond)
+    assert not torch.allclose(adapted, before)
+    torch.testing.assert_close(merge(net)(x, c_noise, cond), adapted, atol=1e-5, rtol=1e-4)
 
 
 def test_transformer_patches_pad_and_crop():

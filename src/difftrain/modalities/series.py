@@ -240,11 +240,16 @@ class SeriesModality(Modality):
 
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         from difftrain.evaluation.series_metrics import correlational_score, discriminative_score, predictive_score
+        from difftrain.evaluation.series_tasks import interpolate
 
-        ref = self.unit(reference)
-        return {"discriminative": lambda s: discriminative_score(ref, self.unit(s), seed=seed),
-                "predictive": lambda s: predictive_score(self.unit(s), ref, seed=seed),
-                "correlational": lambda s: correlational_score(ref, self.unit(s))}
+        def unit(windows: np.ndarray) -> np.ndarray:
+            # The scores take complete windows: real data's gaps are interpolated in time, as eval's impute baseline.
+            return self.unit(interpolate(windows) if np.isnan(windows).any() else windows)
+
+        ref = unit(reference)
+        return {"discriminative": lambda s: discriminative_score(ref, unit(s), seed=seed),
+                "predictive": lambda s: predictive_score(unit(s), ref, seed=seed),
+                "correlational": lambda s: correlational_score(ref, unit(s))}
 
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
         # Continuous data: the model's density is over scaled values, so the data's own units add log2(scale) bits.

@@ -15,7 +15,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from difftrain.errors import UserError
 
 # Layer types peft's LoRA adapts and can merge back into their weights.
-LORA_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
+LORA_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding)
 
 
 def adapt(net: torch.nn.Module, *, rank: int, alpha: float | None, targets: list[str], train_only: list[str]) -> torch.nn.Module:
@@ -101,7 +101,7 @@ def _check_targets(unet: torch.nn.Module, targets: list[str]) -> None:
         wrong = sorted({type(m).__name__ for m in found if not isinstance(m, LORA_LAYERS)})
         if wrong:
             raise UserError(f"finetune.lora_targets: {target!r} names {', '.join(wrong)} modules, which LoRA cannot adapt "
-                            f"(only Linear, Conv2d and Embedding layers); {hint}")
+                            f"(only Linear, Conv1d, Conv2d and Embedding layers); {hint}")
 
 
 def _check_prefixes(unet: torch.nn.Module, prefixes: list[str]) -> None:

@@ -169,10 +169,9 @@ class UNet1D(nn.Module):
         return self
 
     def lora_targets(self) -> list[str]:
-        """Name endings of the layers LoRA adapts (peft's target_modules): attention projections and the blocks'
-        FiLM layers. Linear layers only: difftrain's LoRA (models/lora.py) adapts Linear, Conv2d and Embedding,
-        not the Conv1d convolutions."""
-        return ["qkv", "proj", "film"]
+        """Name endings of the layers LoRA adapts (peft's target_modules): attention projections, the blocks'
+        convolutions and their FiLM layers, as the 2-D UNet's (models/unet.py)."""
+        return ["qkv", "proj", "conv1", "conv2", "film"]
 
     def embedding(self, c_noise: Tensor | float, x: Tensor, cond: dict[str, Tensor] | None) -> Tensor:
         emb = self.noise_out(F.silu(self.noise_in(self.noise_embedding(noise_levels(c_noise, x)))))

@@ -171,6 +171,8 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
             x0 = torch.nan_to_num(x0)
         mask = None if observed is None else observed[part] * present if gaps else observed[part]
         cond = conditioner.training(x0, labels, keep_label[part], mask)
+        # Observed values are given, not predicted: only the rest is scored (CSDI), and of that only what is there.
+        scored = present if mask is None else (cond["mask"] == 0) & (True if present is None else present)
         # Under FSDP every micro-batch's gradients are reduced to shards at once: skipping that would keep
         # whole, unsharded gradients on every process between micro-batches.
         last = micro == tc.accumulation - 1 or accelerator.is_fsdp2
@@ -179,7 +181,7 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         with sync, accelerator.autocast(), attention_kernel(device):
             loss = denoising_loss(denoiser, x0, cond, weighting=config.diffusion.weighting,
                                   min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part],
-                                  where=present)
+                                  where=scored)
             # Sum over the whole global batch; DDP averages over processes.
             accelerator.backward(loss.sum() / (tc.batch_size // world))
         step_loss += loss.detach().sum()
