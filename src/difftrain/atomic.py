@@ -51,6 +51,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG at `path`, which is then closed (pyplot keeps every open figure)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it becomes `path` in one rename.

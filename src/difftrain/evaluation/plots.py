@@ -43,10 +43,7 @@ def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dic
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    with atomic.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return atomic.write_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

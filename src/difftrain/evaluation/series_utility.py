@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from difftrain.errors import UserError
-from difftrain.evaluation.arms import clear_gain, gain_rule, seed_std, step_budget
+from difftrain.evaluation.arms import seed_summary, step_budget, verdict
 from difftrain.evaluation.series_metrics import predictive_score
 
 
@@ -44,9 +44,7 @@ def forecasting_utility(real_train: np.ndarray, real_test: np.ndarray, synth: np
             if progress is not None:
                 progress(f"{arm}, seed {seed}")
             values.append(predictive_score(windows, real_test, seed=seed, steps=steps, batch=batch, hidden=hidden))
-        results[arm] = {"mae_mean": float(np.mean(values)), "mae_std": seed_std(values), "mae_per_seed": values}
-    real, both = results["real"], results["real+synthetic"]
-    gain = real["mae_mean"] - both["mae_mean"]  # lower MAE is better: a positive gain is an improvement
+        results[arm] = seed_summary("mae", values)
     return {
         "task": "forecasting", "model": "GRU next-step forecaster (TimeGAN's predictive score)", "items": "windows",
         "metric": "mae", "metric_name": "next-step MAE (lower is better, data scaled to [0, 1])",
@@ -55,8 +53,5 @@ def forecasting_utility(real_train: np.ndarray, real_test: np.ndarray, synth: np
         "fairness": (f"every arm trains the same forecaster for the same {steps} optimizer steps of batch {batch} with the "
                      "same seeds; only the training windows differ; all are tested on the same real held-out windows"),
         "arms": results,
-        "synthetic_minus_real_mae": results["synthetic"]["mae_mean"] - real["mae_mean"],
-        "real_plus_synthetic_gain": gain,
-        "synthetic_helps": clear_gain(gain, real["mae_std"], both["mae_std"], len(seeds)),
-        "synthetic_helps_rule": gain_rule("MAE"),
+        **verdict(results, "mae", "MAE", len(seeds), lower_is_better=True),
     }

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from difftrain.errors import UserError
-from difftrain.evaluation.arms import clear_gain, gain_rule, seed_std, step_budget
+from difftrain.evaluation.arms import seed_summary, step_budget, verdict
 
 Labelled = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), int labels (N,)
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)  # of the synthetic set, for the accuracy-against-size curve
@@ -74,8 +74,7 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
                 progress(f"{arm}, seed {seed}")
             model = modality.fit_classifier(images, labels, num_classes, epochs=20, steps=steps, seed=seed, batch=batch)
             values.append(model.accuracy(*real_test))
-        return {"accuracy_mean": float(np.mean(values)), "accuracy_std": seed_std(values), "accuracy_per_seed": values,
-                "images": len(images)}
+        return {**seed_summary("accuracy", values), "images": len(images)}
 
     def synthetic_arms(part: Labelled) -> dict:
         both = (np.concatenate([real_train[0], part[0]]), np.concatenate([real_train[1], part[1]]))
@@ -90,8 +89,6 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         arms = results if n == len(order) else synthetic_arms((synth[0][order[:n]], synth[1][order[:n]]))
         point = {arm: {k: arms[arm][k] for k in ("accuracy_mean", "accuracy_std")} for arm in ("synthetic", "real+synthetic")}
         curve.append({"fraction": fraction, "synthetic_images": n, **point})
-    real, both = results["real"], results["real+synthetic"]
-    gain = both["accuracy_mean"] - real["accuracy_mean"]
     return {
         "task": "classification", "model": modality.classifier_name, "items": f"{modality.item}s",
         "metric": "accuracy", "metric_name": "accuracy", "num_classes": num_classes, "seeds": list(seeds), "steps": steps,
@@ -100,8 +97,5 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
                      "with the same seeds; only the training images differ; all are tested on the same real held-out images"),
         "arms": results,
         "size_curve": curve,
-        "synthetic_minus_real_accuracy": results["synthetic"]["accuracy_mean"] - real["accuracy_mean"],
-        "real_plus_synthetic_gain": gain,
-        "synthetic_helps": clear_gain(gain, real["accuracy_std"], both["accuracy_std"], len(seeds)),
-        "synthetic_helps_rule": gain_rule("accuracy"),
+        **verdict(results, "accuracy", "accuracy", len(seeds)),
     }

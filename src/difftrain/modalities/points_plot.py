@@ -148,7 +148,4 @@ def save_scatter(points: np.ndarray, path: str | Path, *, labels: np.ndarray | N
     if notes:
         fig.suptitle("; ".join(notes), fontsize=9)
     fig.tight_layout()
-    with atomic.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-    plt.close(fig)
-    return path
+    return atomic.write_figure(fig, path, _DPI)

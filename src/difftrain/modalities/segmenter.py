@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from difftrain.errors import UserError
-from difftrain.evaluation.arms import clear_gain, gain_rule, seed_std, step_budget
+from difftrain.evaluation.arms import seed_summary, step_budget, verdict
 from difftrain.modalities import image
 
 Pairs = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), uint8 masks (N, H, W) of class indices
@@ -155,8 +155,7 @@ def _arm_summary(scores: list[dict], class_names: list[str]) -> dict:
     for c, name in enumerate(class_names):
         values = [s["per_class"][c] for s in scores if s["per_class"][c] is not None]
         per_class[name] = float(np.mean(values)) if values else None
-    return {"miou_mean": float(np.mean(mious)), "miou_std": seed_std(mious), "miou_per_seed": mious,
-            "pixel_accuracy_mean": float(np.mean([s["pixel_accuracy"] for s in scores])), "per_class_iou": per_class}
+    return {**seed_summary("miou", mious), "pixel_accuracy_mean": float(np.mean([s["pixel_accuracy"] for s in scores])), "per_class_iou": per_class}
 
 
 def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_mask_classes: int, *,
@@ -198,8 +197,6 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
             model = fit_segmenter(images, masks, num_mask_classes, steps=steps, seed=seed, batch=batch, device=device)
             scores.append(iou(predict_masks(model, real_test[0]), real_test[1], num_mask_classes))
         results[arm] = _arm_summary(scores, class_names)
-    real, both = results["real"], results["real+synthetic"]
-    gain = both["miou_mean"] - real["miou_mean"]
     return {
         "task": "segmentation", "model": "segmenter (modalities/segmenter.py)", "items": "pairs", "metric": "miou",
         "metric_name": "mIoU", "num_mask_classes": num_mask_classes, "class_names": class_names, "seeds": list(seeds),
@@ -208,9 +205,5 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
         "fairness": (f"every arm trains the same segmenter recipe for the same {steps} optimizer steps of batch {batch} with the "
                      "same seeds; only the training pairs differ; all are tested on the same real test pairs"),
         "arms": results,
-        "synthetic_minus_real_miou": results["synthetic"]["miou_mean"] - real["miou_mean"],
-        "real_plus_synthetic_gain": gain,
-        # One seed shows no spread to judge a gain by: no verdict.
-        "synthetic_helps": clear_gain(gain, real["miou_std"], both["miou_std"], len(seeds)),
-        "synthetic_helps_rule": gain_rule("mIoU"),
+        **verdict(results, "miou", "mIoU", len(seeds)),
     }

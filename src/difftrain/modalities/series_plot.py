@@ -49,20 +49,12 @@ def save_windows(windows: np.ndarray, path: str | Path, *, columns: list[str], r
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, loc="upper right", ncol=min(len(columns), 5))
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
-    return Path(path)
+    return atomic.write_figure(fig, path, _DPI)
 
 
 def save_forecast(context: np.ndarray, bands: np.ndarray, path: str | Path, *, columns: list[str]) -> Path:
     """One panel per channel (up to 8): the context (L0, C), then the forecast's median with its 25-75% and 5-95% bands
     (`bands`: the 5, 25, 50, 75, 95% quantiles, (5, H, C)). Atomic."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,8 +73,4 @@ def save_forecast(context: np.ndarray, bands: np.ndarray, path: str | Path, *, c
         ax.tick_params(labelsize=6)
     axes[0, 0].set_title("context (black), forecast median with 50% and 90% bands", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
-    return Path(path)
+    return atomic.write_figure(fig, path, _DPI)

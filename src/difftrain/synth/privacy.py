@@ -81,7 +81,4 @@ def save_dcr_histogram(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, path: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    with atomic.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return atomic.write_figure(fig, path)
