@@ -244,7 +244,7 @@ def test_the_report_scores_the_kept_samples_under_the_real_labels(run_dir, tmp_p
     m = synthesize(run_dir, out, per_class=4, classes=["7", "1"], spec=FAST, report_options={"steps": 5, "repeats": 1})
     report = json.loads((out / "report.json").read_text())
     assert m["report"] == report["files"] and (out / "dcr.png").is_file() and (out / "closest-pairs.png").is_file()
-    assert report["utility"]["counts"]["synthetic"] == 8 == report["privacy"]["synthetic_images"]
+    assert report["utility"]["counts"]["synthetic"] == 8 == report["privacy"]["synthetic_items"]
     assert report["utility"]["steps"] == 5 and report["utility"]["synthetic_helps"] is None  # one seed: no verdict
     card = (out / "README.md").read_text()
     assert "## Utility and privacy" in card and "has no verdict" in card
@@ -276,7 +276,7 @@ def test_an_out_folder_that_is_not_a_synthetic_dataset_is_never_touched(run_dir,
 
 
 def test_requests_that_do_not_fit_the_model_get_a_clear_error(run_dir, digits_dir, tmp_path):
-    cases = [(dict(n=5), "--n is for unconditional models.*--per-class"), (dict(), "give --per-class N"),
+    cases = [(dict(n=5, per_class=1), "--per-class N .* or --n N .*, not both"), (dict(), "give --per-class N"),
              (dict(per_class=1, classes=["3", "cat"]), "cat not among the classes"),
              (dict(per_class=1, classes=["3", "3"]), "twice"),
              (dict(per_class=1, filters="confidence:1.5"), "must be in")]
@@ -357,7 +357,7 @@ def test_the_cli_verb(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["totals"]["kept"] == 4 and [c["class"] for c in summary["counts"]] == ["0", "9"]
-    for bad, message in [(["--n", "3"], "--n is for unconditional"), (["--filter", "blur"], "unknown filter"),
+    for bad, message in [(["--n", "3"], "not both"), (["--filter", "blur"], "unknown filter"),
                          (["--guidance", "-1"], "--guidance must be >= 0")]:
         result = runner.invoke(app, [*args[:6], *bad, "--no-report"])  # RUN --out OUT --per-class 2
         assert isinstance(result.exception, UserError) and message in str(result.exception), result.output

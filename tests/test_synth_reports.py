@@ -131,8 +131,8 @@ def test_write_report_on_digits(digits, tmp_path):
     assert summary["task"] == "classification" and summary["utility_skipped"] is None
     assert summary["utility"]["seeds"] == [4, 5] and summary["utility"]["counts"]["synthetic"] == 205
     p = summary["privacy"]
-    assert p["exact_copies"] == 5 and p["memorized"] >= 5 and p["synthetic_images"] == 205
-    assert p["held_out_images"] == len(digits.test_data)
+    assert p["exact_copies"] == 5 and p["memorized"] >= 5 and p["synthetic_items"] == 205
+    assert p["held_out_items"] == len(digits.test_data)
     for name in ("dcr.png", "closest-pairs.png"):
         with Image.open(tmp_path / name) as im:
             im.load()
@@ -150,7 +150,7 @@ def test_unlabelled_synthetic_data_skips_utility_but_keeps_privacy(digits, tmp_p
     images, _ = fake_synthetic(digits, 50)
     summary = write_report(tmp_path, digits, images, None)
     assert summary["utility"] is None and "no labels" in summary["utility_skipped"]
-    assert summary["privacy"]["synthetic_images"] == 50
+    assert summary["privacy"]["synthetic_items"] == 50
     md = report_markdown(summary)
     assert "Skipped: the synthetic data has no labels" in md and "dcr.png" in md
 
@@ -177,7 +177,7 @@ def test_segmentation_report_scores_miou_and_privacy_on_the_image_part(digits, t
     assert summary["task"] == "segmentation" and summary["real"]["mask_classes"] == ["background", "digit"]
     assert set(summary["utility"]["arms"]) == {"real", "synthetic", "real+synthetic"}
     assert summary["utility"]["arms"]["real"]["miou_mean"] > (test[..., 1] > 0).mean() / 2  # all-background's mIoU
-    assert summary["privacy"]["held_out_images"] == 100
+    assert summary["privacy"]["held_out_items"] == 100
     md = report_markdown(summary)
     assert "mIoU" in md and f"{summary['utility']['arms']['real']['miou_mean']:.4f}" in md
     # Without masks there is nothing to train a segmenter on: synthetic data of a segmentation dataset is the joint

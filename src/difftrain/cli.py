@@ -38,10 +38,11 @@ def data_prepare(
                                  "optional labels.csv (file,label) and mask_classes.txt (docs/segmentation.md); "
                                  "or points: a CSV/Parquet table of numeric columns, or a built-in set (moons, circles, swissroll, "
                                  "gaussians25, gaussian_mixture); or series (--kind timeseries): a CSV/Parquet/.npy file of "
-                                 "numeric columns, or a built-in set (sines, co2, sunspots, macrodata)."),
+                                 "numeric columns, or a built-in set (sines, co2, sunspots, macrodata); or tables (--kind tabular): a CSV/Parquet "
+                                 "file of mixed numeric and categorical columns, or a built-in table (wine, breast_cancer, adult_like)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
-    kind: Optional[str] = typer.Option(None, help="image, segmentation, points or timeseries; default: what the source is (a "
-                                       "series set's name: timeseries; a table or a point set's name: points; anything else: images)."),
+    kind: Optional[str] = typer.Option(None, help="image, segmentation, points, timeseries or tabular; default: what the source is (a "
+                                       "series set's name: timeseries; a built-in table's name: tabular; a table or a point set's name: points; anything else: images)."),
     label_column: Optional[str] = typer.Option(None, help="Points: the column of class labels (the others are the coordinates)."),
     columns: Optional[str] = typer.Option(None, help="Points: the coordinate columns, comma-separated (default: all but the label)."),
     n: Optional[int] = typer.Option(None, help="Points: how many points a built-in set draws (default 10,000); sines: how many windows."),
@@ -52,12 +53,20 @@ def data_prepare(
     scaling: Optional[str] = typer.Option(None, help="Series: per-channel scaling fitted on the training split, minmax (default) or standard."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Series: keep empty or NaN cells as gaps (trains imputation "
                                        "around them) instead of refusing the file."),
+    target: Optional[str] = typer.Option(None, help="Tables: the column to predict; a categorical target becomes the class labels "
+                                         "(sample --where target=value)."),
+    types: Optional[str] = typer.Option(None, help="Tables: column types where inference is wrong, e.g. zip=categorical,age=integer "
+                                        "(numeric, integer, categorical, boolean, datetime)."),
+    na_values: Optional[str] = typer.Option(None, "--na-values", help="Tables: further cell texts that mean missing, comma-separated (e.g. '?')."),
+    test_file: Optional[Path] = typer.Option(None, "--test-file", help="Tables: held-out rows from this file (the source's own "
+                                             "test split, e.g. adult.test) instead of --test-fraction."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
-    fit: str = typer.Option("crop", help="How to make images square: 'crop' (center crop) or 'pad'."),
+    fit: Optional[str] = typer.Option(None, help="Images: how to make them square, 'crop' (center crop, default) or 'pad'."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many images."),
     classes: Optional[str] = typer.Option(None, help="Keep only these classes, comma-separated names (e.g. 0,1,2,3,4); relabelled in this order."),
-    test_fraction: float = typer.Option(0.1, help="Fraction held out for evaluation (ignored when the source has its own test split)."),
+    test_fraction: Optional[float] = typer.Option(None, help="Fraction held out for evaluation (default 0.1; tables 0.2); "
+                                                  "ignored when the source has its own test split."),
     seed: int = typer.Option(0, help="Seed of the train/test split."),
     strict: bool = typer.Option(False, help="Fail if any input file is rejected."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
@@ -66,13 +75,18 @@ def data_prepare(
     from difftrain.data import describe_dataset
     from difftrain.modalities import prepare
 
-    ds = prepare(source, out_dir, kind=kind, resolution=resolution, channels=channels, fit=fit, limit=limit,
-                 classes=[c.strip() for c in classes.split(",")] if classes else None, label_column=label_column,
-                 columns=[c.strip() for c in columns.split(",")] if columns else None, n=n,
-                 test_fraction=test_fraction, seed=seed, strict=strict, overwrite=overwrite,
-                 **{k: v for k, v in dict(window=window, stride=stride, time_column=time_column, id_column=id_column,
-                                          scaling=scaling, allow_missing=allow_missing).items() if v not in (None, False)})
+    given = dict(resolution=resolution, channels=channels, fit=fit, limit=limit, label_column=label_column, n=n,
+                 classes=[c.strip() for c in classes.split(",")] if classes else None,
+                 columns=[c.strip() for c in columns.split(",")] if columns else None,
+                 window=window, stride=stride, time_column=time_column, id_column=id_column, scaling=scaling,
+                 allow_missing=allow_missing, target=target, types=types, test_file=test_file, test_fraction=test_fraction,
+                 na_values=[v.strip() for v in na_values.split(",")] if na_values else None)
+    # Only what was given, so each kind keeps its own defaults and refuses options it does not take.
+    ds = prepare(source, out_dir, kind=kind, seed=seed, strict=strict, overwrite=overwrite,
+                 **{k: v for k, v in given.items() if v is not None and v is not False})
     rejected = ds.manifest.get("rejected", [])
+    for note in ds.manifest.get("warnings", []):
+        _warn(note)
     for item in rejected:
         _warn(f"rejected {item.get('path') or 'row ' + str(item.get('row'))}: {item['reason']}")
     _print_info(describe_dataset(ds))
@@ -226,11 +240,13 @@ def train(
 def sample(
     run: Path = typer.Argument(..., help="Run directory."),
     n: int = typer.Option(100, "--n", min=1, help="Number of samples."),
-    out_file: Path = typer.Option(..., "--out", help="Samples file to write (.npz); a PNG grid is written beside it."),
+    out_file: Path = typer.Option(..., "--out", help="Samples file to write (.npz; tables also .csv or .parquet); a PNG "
+                                  "preview is written beside it."),
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Sample only this class index (default: balanced over classes)."),
+    where: Optional[str] = typer.Option(None, help="Tables: only rows with this target value, COLUMN=VALUE (e.g. 'income=>50K')."),
     seed: int = typer.Option(0, help="Seed of the noise."),
     checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA."),
@@ -252,11 +268,11 @@ def sample(
     from difftrain.store.run import open_run
 
     r = open_run(run)
+    if where is not None:
+        class_label = _where_class(r, where, class_label)
     if class_label is not None and not 0 <= class_label < r.num_classes:
         raise UserError(f"--class {class_label}: " + (f"choose 0..{r.num_classes - 1}" if r.num_classes else "the model is unconditional"))
     spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
-    if out_file.suffix != ".npz":
-        raise UserError(f"--out {out_file}: the samples file must end in .npz")
     state, dev = _join_launch(device)
     with Progress(console=console, disable=not state.is_main_process) as bar:
         task = bar.add_task("sample", total=own_images(n, r.config.sample.batch_size))  # this process's share of n
@@ -266,6 +282,25 @@ def sample(
         shared = f", in {state.num_processes} processes" if state.num_processes > 1 else ""
         console.print(f"{n} samples, {spec.network_evaluations} network evaluations each{shared}, from {result['meta']['checkpoint']}")
         out.print(str(out_file))
+
+
+def _where_class(r, where: str, class_label: Optional[int]) -> int:
+    """--where COLUMN=VALUE as the class index of the run's target column."""
+    column, sep, value = where.partition("=")
+    target = r.modality.spec.get("target")
+    if class_label is not None:
+        raise UserError("--where and --class both pick a class: give one")
+    if not sep:
+        raise UserError(f"--where {where!r}: write COLUMN=VALUE, e.g. --where 'income=>50K'")
+    if target is None or target["role"] != "label":
+        raise UserError(f"--where {where!r}: this run's model is conditioned on no column (prepare a table with a categorical "
+                        "--target to condition on it)")
+    if column.strip() != target["name"]:
+        raise UserError(f"--where {where!r}: the model is conditioned on {target['name']!r}, not {column.strip()!r}")
+    if value.strip() not in target["categories"]:
+        raise UserError(f"--where {where!r}: {value.strip()!r} is not a value of {target['name']}; its values are: "
+                        f"{', '.join(target['categories'])}")
+    return r.class_names.index(value.strip()) if r.class_names else target["categories"].index(value.strip())
 
 
 def _sample_observed(run: Path, n: int, out_file: Path, context: Optional[Path], horizon: Optional[int], impute: Optional[Path],
@@ -530,6 +565,12 @@ def _print_eval(records: list[dict]) -> None:
                "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None),
                "memorized": ("memorized_fraction", "memorized_fraction_floor"),
                "NLL bits/dim": ("nll_bits_per_dim", None)}
+    named = {key for keys in columns.values() for key in keys}
+    for r in records:  # a modality's own scores (tables: column shape error...) beside their floors, by their keys
+        for key, value in r.items():
+            if isinstance(value, (int, float)) and f"{key}_floor" in r and key not in named:
+                columns[key.replace("_", " ")] = (key, f"{key}_floor")
+                named.add(key)
     shown = {title: keys for title, keys in columns.items() if any(isinstance(r.get(keys[0]), (int, float)) for r in records)}
 
     def cell(value) -> str:

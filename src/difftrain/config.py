@@ -285,13 +285,16 @@ class EvalConfig(Section):
     every_images: int = Field(0, ge=0, description="Evaluate during training every this many images (0: never).")
     during_n: int = Field(256, ge=10, description="Samples per evaluation during training.")
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
-    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "discriminative", "predictive", "correlational", "cas", "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
+    best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "discriminative", "predictive", "correlational",
+                         "column_shape_error", "pair_trend_error", "c2st_auc", "alpha_precision", "beta_recall", "cas",
+                         "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
         family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
                   "sliced_wasserstein": "dist", "energy_distance": "dist", "discriminative": "dist", "predictive": "dist",
-                  "correlational": "dist"}.get(self.best_metric, self.best_metric)
+                  "correlational": "dist", "column_shape_error": "dist", "pair_trend_error": "dist", "c2st_auc": "dist",
+                  "alpha_precision": "dist", "beta_recall": "dist"}.get(self.best_metric, self.best_metric)
         if self.every_images and family not in self.during_metrics:
             raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
         return self
@@ -354,6 +357,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample": {"batch_size": 1000},
         "eval": {"n_samples": 1000, "metrics": ["fid", "dist", "mem", "forecast", "impute"], "best_metric": "fid",
                  "every_images": 0},
+    },
+    # Tables (a generated Adult-like table by default; any `data prepare --kind tabular` folder with --data): an MLP over
+    # quantile-normal numbers and one-hot categories, class-conditional on the target column.
+    "tabular": {
+        "data": {"path": "adult_like"},
+        "model": {"arch": "mlp", "mlp": {"width": 512, "depth": 4}},
+        "optim": {"lr": 1e-3, "warmup_images": 20_000},
+        "train": {"batch_size": 512, "duration_images": 1_000_000, "ema_halflife_images": 50_000,
+                  "log_every_images": 25_600, "grid_every_images": 250_000, "checkpoint_every_images": 250_000},
+        "sample": {"batch_size": 5000},
+        "eval": {"n_samples": 2000, "metrics": ["dist", "mem"], "every_images": 0, "best_metric": "column_shape_error"},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

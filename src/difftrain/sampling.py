@@ -59,6 +59,25 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray | None:
     return np.arange(n, dtype=np.int64) % num_classes if num_classes else None
 
 
+def class_quotas(n: int, counts: list[int]) -> list[int]:
+    """n split over classes in proportion to `counts`, whole numbers summing to n (largest remainders first)."""
+    share = n * np.asarray(counts, np.float64) / max(1, sum(counts))
+    quotas = np.floor(share).astype(np.int64)
+    quotas[np.argsort(-(share - quotas), kind="stable")[:n - int(quotas.sum())]] += 1
+    return quotas.tolist()
+
+
+def class_labels(n: int, num_classes: int, counts: list[int] | None = None) -> np.ndarray | None:
+    """Labels of n samples: balanced (`counts` None), or in proportion to `counts` and interleaved, so every prefix of
+    the labels keeps the proportions (a sampling batch is a fair share of each class)."""
+    if counts is None:
+        return balanced_labels(n, num_classes)
+    quotas = class_quotas(n, counts)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), quotas)
+    position = np.concatenate([(np.arange(q) + 0.5) / q for q in quotas if q])
+    return labels[np.argsort(position, kind="stable")]
+
+
 @torch.no_grad()
 def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *, batch_size: int = 500,
              device: torch.device | str = "cpu", progress=None, across_processes: bool = False, first_batch: int = 0,
@@ -119,8 +138,10 @@ def write_samples(path: str | Path, modality, samples: np.ndarray, labels: np.nd
     """The samples file: the samples under the modality's key (`images` uint8 (N,H,W,C) for images, `points` float32
     (N,D) for points), `labels` int64 (N,) when conditional, and JSON `meta` (with the data's `kind`)."""
     path = Path(path)
+    if path.suffix.lower() in modality.table_suffixes:
+        return modality.write_table(path, samples, labels)
     if path.suffix != ".npz":
-        raise UserError(f"samples file {path} must end in .npz")
+        raise UserError(f"samples file {path} must end in {' or '.join(('.npz', *modality.table_suffixes))}")
     arrays = {modality.samples_key: samples.astype(modality.dtype), "meta": np.array(json.dumps({"kind": modality.kind, **meta}))}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64)

@@ -23,7 +23,7 @@ from difftrain.errors import UserError
 from difftrain.evaluation.suite import MODEL_METRICS, check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import FeatureExtractor
 from difftrain.store.run import Run, label_map, open_run
-from difftrain.sampling import SamplingSpec, balanced_labels, generate, read_samples, spec_meta, write_samples
+from difftrain.sampling import SamplingSpec, class_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.store.metrics_log import MetricsLog
 
@@ -47,7 +47,7 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
     names = run.class_names if class_names is None else class_names
-    labels = balanced_labels(n, len(names)) if run.num_classes else None
+    labels = run.sampling_labels(n, names)
     if class_label is not None and labels is not None:
         labels[:] = class_label
     to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if labels is not None else None
@@ -238,7 +238,8 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
     of the data's classes (None: unconditional)."""
     ec = config.eval
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
-    labels = balanced_labels(n, len(to_model)) if to_model else None
+    counts = (ds.manifest.get("class_counts") or {}).get("train") if ds.modality.proportional_classes else None
+    labels = class_labels(n, len(to_model), counts) if to_model else None
     with torch.inference_mode():
         samples = generate(denoiser, ds.modality, n, None if labels is None else np.asarray(to_model)[labels], spec,
                            batch_size=config.sample.batch_size, device=device)

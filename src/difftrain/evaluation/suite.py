@@ -34,7 +34,7 @@ METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (
 MODEL_METRICS = ("nll", "forecast", "impute")
 FLOOR_REPEATS = 5
 LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance",
-                   "discriminative", "predictive", "correlational"}
+                   "discriminative", "predictive", "correlational", "column_shape_error", "pair_trend_error", "c2st_auc"}
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:

@@ -12,8 +12,10 @@ from difftrain.modalities.image import ImageModality
 from difftrain.modalities.points import PointsModality
 from difftrain.modalities.segmentation import SegmentationModality
 from difftrain.modalities.series import SeriesModality
+from difftrain.modalities.table import TableModality
 
-MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality, SeriesModality)}
+MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality, SeriesModality,
+                                                              TableModality)}
 KINDS = tuple(MODALITIES)
 
 
@@ -23,9 +25,9 @@ def modality_for(spec: dict[str, Any]) -> Modality:
     return cls({key: spec[key] for key in cls.spec_keys if key in spec})
 
 
-# The first kind that claims a source prepares it; images come last, as they take any folder or IDX file. Series claim
-# only their built-in names: a CSV is a table of points unless --kind timeseries says otherwise.
-_PREPARE_ORDER = (SeriesModality, PointsModality, ImageModality)
+# The first kind that claims a source prepares it; images come last, as they take any folder or IDX file. Series and
+# tables claim only their built-in names: a CSV is a table of points unless --kind timeseries or tabular says otherwise.
+_PREPARE_ORDER = (SeriesModality, TableModality, PointsModality, ImageModality)
 
 
 def builtin_datasets() -> dict[str, str]:
@@ -47,6 +49,11 @@ def stand_in(name: str) -> tuple[Modality, int] | None:
     return None
 
 
+# Options every kind takes; the rest each modality declares in `prepare_options`, so one that does not
+# take an option refuses it instead of ignoring it.
+COMMON_PREPARE_OPTIONS = frozenset({"limit", "test_fraction", "seed", "strict", "overwrite", "progress", "warn"})
+
+
 def prepare(source, out, *, kind: str | None = None, **options: Any):
     """Prepare `source` as a dataset of `kind` (None: the kind that claims it: a built-in name, a table, a folder)."""
     if kind is not None and kind not in MODALITIES:
@@ -54,6 +61,15 @@ def prepare(source, out, *, kind: str | None = None, **options: Any):
 
         raise UserError(f"unknown --kind {kind!r}; choose one of: {', '.join(MODALITIES)}")
     cls = MODALITIES[kind] if kind else next(m for m in _PREPARE_ORDER if m.claims(source))
+    foreign = sorted(set(options) - COMMON_PREPARE_OPTIONS - cls.prepare_options)
+    if foreign:
+        from difftrain.errors import UserError
+
+        takers = sorted({m.kind for m in MODALITIES.values() for k in foreign if k in m.prepare_options})
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} "
+                        f"{'applies' if len(foreign) == 1 else 'apply'} to {' or '.join(takers) or 'no kind'}, not to "
+                        f"{cls.kind} ({source}): leave {'it' if len(foreign) == 1 else 'them'} out"
+                        + (f", or pass --kind {takers[0]}" if takers else ""))
     return cls.prepare(source, out, expect_kind=kind, **options)
 
 

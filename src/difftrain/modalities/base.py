@@ -71,10 +71,13 @@ class Modality(ABC):
     default_arch: ClassVar[str]  # model.arch when the config leaves it to the data
     samples_key: ClassVar[str]  # the array's name in a samples .npz
     item: ClassVar[str] = "item"  # what one sample is called in messages ("image", "point")
+    distance_name: ClassVar[str] = "L2"  # what `neighbour_view`'s Euclidean distance is, for reports
     spec_keys: ClassVar[tuple[str, ...]] = ("kind", "shape")  # what the spec keeps of a manifest
     distance_unit: ClassVar[float] = 1.0  # neighbour distances are divided by it (pixels: 255, so values in [0, 1])
     builtin_test_fraction: ClassVar[float] = 0.2  # held out when a run prepares a built-in dataset of this kind
     observable: ClassVar[bool] = False  # items can be partly known (series): one model also imputes and forecasts
+    proportional_classes: ClassVar[bool] = False  # samples keep the training class mix (tables), not balanced classes
+    prepare_options: ClassVar[frozenset[str]] = frozenset()  # options of `data prepare` only this kind takes (--window...)
 
     @property
     def has_gaps(self) -> bool:
@@ -163,6 +166,12 @@ class Modality(ABC):
         if data.dtype != self.dtype or tuple(data.shape[1:]) != self.shape:
             raise UserError(f"{where}: `{self.samples_key}` must be {self.dtype} (N, {', '.join(map(str, self.shape))}) "
                             f"for this {self.kind} data, got {data.dtype} {data.shape}")
+
+    table_suffixes: ClassVar[tuple[str, ...]] = ()  # samples files other than .npz that this kind writes (tables)
+
+    def write_table(self, path: Path, samples: np.ndarray, labels: np.ndarray | None) -> Path:
+        """Samples as a table file a user opens (for a suffix in `table_suffixes`)."""
+        raise UserError(f"--out {path}: {self.kind} samples are written to .npz files")
 
     @abstractmethod
     def save_preview(self, data: np.ndarray, path: Path, *, labels: np.ndarray | None = None,

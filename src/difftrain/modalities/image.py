@@ -97,9 +97,11 @@ class ImageModality(Modality):
     """uint8 images (H, W, C); spec: {"kind": "image", "shape": [H, W, C]}."""
 
     kind = "image"
+    prepare_options = frozenset({"resolution", "channels", "fit", "classes"})
     default_arch = "unet"
     samples_key = "images"
     item = "image"
+    distance_name = "pixel L2, images scaled to [0, 1]"
     distance_unit = 255.0  # neighbour distances in pixel values in [0, 1]
 
     @classmethod
@@ -121,11 +123,6 @@ class ImageModality(Modality):
     def prepare(cls, source: str | Path, out: str | Path, **options: Any):
         from difftrain.modalities.image_prepare import prepare_dataset
 
-        given = [k for k in ("label_column", "columns", "n", "window", "stride", "time_column", "id_column", "scaling",
-                             "allow_missing") if options.pop(k, None) not in (None, False)]
-        if given:
-            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to tables of points or to series, not "
-                            f"to images ({source}): leave them out, or pass --kind points or --kind timeseries")
         return prepare_dataset(source, out, **options)
 
     @property

@@ -58,9 +58,11 @@ class PointsModality(Modality):
     """float32 vectors (D,); spec: {"kind": "points", "shape": [D], "columns": [names], "mean": [..], "std": [..]}."""
 
     kind = "points"
+    prepare_options = frozenset({"label_column", "columns", "n"})
     default_arch = "mlp"
     samples_key = "points"
     item = "point"
+    distance_name = "L2 of the coordinates standardised by the training points"
     spec_keys = ("kind", "shape", "columns", "mean", "std")
 
     @classmethod

@@ -30,9 +30,11 @@ class SeriesModality(Modality):
     "scale": [..], "min": [..], "max": [..], "gaps": bool}: model = (x - offset) / scale; metrics see (x - min) / (max - min)."""
 
     kind = "timeseries"
+    prepare_options = frozenset({"window", "stride", "columns", "time_column", "id_column", "scaling", "allow_missing", "n"})
     default_arch = "unet1d"
     samples_key = "series"
     item = "window"
+    distance_name = "L2 over the window, min-max scaled to [0, 1] by the training split"
     spec_keys = ("kind", "shape", "columns", "scaling", "offset", "scale", "min", "max", "gaps")
     observable = True
     builtin_test_fraction = 0.1  # the field's split: the last 10% of each series (or of the sines) held out

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from difftrain import atomic
@@ -73,7 +74,9 @@ def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -
     names = ds.class_names if class_names is None else class_names
     return {"path": str(Path(ds.path).resolve()), "modality": ds.modality.spec, "shape": list(ds.sample_shape),
             "num_classes": len(names), "class_names": names, "count": m.get("count"), "source": m.get("source"),
-            "provenance": m.get("provenance")}
+            "provenance": m.get("provenance"),
+            # Training rows per class, in the model's label order when it is the data's (else unknown).
+            "class_counts": (m.get("class_counts") or {}).get("train") if class_names in (None, ds.class_names) else None}
 
 
 def label_map(data_classes: list[str], model_classes: list[str], where: str = "the dataset",
@@ -144,6 +147,23 @@ class Run:
     def class_names(self) -> list[str]:
         """The model's classes: label i draws class_names[i]."""
         return list(self.dataset["class_names"] or []) if self.num_classes else []
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        """Training items of each of the model's classes, when the run knows them (runs from before: None)."""
+        counts = self.dataset.get("class_counts")
+        return list(counts) if counts and len(counts) == self.num_classes else None
+
+    def sampling_labels(self, n: int, class_names: list[str] | None = None) -> np.ndarray | None:
+        """Class indices (into `class_names`, default the model's) of n samples: balanced, or in the training data's
+        class proportions for data whose class mix is part of the data (tables: the target is a column)."""
+        from difftrain.sampling import class_labels
+
+        names = self.class_names if class_names is None else class_names
+        if not self.num_classes:
+            return None
+        counts = self.class_counts if self.modality.proportional_classes and names == self.class_names else None
+        return class_labels(n, len(names), counts)
 
     def sampling_spec(self, seed: int = 0, **overrides) -> "SamplingSpec":
         """The run's configured sampler settings, with `overrides` (None values ignored)."""

@@ -6,21 +6,21 @@ from pathlib import Path
 
 from difftrain.modalities import modality_for
 
-NAMES = {"memorization": "near-copies of training images", "dedup": "exact and near duplicates among the kept samples",
+NAMES = {"memorization": "near-copies of training {item}s", "dedup": "exact and near duplicates among the kept samples",
          "confidence": "samples the domain classifier does not see as their class"}
-SETTING = {"memorization": ("ratio", "nearest training image closer than {:g} x the second nearest"),
-           "dedup": ("distance", "L2 (pixels in [0, 1]; standardised columns) to a kept sample below {:g}"),
+SETTING = {"memorization": ("ratio", "nearest training {item} closer than {:g} x the second nearest"),
+           "dedup": ("distance", "L2 ({distance}) to a kept sample below {:g}"),
            "confidence": ("threshold", "probability of the intended class below {:g}")}
 
 
 def dataset_card(m: dict, report: dict | None = None) -> str:
     """README.md: what the dataset is, where it comes from, its counts and filters, how to load it, its terms."""
     modality = modality_for(m["modality"])
-    what = modality.synth_what
+    what, item = modality.synth_what, modality.item
     kept, generated = m["totals"]["kept"], m["totals"]["generated"]
     lines = [f"# Synthetic dataset from {Path(m['run']).name}", "",
              f"{kept} synthetic {what} made by `difftrain synth` from the diffusion model in `{m['run']}`: checkpoint "
-             f"`{Path(m['checkpoint']).name}` after {m['images_seen']:,} training images, {m['weights'].upper()} weights "
+             f"`{Path(m['checkpoint']).name}` after {m['images_seen']:,} training {item}s seen, {m['weights'].upper()} weights "
              f"(sha256 `{m['weights_sha256']}`). They are samples of a model, not real data.", "",
              "## How it was made", "",
              f"- Sampler `{m['sampler']}`, {m['steps']} steps ({m['schedule']} noise levels), guidance {m['guidance']:g}, seed "
@@ -41,7 +41,8 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
                   "| filter | removes | setting | removed |", "|---|---|---|---:|"]
         for f in m["filters"]:
             key, text = SETTING[f["name"]]
-            lines.append(f"| {f['name']} | {NAMES[f['name']]} | {text.format(f[key])} | {f['removed']} |")
+            setting = text.replace("{item}", item).replace("{distance}", modality.distance_name).format(f[key])
+            lines.append(f"| {f['name']} | {NAMES[f['name']].format(item=item)} | {setting} | {f['removed']} |")
         if "classifier_sha256" in (confidence := next((f for f in m["filters"] if f["name"] == "confidence"), {})):
             lines += ["", f"The classifier: `{confidence['classifier']}` trained on the run's data, held-out accuracy "
                           f"{confidence['classifier_test_accuracy']:.3f}, weights sha256 `{confidence['classifier_sha256']}`."]
@@ -49,12 +50,12 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
         lines.append("No filter was applied.")
     source = (m["dataset"].get("provenance") or m["dataset"].get("path")).rstrip(".")
     lines += ["", "## Loading it", "", *modality.synth_loading(m["classes"] is not None), "", "## Provenance and licence", "",
-              f"The model was trained on {source}. Samples of a generative model can reproduce its training images, so treat "
-              "this dataset under the terms of that data and share it only where they allow."]
+              f"The model was trained on {source}. Samples of a generative model can reproduce its training {item}s, so "
+              "treat this dataset under the terms of that data and share it only where they allow."]
     if any(f["name"] == "memorization" for f in m["filters"]):
-        lines.append("Near-copies of training images were removed by the memorization rule (Gu et al. 2023).")
+        lines.append(f"Near-copies of training {item}s were removed by the memorization rule (Gu et al. 2023).")
     else:
-        lines.append("No memorization filter was applied: some samples may be near-copies of training images.")
+        lines.append(f"No memorization filter was applied: some samples may be near-copies of training {item}s.")
     if report is not None:
         from difftrain.synth.report import report_markdown
 

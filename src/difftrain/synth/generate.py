@@ -19,7 +19,7 @@ import torch
 from difftrain.distributed import from_main_process, is_main_process, on_main_process, processes
 from difftrain.errors import UserError
 from difftrain.store.run import Run, open_run
-from difftrain.sampling import SamplingSpec, generate
+from difftrain.sampling import SamplingSpec, class_quotas, generate
 from difftrain.synth import state
 from difftrain.synth.filters import FilterSpec, Judge, parse_filters
 from difftrain.synth.plan import round_sizes, round_slots, shortfall
@@ -44,14 +44,15 @@ class Wave:
 
 def requested_classes(run: Run, per_class: int | None, n: int | None,
                       classes: list[str] | None) -> tuple[list[str | None], list[int]]:
-    """(class names, targets): the chosen classes with per_class each, or [None] with n for an unconditional model."""
+    """(class names, targets): the chosen classes with per_class each (or n shared out as `Run.sampling_labels` does:
+    balanced, or in the training mix), or [None] with n for an unconditional model."""
     name = run.path
     if run.num_classes:
-        if n is not None:
-            raise UserError(f"--n is for unconditional models; {name} is class-conditional: "
-                            "give --per-class N (images of each class)")
-        if per_class is None or per_class < 1:
-            raise UserError(f"give --per-class N (at least 1): how many images of each class {name} should make")
+        if n is not None and per_class is not None:
+            raise UserError("give --per-class N (of each class) or --n N (in all), not both")
+        if n is None and (per_class is None or per_class < 1):
+            raise UserError(f"give --per-class N (at least 1): how many images of each class {name} should make, "
+                            "or --n N in all")
         chosen = list(classes) if classes else run.class_names
         unknown = [c for c in chosen if c not in run.class_names]
         if unknown:
@@ -60,6 +61,10 @@ def requested_classes(run: Run, per_class: int | None, n: int | None,
             raise UserError("--classes names a class twice; name each once")
         for c in chosen:
             check_class_name(c)
+        if n is not None:
+            counts = run.class_counts if run.modality.proportional_classes else None
+            weights = [counts[run.class_names.index(c)] for c in chosen] if counts else [1] * len(chosen)
+            return chosen, class_quotas(n, weights)
         return chosen, [per_class] * len(chosen)
     if per_class is not None or classes:
         raise UserError(f"{name} is unconditional (it has no classes): give --n N, the number of images, instead of "

@@ -1,7 +1,7 @@
-"""Privacy beside utility: how close synthetic images come to the training images they were learned from.
+"""Privacy beside utility: how close synthetic items come to the training items they were learned from.
 
-The distance to closest record (DCR) is the pixel L2 distance (images in [0, 1]) from an image to its nearest
-training image. Its baseline is the DCR of real held-out images, which the model never saw: a generator that
+The distance to closest record (DCR) is the Euclidean distance in the modality's `neighbour_view` (pixel L2 for
+images in [0, 1]; its `distance_name` says which) from an item to its nearest training item. Its baseline is the DCR of real held-out images, which the model never saw: a generator that
 does not copy puts its samples no closer to the training set than new real data, so about 5% of its samples
 fall below the held-out 5th percentile; many more means samples sit nearer training images than fresh data
 does. Exact copies (DCR 0) and the memorized fraction (the d1/d2 rule of evaluation/memorization.py) are counted too.
@@ -25,18 +25,19 @@ def _quantiles(dcr: np.ndarray) -> dict[str, float]:
     return {f"p{round(q * 100)}": float(np.quantile(dcr, q)) for q in QUANTILES}
 
 
-def dcr_summary(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, result: Memorization | None = None) -> dict:
-    """Quantiles of both DCR distributions, the fraction of synthetic images below the held-out 5th percentile,
-    exact copies, and (given the memorization result of the synthetic images) the memorized fraction."""
+def dcr_summary(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, result: Memorization | None = None, *,
+                item: str = "image", distance: str = "pixel L2, images scaled to [0, 1]") -> dict:
+    """Quantiles of both DCR distributions, the fraction of synthetic items below the held-out 5th percentile,
+    exact copies, and (given the memorization result of the synthetic items) the memorized fraction."""
     threshold = float(np.quantile(held_out_dcr, THRESHOLD_QUANTILE))
     summary = {
-        "distance": "pixel L2, images scaled to [0, 1]",
-        "synthetic_images": len(synth_dcr), "held_out_images": len(held_out_dcr),
+        "distance": distance, "item": item,
+        "synthetic_items": len(synth_dcr), "held_out_items": len(held_out_dcr),
         "synthetic_dcr": _quantiles(synth_dcr), "held_out_dcr": _quantiles(held_out_dcr),
         "held_out_p5": threshold,
         "fraction_below_held_out_p5": float(np.mean(synth_dcr < threshold)),
         "fraction_below_expected": ("about 0.05 when the generator does not copy; "
-                                    "less when its samples lie farther from the data than real images"),
+                                    f"less when its samples lie farther from the data than real {item}s"),
         "exact_copies": int(np.count_nonzero(synth_dcr == 0)),
         "held_out_exact_copies": int(np.count_nonzero(held_out_dcr == 0)),
     }
@@ -48,17 +49,19 @@ def dcr_summary(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, result: Memoriz
 def privacy(synth: np.ndarray, train: np.ndarray, held_out: np.ndarray, modality) -> tuple[dict, Memorization, np.ndarray]:
     """The DCR summary of synthetic items against the training items (distances in the modality's neighbour space),
     with the held-out items as baseline; also the synthetic items' memorization result and the held-out DCRs (for plots)."""
-    for what, images in (("synthetic images", synth), ("real held-out images", held_out)):
-        if not len(images):
+    for what, items in ((f"synthetic {modality.item}s", synth), (f"real held-out {modality.item}s", held_out)):
+        if not len(items):
             raise UserError(f"privacy report: there are no {what}; the DCR needs some of each")
-        if images.shape[1:] != train.shape[1:]:
-            raise UserError(f"privacy report: {what} are {images.shape[1:]} but the training items are "
-                            f"{train.shape[1:]}; compare images of the dataset the model was trained on")
+        if items.shape[1:] != train.shape[1:]:
+            raise UserError(f"privacy report: {what} are {items.shape[1:]} but the training items are "
+                            f"{train.shape[1:]}; compare {modality.item}s of the dataset the model was trained on")
     if len(train) < 2:
-        raise UserError(f"privacy report: the training set has {len(train)} image(s); the memorization rule needs at least 2")
+        raise UserError(f"privacy report: the training set has {len(train)} {modality.item}(s); the memorization rule "
+                        "needs at least 2")
     result = memorization(synth, train, modality)
     held_out_dcr = nearest_training(held_out, train, modality)[0]
-    return dcr_summary(result.d1, held_out_dcr, result), result, held_out_dcr
+    summary = dcr_summary(result.d1, held_out_dcr, result, item=modality.item, distance=modality.distance_name)
+    return summary, result, held_out_dcr
 
 
 def save_dcr_histogram(synth_dcr: np.ndarray, held_out_dcr: np.ndarray, path: str | Path) -> Path:

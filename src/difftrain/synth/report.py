@@ -88,9 +88,9 @@ def _mean_std(arm: dict, metric: str) -> str:
 
 def _utility_markdown(u: dict) -> list[str]:
     metric, name, counts, items = u["metric"], u["metric_name"], u["counts"], u["items"]
-    lines = [f"The same small {u['model']} trained for {u['steps']} optimizer steps of batch {u['batch']} on each set, seeds "
-             f"{', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real held-out "
-             f"{items} (mean ± std over seeds).", "",
+    fairness = u["fairness"][0].upper() + u["fairness"][1:]
+    lines = [f"{fairness} ({u['model']}; seeds {', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real "
+             f"held-out {items}, mean ± std over seeds).", "",
              f"| trained on | {items} | {name} |", "|---|---:|---:|"]
     sizes = {"real": counts["real_train"], "synthetic": counts["synthetic"],
              "real+synthetic": counts["real_train"] + counts["synthetic"]}
@@ -112,19 +112,20 @@ def _utility_markdown(u: dict) -> list[str]:
 
 def _privacy_markdown(p: dict, files: dict) -> list[str]:
     quantiles = list(p["synthetic_dcr"])
-    lines = [f"Distance to the closest training image ({p['distance']}), quantiles:", "",
-             "| images | n | " + " | ".join(quantiles) + " |", "|---|---:|" + "---:|" * len(quantiles)]
-    for label, key, n in (("synthetic", "synthetic_dcr", p["synthetic_images"]), ("real held-out (baseline)", "held_out_dcr",
-                                                                                  p["held_out_images"])):
+    item = p.get("item", "image")
+    lines = [f"Distance to the closest training {item} ({p['distance']}), quantiles:", "",
+             f"| {item}s | n | " + " | ".join(quantiles) + " |", "|---|---:|" + "---:|" * len(quantiles)]
+    for label, key, n in (("synthetic", "synthetic_dcr", p["synthetic_items"]), ("real held-out (baseline)", "held_out_dcr",
+                                                                                 p["held_out_items"])):
         lines.append(f"| {label} | {n} | " + " | ".join(f"{p[key][q]:.4f}" for q in quantiles) + " |")
     lines += ["",
-              f"- Synthetic images closer than the held-out 5th percentile ({p['held_out_p5']:.4f}): "
+              f"- Synthetic {item}s closer than the held-out 5th percentile ({p['held_out_p5']:.4f}): "
               f"**{p['fraction_below_held_out_p5']:.4f}** (expected: {p['fraction_below_expected']}).",
-              f"- Exact copies of training images: **{p['exact_copies']}** of {p['synthetic_images']}.",
-              f"- Memorized fraction (nearest training image closer than {p['memorization_ratio']:.3g} x the second nearest): "
-              f"**{p['memorized_fraction']:.4f}** ({p['memorized']} images).",
+              f"- Exact copies of training {item}s: **{p['exact_copies']}** of {p['synthetic_items']}.",
+              f"- Memorized fraction (nearest training {item} closer than {p['memorization_ratio']:.3g} x the second "
+              f"nearest): **{p['memorized_fraction']:.4f}** ({p['memorized']} {item}s).",
               "", f"![distance to closest record]({files['dcr']})", "",
-              f"Closest pairs (synthetic left, nearest training image right): ![closest pairs]({files['closest_pairs']})"]
+              f"Closest pairs (synthetic left, nearest training {item} right): ![closest pairs]({files['closest_pairs']})"]
     return lines
 
 

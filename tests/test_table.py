@@ -1,0 +1,152 @@
+"""The tabular modality through the CLI, as a user runs it: prepare a mixed CSV, train, sample rows (CSV, --where),
+evaluate and synthesize. Reading and type inference are tested in test_table_sources.py, metrics in
+test_table_metrics.py, the encoding here; this file checks that the verbs join them up and write what a user opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from difftrain.data import load_dataset
+from difftrain.modalities.table_encoding import TableEncoding, fit_encoding
+from tests.test_cli import cli, difftrain
+
+TINY = ["model.mlp.width=32", "model.mlp.depth=1", "model.mlp.embedding_dim=16", "train.batch_size=64",
+        "train.duration_steps=6", "train.log_every_images=128", "train.grid_every_images=0",
+        "train.checkpoint_every_images=0", "train.mixed_precision=no", "train.compile=off", "optim.warmup_images=64",
+        "sample.steps=3", "sample.batch_size=256"]
+
+
+def write_table(path, rows: int = 240) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    age = rng.integers(18, 80, rows)
+    frame = pd.DataFrame({
+        "age": age,
+        "hours": np.round(rng.normal(40, 8, rows), 1),
+        "job": rng.choice(["clerk", "nurse", "pilot"], rows),
+        "member": rng.choice(["yes", "no"], rows),
+        "income": np.where(age + rng.normal(0, 10, rows) > 50, ">50K", "<=50K"),
+    })
+    frame.loc[[3, 17], "job"] = None
+    frame.loc[[5], "hours"] = np.nan
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("table")
+    source = root / "people.csv"
+    write_table(source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    cli("data", "prepare", source, "--kind", "tabular", "--target", "income", "--out", root / "data")
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == digest  # the source is never touched
+    cli("train", "--preset", "tabular", "--data", root / "data", "--out", root / "run", "--no-progress", *TINY)
+    return root
+
+
+def test_encoding_round_trips_codes_and_keeps_ties_together():
+    schema = [{"name": "n", "type": "integer", "missing": 0.25, "min": 0, "max": 3},
+              {"name": "c", "type": "categorical", "categories": ["a", "b", "c"], "missing": 0.25}]
+    codes = np.array([[0, 0], [1, 1], [1, 2], [3, np.nan], [np.nan, 1], [2, 0], [1, 1], [0, 2]], np.float64)
+    encoding = TableEncoding(schema, fit_encoding(codes, schema))
+    assert encoding.dim == 2 + 4  # value + missing indicator; three categories + missing
+    vectors = encoding.encode(codes)
+    np.testing.assert_array_equal(encoding.decode(vectors), codes)
+    # Every row of value 1 (three of seven present) gets one score, the mean of its quantile levels: a median value
+    # sits at 0 in the normal scores.
+    ones = vectors[codes[:, 0] == 1, 0]
+    assert np.ptp(ones) == 0 and abs(ones[0]) < 0.2
+    # Model outputs between codes decode to valid ones: the nearest tie, the argmax category.
+    noisy = vectors + np.random.default_rng(0).normal(0, 0.05, vectors.shape)
+    np.testing.assert_array_equal(encoding.decode(noisy.astype(np.float32)), codes)
+
+
+def test_a_spike_decodes_to_its_value_not_to_made_up_amounts_beside_it():
+    # capital-gain-like: 90% zeros, the rest spread out. Scores anywhere within the zeros' span decode to exactly 0.
+    schema = [{"name": "gain", "type": "numeric", "missing": 0.0, "min": 0.0, "max": 1000.0}]
+    values = np.concatenate([np.zeros(900), np.linspace(100, 1000, 100)])[:, None]
+    encoding = TableEncoding(schema, fit_encoding(values, schema))
+    zero = encoding.encode(np.zeros((1, 1)))[0, 0]
+    beside = np.array([[zero - 0.5], [zero + 0.5], [zero + 1.0]])  # all within the zeros' scores (levels 0-0.9)
+    np.testing.assert_array_equal(encoding.decode(beside), 0.0)
+    # Past the spike the scores interpolate the spread values, increasing, within the training range.
+    tail = encoding.decode(np.array([[1.4], [2.0], [3.0]]))[:, 0]
+    assert 100 <= tail[0] < tail[1] < tail[2] <= 1000
+
+
+def test_prepare_keeps_types_and_the_target_as_labels(table_run):
+    ds = load_dataset(table_run / "data")
+    assert ds.class_names == ["<=50K", ">50K"] and ds.train_data.dtype == np.float64
+    schema = {c["name"]: c for c in ds.manifest["schema"]}
+    assert list(schema) == ["age", "hours", "job", "member"]
+    assert [schema[c]["type"] for c in schema] == ["integer", "numeric", "categorical", "boolean"]
+    assert ds.modality.model_shape == (1 + 2 + 4 + 2,)  # age; hours + missing; job 3 + missing; member 2
+    assert len(ds.train_data) + len(ds.test_data) == 240
+
+
+def test_sample_writes_a_csv_with_the_inputs_columns_types_and_categories(table_run, tmp_path):
+    out = tmp_path / "rows.csv"
+    cli("sample", table_run / "run", "--n", 50, "--out", out)
+    rows = pd.read_csv(out)
+    assert list(rows.columns) == ["age", "hours", "job", "member", "income"] and len(rows) == 50
+    assert set(rows["job"].dropna()) <= {"clerk", "nurse", "pilot"} and set(rows["member"]) <= {"yes", "no"}
+    assert (rows["age"] == rows["age"].round()).all() and rows["age"].between(18, 79).all()  # no 3.7 children
+    assert set(rows["income"]) == {"<=50K", ">50K"}
+    assert out.with_suffix(".png").is_file()
+
+
+def test_where_picks_the_target_value_and_refuses_other_columns(table_run, tmp_path):
+    out = tmp_path / "rich.parquet"
+    cli("sample", table_run / "run", "--n", 20, "--where", "income=>50K", "--out", out)
+    assert (pd.read_parquet(out)["income"] == ">50K").all()
+    bad = difftrain("sample", table_run / "run", "--n", 2, "--where", "income=rich", "--out", tmp_path / "x.csv")
+    assert bad.returncode != 0 and "'rich' is not a value of income" in bad.stderr + bad.stdout
+    bad = difftrain("sample", table_run / "run", "--n", 2, "--where", "job=nurse", "--out", tmp_path / "x.csv")
+    assert bad.returncode != 0 and "conditioned on 'income', not 'job'" in bad.stderr + bad.stdout
+
+
+def test_eval_scores_rows_against_their_floors(table_run):
+    result = cli("eval", table_run / "run", "--n", 40, "--metrics", "dist,mem", "--json")
+    record = json.loads(result.stdout)[0]
+    for key in ("column_shape_error", "pair_trend_error", "c2st_auc", "alpha_precision", "beta_recall"):
+        assert np.isfinite(record[key]) and np.isfinite(record[f"{key}_floor"]), key
+    assert 0 <= record["column_shape_error_floor"] < record["column_shape_error"] + 0.5
+
+
+def test_synth_writes_rows_and_a_machine_learning_efficiency_report(table_run, tmp_path):
+    from difftrain.synth.generate import synthesize
+
+    out = tmp_path / "synth"
+    synthesize(table_run / "run", out, per_class=15, report_options={"repeats": 2}, warn=lambda *_: None)
+    rows = pd.read_csv(out / "rows.csv")
+    assert list(rows.columns) == ["age", "hours", "job", "member", "income"] and len(rows) == 30
+    assert (rows["income"].value_counts() == 15).all()
+    assert pd.read_parquet(out / "rows.parquet")["age"].dtype.name in ("int64", "Int64")
+    utility = json.loads((out / "report.json").read_text())["utility"]
+    assert utility["task"] == "classification" and utility["metric"] == "f1_macro" and utility["seeds"] == [0, 1]
+    assert utility["counts"]["synthetic"] == 30 and set(utility["arms"]) == {"real", "synthetic", "real+synthetic"}
+    assert "macro F1 of income" in (out / "README.md").read_text()
+
+
+def test_table_options_are_refused_for_other_kinds(tmp_path):
+    bad = difftrain("data", "prepare", "digits", "--target", "x", "--out", tmp_path / "y")
+    assert bad.returncode != 0 and "--target" in bad.stderr + bad.stdout and not (tmp_path / "y").exists()
+
+
+def test_to_model_keeps_the_device_and_dtype():
+    schema = [{"name": "x", "type": "numeric", "missing": 0.0, "decimals": 2}]
+    codes = np.array([[0.5], [1.25], [3.0]])
+    encoding = fit_encoding(codes, schema)
+    from difftrain.modalities.table import TableModality
+
+    m = TableModality({"kind": "tabular", "shape": [1], "schema": schema, "target": None, "encoding": encoding})
+    x = m.to_model(torch.from_numpy(codes))
+    assert x.dtype == torch.float32 and x.shape == (3, 1)
+    np.testing.assert_array_equal(m.from_model(x), codes)
