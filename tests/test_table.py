@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from difftrain.data import load_dataset
+from difftrain.errors import UserError
+from difftrain.modalities import prepare
 from difftrain.modalities.table_encoding import TableEncoding, fit_encoding
 from tests.test_cli import cli, difftrain
 
@@ -137,7 +139,14 @@ def test_synth_writes_rows_and_a_machine_learning_efficiency_report(table_run, t
 
 def test_table_options_are_refused_for_other_kinds(tmp_path):
     bad = difftrain("data", "prepare", "digits", "--target", "x", "--out", tmp_path / "y")
-    assert bad.returncode != 0 and "--target" in bad.stderr + bad.stdout and not (tmp_path / "y").exists()
+    assert bad.returncode != 0 and "--target applies to tabular, not to image" in bad.stderr + bad.stdout
+    assert not (tmp_path / "y").exists()
+    # Each kind declares what it takes, so a series refuses a table's option rather than ignoring it, and the reverse.
+    with pytest.raises(UserError, match="--target applies to tabular, not to timeseries"):
+        prepare("sines", tmp_path / "s", kind="timeseries", target="x")
+    with pytest.raises(UserError, match="--fit, --window do not apply to tabular .*--fit is for image and segmentation; --window is for timeseries"):
+        prepare("wine", tmp_path / "t", kind="tabular", window=8, fit="pad")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
 
 
 def test_to_model_keeps_the_device_and_dtype():

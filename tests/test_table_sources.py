@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from difftrain.data.table_sources import (BUILTIN_TABLES, TYPES, TableSource, from_codes, infer_schema, read_table,
-                                          split_rows, to_codes, write_table)
+                                          to_codes, write_table)
 from difftrain.errors import UserError
 
 
@@ -323,40 +323,6 @@ def test_parquet_overrides_name_the_row(tmp_path):
 
 
 # -- splits ------------------------------------------------------------------------------------------------
-
-def test_split_rows_is_seeded_sorted_and_complete():
-    train, test = split_rows(100, test_fraction=0.2, seed=3)
-    assert train.dtype == np.int64 and test.dtype == np.int64 and len(test) == 20
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
-    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(100))
-    again, other = split_rows(100, test_fraction=0.2, seed=3), split_rows(100, test_fraction=0.2, seed=4)
-    assert np.array_equal(again[1], test) and not np.array_equal(other[1], test)
-    assert len(split_rows(5, test_fraction=0.01, seed=0)[1]) == 1  # never an empty side
-    for bad in (0, 1, 1.5, -0.1, True, "0.2"):
-        with pytest.raises(UserError, match="--test-fraction"):
-            split_rows(10, test_fraction=bad, seed=0)
-
-
-def test_split_rows_keeps_class_proportions_within_one_row():
-    rng = np.random.default_rng(0)
-    labels = rng.choice(5, 503, p=[0.5, 0.3, 0.15, 0.04, 0.01]).astype(np.float64)
-    labels[:3] = np.nan  # missing labels are a class of their own
-    labels[3:5] = 7.0  # a class of two rows
-    labels[5] = 9.0  # a single row
-    for f in (0.1, 0.25, 0.5, 0.9):
-        train, test = split_rows(len(labels), test_fraction=f, seed=1, stratify=labels)
-        assert abs(len(test) - f * len(labels)) <= 1
-        keys = np.where(np.isnan(labels), -1, labels)
-        for value in np.unique(keys):
-            count, held = int((keys == value).sum()), int((keys[test] == value).sum())
-            assert abs(held - count * f) < 1, (f, value, held, count)
-            if count >= 2:
-                assert 1 <= held <= count - 1
-    assert np.array_equal(split_rows(503, test_fraction=0.2, seed=1, stratify=labels)[1],
-                          split_rows(503, test_fraction=0.2, seed=1, stratify=labels)[1])
-
-
-# -- built-ins and writing ---------------------------------------------------------------------------------
 
 def test_builtins_load_offline_with_their_target():
     assert set(BUILTIN_TABLES) >= {"wine", "breast_cancer", "adult_like"}

@@ -58,6 +58,8 @@ def data_prepare(
     types: Optional[str] = typer.Option(None, help="Tables: column types where inference is wrong, e.g. zip=categorical,age=integer "
                                         "(numeric, integer, categorical, boolean, datetime)."),
     na_values: Optional[str] = typer.Option(None, "--na-values", help="Tables: further cell texts that mean missing, comma-separated (e.g. '?')."),
+    max_categories: Optional[int] = typer.Option(None, "--max-categories", help="Tables: refuse a categorical column with "
+                                                 "more distinct values than this (default 1000; an id or free text?)."),
     test_file: Optional[Path] = typer.Option(None, "--test-file", help="Tables: held-out rows from this file (the source's own "
                                              "test split, e.g. adult.test) instead of --test-fraction."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
@@ -80,6 +82,7 @@ def data_prepare(
                  columns=[c.strip() for c in columns.split(",")] if columns else None,
                  window=window, stride=stride, time_column=time_column, id_column=id_column, scaling=scaling,
                  allow_missing=allow_missing, target=target, types=types, test_file=test_file, test_fraction=test_fraction,
+                 max_categories=max_categories,
                  na_values=[v.strip() for v in na_values.split(",")] if na_values else None)
     # Only what was given, so each kind keeps its own defaults and refuses options it does not take.
     ds = prepare(source, out_dir, kind=kind, seed=seed, strict=strict, overwrite=overwrite,

@@ -770,53 +770,7 @@ def from_codes(codes: np.ndarray, schema: list[dict[str, Any]]):
     return _frame(series)
 
 
-# -- splits and output -------------------------------------------------------------------------------------
-
-def split_rows(n: int, *, test_fraction: float, seed: int,
-               stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx), sorted int64: a seeded random split, stratified by `stratify` codes when given.
-
-    Each class sends floor or ceil of its share to test (largest remainders first, ties in a seeded order), so the
-    test set keeps the class proportions within one row; a class of two or more rows keeps a row on each side.
-    """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating)) \
-            or not 0 < test_fraction < 1:
-        raise UserError(f"--test-fraction must be a number between 0 and 1 (exclusive), got {test_fraction!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise UserError(f"splitting a table into train and test rows needs at least 2 rows, got {n!r}")
-    n, f = int(n), float(test_fraction)
-    rng = np.random.default_rng(seed)
-    is_test = np.zeros(n, bool)
-    if stratify is None:
-        size = min(n - 1, max(1, math.floor(n * f + 0.5)))
-        is_test[rng.permutation(n)[:size]] = True
-    else:
-        labels = np.asarray(stratify)
-        if labels.shape != (n,):
-            raise ValueError(f"stratify has shape {labels.shape}, not ({n},)")
-        if labels.dtype.kind == "f":
-            labels = np.where(np.isnan(labels), np.inf, labels)  # missing labels are one more class
-        _, classes = np.unique(labels, return_inverse=True)
-        classes = classes.reshape(-1)
-        counts = np.bincount(classes)
-        share = counts * f
-        low, high = np.floor(share + 1e-9).astype(np.int64), np.ceil(share - 1e-9).astype(np.int64)
-        several = counts >= 2
-        low[several] = np.maximum(low[several], 1)
-        high[several] = np.minimum(high[several], counts[several] - 1)
-        take = low.copy()
-        extra = int(np.clip(math.floor(n * f + 0.5), low.sum(), high.sum())) - int(low.sum())
-        order = np.lexsort((rng.random(len(counts)), -(share - low), high <= low))  # largest remainder, ties seeded
-        take[order[:extra]] += 1
-        for c in range(len(counts)):
-            members = np.flatnonzero(classes == c)
-            is_test[rng.permutation(members)[:take[c]]] = True
-        if not is_test.any():  # only single-row classes, and too few rows for one of them
-            is_test[rng.integers(n)] = True
-        if is_test.all():
-            is_test[rng.integers(n)] = False
-    return np.flatnonzero(~is_test).astype(np.int64), np.flatnonzero(is_test).astype(np.int64)
-
+# -- output -------------------------------------------------------------------------------------
 
 def write_table(frame, path: str | Path) -> None:
     """Atomically write a frame as .csv (no index) or .parquet by the path's suffix, so a reader never sees half."""

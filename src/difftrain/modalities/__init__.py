@@ -65,11 +65,16 @@ def prepare(source, out, *, kind: str | None = None, **options: Any):
     if foreign:
         from difftrain.errors import UserError
 
-        takers = sorted({m.kind for m in MODALITIES.values() for k in foreign if k in m.prepare_options})
-        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in foreign)} "
-                        f"{'applies' if len(foreign) == 1 else 'apply'} to {' or '.join(takers) or 'no kind'}, not to "
-                        f"{cls.kind} ({source}): leave {'it' if len(foreign) == 1 else 'them'} out"
-                        + (f", or pass --kind {takers[0]}" if takers else ""))
+        def takers(option: str) -> str:
+            return " and ".join(m.kind for m in MODALITIES.values() if option in m.prepare_options) or "no kind"
+
+        flags = [f"--{k.replace('_', '-')}" for k in foreign]
+        if len(foreign) == 1:
+            raise UserError(f"{flags[0]} applies to {takers(foreign[0])}, not to {cls.kind} ({source}): leave it out, or "
+                            f"pass the --kind it belongs to")
+        raise UserError(f"{', '.join(flags)} do not apply to {cls.kind} ({source}): "
+                        f"{'; '.join(f'{f} is for {takers(k)}' for f, k in zip(flags, foreign))}. Leave them out, or "
+                        "pass the --kind they belong to")
     return cls.prepare(source, out, expect_kind=kind, **options)
 
 

@@ -55,7 +55,7 @@ class TableModality(Modality):
     dict when it is the labels (else None), "encoding": table_encoding.fit_encoding's maps}."""
 
     kind = "tabular"
-    prepare_options = frozenset({"target", "types", "columns", "na_values", "test_file"})
+    prepare_options = frozenset({"target", "types", "columns", "na_values", "test_file", "max_categories"})
     default_arch = "mlp"
     samples_key = "rows"
     item = "row"

@@ -27,6 +27,7 @@ def parse_types(text: str | None) -> dict[str, str] | None:
 
 def prepare_table(source: str | Path, out: str | Path, *, target: str | None = None, types: str | dict | None = None,
                   columns: list[str] | None = None, na_values: list[str] | None = None, test_file: str | Path | None = None,
+                  max_categories: int = 1000,
                   limit: int | None = None, test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
                   progress: bool = True, expect_kind: str | None = None, warn=None, **unused: Any):
     """float64 train/test_rows.npy (N, K), int64 labels for a categorical target, and a manifest with the schema."""
@@ -39,24 +40,23 @@ def prepare_table(source: str | Path, out: str | Path, *, target: str | None = N
     from difftrain.modalities.table import TableModality
     from difftrain.modalities.table_encoding import fit_encoding
 
-    options = {name: value for name, value in unused.items() if value not in (None, False, "crop")}
-    if options:
-        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in options)} do not apply to tables ({source}): "
-                        "leave them out")
     if not 0 <= test_fraction < 1:
         raise UserError(f"--test-fraction must be in [0, 1), got {test_fraction!r}")
     types = parse_types(types) if isinstance(types, str) or types is None else types
     builtin = str(source) in BUILTIN_TABLES
-    table = read_table(source, target=target, types=types, columns=columns, na_values=na_values)
+    table = read_table(source, target=target, types=types, columns=columns, na_values=na_values,
+                       max_categories=max_categories)
     frame = table.frame
     held_out = None
     if test_file is not None:
         # The held-out file is read with the training file's columns; one schema, inferred on both, covers both.
-        other = read_table(test_file, target=target, types=types, columns=list(frame.columns), na_values=na_values)
+        other = read_table(test_file, target=target, types=types, columns=list(frame.columns), na_values=na_values,
+                           max_categories=max_categories)
         if list(other.frame.columns) != list(frame.columns):
             raise UserError(f"--test-file {test_file} has columns {list(other.frame.columns)}, not {source}'s {list(frame.columns)}")
         both = pd.concat([frame, other.frame], ignore_index=True)
-        schema, notes = infer_schema(both, types={c["name"]: c["type"] for c in table.schema}, where=f"{source} + {test_file}")
+        schema, notes = infer_schema(both, types={c["name"]: c["type"] for c in table.schema}, where=f"{source} + {test_file}",
+                                     max_categories=max_categories)
         held_out = np.arange(len(frame), len(both))
         frame = both
     else:
