@@ -11,6 +11,8 @@ Two protocols, both on windows min-max scaled by the training split to [0, 1]:
 
 Run (one dataset at a time on 2 cores):
     python benchmarks/series.py --dataset sines stocks --images 300000 --out runs/bench-series --threads 2
+ETTh1's forecasting task (horizon 24 after 24 steps of context: 48-step windows, forecasting scores only):
+    python benchmarks/series.py --dataset etth1 --window 48 --horizon 24 --metrics forecast --out runs/bench-series-f
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", default=None, help="model.arch (default: the preset's).")
+    parser.add_argument("--horizon", type=int, default=None, help="eval.horizon: forecast steps (default: the preset's).")
+    parser.add_argument("--metrics", default=None, help="eval.metrics of the held-out protocol (default: the preset's); "
+                                                        "without dist and fid the paper protocol is skipped.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-series")
     parser.add_argument("--threads", type=int, default=None)
@@ -88,11 +93,20 @@ def main() -> None:
         prepare(source, data, kind="timeseries", window=args.window, overwrite=data.exists(), **options)
         overrides = [f"data.path={data}", f"train.duration_images={args.images}", f"train.seed={args.seed}"]
         overrides += [f"model.arch={args.arch}"] if args.arch else []
+        overrides += [f"eval.horizon={args.horizon}"] if args.horizon else []
         config = load_config("timeseries", overrides=overrides)
         start = time.perf_counter()
         result = train(config, out / "run", progress=False)
         train_seconds = time.perf_counter() - start
-        held_out = evaluate_run(out / "run", n=args.n_samples, seed=args.seed, warn=lambda m: None)[0]
+        held_out = evaluate_run(out / "run", n=args.n_samples, seed=args.seed, metrics=args.metrics, warn=lambda m: None)[0]
+        record = {"name": "series", "dataset": name, "window": args.window, "train_images": result.images,
+                  "train_seconds": round(train_seconds, 1), "arch": config.model.arch,
+                  "held_out_protocol": {k: held_out[k] for k in HELD_OUT if k in held_out}
+                                       | {f"{k}_floor": held_out[f"{k}_floor"] for k in HELD_OUT if f"{k}_floor" in held_out}}
+        if args.metrics and not {"dist", "fid"} & set(args.metrics.split(",")):
+            common.emit(record | {"horizon": config.eval.horizon, "task_windows": config.eval.task_windows,
+                                  "task_paths": config.eval.task_paths})
+            continue
         ds = load_dataset(data)
         unit = ds.modality.unit
         real = unit(ds.train_data)
