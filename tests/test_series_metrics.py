@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from statsmodels.tsa.api import VAR
+
 from difftrain.evaluation.forecast_baselines import fit_var, seasonal_naive, var_forecast
 from difftrain.evaluation.series_metrics import (context_fid, correlational_score, crps, discriminative_score,
                                                  fit_series_encoder, mae, mse, predictive_score, quantiles, repeated)
@@ -225,6 +227,19 @@ def test_var_constant_channel_and_one_channel():
     assert model.order >= 1 and model.coefs[0, 0, 0] == pytest.approx(0.8, abs=0.06)
     one = var_forecast(ar[:, None], ar[None, -10:, None], 5, n_paths=4, maxlags=3)
     assert one.shape == (4, 1, 5, 1) and np.isfinite(one).all()
+
+
+def test_var_fits_columns_that_copy_each_other():
+    # Stocks' Close and Adj_Close are one column twice: the residual covariance is singular, which AIC cannot take.
+    x, a = simulated_var(2000)
+    copied = np.concatenate([x, x[:, 2:]], axis=1)
+    with pytest.raises(np.linalg.LinAlgError):
+        VAR(copied).fit(maxlags=5, ic="aic", trend="c")
+    model = fit_var(copied, maxlags=5)
+    np.testing.assert_allclose(model.coefs[0][:3, :3] + np.pad(model.coefs[0][:3, 3:], ((0, 0), (2, 0)))[:, :3], a,
+                               atol=0.06)
+    paths = var_forecast(copied, copied[None, -10:], 4, n_paths=20, maxlags=5)
+    assert np.isfinite(paths).all() and np.allclose(paths[..., 2], paths[..., 3])
 
 
 def test_encoder_takes_missing_values_the_scores_refuse_them(real):

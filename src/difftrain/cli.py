@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -249,7 +249,9 @@ def sample(
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Sample only this class index (default: balanced over classes)."),
-    where: Optional[str] = typer.Option(None, help="Tables: only rows with this target value, COLUMN=VALUE (e.g. 'income=>50K')."),
+    where: Optional[List[str]] = typer.Option(None, help="Tables: only rows with this column value, COLUMN=VALUE (e.g. "
+                                              "'income=>50K'; numbers also <, <=, >, >=); repeat for several. On the "
+                                              "target it conditions the model, on other columns it keeps the rows that match."),
     seed: int = typer.Option(0, help="Seed of the noise."),
     checkpoint: str = typer.Option("latest", help="'latest' or a checkpoint folder."),
     raw_weights: bool = typer.Option(False, "--raw-weights", help="Use the raw weights instead of the EMA."),
@@ -271,39 +273,28 @@ def sample(
     from difftrain.store.run import open_run
 
     r = open_run(run)
-    if where is not None:
-        class_label = _where_class(r, where, class_label)
+    keep = None
+    if where:
+        if class_label is not None:
+            raise UserError("--where and --class both pick rows: give one")
+        class_label, keep = r.modality.where(list(where), r.class_names)
     if class_label is not None and not 0 <= class_label < r.num_classes:
         raise UserError(f"--class {class_label}: " + (f"choose 0..{r.num_classes - 1}" if r.num_classes else "the model is unconditional"))
     spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
     state, dev = _join_launch(device)
     with Progress(console=console, disable=not state.is_main_process) as bar:
-        task = bar.add_task("sample", total=own_images(n, r.config.sample.batch_size))  # this process's share of n
+        # this process's share of n; with --where on a plain column, as many as it takes
+        task = bar.add_task("sample", total=own_images(n, r.config.sample.batch_size) if keep is None else None)
         result = sample_run(run, n, spec, out_file, checkpoint=checkpoint, class_label=class_label, ema=not raw_weights,
-                            device=dev, progress=lambda k: bar.advance(task, k), warn=_warn)
+                            device=dev, progress=lambda k: bar.advance(task, k), warn=_warn, keep=keep,
+                            keep_what=" and ".join(where or []))
     if state.is_main_process:
         shared = f", in {state.num_processes} processes" if state.num_processes > 1 else ""
         console.print(f"{n} samples, {spec.network_evaluations} network evaluations each{shared}, from {result['meta']['checkpoint']}")
+        if "where" in result["meta"]:
+            w = result["meta"]["where"]
+            console.print(f"kept the first {n} of the {w['drawn']} drawn with {w['conditions']} ({w['rate']:.1%} matched)")
         out.print(str(out_file))
-
-
-def _where_class(r, where: str, class_label: Optional[int]) -> int:
-    """--where COLUMN=VALUE as the class index of the run's target column."""
-    column, sep, value = where.partition("=")
-    target = r.modality.spec.get("target")
-    if class_label is not None:
-        raise UserError("--where and --class both pick a class: give one")
-    if not sep:
-        raise UserError(f"--where {where!r}: write COLUMN=VALUE, e.g. --where 'income=>50K'")
-    if target is None or target["role"] != "label":
-        raise UserError(f"--where {where!r}: this run's model is conditioned on no column (prepare a table with a categorical "
-                        "--target to condition on it)")
-    if column.strip() != target["name"]:
-        raise UserError(f"--where {where!r}: the model is conditioned on {target['name']!r}, not {column.strip()!r}")
-    if value.strip() not in target["categories"]:
-        raise UserError(f"--where {where!r}: {value.strip()!r} is not a value of {target['name']}; its values are: "
-                        f"{', '.join(target['categories'])}")
-    return r.class_names.index(value.strip()) if r.class_names else target["categories"].index(value.strip())
 
 
 def _sample_observed(run: Path, n: int, out_file: Path, context: Optional[Path], horizon: Optional[int], impute: Optional[Path],

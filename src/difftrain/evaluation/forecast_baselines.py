@@ -98,7 +98,14 @@ def fit_var(history: np.ndarray, *, maxlags: int = 10) -> VarModel:
         fit = AutoReg(x[:, 0], lags=p, trend="c").fit()
         return VarModel(fit.params[:1].copy(), fit.params[1:].reshape(p, 1, 1).copy(),
                         np.array([[fit.sigma2]]), kept, c)
-    fit = VAR(x).fit(maxlags=maxlags, ic="aic", trend="c")
+    try:
+        fit = VAR(x).fit(maxlags=maxlags, ic="aic", trend="c")
+    except np.linalg.LinAlgError:
+        # Columns that copy each other (Stocks' Close and Adj_Close) make the residual covariance singular, whose
+        # log-determinant AIC needs: pick the order on the data with a whisper of noise, then fit the data itself.
+        noise = np.random.default_rng(0).normal(0.0, 1e-6, x.shape) * x.std(axis=0)
+        p = VAR(x + noise).select_order(maxlags, trend="c").aic
+        fit = VAR(x).fit(p, trend="c")
     return VarModel(np.asarray(fit.intercept), np.asarray(fit.coefs), np.asarray(fit.sigma_u), kept, c)
 
 

@@ -8,7 +8,9 @@ the samples (and the likelihood), append every record to metrics.jsonl and plot 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +36,40 @@ def _quiet(message: str) -> None:
 
 def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path, *, checkpoint: str = "latest",
                class_label: int | None = None, class_names: list[str] | None = None, ema: bool = True, device: str = "cpu",
-               progress=None, warn=print) -> dict:
+               progress=None, warn=print, keep: Callable[[np.ndarray], np.ndarray] | None = None, keep_what: str = "") -> dict:
     """Write `out` (.npz samples file) and a PNG grid beside it; return the samples' meta.
 
     Labels are balanced over `class_names` (default: the model's classes) and written as indices into
     them, so samples drawn for a dataset carry that dataset's labels. Under a multi-process launch every
     process calls it: each draws its share of the batches, the main process writes the files, and all
     return the same images once they are written.
+
+    `keep(items) -> bool mask`: only samples that pass (tables: `--where` on a column the model is not conditioned on),
+    drawn in rounds until there are n: exact samples of the model's conditional, at the cost of the rejected draws.
     """
     warn = warn if is_main_process() else _quiet
     run = open_run(run_dir)
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
     names = run.class_names if class_names is None else class_names
-    labels = run.sampling_labels(n, names)
-    if class_label is not None and labels is not None:
-        labels[:] = class_label
-    to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if labels is not None else None
-    images = generate(denoiser, run.modality, n, None if labels is None else to_model[labels], spec,
-                      batch_size=run.config.sample.batch_size, device=device, progress=progress, across_processes=True)
+    to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if names else None
+    batch = run.config.sample.batch_size
+
+    def draw(count: int, first_batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        drawn = run.sampling_labels(count, names)
+        if class_label is not None and drawn is not None:
+            drawn[:] = class_label
+        return generate(denoiser, run.modality, count, None if drawn is None else to_model[drawn], spec, batch_size=batch,
+                        device=device, progress=progress, across_processes=True, first_batch=first_batch), drawn
+
+    where = {}
+    if keep is None:
+        images, labels = draw(n, 0)
+    else:
+        images, labels, drawn, found = kept_draws(draw, n, keep, batch, keep_what)
+        where = {"where": {"conditions": keep_what, "drawn": drawn, "rate": found / drawn}}
     meta = {"run": str(Path(run_dir).resolve()), "checkpoint": str(ckpt.path.resolve()), "images_seen": ckpt.images,
-            "weights": "ema" if ema else "model", **spec_meta(spec), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "weights": "ema" if ema else "model", **spec_meta(spec), **where, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if labels is not None:
         meta["class_names"] = names
     by_class = labels if class_label is None else None  # one class: a plain grid
@@ -65,6 +80,30 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
 
     on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
+
+
+KEEP_LIMIT = 100  # draws per requested sample (at least one batch) before a rare --where condition is given up
+
+
+def kept_draws(draw, n: int, keep, batch: int, what: str) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """n samples that pass `keep` (and their labels), from rounds of `draw(count, first_batch)` sized by the pass rate
+    so far, with how many were drawn and passed; the rounds continue one sequence of batches, so the result depends on
+    the seed alone."""
+    items, labels, drawn, found = [], [], 0, 0
+    while found < n:
+        left = max(KEEP_LIMIT * n, batch) - drawn
+        if left <= 0:
+            raise UserError(f"only {found} of {drawn} samples had {what} ({found / drawn:.2%}); the model makes such rows "
+                            f"too rarely to fill --n {n}. Ask for fewer, or prepare the table with that column as --target "
+                            "and train a model conditioned on it")
+        rate = found / drawn if found else 1 / KEEP_LIMIT if drawn else 1.0
+        count = min(left, max(batch, math.ceil((n - found) / rate * 1.2 / batch) * batch))
+        x, y = draw(count, drawn // batch)
+        passed = np.asarray(keep(x), bool)
+        items.append(x[passed])
+        labels.append(None if y is None else y[passed])
+        drawn, found = drawn + count, found + int(passed.sum())
+    return np.concatenate(items)[:n], None if labels[0] is None else np.concatenate(labels)[:n], drawn, found
 
 
 def select_checkpoints(run: Run, which: str, warn=print) -> list[Checkpoint]:

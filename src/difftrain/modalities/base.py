@@ -182,6 +182,11 @@ class Modality(ABC):
     def save_pairs(self, left: np.ndarray, right: np.ndarray, path: Path) -> Path:
         """A PNG of item pairs side by side (memorization: each sample and its nearest training item)."""
 
+    def where(self, conditions: list[str], class_names: list[str] | None) -> tuple[int | None, Callable | None]:
+        """`sample --where`: (the class the conditions pick or None, a filter of items -> bool mask or None)."""
+        raise UserError(f"--where picks rows of a table by column values; this run's data is {self.kind}: "
+                        "use --class for a class")
+
     # -- synthetic datasets ---------------------------------------------------------------------------
     synth_task: ClassVar[str] = "classification"
 

@@ -156,6 +156,11 @@ class TableModality(Modality):
             frame[target["name"]] = categories[np.asarray(labels, np.int64)]
         return frame
 
+    def where(self, conditions: list[str], class_names: list[str] | None) -> tuple[int | None, Callable | None]:
+        from difftrain.modalities.table_where import parse_where
+
+        return parse_where(conditions, self.schema, self.spec.get("target"), class_names)
+
     def write_table(self, path: Path, codes: np.ndarray, labels: np.ndarray | None) -> Path:
         """Rows as a CSV or Parquet file, by `path`'s suffix, atomically."""
         from difftrain.data.table_sources import write_table
