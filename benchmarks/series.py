@@ -18,6 +18,7 @@ ETTh1's forecasting task (horizon 24 after 24 steps of context: 48-step windows,
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def main() -> None:
         overrides += [f"model.arch={args.arch}"] if args.arch else []
         overrides += [f"eval.horizon={args.horizon}"] if args.horizon else []
         config = load_config("timeseries", overrides=overrides)
+        shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run each time
         start = time.perf_counter()
         result = train(config, out / "run", progress=False)
         train_seconds = time.perf_counter() - start
