@@ -93,6 +93,22 @@ def test_prepare_keeps_types_and_the_target_as_labels(table_run):
     assert len(ds.train_data) + len(ds.test_data) == 240
 
 
+def test_types_come_from_flags_or_a_schema_file(table_run, tmp_path):
+    source = table_run / "people.csv"
+    (tmp_path / "types.yaml").write_text("age: numeric\nmember: categorical\n")
+    for types, expected in [("age=numeric,member=categorical", "numeric categorical"),
+                            (tmp_path / "types.yaml", "numeric categorical"),
+                            (table_run / "data" / "manifest.json", "integer boolean")]:  # a prepared manifest's schema
+        out = tmp_path / f"data-{len(list(tmp_path.iterdir()))}"
+        cli("data", "prepare", source, "--kind", "tabular", "--target", "income", "--types", types, "--out", out)
+        schema = {c["name"]: c["type"] for c in load_dataset(out).manifest["schema"]}
+        assert f"{schema['age']} {schema['member']}" == expected, types
+    (tmp_path / "bad.json").write_text('["age"]')
+    bad = difftrain("data", "prepare", source, "--kind", "tabular", "--types", tmp_path / "bad.json", "--out", tmp_path / "z")
+    assert bad.returncode != 0 and "write a mapping of column to type" in " ".join(bad.stderr.split())
+    assert not (tmp_path / "z").exists()
+
+
 def test_sample_writes_a_csv_with_the_inputs_columns_types_and_categories(table_run, tmp_path):
     out = tmp_path / "rows.csv"
     cli("sample", table_run / "run", "--n", 50, "--out", out)

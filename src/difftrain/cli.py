@@ -56,7 +56,8 @@ def data_prepare(
     target: Optional[str] = typer.Option(None, help="Tables: the column to predict; a categorical target becomes the class labels "
                                          "(sample --where target=value)."),
     types: Optional[str] = typer.Option(None, help="Tables: column types where inference is wrong, e.g. zip=categorical,age=integer "
-                                        "(numeric, integer, categorical, boolean, datetime)."),
+                                        "(numeric, integer, categorical, boolean, datetime), or a .json/.yaml schema file "
+                                        "(column: type; a prepared manifest.json works too)."),
     na_values: Optional[str] = typer.Option(None, "--na-values", help="Tables: further cell texts that mean missing, comma-separated (e.g. '?')."),
     max_categories: Optional[int] = typer.Option(None, "--max-categories", help="Tables: refuse a categorical column with "
                                                  "more distinct values than this (default 1000; an id or free text?)."),

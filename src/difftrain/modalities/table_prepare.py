@@ -15,14 +15,37 @@ from difftrain.errors import UserError
 
 
 def parse_types(text: str | None) -> dict[str, str] | None:
-    """--types "age=integer,zip=categorical" -> {"age": "integer", "zip": "categorical"}."""
+    """--types "age=integer,zip=categorical", or a schema file (.json/.yaml: {column: type}, or a list of {"name",
+    "type"} as a prepared manifest's "schema" holds it) -> {"age": "integer", "zip": "categorical"}."""
     if not text:
         return None
+    if Path(text).suffix.lower() in (".json", ".yaml", ".yml"):
+        return _types_file(Path(text))
     pairs = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in pairs if "=" not in p]
     if bad:
-        raise UserError(f"--types {text!r}: write column=type pairs separated by commas (e.g. age=integer,zip=categorical)")
+        raise UserError(f"--types {text!r}: write column=type pairs separated by commas (e.g. age=integer,zip=categorical)"
+                        " or name a .json/.yaml schema file")
     return {name.strip(): kind.strip() for name, kind in (p.split("=", 1) for p in pairs)}
+
+
+def _types_file(path: Path) -> dict[str, str]:
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"--types {path}: no such schema file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"--types {path}: not readable as JSON or YAML ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("schema"), list):
+        data = data["schema"]  # a whole manifest.json
+    if isinstance(data, list) and all(isinstance(c, dict) and "name" in c and "type" in c for c in data):
+        data = {c["name"]: c["type"] for c in data}
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise UserError(f"--types {path}: write a mapping of column to type (age: integer), or a list of "
+                        "{name, type} entries as a prepared manifest's schema")
+    return {str(k): v for k, v in data.items()}
 
 
 def prepare_table(source: str | Path, out: str | Path, *, target: str | None = None, types: str | dict | None = None,
