@@ -11,30 +11,11 @@ import pytest
 from difftrain.data.series_sources import (BUILTIN_SERIES, SeriesTable, generate_series, read_series_table,
                                            split_windows)
 from difftrain.errors import UserError
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
+from tests.reading import expect_read_error, write
 
 
 def expect_error(path: Path, *fragments: str, **options) -> str:
-    """read_series_table fails with a one-line UserError naming the file and every fragment, and leaves the file as it was."""
-    before = path.read_bytes() if path.is_file() else None
-    folder = path.parent if path.parent.is_dir() else None
-    listing = sorted(p.name for p in folder.iterdir()) if folder else None
-    with pytest.raises(UserError) as caught:
-        read_series_table(path, **options)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    if before is not None:
-        assert path.read_bytes() == before
-    if folder:
-        assert sorted(p.name for p in folder.iterdir()) == listing  # nothing written next to it
-    return message
+    return expect_read_error(read_series_table, path, *fragments, **options)
 
 
 def table_of(*series: np.ndarray, ids: list[str] | None = None) -> SeriesTable:

@@ -13,30 +13,11 @@ import pytest
 from difftrain.data.table_sources import (BUILTIN_TABLES, TYPES, TableSource, from_codes, infer_schema, read_table,
                                           to_codes, write_table)
 from difftrain.errors import UserError
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
+from tests.reading import expect_read_error, write
 
 
 def expect_error(path: Path, *fragments: str, **options) -> str:
-    """read_table fails with a one-line UserError naming the file and every fragment, and writes nothing."""
-    before = path.read_bytes() if path.is_file() else None
-    folder = path.parent if path.parent.is_dir() else None
-    listing = sorted(p.name for p in folder.iterdir()) if folder else None
-    with pytest.raises(UserError) as caught:
-        read_table(path, **options)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    if before is not None:
-        assert path.read_bytes() == before
-    if folder:
-        assert sorted(p.name for p in folder.iterdir()) == listing  # nothing written next to it
-    return message
+    return expect_read_error(read_table, path, *fragments, **options)
 
 
 def by_name(table: TableSource) -> dict[str, dict]:

@@ -124,14 +124,7 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[Any]], np.ndarray, 
     """Header names, each column's cells (strings) for the well-formed rows, their line numbers, and bad rows."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            # Comma unless the header clearly uses another separator (';' from some spreadsheets, or tabs).
-            delimiter = max([",", ";", "\t"], key=lambda d: (first.count(d), d == ","))
-            f.seek(0)
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            while header is not None and not any(c.strip() for c in header):
-                header = next(reader, None)  # blank lines before the header
+            reader, header = csv_header(f)
             if header is None:
                 raise UserError(f"{path} is empty: a points CSV needs a header row of column names and one row per point")
             names = [c.strip() for c in header]
@@ -157,6 +150,29 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[Any]], np.ndarray, 
         raise UserError(f"cannot read {path} ({e.strerror or e})") from None
     cells = {name: [record[i] for record in values] for i, name in enumerate(names)}
     return names, cells, np.asarray(lines, np.int64), rejected
+
+
+def check_columns(asked: list[str], names: list[str], where: Any, word: str = "column", listing: str | None = None) -> None:
+    """Refuse --columns that name something `names` lacks, or one thing twice (points, series, tables)."""
+    unknown = [c for c in asked if c not in names]
+    if unknown:
+        raise UserError(f"{where} has no {word} {', '.join(map(repr, unknown))} (asked for in --columns); "
+                        f"{listing or f'its {word}s are: ' + ', '.join(names)}")
+    doubled = sorted({c for c in asked if asked.count(c) > 1})
+    if doubled:
+        raise UserError(f"--columns names {', '.join(map(repr, doubled))} more than once; name each {word} once")
+
+
+def csv_header(f) -> tuple[Any, list[str] | None]:
+    """A csv reader over an open text file and its header row (the first row with a cell; None: no such row).
+    Comma unless the header clearly uses another separator (';' from some spreadsheets, or tabs)."""
+    first = next((line for line in f if line.strip()), "")
+    f.seek(0)
+    reader = csv.reader(f, delimiter=max([",", ";", "\t"], key=lambda d: (first.count(d), d == ",")))
+    header = next(reader, None)
+    while header is not None and not any(c.strip() for c in header):
+        header = next(reader, None)  # blank lines before the header
+    return reader, header
 
 
 def check_header(path: Path, names: list[str]) -> None:
@@ -253,12 +269,7 @@ def _table(path: Path, names: list[str], cells: dict[str, Any], rows: np.ndarray
         features = [n for n in names if n != label_column]
     else:
         features = list(columns)
-        missing = [c for c in features if c not in names]
-        if missing:
-            raise UserError(f"{path} has no column {', '.join(map(repr, missing))} (asked for in --columns); its columns are: {available}")
-        doubled = sorted({c for c in features if features.count(c) > 1})
-        if doubled:
-            raise UserError(f"--columns names {', '.join(map(repr, doubled))} more than once; name each feature column once")
+        check_columns(features, names, path)
         if label_column in features:
             raise UserError(f"column {label_column!r} of {path} is both the label (--label-column) and a feature (--columns); "
                             "leave it out of --columns")

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from difftrain.data.point_sources import check_header as _check_header, is_number as _is_number
+from difftrain.data.point_sources import check_columns, is_number as _is_number
+from difftrain.data.point_sources import check_header as _check_header
 from difftrain.errors import UserError
 
 
@@ -232,14 +233,7 @@ def _table(path: Path, fmt: str, names: list[str], cells: dict[str, Any], rows: 
         values_named = [n for n in names if n not in special]
     else:
         values_named = list(columns)
-        unknown = [c for c in values_named if c not in names]
-        if unknown:
-            raise UserError(f"{path} has no column {', '.join(map(repr, unknown))} (asked for in --columns); "
-                            f"its columns are: {available}")
-        doubled = sorted({c for c in values_named if values_named.count(c) > 1})
-        if doubled:
-            raise UserError(f"--columns names {', '.join(map(repr, doubled))} more than once; "
-                            "name each value column once")
+        check_columns(values_named, names, path)
         clash = [c for c in values_named if c in special]
         if clash:
             raise UserError(f"column {clash[0]!r} of {path} is the time or id column; leave it out of --columns")
@@ -468,13 +462,7 @@ def _read_npy(path: Path, columns: list[str] | None, time_column: str | None, id
         chosen = names
     else:
         chosen = list(columns)
-        unknown = [c for c in chosen if c not in names]
-        if unknown:
-            raise UserError(f"{path} has no channel {', '.join(map(repr, unknown))} (asked for in --columns); "
-                            f"a .npy file's channels are c0..c{len(names) - 1}")
-        doubled = sorted({c for c in chosen if chosen.count(c) > 1})
-        if doubled:
-            raise UserError(f"--columns names {', '.join(map(repr, doubled))} more than once; name each channel once")
+        check_columns(chosen, names, path, "channel", f"a .npy file's channels are c0..c{len(names) - 1}")
         if not chosen:
             raise UserError(f"{path}: --columns picks no channel; name at least one of c0..c{len(names) - 1}")
         stack = stack[:, :, [names.index(c) for c in chosen]]

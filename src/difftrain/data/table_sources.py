@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from difftrain.data.point_sources import check_header as _check_header
+from difftrain.data.point_sources import check_columns, csv_header
 from difftrain.errors import UserError
 
 TYPES = ("numeric", "integer", "categorical", "boolean", "datetime")
@@ -207,13 +208,7 @@ def _kept(where: str, names: list[str], target: str | None, columns: list[str] |
     if columns is None:
         return list(names)
     chosen = [str(c).strip() for c in columns]
-    unknown = [c for c in chosen if c not in names]
-    if unknown:
-        raise UserError(f"{where} has no column {', '.join(map(repr, unknown))} (asked for in --columns); "
-                        f"its columns are: {available}")
-    doubled = sorted({c for c in chosen if chosen.count(c) > 1})
-    if doubled:
-        raise UserError(f"--columns names {', '.join(map(repr, doubled))} more than once; name each column once")
+    check_columns(chosen, names, where)
     if not chosen:
         raise UserError(f"--columns picks no column of {where}; name at least one of: {available}")
     keep = set(chosen) | ({target} if target is not None else set())
@@ -249,16 +244,7 @@ def _read_csv(path: Path, tokens: frozenset[str] | set[str]) -> tuple[list[str],
     reader = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            first = next((line for line in f if line.strip()), "")
-            if not first:
-                raise UserError(empty)
-            # Comma unless the header clearly uses another separator (';' from some spreadsheets, or tabs).
-            delimiter = max([",", ";", "\t"], key=lambda d: (first.count(d), d == ","))
-            f.seek(0)
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            while header is not None and not any(c.strip() for c in header):
-                header = next(reader, None)  # blank lines before the header
+            reader, header = csv_header(f)
             if header is None:
                 raise UserError(empty)
             names = [c.strip() for c in header]
@@ -272,7 +258,7 @@ def _read_csv(path: Path, tokens: frozenset[str] | set[str]) -> tuple[list[str],
                     continue  # a blank line
                 if len(record) != len(names):
                     raise UserError(f"{path}: line {start} has {len(record)} cells but the header has {len(names)}: "
-                                    f"fix that line (a stray {delimiter!r} or a missing quote?)")
+                                    f"fix that line (a stray {reader.dialect.delimiter!r} or a missing quote?)")
                 records.append(record)
                 lines.append(start)
     except UnicodeDecodeError as e:
