@@ -111,9 +111,9 @@ class Modality(ABC):
 
     # -- the prepared arrays ------------------------------------------------------------------------
     @property
-    @abstractmethod
     def shape(self) -> tuple[int, ...]:
-        """One item as datasets and samples files hold it in memory."""
+        """One item as datasets and samples files hold it in memory (the spec's "shape", unless a kind adds to it)."""
+        return tuple(self.spec["shape"])
 
     @property
     @abstractmethod

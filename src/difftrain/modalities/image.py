@@ -126,10 +126,6 @@ class ImageModality(Modality):
         return prepare_dataset(source, out, **options)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["shape"])
-
-    @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
 

@@ -80,10 +80,6 @@ class PointsModality(Modality):
         return prepare_points(source, out, **options)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["shape"])
-
-    @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32)
 

@@ -52,10 +52,6 @@ class SeriesModality(Modality):
         return prepare_series(source, out, **options)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["shape"])
-
-    @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32)
 

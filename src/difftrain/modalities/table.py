@@ -77,10 +77,6 @@ class TableModality(Modality):
         return prepare_table(source, out, **options)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["shape"])
-
-    @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float64)
 
