@@ -95,7 +95,7 @@ def scores(rows: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, schema: 
     return {"fidelity": fidelity(train, picked, schema, seed),
             "utility": {k: round(v, 4) if isinstance(v, float) else v for k, v in utility.items()},
             "privacy": {k: privacy[k] for k in ("synthetic_dcr_median", "holdout_dcr_median", "share_closer_to_train",
-                                                "exact_copies") if k in privacy}}
+                                                "nndr_median", "exact_copies") if k in privacy}}
 
 
 def main() -> None:
