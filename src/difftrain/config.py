@@ -364,7 +364,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"path": "adult_like"},
         "model": {"arch": "mlp", "mlp": {"width": 512, "depth": 4}},
         "optim": {"lr": 1e-3, "warmup_images": 20_000},
-        "train": {"batch_size": 512, "duration_images": 1_000_000, "ema_halflife_images": 50_000,
+        "train": {"batch_size": 512, "duration_images": 2_000_000, "ema_halflife_images": 50_000,
                   "log_every_images": 25_600, "grid_every_images": 250_000, "checkpoint_every_images": 250_000},
         "sample": {"batch_size": 5000},
         "eval": {"n_samples": 2000, "metrics": ["dist", "mem"], "every_images": 0, "best_metric": "column_shape_error"},
