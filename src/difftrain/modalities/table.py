@@ -2,7 +2,8 @@
 
 A dataset holds float64 codes (N, K) in the table's own units, one column per feature: the value for numbers, seconds
 for datetimes, the category's index for categories, NaN for a missing cell. A categorical target (`--target`) is the
-dataset's class labels, so the model is class-conditional on it and `sample --where target=value` picks a class. The
+dataset's class labels, so the model is class-conditional on it and `sample --where target=value` picks a class (other
+columns' conditions keep the draws that match: table_where.py). The
 model sees each row through table_encoding.TableEncoding; every output goes back through the schema, so samples have
 the input's columns, types, categories and bounds. Metrics are the field's (evaluation/table_metrics.py), in data space.
 """
