@@ -103,7 +103,7 @@ def _statsmodels(name: str, seed: int) -> SeriesTable:
         values = frame[_MACRO_COLUMNS]
         year, quarter = int(frame["year"].iloc[0]), int(frame["quarter"].iloc[0])
         start, extra = pd.Timestamp(year, 3 * quarter - 2, 1).isoformat(), {"frequency": "quarterly"}
-    array = np.ascontiguousarray(values.to_numpy(dtype=np.float64))
+    array = values.to_numpy(dtype=np.float64, copy=True)
     columns = [str(c) for c in values.columns]
     return SeriesTable(series=[array], columns=columns, ids=[""], start_times=[start],
                        source={"builtin": name, "seed": seed, **extra},
@@ -199,7 +199,7 @@ def _read_parquet(path: Path) -> tuple[list[str], dict[str, Any], np.ndarray]:
         if pd.api.types.is_datetime64_any_dtype(column.dtype):
             cells[name] = column.reset_index(drop=True)
         elif pd.api.types.is_numeric_dtype(column.dtype):
-            cells[name] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            cells[name] = column.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
         else:
             cells[name] = np.array([_cell_text(v) for v in column.tolist()], dtype=object)
     return names, cells, np.arange(1, len(frame) + 1, dtype=np.int64)

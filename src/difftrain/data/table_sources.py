@@ -309,7 +309,7 @@ def _raw(name: str, series, where: str = "the table") -> _Raw:
     if pdt.is_bool_dtype(dtype):
         return _Raw(name, "text", _texts(series))
     if pdt.is_integer_dtype(dtype) or pdt.is_float_dtype(dtype):
-        return _Raw(name, "number", series.to_numpy(dtype=np.float64, na_value=np.nan),
+        return _Raw(name, "number", series.to_numpy(dtype=np.float64, na_value=np.nan, copy=True),
                     whole=pdt.is_integer_dtype(dtype))
     if pdt.is_datetime64_any_dtype(dtype):
         return _Raw(name, "datetime", _datetime_ns(series, name, where))
@@ -703,7 +703,7 @@ def to_codes(frame, schema: list[dict[str, Any]]) -> np.ndarray:
         else:
             texts = _texts(series)
             categories = [str(c) for c in column.get("categories") or []]
-            index = pd.Categorical(texts, categories=categories).codes.astype(np.int64)
+            index = pd.Index(categories).get_indexer(texts).astype(np.int64)  # -1: missing or not a category
             unknown = np.flatnonzero((index < 0) & (texts != None))  # noqa: E711 (elementwise)
             if len(unknown):
                 i = int(unknown[0])

@@ -71,9 +71,11 @@ def _numbers(series: pd.Series, column: dict) -> np.ndarray:
     """A numeric or datetime column as float64 (datetime: seconds since the epoch), NaN where missing."""
     if column["type"] == "datetime":
         moments = pd.to_datetime(series, utc=True, errors="coerce")
-        values = ((moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).to_numpy(np.float64, na_value=np.nan)
+        series_of_numbers = (moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     else:
-        values = pd.to_numeric(series, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        series_of_numbers = pd.to_numeric(series, errors="coerce")
+    # A copy: under pandas 3's copy-on-write, to_numpy may hand back a read-only view.
+    values = series_of_numbers.to_numpy(np.float64, na_value=np.nan, copy=True)
     bad = np.isnan(values) & ~series.isna().to_numpy()
     if bad.any():
         raise UserError(f"column {column['name']!r} is {column['type']} but holds {series[bad].iloc[0]!r}")
@@ -83,7 +85,7 @@ def _numbers(series: pd.Series, column: dict) -> np.ndarray:
 
 def _labels(series: pd.Series) -> np.ndarray:
     """A categorical or boolean column as text (object array), MISSING where missing."""
-    labels = series.astype(str).to_numpy(dtype=object)
+    labels = series.astype(str).to_numpy(dtype=object, copy=True)
     labels[series.isna().to_numpy()] = MISSING
     return labels
 
@@ -158,7 +160,7 @@ def encode_rows(frames: list[pd.DataFrame], schema: list[dict], fit_on: pd.DataF
         if _is_category(column):
             categories = _categories(column)
             for out, frame in zip(blocks, frames):
-                codes = pd.Categorical(_labels(frame[name]), categories=categories).codes
+                codes = pd.Index(categories).get_indexer(_labels(frame[name]))  # -1: outside the categories
                 one_hot = np.zeros((len(frame), len(categories) + gaps))
                 rows = np.flatnonzero(codes >= 0)
                 one_hot[rows, codes[rows]] = 1.0
@@ -318,8 +320,8 @@ def _features(frame: pd.DataFrame, schema: list[dict]) -> pd.DataFrame:
     for i, column in enumerate(schema):
         series = frame[column["name"]]
         if _is_category(column):
-            labels = _labels(series)
-            out[f"f{i}"] = pd.Categorical(np.where(labels == MISSING, None, labels), categories=_categories(column))
+            categories = pd.Index(_categories(column))
+            out[f"f{i}"] = pd.Categorical.from_codes(categories.get_indexer(_labels(series)), categories=categories)
         else:
             out[f"f{i}"] = _numbers(series, column)
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
