@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2_000_000, help="Training rows seen by the diffusion model.")
     parser.add_argument("--peers", nargs="*", default=["gaussian_copula", "ctgan"], choices=["gaussian_copula", "ctgan"])
     parser.add_argument("--ctgan-epochs", type=int, default=300, help="SDV's default.")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="Overrides of the tabular preset, e.g. diffusion.categories=softmax.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-tables")
     parser.add_argument("--threads", type=int, default=None)
@@ -127,7 +129,7 @@ def main() -> None:
         real_train = modality.frame(ds.train_data, ds.train_labels)
         real_test = modality.frame(ds.test_data, ds.test_labels)
         config = load_config("tabular", overrides=[f"data.path={data}", f"train.duration_images={args.images}",
-                                                   f"train.seed={args.seed}"])
+                                                   f"train.seed={args.seed}", *args.set])
         shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run each time
         start = time.perf_counter()
         result = train(config, out / "run", progress=False)
@@ -145,7 +147,7 @@ def main() -> None:
             generated[peer], seconds[peer] = peer_rows(peer, real_train, schema, len(real_train), args.seed, args.ctgan_epochs)
             seconds[peer] = round(seconds[peer], 1)
         record = {"name": "tables", "dataset": name, "rows": {"train": len(real_train), "test": len(real_test)},
-                  "columns": len(schema), "target": target, "train_images": result.images, "seconds": seconds,
+                  "columns": len(schema), "target": target, "overrides": args.set, "train_images": result.images, "seconds": seconds,
                   "real_floor": {"fidelity": fidelity(real_train, real_test.sample(n=min(len(real_test), len(real_train)),
                                                                                      random_state=args.seed), schema, args.seed),
                                  "utility": tm.mle(real_train, real_test, schema, target, seed=args.seed)},

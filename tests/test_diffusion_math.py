@@ -570,3 +570,30 @@ def test_loss_reproducible():
     assert loss(0).shape == (64,)
     assert torch.equal(loss(0), loss(0))
     assert not torch.equal(loss(0), loss(1))
+
+
+def test_simplex_readout_with_bayes_logits_is_the_exact_denoiser():
+    """A category one-hot in {-1, 1} (prior p) beside a Gaussian number: the posterior of category k given x is
+    proportional to p_k exp(2 x_k / sigma^2) (every one-hot has the same norm). Denoiser's simplex read-out of those
+    logits must be the exact E[x0 | x] = 2 posterior - 1 there, while the number keeps c_skip x + c_out F."""
+    edm, p = EDM(), torch.tensor([0.6, 0.3, 0.1])
+
+    def net(x_in, c_noise, cond):
+        sigma = torch.exp(4 * c_noise).view(-1, 1)  # EDM: c_noise = log(sigma) / 4
+        _, _, c_in, _ = edm.scalings(sigma.view(-1))
+        x = x_in / c_in.view(-1, 1)
+        logits = torch.log(p) + 2 * x[:, 1:] / sigma**2
+        return torch.cat([torch.zeros_like(x[:, :1]), logits], dim=1)
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)) * 2
+    for sigma in (0.05, 0.7, 20.0):
+        out = Denoiser(net, edm, simplex=[slice(1, 4)])(x, sigma)
+        one_hots = 2 * torch.eye(3) - 1
+        log_post = torch.log(p) - ((x[:, None, 1:] - one_hots) ** 2).sum(-1) / (2 * sigma**2)
+        exact = torch.softmax(log_post, dim=-1) @ one_hots
+        torch.testing.assert_close(out[:, 1:], exact, rtol=1e-5, atol=1e-5)
+        c_skip, _, _, _ = edm.scalings(torch.tensor([sigma]))
+        torch.testing.assert_close(out[:, 0], c_skip * x[:, 0])
+        assert torch.allclose(out[:, 1:].sum(-1), torch.tensor(-1.0))  # 2 * 1 - 3: on the simplex
+    plain = Denoiser(net, edm)(x, 0.7)
+    assert not torch.allclose(plain[:, 1:], out[:, 1:])

@@ -191,3 +191,26 @@ def test_to_model_keeps_the_device_and_dtype():
     x = m.to_model(torch.from_numpy(codes))
     assert x.dtype == torch.float32 and x.shape == (3, 1)
     np.testing.assert_array_equal(m.from_model(x), codes)
+
+
+def test_softmax_categories_train_sample_and_reload_on_the_simplex(table_run, tmp_path):
+    from difftrain.store.run import open_run
+
+    run = tmp_path / "soft"
+    cli("train", "--preset", "tabular", "--data", table_run / "data", "--out", run, "--no-progress", *TINY,
+        "diffusion.categories=softmax")
+    assert "categories: softmax" in (run / "config.yaml").read_text()
+    opened = open_run(run)
+    denoiser = opened.denoiser(opened.checkpoint())
+    slices = opened.modality.category_slices
+    assert [s.stop - s.start for s in slices] == [4, 2]  # job (3 + missing), member; the target is the label
+    x = 3 * torch.randn(16, *opened.modality.model_shape, generator=torch.Generator().manual_seed(0))
+    out = denoiser(x, 1.0, {"label": torch.zeros(16, dtype=torch.long)})
+    for part in slices:
+        k = part.stop - part.start
+        assert ((out[:, part] >= -1) & (out[:, part] <= 1)).all()
+        torch.testing.assert_close(out[:, part].sum(-1), torch.full((16,), 2.0 - k))
+    rows_csv = tmp_path / "rows.csv"
+    cli("sample", run, "--n", 40, "--out", rows_csv)
+    rows = pd.read_csv(rows_csv)
+    assert set(rows["job"].dropna()) <= {"clerk", "nurse", "pilot"} and set(rows["member"]) <= {"yes", "no"}

@@ -178,6 +178,7 @@ class DiffusionConfig(Section):
     prediction: Literal["eps", "v"] = Field("eps", description="Network target for 'vp': noise 'eps' or velocity 'v'.")
     weighting: Literal["auto", "edm", "min_snr", "uniform"] = Field("auto", description="Loss weighting over noise levels: 'edm', 'min_snr' (min-SNR-gamma), 'uniform' (MSE on the network's target; DDPM's L_simple) or 'auto', the formulation's own ('edm' for edm, 'uniform' for vp), saved resolved.")
     min_snr_gamma: float = Field(5.0, gt=0, description="Gamma of the min-SNR weighting.")
+    categories: Literal["continuous", "softmax"] = Field("continuous", description="How the denoiser reads a categorical value (a table's one-hot columns): 'continuous', like any number, or 'softmax', the network's outputs as logits and the denoised value the expected one-hot (CDCD).")
     sigma_data: float | Literal["auto"] = Field("auto", description="EDM: standard deviation of the data as the model sees it; 'auto': the data's own (0.5 for pixels in [-1, 1], measured for other data), recorded in config.yaml when training starts.")
 
     @field_validator("sigma_data")

@@ -20,7 +20,6 @@ import torch
 from difftrain.config import Config
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches
-from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
 from difftrain.training.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
@@ -317,7 +316,7 @@ def _time_sampling(t: _Trainee) -> tuple[float, int]:
     x = torch.randn(n, *t.batches.modality.model_shape, device=t.device)
     sigma = torch.full((n,), t.denoiser.formulation.sigma_max, device=t.device)
     labels = torch.arange(n, device=t.device) % t.num_classes if t.num_classes else None
-    denoiser = Denoiser(t.ema.net, t.denoiser.formulation)
+    denoiser = t.denoiser.with_net(t.ema.net)
     with torch.no_grad(), t.accelerator.autocast():
         denoiser(x[:2], sigma[:2], None if labels is None else {"label": labels[:2]})  # warm-up
         with PeakMemory(t.device) as meter:

@@ -143,6 +143,11 @@ class Modality(ABC):
     def model_shape(self) -> tuple[int, ...]:
         """One item as the network sees it: the noise shape."""
 
+    @property
+    def category_slices(self) -> list[slice]:
+        """Slices of the model vector's last axis that each hold one categorical value one-hot in {-1, 1}."""
+        return []
+
     @abstractmethod
     def to_model(self, batch: torch.Tensor) -> torch.Tensor:
         """A batch of data (as a tensor of `dtype`, on any device) -> float model tensors (B, *model_shape)."""

@@ -23,7 +23,7 @@ import torch
 from difftrain import atomic
 from difftrain.errors import UserError
 from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
-from difftrain.modalities.table_encoding import TableEncoding
+from difftrain.modalities.table_encoding import NUMBER_TYPES, TableEncoding
 
 
 def fit_table_classifier(codes: np.ndarray, labels: np.ndarray, num_classes: int, schema: list[dict[str, Any]], *,
@@ -102,6 +102,10 @@ class TableModality(Modality):
     @property
     def model_shape(self) -> tuple[int, ...]:
         return (self.encoding.dim,)
+
+    @property
+    def category_slices(self) -> list[slice]:
+        return [where for column, where in zip(self.schema, self.encoding.slices) if column["type"] not in NUMBER_TYPES]
 
     @property
     def has_gaps(self) -> bool:

@@ -65,6 +65,12 @@ def formulation_of(config: Config):
                              beta_start=d.beta_start, beta_end=d.beta_end, num_timesteps=d.num_timesteps, beta_schedule=d.beta_schedule)
 
 
+def denoiser_of(config: Config, modality: Modality, net: torch.nn.Module) -> Denoiser:
+    """The network wrapped as the config's denoiser: its formulation, and its read-out of the modality's categories."""
+    simplex = modality.category_slices if config.diffusion.categories == "softmax" else ()
+    return Denoiser(net, formulation_of(config), simplex)
+
+
 def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -> dict[str, Any]:
     """What a run keeps of its dataset, so it samples without the data present.
 
@@ -180,7 +186,7 @@ class Run:
 
         net = network_for(self.config, self.modality, self.num_classes)
         load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")
-        return Denoiser(merge(net).to(device).eval().requires_grad_(False), formulation_of(self.config))
+        return denoiser_of(self.config, self.modality, merge(net).to(device).eval().requires_grad_(False))
 
 
 def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset, class_names: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from difftrain.models.lora import parameter_counts
 from difftrain.pretrained.source import Pretrained, transferable
 from difftrain.pretrained.transfer import LoadReport, transfer_weights
 from difftrain.store.checkpoint import Checkpoint
-from difftrain.store.run import adapt_network, formulation_of, load_weights
+from difftrain.store.run import adapt_network, denoiser_of, load_weights
 from difftrain.training.ema import EMA
 from difftrain.training.optim import build_optimizer, skips_on_device
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
@@ -136,7 +136,7 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
         ema.net.to(device)
     if accelerator.scaler is not None and "grad_scaler" in state:  # fp16: the loss scale it had reached
         accelerator.scaler.load_state_dict(state["grad_scaler"])
-    trainee = Trainee(config, accelerator, net, raw_net, ema, ema_full, optimizer, Denoiser(net, formulation_of(config)),
+    trainee = Trainee(config, accelerator, net, raw_net, ema, ema_full, optimizer, denoiser_of(config, modality, net),
                       conditions_of(config, modality, raw_net), noise_gen, batches_of(device), trainable, total, sharded, init_report)
     return trainee, state
 

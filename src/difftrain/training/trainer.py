@@ -20,7 +20,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, ReplayBatches
-from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
 from difftrain.training.memory import PeakMemory
 from difftrain.pretrained.source import Pretrained
@@ -214,7 +213,7 @@ def evaluate_ema(state: TrainingState) -> None:
         if state.evaluator is not None:
             # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                state.evaluator(Denoiser(ema_net, t.denoiser.formulation), state.images,
+                state.evaluator(t.denoiser.with_net(ema_net), state.images,
                                 state.run_dir / "checkpoints" / f"ckpt-{state.images:09d}", state.log)
     t.accelerator.wait_for_everyone()
 
@@ -229,7 +228,7 @@ def write_grid(state: TrainingState) -> None:
         if ema_net is None:  # not the main process
             return
         spec = SamplingSpec.from_config(state.config.sample, seed=state.config.train.seed)
-        samples = generate(Denoiser(ema_net, t.denoiser.formulation), state.dataset.modality, grid_n, grid_labels, spec,
+        samples = generate(t.denoiser.with_net(ema_net), state.dataset.modality, grid_n, grid_labels, spec,
                            device=t.device)
     state.dataset.modality.save_preview(samples, state.run_dir / "samples" / f"grid-{state.images:09d}.png", labels=grid_labels,
                                         class_names=state.model_classes or None, reference=state.dataset.train_data)
