@@ -23,10 +23,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import common
 from difftrain.config import load_config
-from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.diffusion import denoising_loss
 from difftrain.modalities import modality_for
 from difftrain.models import build_network
-from difftrain.store.run import formulation_of
+from difftrain.store.run import denoiser_of
 
 SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}
 
@@ -40,7 +40,7 @@ def make_step(config, shape, batch: int, *, bf16: bool, math: bool, channels_las
     if compiled:
         net.compile()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
-    denoiser = Denoiser(net, formulation_of(config))
+    denoiser = denoiser_of(config, modality, net)
     x0 = torch.rand(batch, *modality.model_shape) * 2 - 1
     cond = {"label": torch.randint(0, 10, (batch,))}
 

@@ -46,9 +46,9 @@ import common
 from difftrain.config import Config, load_config
 from difftrain.data import PreparedDataset
 from difftrain.data.loader import ArrayBatches
-from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.diffusion import denoising_loss
 from difftrain.models import build_network
-from difftrain.store.run import formulation_of
+from difftrain.store.run import denoiser_of
 from difftrain.training.performance import enabled, uses_cuda_graphs
 from difftrain.training.trainee import make_accelerator
 from difftrain.training.trainer import train
@@ -136,7 +136,7 @@ def train_flops_per_image(config: Config, ds: PreparedDataset) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     num_classes = ds.num_classes if config.model.conditional else 0
-    denoiser = Denoiser(build_network(config.model, ds.modality, num_classes), formulation_of(config))
+    denoiser = denoiser_of(config, ds.modality, build_network(config.model, ds.modality, num_classes))
     n = 8
     x0 = torch.zeros(n, *ds.modality.model_shape).uniform_(-1, 1)
     cond = {"label": torch.zeros(n, dtype=torch.long)} if num_classes else None

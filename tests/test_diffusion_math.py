@@ -597,3 +597,15 @@ def test_simplex_readout_with_bayes_logits_is_the_exact_denoiser():
         assert torch.allclose(out[:, 1:].sum(-1), torch.tensor(-1.0))  # 2 * 1 - 3: on the simplex
     plain = Denoiser(net, edm)(x, 0.7)
     assert not torch.allclose(plain[:, 1:], out[:, 1:])
+
+
+def test_loss_weighs_simplex_categories_by_one_and_numbers_by_lambda():
+    edm = EDM()
+    net = lambda x_in, c_noise, cond: torch.tanh(x_in) * (1 + c_noise.view(-1, 1))  # noqa: E731
+    d = Denoiser(net, edm, simplex=[slice(1, 3)])
+    x0 = torch.tensor([[0.3, 1.0, -1.0], [-0.5, -1.0, 1.0]])
+    sigma, noise = torch.tensor([0.03, 2.0]), torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    err = (d(x0 + sigma[:, None] * noise, sigma) - x0) ** 2
+    lam = loss_weight(sigma, edm, "edm")
+    expected = (lam * err[:, 0] + err[:, 1:].sum(-1)) / 3
+    torch.testing.assert_close(denoising_loss(d, x0, weighting="edm", sigma=sigma, noise=noise), expected)

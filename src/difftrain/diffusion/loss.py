@@ -47,7 +47,8 @@ def denoising_loss(
 
     `sigma` (B,) and `noise` default to fresh draws from `generator`; the trainer passes them in
     so that a sample's noise does not depend on how the batch is split. `where` (bool, shaped like x0): average the
-    error over these elements only (data with gaps: a missing value has no target).
+    error over these elements only (data with gaps: a missing value has no target). The denoiser's `simplex` slices
+    (categories read out through a softmax) are weighted 1 instead of lambda(sigma).
     """
     formulation = denoiser.formulation
     x0 = x0.float()
@@ -56,10 +57,19 @@ def denoising_loss(
     n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32) if noise is None else noise.float()
     x = x0 + sigma.view((-1,) + (1,) * (x0.ndim - 1)) * n
     err = (denoiser(x, sigma, cond) - x0) ** 2
+    weight = loss_weight(sigma, formulation, weighting, min_snr_gamma)
+    if denoiser.simplex:
+        # A category read out through a softmax has no skip path: its error is on the network's own scale already, so
+        # it takes a unit weight at every noise level (what the numbers get on F: lambda * c_out^2 = 1), not lambda,
+        # which near sigma = 0.03 would weigh a category that the input all but shows ~1000 times.
+        on_simplex = torch.zeros(x0.shape[-1], dtype=torch.bool, device=x0.device)
+        for part in denoiser.simplex:
+            on_simplex[part] = True
+        err = torch.where(on_simplex, err / weight.view((-1,) + (1,) * (x0.ndim - 1)), err)
     dims = tuple(range(1, x0.ndim))
     if where is None:
         per_item = err.mean(dim=dims)
     else:
         where = where.to(err.dtype)
         per_item = (err * where).sum(dim=dims) / where.sum(dim=dims).clamp(min=1)
-    return loss_weight(sigma, formulation, weighting, min_snr_gamma) * per_item
+    return weight * per_item
