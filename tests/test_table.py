@@ -135,6 +135,9 @@ def test_where_conditions_on_the_target_and_keeps_rows_that_match_other_columns(
     cli("sample", table_run / "run", "--n", 30, "--where", "job=nurse", "--where", "age>=40", "--where", "income=<=50K",
         "--out", again)
     pd.testing.assert_frame_equal(pd.read_csv(again), rows)  # the seed alone decides the rows
+    members = tmp_path / "members.csv"
+    cli("sample", table_run / "run", "--n", 10, "--where", "member=YES", "--out", members)  # a boolean in any case
+    assert (pd.read_csv(members)["member"] == "yes").all()
     for where, message in [("income=rich", "'rich' is not a value of income"),
                            ("salary=1", "the table has no column 'salary'; its columns are: age, hours, job, member"),
                            ("age=old", "age is integer; give a number"), ("job>nurse", "job is categorical; use job=VALUE"),
@@ -214,3 +217,15 @@ def test_softmax_categories_train_sample_and_reload_on_the_simplex(table_run, tm
     cli("sample", run, "--n", 40, "--out", rows_csv)
     rows = pd.read_csv(rows_csv)
     assert set(rows["job"].dropna()) <= {"clerk", "nurse", "pilot"} and set(rows["member"]) <= {"yes", "no"}
+
+
+def test_rows_keep_the_sources_column_order_with_the_target_first(tmp_path):
+    from difftrain.data import load_dataset
+
+    source = tmp_path / "first.csv"
+    frame = write_table(tmp_path / "people.csv")
+    frame[["income", "age", "job", "hours", "member"]].to_csv(source, index=False)
+    cli("data", "prepare", source, "--kind", "tabular", "--target", "income", "--out", tmp_path / "data")
+    ds = load_dataset(tmp_path / "data")
+    rows = ds.modality.frame(ds.train_data, ds.train_labels)
+    assert list(rows.columns) == ["income", "age", "job", "hours", "member"]

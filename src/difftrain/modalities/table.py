@@ -53,7 +53,8 @@ def fit_table_classifier(codes: np.ndarray, labels: np.ndarray, num_classes: int
 
 class TableModality(Modality):
     """float64 codes (K,); spec: {"kind": "tabular", "shape": [K], "schema": [column dicts], "target": the target column's
-    dict when it is the labels (else None), "encoding": table_encoding.fit_encoding's maps}."""
+    dict when it is the labels (else None), "encoding": table_encoding.fit_encoding's maps, "column_order": the source's
+    column names in order}."""
 
     kind = "tabular"
     prepare_options = frozenset({"target", "types", "columns", "na_values", "test_file", "max_categories"})
@@ -61,7 +62,7 @@ class TableModality(Modality):
     samples_key = "rows"
     item = "row"
     distance_name = "L2 of the model's encoding: quantile-normal numbers, categories one-hot in {-1, 1}"
-    spec_keys = ("kind", "shape", "schema", "target", "encoding")
+    spec_keys = ("kind", "shape", "schema", "target", "encoding", "column_order")
     builtin_test_fraction = 0.2
     proportional_classes = True  # the target is a column: its mix is part of the data
 
@@ -155,7 +156,8 @@ class TableModality(Modality):
         if target is not None and target["role"] == "label" and labels is not None:
             categories = np.asarray(target["categories"], dtype=object)
             frame[target["name"]] = categories[np.asarray(labels, np.int64)]
-        return frame
+        order = self.spec.get("column_order")  # (datasets prepared before it was kept: the target comes last)
+        return frame[order] if order and set(order) == set(frame.columns) else frame
 
     def where(self, conditions: list[str], class_names: list[str] | None) -> tuple[int | None, Callable | None]:
         from difftrain.modalities.table_where import parse_where

@@ -130,6 +130,7 @@ def prepare_table(source: str | Path, out: str | Path, *, target: str | None = N
         "num_classes": len(class_names) if labelled else None, "class_names": class_names,
         **({"class_counts": {split: np.bincount(arrays[f"{split}_labels"], minlength=len(class_names)).tolist()
                              for split in ("train", "test")}} if labelled else {}),
+        "column_order": [c["name"] for c in schema],  # the source's, which outputs keep (the target is not last)
         "schema": features, "target": ({**target_column, "role": "label" if labelled else "feature"}
                                        if target_column is not None else None),
         "encoding": fit_encoding(arrays["train_rows"], features),

@@ -34,9 +34,7 @@ def parse_where(conditions: list[str], schema: list[dict[str, Any]], target: dic
         if target is not None and target["role"] == "label" and name == target["name"]:
             if op != "=":
                 raise UserError(f"--where {text!r}: {name} is categorical; use {name}=VALUE")
-            if value not in target["categories"]:
-                raise UserError(f"--where {text!r}: {value!r} is not a value of {name}; its values are: "
-                                f"{', '.join(target['categories'])}")
+            value = _category(text, value, target)
             picked = (class_names or target["categories"]).index(value)
             if label is not None and label != picked:
                 raise UserError(f"--where asks for two values of {name}: no row has both")
@@ -57,11 +55,7 @@ def _column_test(text: str, k: int, column: dict[str, Any], op: str, value: str)
     if kind in ("categorical", "boolean"):
         if op != "=":
             raise UserError(f"--where {text!r}: {column['name']} is {kind}; use {column['name']}=VALUE")
-        categories = [str(c) for c in column["categories"]]
-        if value not in categories:
-            raise UserError(f"--where {text!r}: {value!r} is not a value of {column['name']}; its values are: "
-                            f"{', '.join(categories)}")
-        code = categories.index(value)
+        code = [str(c) for c in column["categories"]].index(_category(text, value, column))
         return lambda codes: codes[:, k] == code
     if kind == "datetime":
         raise UserError(f"--where {text!r}: conditions on datetime columns ({column['name']}) are not supported")
@@ -71,3 +65,15 @@ def _column_test(text: str, k: int, column: dict[str, Any], op: str, value: str)
         raise UserError(f"--where {text!r}: {column['name']} is {kind}; give a number, e.g. {column['name']}>=40") from None
     compare = _COMPARE[op]
     return lambda codes: compare(codes[:, k], number)  # NaN (missing) compares False
+
+
+def _category(text: str, value: str, column: dict[str, Any]) -> str:
+    """The column's category that `value` names: exactly, or for a boolean in any case (true, True, TRUE)."""
+    categories = [str(c) for c in column["categories"]]
+    if value in categories:
+        return value
+    folded = [c for c in categories if column["type"] == "boolean" and c.lower() == value.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise UserError(f"--where {text!r}: {value!r} is not a value of {column['name']}; its values are: "
+                    f"{', '.join(categories)}")
