@@ -73,6 +73,7 @@ def test_csv_types_are_inferred_with_the_schema_a_manifest_stores(tmp_path):
     (["2020-01-05T10:00:00+02:00", "2020-01-05T10:00:00Z"], "datetime"),
     (["3-4", "5-6", "1-2"], "categorical"),  # ranges, not dates
     (["10:30", "11:45"], "categorical"),
+    (["10:30:00", "11:45:10", "09:00:00"], "categorical"),  # a bare time is not dated to the day it is read
     (["May", "June"], "categorical"),
     (["a", "b", "1"], "categorical"),
 ])

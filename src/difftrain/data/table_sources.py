@@ -544,11 +544,12 @@ def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | 
 
 
 def _looks_dated(text: str) -> bool:
-    """Guard before parsing text as dates: a year, three number groups (1/2/20, 10:30:00) or a month name, so that
-    codes like '3-4' or '10:30' stay categories."""
-    if not any(c.isdigit() for c in text):
+    """Guard before parsing text as dates: besides any time of day, a year, three number groups (1/2/20) or a month
+    name, so that codes like '3-4' stay categories and a bare time ('10:30:00') is not dated to the day it is read."""
+    day = re.sub(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?", " ", text)
+    if not any(c.isdigit() for c in day):
         return False
-    return bool(re.search(r"\d{4}", text)) or len(re.findall(r"\d+", text)) >= 3 or bool(_MONTH.search(text))
+    return bool(re.search(r"\d{4}", day)) or len(re.findall(r"\d+", day)) >= 3 or bool(_MONTH.search(day))
 
 
 def _parse_dates(texts: np.ndarray) -> np.ndarray:
