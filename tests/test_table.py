@@ -229,3 +229,19 @@ def test_rows_keep_the_sources_column_order_with_the_target_first(tmp_path):
     ds = load_dataset(tmp_path / "data")
     rows = ds.modality.frame(ds.train_data, ds.train_labels)
     assert list(rows.columns) == ["income", "age", "job", "hours", "member"]
+
+
+def test_tiny_numbers_and_milliseconds_survive_encoding_and_decoding(tmp_path):
+    from difftrain.data.table_sources import from_codes, read_table, to_codes
+
+    rng = np.random.default_rng(0)
+    source = pd.DataFrame({"dose": rng.uniform(1e-8, 5e-7, 40),  # beyond 6 decimals: not rounded to 0
+                           "at": pd.date_range("2020-01-01 10:00:01.456", periods=40, freq="1min")})
+    source.to_csv(tmp_path / "t.csv", index=False)
+    table = read_table(tmp_path / "t.csv")
+    assert [(c["decimals"], c["unit"]) for c in table.schema] == [(None, None), (None, "ms")]
+    codes = to_codes(table.frame, table.schema)
+    encoding = TableEncoding(table.schema, fit_encoding(codes, table.schema))
+    rows = from_codes(encoding.decode(encoding.encode(codes)), table.schema)
+    np.testing.assert_allclose(rows["dose"], source["dose"], rtol=1e-6)
+    assert (rows["at"] == source["at"]).all()

@@ -420,7 +420,7 @@ def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: s
                                 f"or pass --types {name}=categorical")
         distinct = len(np.unique(present))
         column.update(min=float(present.min()), max=float(present.max()),
-                      decimals=None if kind == "integer" else int(decimals))
+                      decimals=None if kind == "integer" or decimals is None else int(decimals))
         series = _number_series(values, missing, kind)
     elif kind == "datetime":
         present = values[~missing]
@@ -573,27 +573,28 @@ def _parse_dates(texts: np.ndarray) -> np.ndarray:
     return np.where(bad, _NAT, stamps.astype("datetime64[ns]").to_numpy().view(np.int64))
 
 
-def _text_decimals(texts: np.ndarray, numbers: np.ndarray) -> int:
-    """The most decimals written ('1.50' has 2, '1e-3' has 3), capped at 6."""
+def _text_decimals(texts: np.ndarray, numbers: np.ndarray) -> int | None:
+    """The most decimals written ('1.50' has 2, '1e-3' has 3); None beyond 6: such a column is not rounded (rounding
+    1.5e-7 to 6 decimals would make it 0)."""
     most = 0
     for text, value in zip(texts.tolist(), numbers.tolist()):
         found = _NUMBER_TEXT.fullmatch(str(text))
         if found:
             most = max(most, len(found.group(1) or "") - int(found.group(2) or 0))
         else:
-            most = max(most, _value_decimals(np.asarray([value])))
-        if most >= _MAX_DECIMALS:
-            return _MAX_DECIMALS
+            most = max(most, _MAX_DECIMALS + 1 if (d := _value_decimals(np.asarray([value]))) is None else d)
+        if most > _MAX_DECIMALS:
+            return None
     return most
 
 
-def _value_decimals(values: np.ndarray) -> int:
-    """The fewest decimals (up to 6) that every value is written with, for numbers that came typed."""
+def _value_decimals(values: np.ndarray) -> int | None:
+    """The fewest decimals (up to 6) that every value is written with, for numbers that came typed; None if more."""
     values = np.unique(values[np.isfinite(values)])
-    for d in range(_MAX_DECIMALS):
+    for d in range(_MAX_DECIMALS + 1):
         if (np.round(values, d) == values).all():
             return d
-    return _MAX_DECIMALS
+    return None
 
 
 def _check_whole(raw: _Raw, values: np.ndarray, missing: np.ndarray, rows: np.ndarray, word: str, where: str,
@@ -728,14 +729,14 @@ def from_codes(codes: np.ndarray, schema: list[dict[str, Any]]):
     for k, column in enumerate(schema):
         kind, values = column["type"], codes[:, k]
         missing = np.isnan(values)
-        if kind in ("numeric", "integer", "datetime"):
+        if kind == "integer":
+            values = np.rint(values)
+        elif kind == "numeric" and column.get("decimals") is not None:
+            values = np.round(values, int(column["decimals"]))
+        if kind in ("numeric", "integer", "datetime"):  # after rounding, which could step past a bound
             low, high = column.get("min"), column.get("max")
             values = np.clip(values, -np.inf if low is None else low, np.inf if high is None else high)
-        if kind == "integer":
-            series[column["name"]] = _number_series(np.rint(values), missing, kind)
-        elif kind == "numeric":
-            if column.get("decimals") is not None:
-                values = np.round(values, int(column["decimals"]))
+        if kind in ("integer", "numeric"):
             series[column["name"]] = _number_series(values, missing, kind)
         elif kind == "datetime":
             ns = np.full(len(values), _NAT, dtype=np.int64)

@@ -19,6 +19,7 @@ import numpy as np
 NUMBER_TYPES = ("numeric", "integer", "datetime")
 LEVELS = 1000  # quantiles kept per numeric column
 _EDGE = 1e-3  # the outermost quantiles map to +-3.09 standard deviations, not +-infinity
+_UNIT_SECONDS = {"D": 86_400.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}  # a datetime column's unit (table_sources._UNITS)
 
 
 def fit_encoding(codes: np.ndarray, schema: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,7 +96,10 @@ class TableEncoding:
 
 
 def _rounded(value: np.ndarray, column: dict[str, Any]) -> np.ndarray:
-    """Numbers as the column writes them: whole for integers and datetimes (seconds), else its decimals."""
-    if column["type"] != "numeric":
+    """Numbers as the column writes them: whole for integers, datetimes (seconds) to their unit, else its decimals."""
+    if column["type"] == "datetime":
+        step = _UNIT_SECONDS.get(column.get("unit") or "")
+        return value if step is None else np.round(value / step) * step
+    if column["type"] == "integer":
         return np.round(value)
     return value if column.get("decimals") is None else np.round(value, column["decimals"])
