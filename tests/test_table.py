@@ -245,3 +245,20 @@ def test_tiny_numbers_and_milliseconds_survive_encoding_and_decoding(tmp_path):
     rows = from_codes(encoding.decode(encoding.encode(codes)), table.schema)
     np.testing.assert_allclose(rows["dose"], source["dose"], rtol=1e-6)
     assert (rows["at"] == source["at"]).all()
+
+
+def test_a_test_file_is_typed_like_the_training_file_and_checked_with_it(tmp_path):
+    train = write_table(tmp_path / "train.csv", rows=120)
+    held = write_table(tmp_path / "other.csv", rows=30)
+    held["member"] = "yes"  # one value in the held-out rows alone: fine, the column has two over both files
+    held[["income", "member", "job", "hours", "age"]].to_csv(tmp_path / "test.csv", index=False)  # another order
+    ds = prepare(tmp_path / "train.csv", tmp_path / "data", kind="tabular", target="income", test_file=tmp_path / "test.csv")
+    assert ds.manifest["count"] == {"train": len(train), "test": 30}
+    rows = ds.modality.frame(ds.test_data, ds.test_labels)
+    assert list(rows.columns) == list(train.columns) and (rows["member"] == "yes").all()
+    held["age"] = held["age"].astype(float)  # written 33.0: still whole
+    held.loc[4, "age"] = 33.5
+    held.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(UserError, match=r"bad.csv: column 'age' is given as integer \(its type in .*train.csv\) but "
+                                        r"'33.5' on line 6 is not"):
+        prepare(tmp_path / "train.csv", tmp_path / "data2", kind="tabular", target="income", test_file=tmp_path / "bad.csv")

@@ -122,12 +122,14 @@ def _adult_like(n: int = 2000, seed: int = 1994):
 
 def read_table(source: str | Path, *, target: str | None = None, types: dict[str, str] | None = None,
                columns: list[str] | None = None, na_values: list[str] | None = None,
-               max_categories: int = 1000) -> TableSource:
+               max_categories: int = 1000, typed_by: str = "--types", table_checks: bool = True) -> TableSource:
     """A built-in name or a CSV/Parquet file -> TableSource, types inferred unless given in `types` (column -> type).
 
     A built-in's class column is the target unless `target` names another. CSV cells and column names are stripped;
     pandas' missing-value tokens and `na_values` mark missing cells. Only the kept columns (`columns` plus the target)
-    are typed and checked, so --columns is how a user drops a column this refuses.
+    are typed and checked, so --columns is how a user drops a column this refuses. `typed_by` names where `types`
+    came from in messages; `table_checks=False` skips the checks of a whole column (one value, like an id, too many
+    categories), for a part of a table (a held-out file) that is checked with the rest.
     """
     _check_max_categories(max_categories)
     if isinstance(columns, str):
@@ -167,7 +169,8 @@ def read_table(source: str | Path, *, target: str | None = None, types: dict[str
     types = _check_types(where, names, kept, types)
     schema, notes, series = [], [], {}
     for name in kept:
-        column, s, column_notes = _column(raws[name], types.get(name), rows, word, where, max_categories)
+        column, s, column_notes = _column(raws[name], types.get(name), rows, word, where, max_categories, typed_by,
+                                          table_checks)
         schema.append(column)
         series[name] = s
         notes.extend(column_notes)
@@ -387,8 +390,8 @@ def _datetime_ns(series, name: str, where: str) -> np.ndarray:
 
 # -- typing one column -------------------------------------------------------------------------------------
 
-def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: str,
-            max_categories: int) -> tuple[dict[str, Any], Any, list[str]]:
+def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: str, max_categories: int,
+            typed_by: str = "--types", table_checks: bool = True) -> tuple[dict[str, Any], Any, list[str]]:
     """The schema dict, the typed pandas Series and the warnings for one column (refusals are UserErrors)."""
     name = raw.name
     missing = _missing(raw)
@@ -399,12 +402,12 @@ def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: s
         kind = forced or ("integer" if raw.whole else "numeric")
         values, decimals = raw.cells, None if kind == "integer" else _value_decimals(raw.cells[~missing])
         if kind == "integer":
-            _check_whole(raw, values, missing, rows, word, where, forced)
+            _check_whole(raw, values, missing, rows, word, where, typed_by)
     elif raw.kind == "datetime" and forced in (None, "datetime"):
         kind, values, decimals = "datetime", raw.cells, None
     else:
         texts = raw.cells if raw.kind == "text" else _as_text(raw)
-        kind, values, decimals = _type_text(name, texts, missing, forced, rows, word, where)
+        kind, values, decimals = _type_text(name, texts, missing, forced, rows, word, where, typed_by)
     column: dict[str, Any] = {"name": name, "type": kind, "missing": float(missing.mean()), "min": None, "max": None,
                               "decimals": None, "categories": None, "counts": None, "unit": None}
     notes: list[str] = []
@@ -433,6 +436,8 @@ def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: s
         distinct = len(categories)
         column.update(categories=[str(c) for c in categories], counts=[int(c) for c in counts])
         series = _category_series(values, missing)
+    if not table_checks:
+        return column, series, notes
     if distinct == 1:
         only = _show(column["categories"][0] if column["categories"] else _text_of(raw, int(np.argmin(missing))))
         raise UserError(f"{where}: column {name!r} holds one value only ({only}), which carries nothing to learn; "
@@ -478,7 +483,7 @@ def _text_of(raw: _Raw, i: int) -> str:
 
 
 def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | None, rows: np.ndarray, word: str,
-               where: str) -> tuple[str, np.ndarray, int | None]:
+               where: str, typed_by: str = "--types") -> tuple[str, np.ndarray, int | None]:
     """Infer (or check the forced) type of a text column: (type, values, decimals); values are float64 numbers,
     int64 nanoseconds or the text cells."""
     import pandas as pd
@@ -495,7 +500,7 @@ def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | 
         return ", ".join(f"{_show(texts[i])} on {word} {rows[i]}" for i in bad)
 
     def misfit(bad_u: np.ndarray, what: str) -> UserError:
-        return UserError(f"{where}: column {name!r} is given as {forced} (--types) but {examples(bad_u)} "
+        return UserError(f"{where}: column {name!r} is given as {forced} ({typed_by}) but {examples(bad_u)} "
                          f"{'is' if bad_u.sum() == 1 else 'are'} not {what}; fix those cells, mark them missing with "
                          "--na-values, or give another type")
 
@@ -538,7 +543,7 @@ def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | 
         return kind, values, None
     if kind == "boolean" and len(uniques) > 2:
         shown = ", ".join(_show(u) for u in sorted(map(str, uniques))[:4]) + (", ..." if len(uniques) > 4 else "")
-        raise UserError(f"{where}: column {name!r} is given as boolean (--types) but has {len(uniques)} distinct "
+        raise UserError(f"{where}: column {name!r} is given as boolean ({typed_by}) but has {len(uniques)} distinct "
                         f"values ({shown}); a boolean has two: pass --types {name}=categorical")
     return kind, texts, None
 
@@ -598,13 +603,13 @@ def _value_decimals(values: np.ndarray) -> int | None:
 
 
 def _check_whole(raw: _Raw, values: np.ndarray, missing: np.ndarray, rows: np.ndarray, word: str, where: str,
-                 forced: str | None) -> None:
+                 typed_by: str) -> None:
     with np.errstate(invalid="ignore"):
         fractional = ~missing & np.isfinite(values) & (values != np.round(values))
     if fractional.any():
         bad = np.flatnonzero(fractional)[:3]
         shown = ", ".join(f"{_show(_text_of(raw, i))} on {word} {rows[i]}" for i in bad)
-        raise UserError(f"{where}: column {raw.name!r} is given as integer (--types) but {shown} "
+        raise UserError(f"{where}: column {raw.name!r} is given as integer ({typed_by}) but {shown} "
                         f"{'is' if len(bad) == 1 else 'are'} not whole numbers; fix those cells, or pass "
                         f"--types {raw.name}=numeric")
 

@@ -72,12 +72,12 @@ def prepare_table(source: str | Path, out: str | Path, *, target: str | None = N
     frame = table.frame
     held_out = None
     if test_file is not None:
-        # The held-out file is read with the training file's columns; one schema, inferred on both, covers both.
-        other = read_table(test_file, target=target, types=types, columns=list(frame.columns), na_values=na_values,
-                           max_categories=max_categories)
-        if list(other.frame.columns) != list(frame.columns):
-            raise UserError(f"--test-file {test_file} has columns {list(other.frame.columns)}, not {source}'s {list(frame.columns)}")
-        both = pd.concat([frame, other.frame], ignore_index=True)
+        # The held-out file is read with the training file's columns and types, its cells checked alone and its columns
+        # (one value, like an id...) with the training rows: one schema, inferred on both, covers both.
+        other = read_table(test_file, target=target, types={c["name"]: c["type"] for c in table.schema},
+                           columns=list(frame.columns), na_values=na_values, max_categories=max_categories,
+                           typed_by=f"its type in {source}", table_checks=False)
+        both = pd.concat([frame, other.frame[list(frame.columns)]], ignore_index=True)
         schema, notes = infer_schema(both, types={c["name"]: c["type"] for c in table.schema}, where=f"{source} + {test_file}",
                                      max_categories=max_categories)
         held_out = np.arange(len(frame), len(both))
