@@ -213,7 +213,11 @@ def column_shapes(real: pd.DataFrame, synth: pd.DataFrame, schema: list[dict]) -
 def _pair_codes(real: pd.Series, synth: pd.Series, column: dict, bins: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer codes 0..K-1 of both columns for a contingency table: categories (missing one of them), or numbers in
     `bins` quantile bins of the real present values (fewer where quantiles tie; values outside the real range in the
-    end bins) plus a last code for missing."""
+    end bins) plus a last code for missing.
+
+    Departure: SDMetrics cuts numbers into equal-width bins, which put a skewed column (Adult's capital-gain, 0 on 92%
+    of rows, up to 99,999) almost wholly in one bin and so hide its pairs; quantile bins do not. Pair trends with a
+    number and a category are therefore not comparable digit for digit with SDMetrics' or TabSyn's."""
     if _is_category(column):
         codes, uniques = pd.factorize(np.concatenate([_labels(real), _labels(synth)]))
         return codes[:len(real)], codes[len(real):], len(uniques)
