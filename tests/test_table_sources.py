@@ -339,3 +339,12 @@ def test_write_table_writes_atomically_by_suffix(tmp_path):
     with pytest.raises(UserError, match=r"rows\.xlsx.*use \.csv or \.parquet"):
         write_table(ROUND_TRIP, tmp_path / "out" / "rows.xlsx")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rows.csv", "rows.parquet"]
+
+
+def test_a_semicolon_csv_may_write_decimal_commas(tmp_path):
+    source = write(tmp_path / "t.csv", "price;code;city\n1,5;1,2;Lyon\n2;3,4;Metz\n-0,25;5-6;Lyon\n;7;Metz\n")
+    table = read_table(source)
+    assert [(c["type"], c["decimals"]) for c in table.schema] == [("numeric", 2), ("categorical", None),
+                                                                  ("categorical", None)]
+    assert table.frame["price"].tolist()[:3] == [1.5, 2.0, -0.25] and np.isnan(table.frame["price"].iloc[3])
+    assert table.schema[1]["categories"] == ["1,2", "3,4", "5-6", "7"]  # not all numbers: kept as written

@@ -275,8 +275,27 @@ def _read_csv(path: Path, tokens: frozenset[str] | set[str]) -> tuple[list[str],
     for i, name in enumerate(names):
         cells = np.empty(len(records), dtype=object)
         cells[:] = [None if (t := r[i].strip()) in tokens else t for r in records]
+        if reader.dialect.delimiter == ";":
+            cells = _decimal_commas(cells)
         raws[name] = _Raw(name, "text", cells)
     return names, raws, np.asarray(lines, np.int64)
+
+
+_COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+")
+
+
+def _decimal_commas(cells: np.ndarray) -> np.ndarray:
+    """A column of a ';' CSV written with decimal commas ('1,5', as spreadsheets in many locales save) as '1.5'; left
+    as it is unless every present cell is such a number or a whole one, and one at least has a comma."""
+    present = [c for c in cells.tolist() if c is not None]
+    if not any(_COMMA_NUMBER.fullmatch(c) for c in present):
+        return cells
+    if not all(_COMMA_NUMBER.fullmatch(c) or _WHOLE_NUMBER.fullmatch(c) for c in present):
+        return cells
+    out = np.empty(len(cells), dtype=object)
+    out[:] = [None if c is None else c.replace(",", ".") for c in cells.tolist()]
+    return out
 
 
 def _read_parquet(path: Path) -> tuple[list[str], dict[str, _Raw], np.ndarray]:
