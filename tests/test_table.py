@@ -262,3 +262,15 @@ def test_a_test_file_is_typed_like_the_training_file_and_checked_with_it(tmp_pat
     with pytest.raises(UserError, match=r"bad.csv: column 'age' is given as integer \(its type in .*train.csv\) but "
                                         r"'33.5' on line 6 is not"):
         prepare(tmp_path / "train.csv", tmp_path / "data2", kind="tabular", target="income", test_file=tmp_path / "bad.csv")
+
+
+def test_parquet_strings_stay_text_and_booleans_stay_booleans(tmp_path):
+    rng = np.random.default_rng(0)
+    source = pd.DataFrame({"zip": pd.Series(rng.choice(["02138", "10001", "94105"], 60), dtype="string"),
+                           "ok": rng.choice([True, False], 60), "x": rng.normal(size=60), "y": rng.choice(["a", "b"], 60)})
+    source.to_parquet(tmp_path / "t.parquet")
+    ds = prepare(tmp_path / "t.parquet", tmp_path / "data", kind="tabular", target="y")
+    assert [c["type"] for c in ds.modality.schema] == ["categorical", "boolean", "numeric"]
+    ds.modality.write_table(tmp_path / "rows.parquet", ds.train_data, ds.train_labels)
+    rows = pd.read_parquet(tmp_path / "rows.parquet")
+    assert set(rows["zip"]) <= {"02138", "10001", "94105"} and str(rows["ok"].dtype) == "boolean"

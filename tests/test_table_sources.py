@@ -76,6 +76,7 @@ def test_csv_types_are_inferred_with_the_schema_a_manifest_stores(tmp_path):
     (["10:30:00", "11:45:10", "09:00:00"], "categorical"),  # a bare time is not dated to the day it is read
     (["May", "June"], "categorical"),
     (["a", "b", "1"], "categorical"),
+    (["02138", "10001", "94105"], "categorical"),  # codes: as numbers the leading zero would be lost
 ])
 def test_each_type_is_inferred_from_text(tmp_path, cells, kind):
     source = write(tmp_path / "t.csv", "x,y\n" + "".join(f"{c},{i}\n" for i, c in enumerate(cells)))
@@ -100,14 +101,14 @@ def test_parquet_types_come_from_the_file(tmp_path):
                       pa.timestamp("us", tz="UTC"))
     pq.write_table(pa.table({
         "n": pa.array([1, None, 3], pa.int32()), "whole": [1.0, 2.0, 4.0], "x": [0.5, None, 1.25],
-        "ok": [True, False, None], "s": [" b ", "a", None], "num_text": ["1", "2", "3"], "t": stamps,
+        "ok": [True, False, None], "s": [" b ", "a", None], "num_text": ["1", "2", "3"], "zip": ["02138", "10001", "94105"], "t": stamps,
         "cat": pa.array(["u", "v", "u"]).dictionary_encode(),
     }), source)
     table = read_table(source)
     schema = by_name(table)
     assert {c: schema[c]["type"] for c in schema} == {
         "n": "integer", "whole": "numeric", "x": "numeric", "ok": "boolean", "s": "categorical",
-        "num_text": "integer", "t": "datetime", "cat": "categorical"}
+        "num_text": "integer", "zip": "categorical", "t": "datetime", "cat": "categorical"}
     assert schema["ok"]["categories"] == ["False", "True"] and schema["s"]["categories"] == ["a", "b"]
     assert schema["x"]["decimals"] == 2 and schema["whole"]["decimals"] == 0
     assert table.frame["t"].tolist()[0] == pd.Timestamp("2020-01-01 00:00")  # Paris 01:00 is 00:00 UTC

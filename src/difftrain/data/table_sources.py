@@ -281,6 +281,7 @@ def _read_csv(path: Path, tokens: frozenset[str] | set[str]) -> tuple[list[str],
     return names, raws, np.asarray(lines, np.int64)
 
 
+_LEADING_ZERO = re.compile(r"[+-]?0\d+")
 _COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d+")
 
@@ -504,7 +505,8 @@ def _text_of(raw: _Raw, i: int) -> str:
 def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | None, rows: np.ndarray, word: str,
                where: str, typed_by: str = "--types") -> tuple[str, np.ndarray, int | None]:
     """Infer (or check the forced) type of a text column: (type, values, decimals); values are float64 numbers,
-    int64 nanoseconds or the text cells."""
+    int64 nanoseconds or the text cells. Digits with a leading zero ('02138') are codes, not numbers: as numbers they
+    would come back without it."""
     import pandas as pd
 
     present = np.flatnonzero(~missing)
@@ -527,10 +529,11 @@ def _type_text(name: str, texts: np.ndarray, missing: np.ndarray, forced: str | 
     if kind is None:
         share = float(is_number[codes].mean())
         lower = {str(u).lower() for u in uniques}
-        if is_number.all():
+        numbers = not any(_LEADING_ZERO.fullmatch(str(u)) for u in uniques)
+        if numbers and is_number.all():
             whole = all(_INTEGER_TEXT.fullmatch(str(u)) for u in uniques)
             kind = "integer" if whole else "numeric"
-        elif share >= 0.9:
+        elif numbers and share >= 0.9:
             count = int((~is_number[codes]).sum())
             raise UserError(f"{where}: column {name!r} holds numbers but {count} cell{'s' if count > 1 else ''} "
                             f"{'are' if count > 1 else 'is'} not ({examples(~is_number)}); fix those cells, mark them "
@@ -784,8 +787,9 @@ def from_codes(codes: np.ndarray, schema: list[dict[str, Any]]):
 
 # -- output -------------------------------------------------------------------------------------
 
-def write_table(frame, path: str | Path) -> None:
-    """Atomically write a frame as .csv (no index) or .parquet by the path's suffix, so a reader never sees half."""
+def write_table(frame, path: str | Path, schema: list[dict[str, Any]] = ()) -> None:
+    """Atomically write a frame as .csv (no index) or .parquet by the path's suffix, so a reader never sees half.
+    Parquet keeps types that text cannot: a boolean column of `schema` read from True/False is written as booleans."""
     from difftrain.atomic import write_bytes
 
     path = Path(path)
@@ -793,6 +797,10 @@ def write_table(frame, path: str | Path) -> None:
     if suffix == ".csv":
         data = frame.to_csv(index=False).encode("utf-8")
     elif suffix in _PARQUET_SUFFIXES:
+        frame = frame.copy()
+        for column in schema:
+            if column["type"] == "boolean" and sorted(map(str, column.get("categories") or [])) == ["False", "True"]:
+                frame[column["name"]] = frame[column["name"]].map({"True": True, "False": False}).astype("boolean")
         buffer = io.BytesIO()
         try:
             frame.to_parquet(buffer, index=False)

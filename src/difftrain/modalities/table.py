@@ -168,7 +168,7 @@ class TableModality(Modality):
         """Rows as a CSV or Parquet file, by `path`'s suffix, atomically."""
         from difftrain.data.table_sources import write_table
 
-        write_table(self.frame(codes, labels), path)
+        write_table(self.frame(codes, labels), path, self.frame_schema)
         return Path(path)
 
     table_suffixes = (".csv", ".parquet")
