@@ -360,9 +360,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "every_images": 0},
     },
     # Tables (a generated Adult-like table by default; any `data prepare --kind tabular` folder with --data): an MLP over
-    # quantile-normal numbers and one-hot categories, class-conditional on the target column.
+    # quantile-normal numbers and one-hot categories read out through a softmax (the Adult benchmark's choice),
+    # class-conditional on the target column.
     "tabular": {
         "data": {"path": "adult_like"},
+        "diffusion": {"categories": "softmax"},
         "model": {"arch": "mlp", "mlp": {"width": 512, "depth": 4}},
         "optim": {"lr": 1e-3, "warmup_images": 20_000},
         "train": {"batch_size": 512, "duration_images": 2_000_000, "ema_halflife_images": 50_000,
