@@ -98,7 +98,7 @@ def test_parquet_types_come_from_the_file(tmp_path):
 
     source = tmp_path / "t.parquet"
     stamps = pa.array([pd.Timestamp("2020-01-01 01:00", tz="Europe/Paris"), None, pd.Timestamp("2021-05-01", tz="UTC")],
-                      pa.timestamp("us", tz="UTC"))
+                      pa.timestamp("us", tz="Europe/Paris"))
     pq.write_table(pa.table({
         "n": pa.array([1, None, 3], pa.int32()), "whole": [1.0, 2.0, 4.0], "x": [0.5, None, 1.25],
         "ok": [True, False, None], "s": [" b ", "a", None], "num_text": ["1", "2", "3"], "zip": ["02138", "10001", "94105"], "t": stamps,
@@ -112,6 +112,9 @@ def test_parquet_types_come_from_the_file(tmp_path):
     assert schema["ok"]["categories"] == ["False", "True"] and schema["s"]["categories"] == ["a", "b"]
     assert schema["x"]["decimals"] == 2 and schema["whole"]["decimals"] == 0
     assert table.frame["t"].tolist()[0] == pd.Timestamp("2020-01-01 00:00")  # Paris 01:00 is 00:00 UTC
+    assert schema["t"]["timezone"] == "Europe/Paris" and "timezone" not in schema["n"]
+    back = from_codes(to_codes(table.frame, table.schema), table.schema)
+    assert back["t"].tolist()[0] == pd.Timestamp("2020-01-01 01:00", tz="Europe/Paris")  # in its zone again
     assert str(table.frame["n"].dtype) == "Int64" and table.frame["n"].isna().tolist() == [False, True, False]
 
 

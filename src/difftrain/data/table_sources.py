@@ -73,6 +73,7 @@ class _Raw:
     kind: str  # "text" | "number" | "datetime"
     cells: np.ndarray  # text: object str|None; number: float64 NaN = missing; datetime: int64 ns (UTC), _NAT = missing
     whole: bool = False  # number: stored with an integer type (a Parquet int column), so "integer" not "numeric"
+    zone: str | None = None  # datetime: the time zone a typed source stored it in, which outputs are shown in again
 
 
 # -- built-ins ---------------------------------------------------------------------------------------------
@@ -335,7 +336,8 @@ def _raw(name: str, series, where: str = "the table") -> _Raw:
         return _Raw(name, "number", series.to_numpy(dtype=np.float64, na_value=np.nan, copy=True),
                     whole=pdt.is_integer_dtype(dtype))
     if pdt.is_datetime64_any_dtype(dtype):
-        return _Raw(name, "datetime", _datetime_ns(series, name, where))
+        zone = getattr(series.dt, "tz", None)
+        return _Raw(name, "datetime", _datetime_ns(series, name, where), zone=None if zone is None else str(zone))
     if isinstance(dtype, (pd.CategoricalDtype, pd.StringDtype)) or dtype == object:
         return _Raw(name, "text", _texts(series))
     raise UserError(f"{where}: column {name!r} holds {dtype} values, which a table cannot model; convert it to "
@@ -450,6 +452,8 @@ def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: s
         distinct = len(np.unique(present))
         unit = next((u for u, q in _UNITS if not (present % q).any()), "ns")
         column.update(min=_seconds(present.min()), max=_seconds(present.max()), unit=unit)
+        if raw.zone is not None:
+            column["timezone"] = raw.zone
         series = _datetime_series(values)
     else:
         categories, counts = np.unique(values[~missing].astype(str), return_counts=True)
@@ -746,7 +750,8 @@ def to_codes(frame, schema: list[dict[str, Any]]) -> np.ndarray:
 def from_codes(codes: np.ndarray, schema: list[dict[str, Any]]):
     """The inverse of `to_codes`, which also makes model outputs valid: integers rounded, every number clipped to
     [min, max], category indices rounded and clipped, numbers rounded to the column's decimals and datetimes to its
-    unit. NaN -> missing (pd.NA / NaT / NaN). Types: Int64, float64, object (category text), datetime64[ns]."""
+    unit. NaN -> missing (pd.NA / NaT / NaN). Types: Int64, float64, object (category text), datetime64[ns] (in the
+    column's source time zone when it had one)."""
     import pandas as pd
 
     codes = np.asarray(codes, dtype=np.float64)
@@ -773,7 +778,10 @@ def from_codes(codes: np.ndarray, schema: list[dict[str, Any]]):
             step = dict(_UNITS).get(column.get("unit") or "ns", 1)
             if step > 1:
                 ns[ok] = (ns[ok] + step // 2) // step * step
-            series[column["name"]] = _datetime_series(ns)
+            stamps = _datetime_series(ns)
+            if column.get("timezone"):
+                stamps = stamps.dt.tz_localize("UTC").dt.tz_convert(column["timezone"])
+            series[column["name"]] = stamps
         else:
             categories = np.asarray([str(c) for c in column.get("categories") or []], dtype=object)
             if not len(categories):
