@@ -249,6 +249,7 @@ def test_a_test_file_is_typed_like_the_training_file_and_checked_with_it(tmp_pat
     train = write_table(tmp_path / "train.csv", rows=120)
     held = write_table(tmp_path / "other.csv", rows=30)
     held["member"] = "yes"  # one value in the held-out rows alone: fine, the column has two over both files
+    held["hours"] = np.nan  # and none at all: fine too
     held[["income", "member", "job", "hours", "age"]].to_csv(tmp_path / "test.csv", index=False)  # another order
     ds = prepare(tmp_path / "train.csv", tmp_path / "data", kind="tabular", target="income", test_file=tmp_path / "test.csv")
     assert ds.manifest["count"] == {"train": len(train), "test": 30}

@@ -418,6 +418,12 @@ def _column(raw: _Raw, forced: str | None, rows: np.ndarray, word: str, where: s
     name = raw.name
     missing = _missing(raw)
     n = len(missing)
+    if missing.all() and forced is not None and not table_checks:  # a held-out file's empty column: checked with the rest
+        gaps = {"integer": lambda: _number_series(np.full(n, np.nan), missing, "integer"),
+                "numeric": lambda: _number_series(np.full(n, np.nan), missing, "numeric"),
+                "datetime": lambda: _datetime_series(np.full(n, _NAT, np.int64))}
+        series = gaps.get(forced, lambda: _category_series(np.full(n, None, dtype=object), missing))()
+        return {"name": name, "type": forced, "missing": 1.0}, series, []
     if missing.all():
         raise UserError(f"{where}: column {name!r} has no values (every cell is missing); drop it with --columns")
     if raw.kind == "number" and forced in (None, "numeric", "integer"):
