@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -414,14 +413,12 @@ def _join_launch(device: str):
     import torch
     from accelerate import PartialState
 
-    from difftrain.distributed import WAIT_FOR_MAIN
+    from difftrain.distributed import WAIT_FOR_MAIN, leave_at_exit
 
     dev = _device(device)
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_FOR_MAIN)
     if state.num_processes > 1:
-        # A process that exits with its gloo group alive is sometimes aborted ("terminate called without an active
-        # exception"): leave the group before the interpreter shuts down, whichever way the verb ends.
-        atexit.register(state.destroy_process_group)
+        leave_at_exit()
         if dev == state.device.type:
             dev = str(state.device)
     return state, dev

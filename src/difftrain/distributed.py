@@ -6,6 +6,8 @@ process every function here is a plain loop that touches nothing.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import math
 from datetime import timedelta
 from typing import Callable, TypeVar
@@ -19,6 +21,27 @@ T = TypeVar("T")
 # How long the other processes wait for the main one, which alone evaluates during training and
 # trains the feature classifier: torch's default (10 minutes with NCCL) is shorter than either can take.
 WAIT_FOR_MAIN = timedelta(hours=2)
+LEAVE_WAIT = timedelta(minutes=1)
+
+
+@functools.cache
+def leave_at_exit() -> None:
+    """Have this process leave its process group cleanly when it exits, whichever way the command ends."""
+    atexit.register(leave_processes)
+
+
+def leave_processes() -> None:
+    """Leave the process group: on CPU processes first wait (a minute at most) for the others to get here, then
+    destroy it. gloo aborts a process ("terminate called without an active exception") that tears its group down while a
+    peer still talks to it; a peer that is gone (it failed) only costs the wait."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_backend() == "gloo":  # (NCCL has no barrier that gives up)
+        try:
+            torch.distributed.monitored_barrier(timeout=LEAVE_WAIT)
+        except RuntimeError:
+            pass  # a peer has quit: its launcher reports it
+    torch.distributed.destroy_process_group()
 
 
 def processes() -> tuple[int, int]:

@@ -19,7 +19,7 @@ from difftrain.conditioning import Conditions
 from difftrain.config import Config, TrainConfig
 from difftrain.data.loader import ArrayBatches, ReplayBatches
 from difftrain.diffusion import Denoiser, denoising_loss
-from difftrain.distributed import WAIT_FOR_MAIN
+from difftrain.distributed import WAIT_FOR_MAIN, leave_at_exit
 from difftrain.errors import UserError
 from difftrain.models import build_network
 from difftrain.models.lora import parameter_counts
@@ -47,6 +47,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=resolve_precision(cfg, device_type),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN)])
     enable_on_cpu_processes(accelerator)
+    if accelerator.num_processes > 1:
+        leave_at_exit()
     if is_sharded(accelerator):  # (which refuses what difftrain does not run: FSDP1, DeepSpeed, ...)
         float32_weights_and_gradients(accelerator)
     return accelerator
