@@ -130,15 +130,32 @@ class Transformer1DConfig(Section):
         return self
 
 
-ARCHITECTURES = ("unet", "mlp", "unet1d", "transformer1d")
+class TokenTransformerConfig(Section):
+    """model.arch=token_transformer: a bidirectional transformer with rotary positions over tokens (text, masked diffusion)."""
+
+    width: int = Field(256, ge=8, description="Token width (divisible by model.token_transformer.heads, with an even per-head size).")
+    depth: int = Field(6, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and the blocks' MLPs.")
+
+    @model_validator(mode="after")
+    def _check_width(self) -> "TokenTransformerConfig":
+        if self.width % self.heads or (self.width // self.heads) % 2:
+            raise ValueError(f"model.token_transformer.width={self.width} must split into model.token_transformer.heads="
+                             f"{self.heads} heads of an even size (rotary positions turn features in pairs)")
+        return self
+
+
+ARCHITECTURES = ("unet", "mlp", "unet1d", "transformer1d", "token_transformer")
 
 
 class ModelConfig(Section):
-    arch: Literal["auto", "unet", "mlp", "unet1d", "transformer1d"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows); 'auto': the data's default.")
+    arch: Literal["auto", "unet", "mlp", "unet1d", "transformer1d", "token_transformer"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows), 'token_transformer' (bidirectional transformer, text); 'auto': the data's default.")
     unet: UNetConfig = Field(default_factory=UNetConfig, description="Settings of model.arch=unet.")
     mlp: MLPConfig = Field(default_factory=MLPConfig, description="Settings of model.arch=mlp.")
     unet1d: UNet1DConfig = Field(default_factory=UNet1DConfig, description="Settings of model.arch=unet1d.")
     transformer1d: Transformer1DConfig = Field(default_factory=Transformer1DConfig, description="Settings of model.arch=transformer1d.")
+    token_transformer: TokenTransformerConfig = Field(default_factory=TokenTransformerConfig, description="Settings of model.arch=token_transformer.")
     conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
     observe: dict[str, float] = Field({"none": 0.5, "random": 0.2, "block": 0.1, "history": 0.2}, description="Series: how often training observes each kind of part of a window (none: generation, random: scattered values, block: all but a stretch of time, history: the first steps, for forecasting); one model then generates, imputes and forecasts. {}: generation only.")
@@ -258,7 +275,7 @@ class TrainConfig(Section):
 
 
 class SampleConfig(Section):
-    sampler: Literal["heun", "euler", "dpmpp_2m", "ddim", "ddpm"] = Field("heun", description="Default sampler for grids, `sample` and evaluation.")
+    sampler: Literal["heun", "euler", "dpmpp_2m", "ddim", "ddpm", "ancestral"] = Field("heun", description="Default sampler for grids, `sample` and evaluation: heun, euler, dpmpp_2m, ddim, ddpm (continuous formulations) or ancestral (masked diffusion: text).")
     steps: int = Field(18, ge=1, description="Sampling steps (heun uses 2*steps-1 network evaluations).")
     schedule: Literal["karras", "uniform"] = Field("karras", description="Noise levels: 'karras' (rho=7) or 'uniform' timesteps.")
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance weight (1: none).")
@@ -371,6 +388,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "log_every_images": 25_600, "grid_every_images": 250_000, "checkpoint_every_images": 250_000},
         "sample": {"batch_size": 5000},
         "eval": {"n_samples": 2000, "metrics": ["dist", "mem"], "every_images": 0, "best_metric": "column_shape_error"},
+    },
+    # Text (the built-in generated sums by default; any `data prepare --kind text` folder with --data): masked
+    # diffusion (MDLM) with a bidirectional token transformer.
+    "text": {
+        "data": {"path": "sums"},
+        "model": {"arch": "token_transformer", "token_transformer": {"width": 256, "depth": 6, "heads": 4}},
+        "optim": {"lr": 1e-3, "warmup_images": 10_000},
+        "train": {"batch_size": 64, "duration_images": 200_000, "ema_halflife_images": 20_000,
+                  "log_every_images": 6_400, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
+        "sample": {"sampler": "ancestral", "steps": 128, "batch_size": 64},
+        "eval": {"n_samples": 256, "metrics": ["mem"], "every_images": 0},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from difftrain import atomic
-from difftrain.diffusion import SAMPLERS, Denoiser, guided_denoiser, network_evaluations, sampling_sigmas
+from difftrain.diffusion import (MASKED_SAMPLERS, SAMPLERS, Denoiser, MaskedDenoiser, guided_denoiser, network_evaluations,
+                                 sample_masked, sampling_sigmas)
 from difftrain.distributed import map_batches
 from difftrain.errors import UserError
 from difftrain.conditioning import Conditions
@@ -39,8 +40,9 @@ class SamplingSpec:
         return spec
 
     def check(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}")
+        if self.sampler not in (*SAMPLERS, *MASKED_SAMPLERS):
+            raise UserError(f"unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)} (continuous "
+                            f"formulations), {', '.join(MASKED_SAMPLERS)} (masked: text)")
         if self.steps < 1:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.guidance < 0:
@@ -51,6 +53,8 @@ class SamplingSpec:
     @property
     def network_evaluations(self) -> int:
         """Network evaluations per sample; guidance doubles them (conditional + unconditional)."""
+        if self.sampler in MASKED_SAMPLERS:  # (at most: a step that reveals nothing reuses the last call)
+            return self.steps * (2 if self.guidance != 1 else 1)
         return network_evaluations(self.sampler, self.steps) * (2 if self.guidance != 1 else 1)
 
 
@@ -97,6 +101,12 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     if labels is None and known is None and spec.guidance != 1:
         raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)
+    if isinstance(denoiser, MaskedDenoiser):
+        return _generate_masked(denoiser, modality, n, labels, spec, batch_size=batch_size, device=device, progress=progress,
+                                across_processes=across_processes, first_batch=first_batch, known=known)
+    if spec.sampler in MASKED_SAMPLERS:
+        raise UserError(f"sampler {spec.sampler} draws tokens (masked diffusion); this run's model is continuous: choose "
+                        f"one of {', '.join(SAMPLERS)}")
     try:
         sigmas = sampling_sigmas(denoiser.formulation, spec.steps, spec.schedule, device=device)
     except ValueError as e:
@@ -115,6 +125,36 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
         denoise = guided_denoiser(denoiser, cond, spec.guidance, conditioner.null_like)
         x = sample(denoise, noise * start_std, sigmas, generator=generator)
         x = modality.from_model(x if given is None else torch.where(torch.isfinite(given), given, x))
+        if progress is not None:
+            progress(count)
+        return x
+
+    return np.concatenate(map_batches(math.ceil(n / batch_size), draw, across_processes))
+
+
+def _generate_masked(denoiser: MaskedDenoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *,
+                     batch_size: int, device: torch.device, progress, across_processes: bool, first_batch: int,
+                     known: np.ndarray | None) -> np.ndarray:
+    """`generate` for masked (token) diffusion: `known` holds token ids, with -1 where to generate (prompts, infilling)."""
+    if spec.sampler not in MASKED_SAMPLERS:
+        raise UserError(f"this run's model draws tokens (masked diffusion): use --sampler {MASKED_SAMPLERS[0]} "
+                        f"(got {spec.sampler})")
+    if spec.guidance != 1:
+        raise UserError("guidance for masked diffusion is not built yet: use --guidance 1")
+    conditioner = Conditions(denoiser.net.null_label)
+    mask_id = denoiser.formulation.mask_id
+
+    def draw(index: int) -> np.ndarray:
+        start = index * batch_size
+        count = min(batch_size, n - start)
+        generator = batch_generator(spec.seed, first_batch + index, device)
+        if known is None:
+            given = torch.full((count, *modality.model_shape), mask_id, dtype=torch.long, device=device)
+        else:
+            part = torch.from_numpy(np.asarray(known[start:start + count], np.int64)).to(device)
+            given = torch.where(part < 0, torch.full_like(part, mask_id), part)
+        cond = conditioner.sampling(None if labels is None else torch.as_tensor(labels[start:start + count], device=device))
+        x = modality.from_model(sample_masked(denoiser, given, spec.steps, cond=cond, generator=generator))
         if progress is not None:
             progress(count)
         return x

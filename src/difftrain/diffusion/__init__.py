@@ -4,6 +4,7 @@ from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.formulations import EDM, VP, Formulation, build_formulation
 from difftrain.diffusion.guidance import guided_denoiser
 from difftrain.diffusion.loss import WEIGHTINGS, denoising_loss, loss_weight
+from difftrain.diffusion.masked import MASKED_SAMPLERS, MaskedDenoiser, MaskedDiffusion, negative_elbo, sample_masked
 from difftrain.diffusion.samplers import (
     SAMPLERS,
     DenoiseFn,
@@ -20,6 +21,11 @@ from difftrain.diffusion.samplers import (
 
 __all__ = [
     "EDM",
+    "MASKED_SAMPLERS",
+    "MaskedDenoiser",
+    "MaskedDiffusion",
+    "negative_elbo",
+    "sample_masked",
     "SAMPLERS",
     "VP",
     "WEIGHTINGS",

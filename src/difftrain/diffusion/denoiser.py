@@ -28,6 +28,12 @@ class Denoiser(torch.nn.Module):
         """The same denoiser around other weights (the EMA's)."""
         return Denoiser(net, self.formulation, self.simplex)
 
+    def loss(self, x0: Tensor, cond: dict[str, Tensor] | None = None, **options) -> Tensor:
+        """Per-sample training loss (B,): denoising score matching (diffusion/loss.py)."""
+        from difftrain.diffusion.loss import denoising_loss
+
+        return denoising_loss(self, x0, cond, **options)
+
     def forward(self, x: Tensor, sigma: Tensor | float, cond: dict[str, Tensor] | None = None) -> Tensor:
         """Karras 2022 eq. 7; sigma is a float, a 0-d tensor or one noise level per sample (B,)."""
         x = x.to(torch.float32)

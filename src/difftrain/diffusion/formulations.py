@@ -26,6 +26,11 @@ class Formulation:
         """n noise levels (n,) drawn from the training distribution."""
         raise NotImplementedError
 
+    def sample_training_noise(self, shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+                              device: torch.device | str | None = None) -> Tensor:
+        """The training noise n of x = x0 + sigma * n: standard normal."""
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
     def prior_std(self, sigma: float) -> float:
         """Std of the noise samplers start from at noise level sigma (the first sampling sigma).
 

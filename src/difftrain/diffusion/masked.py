@@ -22,6 +22,9 @@ import torch
 from torch import Tensor
 
 
+MASKED_SAMPLERS = ("ancestral",)
+
+
 @dataclass(eq=False)
 class MaskedDiffusion:
     """The absorbing-state formulation over a vocabulary of `vocab_size` tokens; the mask token is `vocab_size`."""

@@ -13,9 +13,10 @@ from difftrain.modalities.points import PointsModality
 from difftrain.modalities.segmentation import SegmentationModality
 from difftrain.modalities.series import SeriesModality
 from difftrain.modalities.table import TableModality
+from difftrain.modalities.text import TextModality
 
 MODALITIES: dict[str, type[Modality]] = {m.kind: m for m in (ImageModality, SegmentationModality, PointsModality, SeriesModality,
-                                                              TableModality)}
+                                                              TableModality, TextModality)}
 KINDS = tuple(MODALITIES)
 
 
@@ -27,7 +28,7 @@ def modality_for(spec: dict[str, Any]) -> Modality:
 
 # The first kind that claims a source prepares it; images come last, as they take any folder or IDX file. Series and
 # tables claim only their built-in names: a CSV is a table of points unless --kind timeseries or tabular says otherwise.
-_PREPARE_ORDER = (SeriesModality, TableModality, PointsModality, ImageModality)
+_PREPARE_ORDER = (SeriesModality, TableModality, TextModality, PointsModality, ImageModality)
 
 
 def builtin_datasets() -> dict[str, str]:

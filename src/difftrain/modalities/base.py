@@ -143,6 +143,18 @@ class Modality(ABC):
     def model_shape(self) -> tuple[int, ...]:
         """One item as the network sees it: the noise shape."""
 
+    def denoiser(self, net: torch.nn.Module, formulation, *, softmax_categories: bool = False) -> torch.nn.Module:
+        """The network wrapped as this data's denoiser: the config's continuous formulation, with the categories read
+        out through a softmax when asked (a kind of data that diffuses another way returns its own)."""
+        from difftrain.diffusion import Denoiser
+
+        return Denoiser(net, formulation, self.category_slices if softmax_categories else ())
+
+    @property
+    def network_options(self) -> dict[str, Any]:
+        """What the network needs to know of the data beyond its shape (tokens: the vocabulary's size)."""
+        return {}
+
     @property
     def category_slices(self) -> list[slice]:
         """Slices of the model vector's last axis that each hold one categorical value one-hot in {-1, 1}."""

@@ -11,7 +11,8 @@ import torch
 from difftrain.config import ModelConfig
 from difftrain.errors import UserError
 
-# Registry: architecture name -> builder(its config section, the modality's model shape, number of classes).
+# Registry: architecture name -> builder(its config section, the modality's model shape, number of classes, and the
+# modality's `network_options`: a token vocabulary's size).
 def _build_unet(cfg, shape, num_classes):
     from difftrain.models.unet import build_unet
 
@@ -36,13 +37,21 @@ def _build_transformer1d(cfg, shape, num_classes):
     return build_transformer1d(cfg, shape, num_classes)
 
 
+def _build_token_transformer(cfg, shape, num_classes, vocab_size=0):
+    from difftrain.models.token_transformer import build_token_transformer
+
+    return build_token_transformer(cfg, shape, num_classes, vocab_size)
+
+
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp,
-                                                       "unet1d": _build_unet1d, "transformer1d": _build_transformer1d}
+                                                       "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
+                                                       "token_transformer": _build_token_transformer}
 # How to make each network smaller, for the doctor's advice when nothing fits.
 SMALLER = {"unet": "fewer or narrower model.unet.channels, model.unet.layers_per_block=1",
            "mlp": "a smaller model.mlp.width or model.mlp.depth",
            "unet1d": "fewer or narrower model.unet1d.channels, model.unet1d.layers_per_block=1",
-           "transformer1d": "a smaller model.transformer1d.width or model.transformer1d.depth, or a larger model.transformer1d.patch"}
+           "transformer1d": "a smaller model.transformer1d.width or model.transformer1d.depth, or a larger model.transformer1d.patch",
+           "token_transformer": "a smaller model.token_transformer.width or model.token_transformer.depth, or shorter sequences"}
 
 
 def architecture(cfg: ModelConfig, modality) -> str:
@@ -55,7 +64,8 @@ def build_network(cfg: ModelConfig, modality, num_classes: int) -> torch.nn.Modu
     arch = architecture(cfg, modality)
     if arch not in NETWORKS:
         raise UserError(f"unknown model.arch {arch!r}; choose one of: {', '.join(NETWORKS)}")
-    return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0)
+    return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0,
+                          **modality.network_options)
 
 
 def smaller_network_hint(cfg: ModelConfig, modality) -> str:

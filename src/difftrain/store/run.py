@@ -67,8 +67,7 @@ def formulation_of(config: Config):
 
 def denoiser_of(config: Config, modality: Modality, net: torch.nn.Module) -> Denoiser:
     """The network wrapped as the config's denoiser: its formulation, and its read-out of the modality's categories."""
-    simplex = modality.category_slices if config.diffusion.categories == "softmax" else ()
-    return Denoiser(net, formulation_of(config), simplex)
+    return modality.denoiser(net, formulation_of(config), softmax_categories=config.diffusion.categories == "softmax")
 
 
 def dataset_summary(ds: PreparedDataset, class_names: list[str] | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 from difftrain.conditioning import Conditions
 from difftrain.config import Config, TrainConfig
 from difftrain.data.loader import ArrayBatches, ReplayBatches
-from difftrain.diffusion import Denoiser, denoising_loss
+from difftrain.diffusion import Denoiser
 from difftrain.distributed import WAIT_FOR_MAIN, leave_at_exit
 from difftrain.errors import UserError
 from difftrain.models import build_network
@@ -158,7 +158,8 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
     optimizer.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=device)
     sigma = denoiser.formulation.sample_training_sigma(tc.batch_size, generator=noise_gen, device=device)
-    noise = torch.randn((tc.batch_size, *batches.modality.model_shape), generator=noise_gen, device=device)
+    noise = denoiser.formulation.sample_training_noise((tc.batch_size, *batches.modality.model_shape), generator=noise_gen,
+                                                       device=device)
     keep_label = torch.rand(tc.batch_size, generator=noise_gen, device=device) >= config.model.label_dropout
     observed = conditioner.draw_mask((tc.batch_size, *batches.modality.model_shape), noise_gen)
     gaps = batches.modality.has_gaps
@@ -181,9 +182,8 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
         sync = contextlib.nullcontext() if last else accelerator.no_sync(net)
         begin_graph_step(tc, device.type, world)
         with sync, accelerator.autocast(), attention_kernel(device):
-            loss = denoising_loss(denoiser, x0, cond, weighting=config.diffusion.weighting,
-                                  min_snr_gamma=config.diffusion.min_snr_gamma, sigma=sigma[part], noise=noise[part],
-                                  where=scored)
+            loss = denoiser.loss(x0, cond, weighting=config.diffusion.weighting, min_snr_gamma=config.diffusion.min_snr_gamma,
+                                 sigma=sigma[part], noise=noise[part], where=scored)
             # Sum over the whole global batch; DDP averages over processes.
             accelerator.backward(loss.sum() / (tc.batch_size // world))
         step_loss += loss.detach().sum()

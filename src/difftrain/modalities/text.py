@@ -1,0 +1,208 @@
+"""The text modality: blocks of L tokens (int32 (L,)), characters or UTF-8 bytes, learnt by masked (absorbing-state)
+discrete diffusion (diffusion/masked.py) with a bidirectional token transformer. Samples are token ids; `decode`
+turns them into text, and files a user opens (previews, synthetic datasets) hold the text itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from difftrain import atomic
+from difftrain.diffusion.masked import MaskedDenoiser, MaskedDiffusion
+from difftrain.errors import UserError
+from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
+
+
+class TextModality(Modality):
+    """spec: {"kind": "text", "shape": [L], "tokenizer": "char" | "byte", "vocab": [characters] (None for bytes)}."""
+
+    kind = "text"
+    prepare_options = frozenset({"tokenizer", "block"})
+    default_arch = "token_transformer"
+    samples_key = "tokens"
+    item = "sequence"
+    distance_name = "Hamming distance between token blocks"
+    spec_keys = ("kind", "shape", "tokenizer", "vocab")
+    builtin_test_fraction = 0.1  # the end of the text held out, as for Tiny Shakespeare's 90/10
+    synth_what = "texts"
+    synth_globs = ("texts/batch-*.jsonl",)
+    synth_labels_csv = False
+    table_suffixes = (".jsonl",)
+
+    @classmethod
+    def builtins(cls) -> dict[str, str]:
+        from difftrain.modalities.text_prepare import BUILTIN_TEXT
+
+        return dict(BUILTIN_TEXT)
+
+    @classmethod
+    def prepare(cls, source: str | Path, out: str | Path, **options: Any):
+        from difftrain.modalities.text_prepare import prepare_text
+
+        return prepare_text(source, out, **options)
+
+    @property
+    def vocab(self) -> list[str] | None:
+        return self.spec.get("vocab")
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 if self.vocab is None else len(self.vocab)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.int32)
+
+    def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
+        tokens = load_array(folder, f"{split}_tokens.npy", broken)
+        expected = (count, *self.shape)
+        if tokens.dtype != np.int32 or tokens.shape != expected:
+            raise broken(f"{split}_tokens.npy holds {tokens.dtype} {tokens.shape}; the manifest says int32 {expected}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise broken(f"{split}_tokens.npy holds ids outside the vocabulary of {self.vocab_size} tokens")
+        return tokens
+
+    def same_data(self, other: Modality) -> bool:
+        return super().same_data(other) and self.spec.get("tokenizer") == other.spec.get("tokenizer") and self.vocab == other.spec.get("vocab")
+
+    def spec_summary(self) -> str:
+        return f"of {self.shape[0]} {self.spec['tokenizer']} tokens ({self.vocab_size} in the vocabulary)"
+
+    def describe(self) -> dict[str, Any]:
+        return {"block": self.shape[0], "tokenizer": self.spec["tokenizer"], "vocabulary": self.vocab_size}
+
+    def decode(self, tokens: np.ndarray) -> str:
+        """One block of token ids as text (bytes that are not UTF-8 become U+FFFD)."""
+        if self.vocab is None:
+            return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
+        return "".join(self.vocab[int(i)] for i in tokens)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text as token ids; a character outside the vocabulary is refused, naming it."""
+        if self.vocab is None:
+            return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+        index = {c: i for i, c in enumerate(self.vocab)}
+        unknown = sorted(set(text) - set(index))
+        if unknown:
+            raise UserError(f"the text holds {', '.join(map(repr, unknown[:10]))}, which this model's training text never "
+                            "had: leave those characters out")
+        return np.fromiter((index[c] for c in text), np.int32, len(text))
+
+    # -- model tensors: token ids as they are; the formulation is the masked one
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def network_options(self) -> dict[str, Any]:
+        return {"vocab_size": self.vocab_size}
+
+    def denoiser(self, net: torch.nn.Module, formulation, *, softmax_categories: bool = False) -> MaskedDenoiser:
+        return MaskedDenoiser(net, MaskedDiffusion(self.vocab_size))
+
+    def to_model(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.long()
+
+    def from_model(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy().astype(np.int32)
+
+    def default_sigma_data(self, train: np.ndarray) -> float:
+        return 1.0  # (a Gaussian noise scale; masked diffusion has none)
+
+    # -- outputs
+    def save_preview(self, data: np.ndarray, path: Path, *, labels: np.ndarray | None = None,
+                     class_names: list[str] | None = None, reference: np.ndarray | None = None) -> Path:
+        texts = [self.decode(t) for t in data[:8]]
+        if labels is not None and class_names:
+            texts = [f"[{class_names[int(k)]}] {t}" for t, k in zip(texts, labels)]
+        return save_text_image(texts, path)
+
+    def save_pairs(self, left: np.ndarray, right: np.ndarray, path: Path) -> Path:
+        return save_text_image([f"{self.decode(a)}\n  ~ {self.decode(b)}" for a, b in zip(left[:8], right[:8])], path)
+
+    def write_table(self, path: Path, samples: np.ndarray, labels: np.ndarray | None) -> Path:
+        """Samples as JSON lines {"text", "tokens"} (and "label": the class index, when conditional)."""
+        atomic.write_text(path, "".join(json.dumps({"text": self.decode(t), "tokens": t.tolist(),
+                                                    **({"label": int(labels[i])} if labels is not None else {})},
+                                                   ensure_ascii=False) + "\n" for i, t in enumerate(samples)))
+        return path
+
+    def synth_write(self, out: Path, batch: int, items: np.ndarray, names: list[tuple[str | None, int]]) -> list[dict[str, Any]]:
+        file = f"texts/batch-{batch:06d}.jsonl"
+        lines = [json.dumps({"text": self.decode(t), "tokens": t.tolist(), **({"label": c} if c is not None else {})},
+                            ensure_ascii=False) for t, (c, _) in zip(items, names)]
+        if lines:
+            atomic.write_text(out / file, "\n".join(lines) + "\n")
+        return [{"file": file, "line": i} for i in range(len(items))]
+
+    def synth_read(self, out: Path, entries: list[dict[str, Any]]) -> np.ndarray:
+        files: dict[str, list[list[int]]] = {}
+        rows = []
+        for entry in entries:
+            if entry["file"] not in files:
+                try:
+                    files[entry["file"]] = [json.loads(line)["tokens"] for line in (out / entry["file"]).read_text("utf-8").splitlines()]
+                except (OSError, ValueError, KeyError) as e:
+                    raise UserError(f"cannot read {out / entry['file']} ({e}), written by an earlier `difftrain synth`: "
+                                    "pass --overwrite to start again") from None
+            lines = files[entry["file"]]
+            if entry["line"] >= len(lines) or len(lines[entry["line"]]) != self.shape[0]:
+                raise UserError(f"{out / entry['file']} lacks sequence {entry['line']}: pass --overwrite to start {out} again")
+            rows.append(lines[entry["line"]])
+        return np.asarray(rows, np.int32).reshape(-1, *self.shape)
+
+    def neighbour_view(self, data: np.ndarray) -> np.ndarray:
+        # One-hot rows: the squared Euclidean distance is twice the Hamming distance.
+        return np.eye(self.vocab_size, dtype=np.float32)[data].reshape(len(data), -1) / np.sqrt(2)
+
+    # -- evaluation: the bound is the masked formulation's (diffusion/masked.py); sample metrics for text come later
+    def feature_extractor(self, dataset, choice: str, *, inception_weights: str | None, classifier_epochs: int,
+                          device: str | torch.device) -> FeatureExtractor:
+        raise UserError("FID-style metrics need a feature space; text has none in difftrain yet: leave fid, kid and pr "
+                        "out of eval.metrics for text runs")
+
+    def domain_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
+        raise UserError("text has no classifier in difftrain yet: leave cas and the confidence filter out for text runs")
+
+    def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,
+                       steps: int | None = None, batch: int = 128) -> Classifier:
+        raise UserError("text has no classifier in difftrain yet: leave cas out for text runs")
+
+    def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
+        raise UserError("nll integrates a Gaussian probability flow; a text model's likelihood is its masked-diffusion "
+                        "bound (difftrain.diffusion.masked.negative_elbo): leave nll out of eval.metrics")
+
+
+def save_text_image(texts: list[str], path: Path, width: int = 100) -> Path:
+    """A PNG of texts, one paragraph each, wrapped at `width` characters, in Pillow's built-in font."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    lines: list[str] = []
+    for text in texts:
+        for part in text.splitlines() or [""]:
+            lines += textwrap.wrap(part, width) or [""]
+        lines.append("")
+    step = 14
+    image = Image.new("RGB", (8 + 7 * width, 8 + step * max(1, len(lines))), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((4, 4 + i * step), line, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, _png(image))
+    return path
+
+
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
