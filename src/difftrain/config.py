@@ -294,7 +294,7 @@ class EvalConfig(Section):
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
-    nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood.")
+    nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood; for masked diffusion (text), draws of the masking per held-out sequence.")
     horizon: int = Field(0, ge=0, description="forecast: steps hidden at the end of each held-out window (0: a quarter of the window).")
     season: int = Field(0, ge=0, description="forecast: the seasonal-naive baseline's season in steps (0: the horizon).")
     impute_fraction: float = Field(0.5, gt=0, lt=1, description="impute: share of each held-out window's values hidden at random.")
@@ -398,7 +398,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 6_400, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
         "sample": {"sampler": "ancestral", "steps": 128, "batch_size": 64},
-        "eval": {"n_samples": 256, "metrics": ["mem"], "every_images": 0},
+        "eval": {"n_samples": 256, "metrics": ["nll", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

@@ -18,7 +18,7 @@ import numpy as np
 
 from difftrain import atomic
 from difftrain.errors import UserError
-from difftrain.sampling import SamplingSpec, generate, spec_meta
+from difftrain.sampling import SamplingSpec, generate, spec_meta, write_samples
 from difftrain.store.run import Run, open_run
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -51,7 +51,8 @@ def _read(run: Run, path: str | Path, allow_missing: bool):
 
 def _meta(run: Run, ckpt, spec: SamplingSpec, **extra) -> dict[str, Any]:
     return {"kind": run.modality.kind, "run": str(run.path.resolve()), "checkpoint": str(ckpt.path.resolve()),
-            "images_seen": ckpt.images, "columns": run.modality.spec["columns"], **spec_meta(spec), **extra,
+            "images_seen": ckpt.images, **({"columns": run.modality.spec["columns"]} if "columns" in run.modality.spec else {}),
+            **spec_meta(spec), **extra,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -177,3 +178,20 @@ def _write_table(source: str | Path, table, filled: list[np.ndarray], columns: l
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.10g")
     atomic.write_text(out, buf.getvalue())
+
+
+def complete_text(run_dir: str | Path, prompt: str | None, infill: str | None, n: int, spec: SamplingSpec, out: str | Path, *,
+                  checkpoint: str = "latest", device="cpu", progress=None, warn=print) -> dict[str, Any]:
+    """`n` completions of a prompt and/or an infilling template (text runs): every given token is kept as it is."""
+    run = open_run(run_dir)
+    known = run.modality.given(prompt, infill)
+    ckpt = run.checkpoint(checkpoint, warn)
+    denoiser = run.denoiser(ckpt, device=device)
+    import torch
+
+    with torch.inference_mode():
+        drawn = generate(denoiser, run.modality, n, None, spec, batch_size=run.config.sample.batch_size, device=device,
+                         progress=progress, known=np.repeat(known[None], n, axis=0))
+    meta = _meta(run, ckpt, spec, prompt=prompt, infill=infill, generated_tokens=int((known < 0).sum()))
+    write_samples(out, run.modality, drawn, None, meta)
+    return {"samples": drawn, "meta": meta}

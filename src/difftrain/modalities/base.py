@@ -199,6 +199,10 @@ class Modality(ABC):
     def save_pairs(self, left: np.ndarray, right: np.ndarray, path: Path) -> Path:
         """A PNG of item pairs side by side (memorization: each sample and its nearest training item)."""
 
+    def given(self, prompt: str | None, infill: str | None) -> np.ndarray:
+        """`sample --prompt/--infill`: one item of token ids with -1 where the model generates (text)."""
+        raise UserError(f"--prompt and --infill give text to a text model; this run's data is {self.kind}")
+
     def where(self, conditions: list[str], class_names: list[str] | None) -> tuple[int | None, Callable | None]:
         """`sample --where`: (the class the conditions pick or None, a filter of items -> bool mask or None)."""
         raise UserError(f"--where picks rows of a table by column values; this run's data is {self.kind}: "

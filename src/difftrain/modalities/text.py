@@ -6,6 +6,7 @@ turns them into text, and files a user opens (previews, synthetic datasets) hold
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,9 +18,12 @@ from difftrain.diffusion.masked import MaskedDenoiser, MaskedDiffusion
 from difftrain.errors import UserError
 from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
 
+MASK_RUN = re.compile(r"\[MASK\](?:\{(\d+)\})?")  # [MASK] or [MASK]{k} in an --infill template
+
 
 class TextModality(Modality):
-    """spec: {"kind": "text", "shape": [L], "tokenizer": "char" | "byte", "vocab": [characters] (None for bytes)}."""
+    """spec: {"kind": "text", "shape": [L], "tokenizer": "char" | "byte", "vocab": [characters] (None for bytes),
+    "corpus": the built-in corpus's name (None for a file), whose own checks the evaluation adds}."""
 
     kind = "text"
     prepare_options = frozenset({"tokenizer", "block"})
@@ -27,7 +31,7 @@ class TextModality(Modality):
     samples_key = "tokens"
     item = "sequence"
     distance_name = "Hamming distance between token blocks"
-    spec_keys = ("kind", "shape", "tokenizer", "vocab")
+    spec_keys = ("kind", "shape", "tokenizer", "vocab", "corpus")
     builtin_test_fraction = 0.1  # the end of the text held out, as for Tiny Shakespeare's 90/10
     synth_what = "texts"
     synth_globs = ("texts/batch-*.jsonl",)
@@ -92,6 +96,21 @@ class TextModality(Modality):
             raise UserError(f"the text holds {', '.join(map(repr, unknown[:10]))}, which this model's training text never "
                             "had: leave those characters out")
         return np.fromiter((index[c] for c in text), np.int32, len(text))
+
+    def given(self, prompt: str | None, infill: str | None) -> np.ndarray:
+        """A block of token ids, -1 where to generate: `prompt` first, then the `infill` template, whose [MASK] is one
+        token to generate and [MASK]{k} k of them; the block's remaining positions are generated too."""
+        parts: list[np.ndarray] = [] if prompt is None else [self.encode(prompt)]
+        for i, piece in enumerate(MASK_RUN.split(infill or "")):
+            if i % 2:  # a [MASK] run's count ('' for one)
+                parts.append(np.full(int(piece or 1), -1, np.int32))
+            elif piece:
+                parts.append(self.encode(piece))
+        given = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        if len(given) > self.shape[0]:
+            raise UserError(f"--prompt and --infill make {len(given)} tokens; this model's blocks hold {self.shape[0]}: "
+                            "shorten them")
+        return np.concatenate([given, np.full(self.shape[0] - len(given), -1, np.int32)])
 
     # -- model tensors: token ids as they are; the formulation is the masked one
     @property
@@ -159,6 +178,16 @@ class TextModality(Modality):
     def neighbour_view(self, data: np.ndarray) -> np.ndarray:
         # One-hot rows: the squared Euclidean distance is twice the Hamming distance.
         return np.eye(self.vocab_size, dtype=np.float32)[data].reshape(len(data), -1) / np.sqrt(2)
+
+    def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
+        from difftrain.modalities import text_metrics as tm
+
+        metrics = {"distinct_2": lambda s: tm.distinct_ngrams(s, 2), "distinct_4": lambda s: tm.distinct_ngrams(s, 4),
+                   "unigram_entropy": tm.unigram_entropy}
+        if self.spec.get("corpus") == "sums":
+            metrics["sums_well_formed"] = lambda s: tm.well_formed_sums([self.decode(t) for t in s])
+            metrics["sums_correct"] = lambda s: tm.sums_correct([self.decode(t) for t in s])
+        return metrics
 
     # -- evaluation: the bound is the masked formulation's (diffusion/masked.py); sample metrics for text come later
     def feature_extractor(self, dataset, choice: str, *, inception_weights: str | None, classifier_epochs: int,

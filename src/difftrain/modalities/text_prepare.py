@@ -91,7 +91,7 @@ def prepare_text(source: str | Path, out: str | Path, *, tokenizer: str = "char"
     manifest = {
         "format_version": FORMAT_VERSION, "kind": TextModality.kind, "shape": [block], "dtype": "int32",
         "count": {"train": int(len(train)), "test": int(len(test))}, "num_classes": None, "class_names": None,
-        "tokenizer": tokenizer, "vocab": vocab,  # (None for bytes: the 256 byte values)
+        "tokenizer": tokenizer, "vocab": vocab, "corpus": str(source) if builtin else None,  # (None for bytes: the 256 byte values)
         "tokens": {"train": int(train.size), "test": int(test.size), "dropped": int(len(tokens) - train.size - test.size)},
         "split": {"test_fraction": test_fraction, "by": "position: the end of the text is held out"},
         "source": {"path": str(source), "kind": "builtin" if builtin else "file", "sha256": hashlib.sha256(raw).hexdigest(),
