@@ -106,9 +106,9 @@ def test_config_choices_match_the_implementations():
     import typing
 
     from difftrain.config import DiffusionConfig, SampleConfig
-    from difftrain.diffusion import SAMPLERS, WEIGHTINGS
+    from difftrain.diffusion import MASKED_SAMPLERS, SAMPLERS, WEIGHTINGS
 
-    assert set(typing.get_args(SampleConfig.model_fields["sampler"].annotation)) == set(SAMPLERS)
+    assert set(typing.get_args(SampleConfig.model_fields["sampler"].annotation)) == {*SAMPLERS, *MASKED_SAMPLERS}
     assert set(typing.get_args(DiffusionConfig.model_fields["weighting"].annotation)) == {"auto", *WEIGHTINGS}
 
 

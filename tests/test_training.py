@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from difftrain.errors import UserError
 from difftrain.store import checkpoint as ckpt_mod
 from difftrain.store.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, open_checkpoint
-from difftrain.training import trainee as trainee_mod
+from difftrain.diffusion import Denoiser
 from difftrain.training.trainer import train
 
 
@@ -83,7 +83,7 @@ def test_weights_change_and_loss_is_logged(tmp_path, tiny_config):
 
 
 def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatch):
-    real_loss = trainee_mod.denoising_loss
+    real_loss = Denoiser.loss
     calls = {"n": 0}
 
     def flaky_loss(*args, **kwargs):
@@ -91,7 +91,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatc
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(trainee_mod, "denoising_loss", flaky_loss)
+    monkeypatch.setattr(Denoiser, "loss", flaky_loss)
     cfg = tiny_config()
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.nonfinite_steps == 1
@@ -104,8 +104,8 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_config, monkeypatc
 
 
 def test_a_run_whose_steps_all_fail_stops_with_the_cause(tmp_path, tiny_config, monkeypatch):
-    real_loss = trainee_mod.denoising_loss
-    monkeypatch.setattr(trainee_mod, "denoising_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    real_loss = Denoiser.loss
+    monkeypatch.setattr(Denoiser, "loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
     cfg = tiny_config(**{"train.duration_steps": 12, "train.max_nonfinite_steps": 3, "train.checkpoint_every_images": 16})
     with pytest.raises(UserError, match=r"last 3 steps all had non-finite.*train.max_nonfinite_steps=3.*optim.lr"):
         train(cfg, tmp_path / "run", progress=False)

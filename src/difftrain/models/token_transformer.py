@@ -5,6 +5,10 @@ every attention layer, so no position table fixes the length. Like MDLM, the net
 share of masks says it, and a network that ignores time lets the sampler reuse its output over steps that change
 nothing. A class label (when conditional) is one more learned vector added at every position; its extra row,
 index `num_classes`, is "no label" (label dropout, classifier-free guidance).
+
+With `causal=True` the same network is an autoregressive language model of the same size (each position attends to
+itself and those before it; id V then starts a sequence): the baseline and judge that masked diffusion is measured
+against.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ def rotary(x: Tensor, base: float = 10_000.0) -> Tensor:
 class Block(nn.Module):
     """Pre-LayerNorm: h + attn(LN(h)), then h + mlp(LN(h)); attention through PyTorch's SDPA (flash on GPUs)."""
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    def __init__(self, width: int, heads: int, dropout: float, causal: bool = False):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dropout, self.causal = heads, dropout, causal
         self.norm1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -43,18 +47,19 @@ class Block(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         b, length, width = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(rotary(q), rotary(k), v, dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(rotary(q), rotary(k), v, dropout_p=self.dropout if self.training else 0.0,
+                                                  is_causal=self.causal)
         h = h + F.dropout(self.proj(attended.transpose(1, 2).reshape(b, length, width)), self.dropout, self.training)
         return h + F.dropout(self.fc2(F.gelu(self.fc1(self.norm2(h)))), self.dropout, self.training)
 
 
 class TokenTransformer(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, cfg: TokenTransformerConfig):
+    def __init__(self, vocab_size: int, num_classes: int, cfg: TokenTransformerConfig, causal: bool = False):
         super().__init__()
         self.vocab_size, self.num_classes = vocab_size, num_classes
-        self.embedding = nn.Embedding(vocab_size + 1, cfg.width)  # + the mask
+        self.embedding = nn.Embedding(vocab_size + 1, cfg.width)  # + the mask (causal: the start of a sequence)
         self.label_embedding = nn.Embedding(num_classes + 1, cfg.width) if num_classes else None
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.dropout) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.dropout, causal) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, vocab_size)
         nn.init.zeros_(self.head.weight)  # untrained: uniform over the vocabulary, a bound of ln V per token
