@@ -32,6 +32,7 @@ from difftrain.modalities.text_metrics import distinct_ngrams, unigram_entropy
 from difftrain.models.token_transformer import TokenTransformer
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.store.run import open_run
+from difftrain.training.performance import resolve_precision
 from difftrain.training.trainer import train
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "tinyshakespeare.txt"
@@ -60,13 +61,17 @@ def train_ar(train_blocks: np.ndarray, vocab_size: int, config, steps: int, seed
     batch = config.train.batch_size
     warmup = max(1, config.optim.warmup_images // batch)
     rng = np.random.default_rng(seed)
+    # The masked model's precision (train.mixed_precision=auto: bf16 autocast on CPUs with native bf16).
+    precision = resolve_precision(config.train, "cpu")
     start = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = config.optim.lr * min(1.0, (step + 1) / warmup)
         x = torch.as_tensor(train_blocks[rng.integers(0, len(train_blocks), batch)]).long()
         inputs = torch.cat([torch.full((batch, 1), model.vocab_size), x[:, :-1]], dim=1)
-        loss = F.cross_entropy(model(inputs, torch.zeros(batch), None).transpose(1, 2), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(inputs, torch.zeros(batch), None)
+        loss = F.cross_entropy(logits.float().transpose(1, 2), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.optim.grad_clip:
@@ -105,8 +110,9 @@ def main() -> None:
     run = open_run(args.out / "masked")
     denoiser = run.denoiser(run.checkpoint("latest"))
     test = ds.test_data
-    bound = negative_elbo(denoiser, torch.as_tensor(test).long(), draws=args.bound_draws,
-                          generator=torch.Generator().manual_seed(args.seed)).numpy() / math.log(2)
+    generator = torch.Generator().manual_seed(args.seed)
+    bound = np.concatenate([negative_elbo(denoiser, torch.as_tensor(test[i:i + 64]).long(), draws=args.bound_draws,
+                                          generator=generator).numpy() for i in range(0, len(test), 64)]) / math.log(2)
     ar, ar_seconds = train_ar(ds.train_data, ds.modality.vocab_size, config, args.steps, args.seed)
     ar_bits = ar_nll(ar, test) / math.log(2)
     floor = ar_nll(ar, test[:args.samples])

@@ -393,7 +393,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # diffusion (MDLM) with a bidirectional token transformer.
     "text": {
         "data": {"path": "sums"},
-        "model": {"arch": "token_transformer", "token_transformer": {"width": 256, "depth": 6, "heads": 4}},
+        "model": {"arch": "token_transformer", "token_transformer": {"width": 192, "depth": 4, "heads": 4}},
         "optim": {"lr": 1e-3, "warmup_images": 10_000},
         "train": {"batch_size": 64, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 6_400, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},

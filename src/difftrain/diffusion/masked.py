@@ -88,8 +88,9 @@ class MaskedDenoiser(torch.nn.Module):
         divided by L. `sigma` are masking times (B,), `noise` the scores (B, L) that pick the masked positions."""
         x0 = x0.long()
         z, masked = self.formulation.corrupt(x0, sigma, noise)
-        nll = -self(z, sigma, cond).gather(-1, x0[..., None]).squeeze(-1)
-        nll = torch.where(masked, nll, torch.zeros_like(nll))  # (a given token's -log p is 0, but keep -inf*0 out)
+        # Only masked positions count (a given token's -log p is 0 under SUBS), so the network's log-softmax suffices.
+        logp = torch.log_softmax(self.net(z, sigma, cond).float(), dim=-1)
+        nll = torch.where(masked, -logp.gather(-1, x0[..., None]).squeeze(-1), torch.zeros((), device=x0.device))
         k = masked.sum(dim=1).clamp(min=1)
         return nll.sum(dim=1) / k
 
