@@ -159,3 +159,12 @@ def test_resume_and_accumulation_reproduce_a_text_run(sums_dir, tmp_path):
     a = train(one, tmp_path / "one", progress=False).history
     b = train(accumulated, tmp_path / "acc", progress=False).history
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+
+
+def test_the_preset_alone_prepares_the_built_in_sums_into_the_run(tmp_path):
+    run = tmp_path / "run"
+    overrides = [o for o in text_overrides(Path("sums")) if not o.startswith("data.path")]
+    cli("train", "--preset", "text", "--out", run, *overrides, "train.duration_steps=1")
+    ds = load_dataset(run / "data")
+    assert ds.modality.spec["corpus"] == "sums" and ds.train_data.shape[1] == 256
+    assert ds.modality.decode(ds.train_data[0]).count("+") > 10

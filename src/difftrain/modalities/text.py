@@ -215,10 +215,10 @@ def save_text_image(texts: list[str], path: Path, width: int = 100) -> Path:
 
     font = ImageFont.load_default()
     lines: list[str] = []
-    for text in texts:
+    for i, text in enumerate(texts):
+        lines.append(f"-- {i + 1} " + "-" * (width - 6))  # where one text ends and the next begins (texts hold blank lines)
         for part in text.splitlines() or [""]:
             lines += textwrap.wrap(part, width) or [""]
-        lines.append("")
     step = 14
     image = Image.new("RGB", (8 + 7 * width, 8 + step * max(1, len(lines))), "white")
     draw = ImageDraw.Draw(image)
