@@ -153,14 +153,14 @@ def test_builders_via_the_registry_and_wrong_ranks():
         cfg = load_config(overrides=[f"model.arch={arch}", "model.unet1d.channels=[8, 16]", "model.unet1d.attention=[false, true]",
                                      "model.unet1d.norm_groups=4", "model.unet1d.attention_heads=2",
                                      "model.transformer1d.width=16", "model.transformer1d.heads=2"]).model
-        modality = SimpleNamespace(default_arch="mlp", model_shape=(6, 24))
+        modality = SimpleNamespace(network_options={}, default_arch="mlp", model_shape=(6, 24))
         net = build_network(cfg, modality, num_classes=5)
         assert isinstance(net, kind) and net.num_classes == 5 and net.core() is net
         x = torch.randn(2, 6, 24)
         assert net(x, torch.zeros(2), None).shape == x.shape
     auto = load_config(overrides=["model.unet1d.channels=[8, 16]", "model.unet1d.attention=[false, true]"]).model
-    assert isinstance(build_network(auto, SimpleNamespace(default_arch="unet1d", model_shape=(6, 24)), 0), UNet1D)
-    assert isinstance(build_network(load_config().model, SimpleNamespace(default_arch="transformer1d", model_shape=(1, 7)), 0),
+    assert isinstance(build_network(auto, SimpleNamespace(network_options={}, default_arch="unet1d", model_shape=(6, 24)), 0), UNet1D)
+    assert isinstance(build_network(load_config().model, SimpleNamespace(network_options={}, default_arch="transformer1d", model_shape=(1, 7)), 0),
                       Transformer1D)
     for arch, build, cfg in (("unet1d", build_unet1d, UNet1DConfig()), ("transformer1d", build_transformer1d, Transformer1DConfig())):
         for shape in [(1, 8, 8), (24,)]:
