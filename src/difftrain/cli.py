@@ -40,7 +40,7 @@ def data_prepare(
                                  "gaussians25, gaussian_mixture); or series (--kind timeseries): a CSV/Parquet/.npy file of "
                                  "numeric columns, or a built-in set (sines, co2, sunspots, macrodata); or tables (--kind tabular): a CSV/Parquet "
                                  "file of mixed numeric and categorical columns, or a built-in table (wine, breast_cancer, adult_like); or text "
-                                 "(--kind text): a UTF-8 text file, or the built-in generated sums."),
+                                 "(--kind text): a UTF-8 text file, JSON lines (.jsonl, with --field and --label-field), or the built-in generated sums."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to create for the prepared dataset."),
     kind: Optional[str] = typer.Option(None, help="image, segmentation, points, timeseries, tabular or text; default: what the source is (a "
                                        "series set's name: timeseries; a built-in table's name: tabular; a table or a point set's name: points; anything else: images)."),
@@ -64,8 +64,12 @@ def data_prepare(
                                                  "more distinct values than this (default 1000; an id or free text?)."),
     test_file: Optional[Path] = typer.Option(None, "--test-file", help="Tables: held-out rows from this file (the source's own "
                                              "test split, e.g. adult.test) instead of --test-fraction."),
-    tokenizer: Optional[str] = typer.Option(None, help="Text: char (the text's distinct characters, default) or byte (UTF-8 bytes)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Text: char (the text's distinct characters, default), byte (UTF-8 bytes) "
+                                            "or bpe:N (a byte-level BPE of N tokens trained here on the training text)."),
     block: Optional[int] = typer.Option(None, help="Text: tokens per training sequence (default 256)."),
+    field: Optional[str] = typer.Option(None, help="Text from JSON lines (.jsonl): the key holding each document's text (default text)."),
+    label_field: Optional[str] = typer.Option(None, "--label-field", help="Text from JSON lines: the key holding each document's "
+                                              "class (topic, sentiment...): one document per block, class-conditional training."),
     resolution: Optional[int] = typer.Option(None, help="Square output size; default: the images' own size when they all share it."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's."),
     fit: Optional[str] = typer.Option(None, help="Images: how to make them square, 'crop' (center crop, default) or 'pad'."),
@@ -86,7 +90,7 @@ def data_prepare(
                  columns=[c.strip() for c in columns.split(",")] if columns else None,
                  window=window, stride=stride, time_column=time_column, id_column=id_column, scaling=scaling,
                  allow_missing=allow_missing, target=target, types=types, test_file=test_file, test_fraction=test_fraction,
-                 max_categories=max_categories, tokenizer=tokenizer, block=block,
+                 max_categories=max_categories, tokenizer=tokenizer, block=block, field=field, label_field=label_field,
                  na_values=[v.strip() for v in na_values.split(",")] if na_values else None)
     # Only what was given, so each kind keeps its own defaults and refuses options it does not take.
     ds = prepare(source, out_dir, kind=kind, seed=seed, strict=strict, overwrite=overwrite,

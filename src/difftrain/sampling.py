@@ -115,21 +115,16 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     conditioner = Conditions(denoiser.net.null_label)
     start_std = denoiser.formulation.prior_std(float(sigmas[0]))
 
-    def draw(index: int) -> np.ndarray:
-        start = index * batch_size
-        count = min(batch_size, n - start)
-        generator = batch_generator(spec.seed, first_batch + index, device)
+    def draw(start: int, count: int, generator: torch.Generator) -> np.ndarray:
         given = None if known is None else modality.to_model(torch.from_numpy(known[start:start + count]).to(device))
         cond = conditioner.sampling(None if labels is None else torch.as_tensor(labels[start:start + count], device=device), given)
         noise = torch.randn(count, *modality.model_shape, generator=generator, device=device)
         denoise = guided_denoiser(denoiser, cond, spec.guidance, conditioner.null_like)
         x = sample(denoise, noise * start_std, sigmas, generator=generator)
-        x = modality.from_model(x if given is None else torch.where(torch.isfinite(given), given, x))
-        if progress is not None:
-            progress(count)
-        return x
+        return modality.from_model(x if given is None else torch.where(torch.isfinite(given), given, x))
 
-    return np.concatenate(map_batches(math.ceil(n / batch_size), draw, across_processes))
+    return _in_batches(draw, n, spec.seed, batch_size=batch_size, device=device, progress=progress,
+                       across_processes=across_processes, first_batch=first_batch)
 
 
 def _generate_masked(denoiser: MaskedDenoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *,
@@ -139,27 +134,35 @@ def _generate_masked(denoiser: MaskedDenoiser, modality, n: int, labels: np.ndar
     if spec.sampler not in MASKED_SAMPLERS:
         raise UserError(f"this run's model draws tokens (masked diffusion): use --sampler {MASKED_SAMPLERS[0]} "
                         f"(got {spec.sampler})")
-    if spec.guidance != 1:
-        raise UserError("guidance for masked diffusion is not built yet: use --guidance 1")
     conditioner = Conditions(denoiser.net.null_label)
     mask_id = denoiser.formulation.mask_id
 
-    def draw(index: int) -> np.ndarray:
-        start = index * batch_size
-        count = min(batch_size, n - start)
-        generator = batch_generator(spec.seed, first_batch + index, device)
+    def draw(start: int, count: int, generator: torch.Generator) -> np.ndarray:
         if known is None:
             given = torch.full((count, *modality.model_shape), mask_id, dtype=torch.long, device=device)
         else:
             part = torch.from_numpy(np.asarray(known[start:start + count], np.int64)).to(device)
             given = torch.where(part < 0, torch.full_like(part, mask_id), part)
         cond = conditioner.sampling(None if labels is None else torch.as_tensor(labels[start:start + count], device=device))
-        x = modality.from_model(sample_masked(denoiser, given, spec.steps, cond=cond, generator=generator))
+        return modality.from_model(sample_masked(denoiser, given, spec.steps, cond=cond, generator=generator,
+                                                 guidance=spec.guidance, null=None if cond is None else conditioner.null_like(cond)))
+
+    return _in_batches(draw, n, spec.seed, batch_size=batch_size, device=device, progress=progress,
+                       across_processes=across_processes, first_batch=first_batch)
+
+
+def _in_batches(draw, n: int, seed: int, *, batch_size: int, device: torch.device, progress, across_processes: bool,
+                first_batch: int) -> np.ndarray:
+    """n samples as batches `draw(start, count, generator)`, each batch with its own generator (`batch_generator`)."""
+    def one(index: int) -> np.ndarray:
+        start = index * batch_size
+        count = min(batch_size, n - start)
+        x = draw(start, count, batch_generator(seed, first_batch + index, device))
         if progress is not None:
             progress(count)
         return x
 
-    return np.concatenate(map_batches(math.ceil(n / batch_size), draw, across_processes))
+    return np.concatenate(map_batches(math.ceil(n / batch_size), one, across_processes))
 
 
 def batch_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:

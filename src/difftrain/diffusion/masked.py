@@ -109,17 +109,39 @@ def negative_elbo(denoiser: MaskedDenoiser, x0: Tensor, cond: dict[str, Tensor] 
     return total / draws
 
 
+def guided_log_probs(denoiser: MaskedDenoiser, cond: dict[str, Tensor] | None, guidance: float = 1.0,
+                     null: dict[str, Tensor] | None = None):
+    """log p(x0 | z_t) as a function of (z, t), with classifier-free guidance for tokens (Nisonoff et al. 2024,
+    Schiff et al. 2024): log p_u + w (log p_c - log p_u), renormalised over the vocabulary; w = 1 is the conditional
+    model itself. Given positions are certain under both branches and never resampled."""
+    if cond is None or guidance == 1.0:
+        return lambda z, t: denoiser(z, t, cond)
+    if null is None:
+        raise ValueError("guidance != 1 needs the null condition")
+    both = {key: torch.cat([cond[key], null[key]]) for key in cond}
+
+    def log_probs(z: Tensor, t: float) -> Tensor:
+        conditional, unconditional = denoiser(torch.cat([z, z]), t, both).chunk(2)
+        # Given positions hold -inf off their token in both branches; their rows are never drawn from.
+        mixed = torch.where(torch.isfinite(unconditional), unconditional + guidance * (conditional - unconditional), -math.inf)
+        return torch.log_softmax(mixed, dim=-1)
+
+    return log_probs
+
+
 @torch.no_grad()
 def sample_masked(denoiser: MaskedDenoiser, given: Tensor, steps: int, *, cond: dict[str, Tensor] | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, guidance: float = 1.0,
+                  null: dict[str, Tensor] | None = None) -> Tensor:
     """MDLM's ancestral sampler from t = 1 to 0 in `steps` equal steps; `given` (B, L) holds tokens, with the mask id
     where to generate (all masks: unconditional; some tokens: a prompt or an infilling, which are kept as they are).
 
-    From t to s < t each masked token is revealed with probability (t - s)/t, drawn from p(x0 | z_t). The network sees
-    only z_t (no time), so a step that reveals nothing reuses the last output (MDLM's caching): with many steps most
-    of them are free.
+    From t to s < t each masked token is revealed with probability (t - s)/t, drawn from p(x0 | z_t) (guided when
+    `guidance` != 1: `null` is the unconditional condition). The network sees only z_t (no time), so a step that
+    reveals nothing reuses the last output (MDLM's caching): with many steps most of them are free.
     """
     mask_id = denoiser.formulation.mask_id
+    log_probs = guided_log_probs(denoiser, cond, guidance, null)
     z = given.long().clone()
     t_grid = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     probs = None
@@ -128,7 +150,7 @@ def sample_masked(denoiser: MaskedDenoiser, given: Tensor, steps: int, *, cond: 
         if not masked.any():
             break
         if probs is None:
-            probs = denoiser(z, t, cond).exp()
+            probs = log_probs(z, t).exp()
         reveal = masked & (torch.rand(z.shape, generator=generator, device=z.device) < (t - s) / t)
         if reveal.any():
             flat = probs[reveal]

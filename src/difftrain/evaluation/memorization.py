@@ -35,14 +35,13 @@ class Memorization:
 
 def nearest_training(samples: np.ndarray, train: np.ndarray, modality,
                      chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """L2 distances (in `modality.neighbour_view`, divided by its distance unit) from each sample to its nearest
-    and second-nearest training items, and the index of the nearest.
+    """Distances (`modality.distances`: L2 in its `neighbour_view`, divided by its distance unit, unless it measures
+    its own) from each sample to its nearest and second-nearest training items, and the index of the nearest.
 
     Images are compared on their 0..255 integers: in float64 every sum torch.cdist forms is then exact,
     so an exact copy is at distance exactly 0.
     """
-    dist, index = nearest(modality.neighbour_view(samples), modality.neighbour_view(train), 2, chunk)
-    dist /= modality.distance_unit
+    dist, index = nearest(samples, train, 2, chunk, distances=modality.distances)
     return dist[:, 0], dist[:, 1], index[:, 0]
 
 

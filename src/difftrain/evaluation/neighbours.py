@@ -6,7 +6,7 @@ Each point's ball has the radius of its k-th nearest neighbour in its own set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,12 +31,14 @@ def distance_blocks(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> Iterator
         yield rows, torch.cdist(_rows(a[rows]), b_rows)
 
 
-def nearest(a: np.ndarray, b: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and indices (both (len(a), k)) of the k nearest rows of b to each row of a, nearest first."""
+def nearest(a: np.ndarray, b: np.ndarray, k: int, chunk: int = 1024,
+            distances: Callable[..., Iterator[tuple[slice, torch.Tensor]]] = distance_blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices (both (len(a), k)) of the k nearest rows of b to each row of a, nearest first; `distances`
+    is how blocks of them are measured (Euclidean by default; a modality's own, e.g. `Modality.distances`)."""
     if len(b) < k:
         raise UserError(f"need at least {k} points to find {k} nearest neighbours (got {len(b)})")
     dist, index = np.empty((len(a), k)), np.empty((len(a), k), dtype=np.int64)
-    for rows, d in distance_blocks(a, b, chunk):
+    for rows, d in distances(a, b, chunk):
         values, indices = torch.topk(d, k, dim=1, largest=False)
         dist[rows], index[rows] = values.numpy(), indices.numpy()
     return dist, index

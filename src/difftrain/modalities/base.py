@@ -8,7 +8,7 @@ evaluation, synth and doctor only call these methods; none of them asks which ki
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -277,6 +277,14 @@ class Modality(ABC):
     def neighbour_view(self, data: np.ndarray) -> np.ndarray:
         """Arrays in which Euclidean distance compares items (memorization, duplicates, distance to closest record)."""
         return data.reshape(len(data), -1).astype(np.float32)
+
+    def distances(self, a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Distances between items of a and of b in the unit reports give (`distance_name`), in blocks of rows of a:
+        Euclidean in the `neighbour_view`, divided by `distance_unit`, unless the kind measures its own."""
+        from difftrain.evaluation.neighbours import distance_blocks
+
+        for rows, d in distance_blocks(self.neighbour_view(a), self.neighbour_view(b), chunk):
+            yield rows, d / self.distance_unit
 
     @abstractmethod
     def domain_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,21 +18,23 @@ from difftrain import atomic
 from difftrain.diffusion.masked import MaskedDenoiser, MaskedDiffusion
 from difftrain.errors import UserError
 from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
+from difftrain.modalities.text_tokenizer import TextTokenizer
 
 MASK_RUN = re.compile(r"\[MASK\](?:\{(\d+)\})?")  # [MASK] or [MASK]{k} in an --infill template
 
 
 class TextModality(Modality):
-    """spec: {"kind": "text", "shape": [L], "tokenizer": "char" | "byte", "vocab": [characters] (None for bytes),
-    "corpus": the built-in corpus's name (None for a file), whose own checks the evaluation adds}."""
+    """spec: {"kind": "text", "shape": [L], "tokenizer": "char" | "byte" | "bpe", "vocab": [characters] (None for bytes
+    and BPE), "bpe": the BPE's JSON (None otherwise), "pad_id": the id that pads a document's last block (None for a
+    plain corpus), "corpus": the built-in corpus's name (None for a file), whose own checks the evaluation adds}."""
 
     kind = "text"
-    prepare_options = frozenset({"tokenizer", "block"})
+    prepare_options = frozenset({"tokenizer", "block", "field", "label_field"})
     default_arch = "token_transformer"
     samples_key = "tokens"
     item = "sequence"
-    distance_name = "Hamming distance between token blocks"
-    spec_keys = ("kind", "shape", "tokenizer", "vocab", "corpus")
+    distance_name = "Hamming distance between token blocks (positions that differ)"
+    spec_keys = ("kind", "shape", "tokenizer", "vocab", "bpe", "pad_id", "corpus")
     builtin_test_fraction = 0.1  # the end of the text held out, as for Tiny Shakespeare's 90/10
     synth_what = "texts"
     synth_globs = ("texts/batch-*.jsonl",)
@@ -50,13 +53,17 @@ class TextModality(Modality):
 
         return prepare_text(source, out, **options)
 
-    @property
-    def vocab(self) -> list[str] | None:
-        return self.spec.get("vocab")
+    @cached_property
+    def tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.spec)
 
     @property
     def vocab_size(self) -> int:
-        return 256 if self.vocab is None else len(self.vocab)
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.spec.get("pad_id")
 
     @property
     def dtype(self) -> np.dtype:
@@ -72,30 +79,22 @@ class TextModality(Modality):
         return tokens
 
     def same_data(self, other: Modality) -> bool:
-        return super().same_data(other) and self.spec.get("tokenizer") == other.spec.get("tokenizer") and self.vocab == other.spec.get("vocab")
+        return super().same_data(other) and all(self.spec.get(k) == other.spec.get(k) for k in ("tokenizer", "vocab", "bpe", "pad_id"))
 
     def spec_summary(self) -> str:
         return f"of {self.shape[0]} {self.spec['tokenizer']} tokens ({self.vocab_size} in the vocabulary)"
 
     def describe(self) -> dict[str, Any]:
-        return {"block": self.shape[0], "tokenizer": self.spec["tokenizer"], "vocabulary": self.vocab_size}
+        return {"block": self.shape[0], "tokenizer": self.spec["tokenizer"], "vocabulary": self.vocab_size,
+                **({"padded": "one document per block, padded"} if self.pad_id is not None else {})}
 
     def decode(self, tokens: np.ndarray) -> str:
-        """One block of token ids as text (bytes that are not UTF-8 become U+FFFD)."""
-        if self.vocab is None:
-            return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
-        return "".join(self.vocab[int(i)] for i in tokens)
+        """One block of token ids as text (padding dropped; bytes that are not UTF-8 become U+FFFD)."""
+        return self.tokenizer.decode(tokens)
 
     def encode(self, text: str) -> np.ndarray:
         """Text as token ids; a character outside the vocabulary is refused, naming it."""
-        if self.vocab is None:
-            return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
-        index = {c: i for i, c in enumerate(self.vocab)}
-        unknown = sorted(set(text) - set(index))
-        if unknown:
-            raise UserError(f"the text holds {', '.join(map(repr, unknown[:10]))}, which this model's training text never "
-                            "had: leave those characters out")
-        return np.fromiter((index[c] for c in text), np.int32, len(text))
+        return self.tokenizer.encode(text)
 
     def given(self, prompt: str | None, infill: str | None) -> np.ndarray:
         """A block of token ids, -1 where to generate: `prompt` first, then the `infill` template, whose [MASK] is one
@@ -175,9 +174,15 @@ class TextModality(Modality):
             rows.append(lines[entry["line"]])
         return np.asarray(rows, np.int32).reshape(-1, *self.shape)
 
-    def neighbour_view(self, data: np.ndarray) -> np.ndarray:
-        # One-hot rows: the squared Euclidean distance is twice the Hamming distance.
-        return np.eye(self.vocab_size, dtype=np.float32)[data].reshape(len(data), -1) / np.sqrt(2)
+    def distances(self, a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Hamming distances (positions that differ) between blocks, compared as ids: no one-hot view, whose size
+        grows with the vocabulary. Rows of a go a few at a time, so memory stays near 16M comparisons."""
+        b_ids = torch.as_tensor(np.asarray(b))
+        step = max(1, min(chunk, (1 << 24) // max(1, b_ids.numel())))
+        for start in range(0, len(a), step):
+            rows = slice(start, min(start + step, len(a)))
+            a_ids = torch.as_tensor(np.asarray(a[rows]))
+            yield rows, (a_ids[:, None, :] != b_ids[None]).sum(-1).double()
 
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         from difftrain.modalities import text_metrics as tm

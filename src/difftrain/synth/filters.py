@@ -15,7 +15,7 @@ import numpy as np
 
 from difftrain.errors import UserError
 from difftrain.evaluation.memorization import memorization
-from difftrain.evaluation.neighbours import distance_blocks, nearest
+from difftrain.evaluation.neighbours import nearest
 
 ORDER = ("memorization", "dedup", "confidence")
 DEFAULTS = {"memorization": 1 / 3, "confidence": 0.9}  # dedup's default distance is the modality's (dedup_distance)
@@ -76,18 +76,17 @@ def class_probability(model, items: np.ndarray, labels: np.ndarray) -> np.ndarra
 
 
 def pairwise(items: np.ndarray, modality) -> np.ndarray:
-    """L2 distances (the modality's neighbour space and unit) between all pairs of `items`, exact 0 for identical ones."""
+    """Distances (the modality's own, `Modality.distances`) between all pairs of `items`, exact 0 for identical ones."""
     if not len(items):
         return np.zeros((0, 0))
-    view = modality.neighbour_view(items)
-    return np.concatenate([d.numpy() for _, d in distance_blocks(view, view)]) / modality.distance_unit
+    return np.concatenate([d.numpy() for _, d in modality.distances(items, items)])
 
 
 def nearest_kept(items: np.ndarray, kept: np.ndarray, modality) -> np.ndarray:
-    """L2 distance from each item to the nearest of `kept`; inf when nothing is kept yet."""
+    """Distance (the modality's own) from each item to the nearest of `kept`; inf when nothing is kept yet."""
     if not len(kept):
         return np.full(len(items), np.inf)
-    return nearest(modality.neighbour_view(items), modality.neighbour_view(kept), 1)[0][:, 0] / modality.distance_unit
+    return nearest(items, kept, 1, distances=modality.distances)[0][:, 0]
 
 
 @dataclass
