@@ -40,7 +40,8 @@ def _prefix(tokens: np.ndarray) -> np.ndarray:
     values = tokens.astype(np.uint64) + np.uint64(1)
     length = values.shape[1]
     prefix = np.zeros((values.shape[0], length + 1), dtype=np.uint64)
-    prefix[:, 1:] = np.cumsum(values * _powers(_INV, length)[:length], axis=1, dtype=np.uint64) * _powers(_BASE, length)[1:]
+    sums = np.cumsum(values * _powers(_INV, length)[:length], axis=1, dtype=np.uint64)
+    prefix[:, 1:] = sums * _powers(_BASE, length)[1:]
     return prefix
 
 
