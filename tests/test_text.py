@@ -128,6 +128,10 @@ def test_eval_reports_the_bound_and_the_text_metrics_next_to_real_text(text_run)
     # Real held-out sums are all well formed and right: the floors say so.
     assert record["sums_correct_floor"] == 1.0 and record["sums_well_formed_floor"] == 1.0
     assert 0 <= record["sums_correct"] <= 1 and 0 < record["distinct_2"] <= 1 and record["unigram_entropy"] > 0
+    # Verbatim copying next to held-out text: nearly every held-out line 'a+b=c' (with its line breaks, 7 to 10
+    # characters) is in the training sums too, but two lines in a row (16-grams) almost never are.
+    assert 7 <= record["longest_overlap_floor"] < 20 and 0 <= record["longest_overlap"] <= 32
+    assert record["ngram_overlap_floor"] < 0.05 and 0 <= record["ngram_overlap"] <= 1
 
 
 def test_text_metrics_on_known_texts():

@@ -127,8 +127,10 @@ def test_hamming_distances_on_token_ids(tmp_path):
     assert d1.tolist() == [0.0, 0.0] and (d2 >= 1).all()  # exact copies; the second nearest differs somewhere
 
 
-def test_a_class_conditional_text_model_writes_its_class(tmp_path):
-    """Two classes with disjoint alphabets: samples of one class use its letters (and guidance keeps them there)."""
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory) -> Path:
+    """Two classes with disjoint alphabets ('low': abcd, 'high': wxyz), documents of 6 to 11 letters, blocks of 12."""
+    tmp_path = tmp_path_factory.mktemp("labelled")
     rng = np.random.default_rng(0)
     lines = [json.dumps({"text": "".join(rng.choice(list(letters), int(rng.integers(6, 12)))), "label": name})
              for _ in range(150) for name, letters in (("low", "abcd"), ("high", "wxyz"))]
@@ -138,14 +140,37 @@ def test_a_class_conditional_text_model_writes_its_class(tmp_path):
     run = tmp_path / "run"
     cli("train", "--preset", "text", "--out", run, *text_overrides(tmp_path / "data", **{
         "train.duration_steps": 150, "model.token_transformer.width": 48, "optim.lr": 3e-3, "eval.metrics": "[]"}))
-    names = load_dataset(tmp_path / "data").class_names  # ["high", "low"]
+    return run
+
+
+def test_a_class_conditional_text_model_writes_its_class(labelled_run, tmp_path):
+    """Samples of one class use its letters (with guidance too) and end where documents do."""
+    names = load_dataset(labelled_run.parent / "data").class_names  # ["high", "low"]
     for guidance in ("1", "2"):
         out = tmp_path / f"high-{guidance}.jsonl"
-        cli("sample", run, "--n", "16", "--class", str(names.index("high")), "--guidance", guidance, "--out", out)
+        cli("sample", labelled_run, "--n", "16", "--class", str(names.index("high")), "--guidance", guidance, "--out", out)
         texts = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
         letters = "".join(texts)
         assert letters and sum(c in "wxyz" for c in letters) / len(letters) > 0.9, texts
         assert np.mean([len(t) for t in texts]) < 12  # documents end: padding fills the rest of the block
+
+
+def test_synth_writes_labelled_texts_with_utility_and_verbatim_overlap(labelled_run, tmp_path):
+    out = tmp_path / "synth"
+    cli("synth", labelled_run, "--per-class", "20", "--out", out)
+    rows = [json.loads(line) for file in sorted((out / "texts").glob("batch-*.jsonl"))
+            for line in file.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 40 and {r["label"] for r in rows} == {"high", "low"}
+    for row in rows:  # each text is written in its class's letters (as the model learnt them)
+        assert row["text"] and all(c in "abcdwxyz" for c in row["text"])
+    report = json.loads((out / "report.json").read_text())
+    arms = report["utility"]["arms"]
+    assert set(arms) == {"real", "synthetic", "real+synthetic"} and arms["synthetic"]["accuracy_mean"] > 0.9
+    copying = report["privacy"]["copying"]
+    assert set(copying) == {"longest_overlap", "longest_overlap_max", "ngram_overlap"}
+    assert 0 < copying["longest_overlap"]["held_out"] <= 11 and copying["longest_overlap_max"]["synthetic"] <= 11
+    card = (out / "README.md").read_text()
+    assert "Longest overlap" in card and "n-gram text classifier" in card
 
 
 def test_a_long_document_is_cut_into_blocks_and_the_last_is_padded():

@@ -26,7 +26,7 @@ METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (
            "dist": "data-space scores of the samples against held-out data (vectors: sliced Wasserstein, energy distance; "
                    "series: discriminative, predictive and correlational scores of TimeGAN / Diffusion-TS)",
            "cas": "classification accuracy score (classifier trained on samples, tested on real)",
-           "mem": "memorization: samples much closer to one training image than to any other",
+           "mem": "memorization: samples much closer to one training image than to any other (text: also verbatim overlap)",
            "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)",
            "forecast": "series: CRPS, MAE, MSE of forecasts of held-out windows' ends, beside seasonal-naive and VAR baselines",
            "impute": "series: CRPS, MAE, MSE of values hidden at random in held-out windows, beside linear interpolation"}
@@ -34,7 +34,8 @@ METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (
 MODEL_METRICS = ("nll", "forecast", "impute")
 FLOOR_REPEATS = 5
 LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance",
-                   "discriminative", "predictive", "correlational", "column_shape_error", "pair_trend_error", "c2st_auc"}
+                   "discriminative", "predictive", "correlational", "column_shape_error", "pair_trend_error", "c2st_auc",
+                   "longest_overlap", "longest_overlap_max", "ngram_overlap"}
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -165,6 +166,8 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         # low-dimensional data the nearest-neighbour ratio is often small by chance, and this shows how often.
         held_out = ds.test_data[:n]
         record["memorized_fraction_floor"] = float(memorization(held_out, ds.train_data, ds.modality).flagged.mean())
+        for key, metric in ds.modality.copy_metrics(ds.train_data).items():  # the kind's own measures of copying
+            record[key], record[f"{key}_floor"] = metric(images), metric(held_out)
         if memorization_png is not None:
             record["memorization_png"] = str(save_closest_pairs(images, ds.train_data, result, memorization_png, ds.modality))
     record["warnings"] = warnings

@@ -94,7 +94,8 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         "metric": "accuracy", "metric_name": "accuracy", "num_classes": num_classes, "seeds": list(seeds), "steps": steps,
         "batch": batch, "counts": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
         "fairness": (f"every arm trains the same classifier recipe for the same {steps} optimizer steps of batch {batch} "
-                     "with the same seeds; only the training images differ; all are tested on the same real held-out images"),
+                     f"with the same seeds; only the training {modality.item}s differ; all are tested on the same real held-out "
+                     f"{modality.item}s"),
         "arms": results,
         "size_curve": curve,
         **verdict(results, "accuracy", "accuracy", len(seeds)),

@@ -278,6 +278,11 @@ class Modality(ABC):
         """Arrays in which Euclidean distance compares items (memorization, duplicates, distance to closest record)."""
         return data.reshape(len(data), -1).astype(np.float32)
 
+    def copy_metrics(self, train: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
+        """Measures of copying beyond nearest neighbours (text: verbatim overlap with the training text), each scored on
+        samples and, as the floor, on held-out real items (`mem`, synth's privacy report)."""
+        return {}
+
     def distances(self, a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> Iterator[tuple[slice, torch.Tensor]]:
         """Distances between items of a and of b in the unit reports give (`distance_name`), in blocks of rows of a:
         Euclidean in the `neighbour_view`, divided by `distance_unit`, unless the kind measures its own."""

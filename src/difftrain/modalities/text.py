@@ -20,6 +20,7 @@ from difftrain.errors import UserError
 from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
 from difftrain.modalities.text_tokenizer import TextTokenizer
 
+OVERLAP_N = 16  # tokens of the n-grams whose share found in the training text measures copying
 MASK_RUN = re.compile(r"\[MASK\](?:\{(\d+)\})?")  # [MASK] or [MASK]{k} in an --infill template
 
 
@@ -37,6 +38,7 @@ class TextModality(Modality):
     spec_keys = ("kind", "shape", "tokenizer", "vocab", "bpe", "pad_id", "corpus")
     builtin_test_fraction = 0.1  # the end of the text held out, as for Tiny Shakespeare's 90/10
     synth_what = "texts"
+    classifier_name = "n-gram text classifier (fastText-style)"
     synth_globs = ("texts/batch-*.jsonl",)
     synth_labels_csv = False
     table_suffixes = (".jsonl",)
@@ -184,6 +186,18 @@ class TextModality(Modality):
             a_ids = torch.as_tensor(np.asarray(a[rows]))
             yield rows, (a_ids[:, None, :] != b_ids[None]).sum(-1).double()
 
+    def copy_metrics(self, train: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
+        """Verbatim copying: the mean (and the max) over samples of the longest run of tokens found in the training
+        text, and the share of the samples' n-grams found there (n = OVERLAP_N tokens, or the block when shorter). Padding never matches."""
+        from difftrain.modalities.text_overlap import TrainingText
+
+        unpadded = (lambda x, fill: np.asarray(x, np.int64) if self.pad_id is None
+                    else np.where(np.asarray(x) == self.pad_id, fill, np.asarray(x, np.int64)))
+        index = TrainingText(unpadded(train, -2))  # training padding and sample padding differ: neither matches
+        return {"longest_overlap": lambda s: float(index.longest_overlap(unpadded(s, -1)).mean()),
+                "longest_overlap_max": lambda s: float(index.longest_overlap(unpadded(s, -1)).max()),
+                "ngram_overlap": lambda s: index.ngram_overlap(unpadded(s, -1), min(OVERLAP_N, self.shape[0]))}
+
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         from difftrain.modalities import text_metrics as tm
 
@@ -201,11 +215,16 @@ class TextModality(Modality):
                         "out of eval.metrics for text runs")
 
     def domain_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
-        raise UserError("text has no classifier in difftrain yet: leave cas and the confidence filter out for text runs")
+        model = self.fit_classifier(dataset.train_data, dataset.train_labels, dataset.num_classes, epochs=epochs, seed=0)
+        return model, {"name": "difftrain-text-ngram", "weights_sha256": None,
+                       "test_accuracy": model.accuracy(dataset.test_data, dataset.test_labels)}
 
     def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,
                        steps: int | None = None, batch: int = 128) -> Classifier:
-        raise UserError("text has no classifier in difftrain yet: leave cas out for text runs")
+        from difftrain.modalities.text_classifier import fit_text_classifier
+
+        return fit_text_classifier(data, labels, num_classes, seed=seed, epochs=epochs, steps=steps, batch=batch,
+                                   pad_id=self.pad_id)
 
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
         raise UserError("nll integrates a Gaussian probability flow; a text model's likelihood is its masked-diffusion "

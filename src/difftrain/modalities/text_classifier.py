@@ -3,8 +3,8 @@
 Joulin et al. 2017 ("Bag of Tricks for Efficient Text Classification"): the mean of hashed n-gram embeddings, then a
 linear layer. It is a strong baseline for short-text classification, within a few points of far larger networks on
 topic and sentiment tasks, and it trains in seconds on a CPU, so CAS and train-on-real/synthetic/both can run every
-seed of every arm without a GPU. Word order enters only through the n-grams (n = 1..3 by default): bigrams and
-trigrams are what tell "not good" from "good, not".
+seed of every arm without a GPU. Order enters only through the n-grams (n = 1..3 by default): a bag of single tokens
+cannot tell "ab" from "ba", its bigrams can.
 
 N-grams are hashed with fixed 64-bit integer arithmetic in numpy, never Python's `hash()` (salted per process), so a
 seed gives the same classifier in every run and process. Pad tokens are dropped: an n-gram that holds one is not in
@@ -71,7 +71,7 @@ class FastText(nn.Module):
             self.head.bias.zero_()
 
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """`ids`: every block's kept n-gram buckets, one after another; `offsets`: where each block's begin. An empty
+        """`ids`: every block's kept n-gram buckets, one after another; `offsets`: where each block's ids begin. An empty
         bag (a block of only pads) embeds as zeros, so it gets the bias alone."""
         return self.head(self.embedding(ids, offsets))
 

@@ -61,6 +61,10 @@ def privacy(synth: np.ndarray, train: np.ndarray, held_out: np.ndarray, modality
     result = memorization(synth, train, modality)
     held_out_dcr = nearest_training(held_out, train, modality)[0]
     summary = dcr_summary(result.d1, held_out_dcr, result, item=modality.item, distance=modality.distance_name)
+    copying = {key: {"synthetic": metric(synth), "held_out": metric(held_out)}
+               for key, metric in modality.copy_metrics(train).items()}
+    if copying:  # the kind's own measures of copying (text: verbatim overlap), held-out real items as the baseline
+        summary["copying"] = copying
     return summary, result, held_out_dcr
 
 

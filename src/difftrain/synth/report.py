@@ -110,6 +110,10 @@ def _utility_markdown(u: dict) -> list[str]:
     return lines
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"  # (NaN became None in report.json)
+
+
 def _privacy_markdown(p: dict, files: dict) -> list[str]:
     quantiles = list(p["synthetic_dcr"])
     item = p.get("item", "image")
@@ -124,6 +128,8 @@ def _privacy_markdown(p: dict, files: dict) -> list[str]:
               f"- Exact copies of training {item}s: **{p['exact_copies']}** of {p['synthetic_items']}.",
               f"- Memorized fraction (nearest training {item} closer than {p['memorization_ratio']:.3g} x the second "
               f"nearest): **{p['memorized_fraction']:.4f}** ({p['memorized']} {item}s).",
+              *[f"- {key.replace('_', ' ').capitalize()}: **{_number(v['synthetic'])}** for synthetic {item}s, "
+                f"{_number(v['held_out'])} for real held-out ones (the baseline)." for key, v in p.get("copying", {}).items()],
               "", f"![distance to closest record]({files['dcr']})", "",
               f"Closest pairs (synthetic left, nearest training {item} right): ![closest pairs]({files['closest_pairs']})"]
     return lines
