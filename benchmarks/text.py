@@ -22,66 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 import common
 from difftrain.config import load_config
 from difftrain.diffusion import negative_elbo
 from difftrain.modalities import prepare
 from difftrain.modalities.text_metrics import distinct_ngrams, unigram_entropy
-from difftrain.models.token_transformer import TokenTransformer
+from difftrain.modalities.text_judge import fit_judge, token_nats
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.store.run import open_run
 from difftrain.training.performance import resolve_precision
 from difftrain.training.trainer import train
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "tinyshakespeare.txt"
-
-
-def ar_nll(model: TokenTransformer, blocks: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Nats per token of each block under the autoregressive model (each token given the start token and those before)."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch):
-            x = torch.as_tensor(blocks[i:i + batch]).long()
-            inputs = torch.cat([torch.full((len(x), 1), model.vocab_size), x[:, :-1]], dim=1)
-            logits = model(inputs, torch.zeros(len(x)), None)
-            out.append(F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1).numpy())
-    return np.concatenate(out)
-
-
-def train_ar(train_blocks: np.ndarray, vocab_size: int, config, steps: int, seed: int) -> tuple[TokenTransformer, float]:
-    """The autoregressive baseline: the masked model's network made causal, trained with its optimizer settings, batch
-    and steps (the same tokens and, per token, the same compute)."""
-    torch.manual_seed(seed)
-    cfg = config.model.token_transformer
-    model = TokenTransformer(vocab_size, 0, cfg, causal=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
-                            weight_decay=config.optim.weight_decay)
-    batch = config.train.batch_size
-    warmup = max(1, config.optim.warmup_images // batch)
-    rng = np.random.default_rng(seed)
-    # The masked model's precision (train.mixed_precision=auto: bf16 autocast on CPUs with native bf16).
-    precision = resolve_precision(config.train, "cpu")
-    start = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = config.optim.lr * min(1.0, (step + 1) / warmup)
-        x = torch.as_tensor(train_blocks[rng.integers(0, len(train_blocks), batch)]).long()
-        inputs = torch.cat([torch.full((batch, 1), model.vocab_size), x[:, :-1]], dim=1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(inputs, torch.zeros(batch), None)
-        loss = F.cross_entropy(logits.float().transpose(1, 2), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        opt.step()
-        if step % 500 == 0:
-            print(f"autoregressive: step {step}/{steps}, loss {loss.item():.3f}", flush=True)
-    model.eval()
-    return model, time.perf_counter() - start
-
 
 
 def main() -> None:
@@ -113,15 +66,22 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     bound = np.concatenate([negative_elbo(denoiser, torch.as_tensor(test[i:i + 64]).long(), draws=args.bound_draws,
                                           generator=generator).numpy() for i in range(0, len(test), 64)]) / math.log(2)
-    ar, ar_seconds = train_ar(ds.train_data, ds.modality.vocab_size, config, args.steps, args.seed)
-    ar_bits = ar_nll(ar, test) / math.log(2)
-    floor = ar_nll(ar, test[:args.samples])
+    # The autoregressive baseline (difftrain's judge): the masked model's network made causal, trained with its
+    # learning rate, warmup, batch, steps and precision (the same tokens and, per token, the same compute).
+    start = time.perf_counter()
+    ar = fit_judge(ds.train_data, ds.modality.vocab_size, config.model.token_transformer, steps=args.steps,
+                   batch=config.train.batch_size, lr=config.optim.lr, seed=args.seed,
+                   warmup=max(1, config.optim.warmup_images // config.train.batch_size),
+                   precision=resolve_precision(config.train, "cpu"), say=lambda m: print(m, flush=True))
+    ar_seconds = time.perf_counter() - start
+    ar_bits = token_nats(ar, test).mean(1) / math.log(2)
+    floor = token_nats(ar, test[:args.samples]).mean(1)
     by_steps = {}
     for steps in [int(s) for s in args.sample_steps.split(",")]:
         spec = SamplingSpec(sampler="ancestral", steps=steps, seed=args.seed)
         t0 = time.perf_counter()
         samples = generate(denoiser, ds.modality, args.samples, None, spec, batch_size=args.samples)
-        by_steps[steps] = {"gen_perplexity": float(np.exp(ar_nll(ar, samples).mean())),
+        by_steps[steps] = {"gen_perplexity": float(np.exp(token_nats(ar, samples).mean())),
                            "distinct_4": distinct_ngrams(samples, 4), "unigram_entropy": unigram_entropy(samples),
                            "seconds": time.perf_counter() - t0,
                            "example": ds.modality.decode(samples[0])[:200]}

@@ -29,7 +29,8 @@ def flat(text: str) -> str:
 def text_overrides(data: Path, **extra) -> list[str]:
     return tiny_overrides(data, **{"model.arch": "auto", "model.token_transformer.width": 32, "model.token_transformer.depth": 1,
                                    "model.token_transformer.heads": 2, "sample.sampler": "ancestral", "sample.steps": 8,
-                                   "eval.metrics": "[nll, dist, mem]", "eval.n_samples": 20, "eval.nll_steps": 4, **extra})
+                                   "eval.metrics": "[nll, judge, dist, mem]", "eval.n_samples": 20, "eval.nll_steps": 4,
+                                   "eval.judge_steps": 30, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_prompts_are_refused_with_the_reason(text_run, tmp_path):
     assert wrong.returncode == 2 and "--sampler ancestral" in flat(wrong.stderr)
 
 
-def test_eval_reports_the_bound_and_the_text_metrics_next_to_real_text(text_run):
+def test_eval_reports_the_bound_and_the_text_metrics_next_to_real_text(text_run, sums_dir):
     result = cli("eval", text_run, "--json")
     record = json.loads(result.output[result.output.index("["):])[0]
     assert 0 < record["nll_bits_per_dim"] < math.log2(14) + 0.1 and record["nll_estimator"].startswith("masked")
@@ -132,6 +133,9 @@ def test_eval_reports_the_bound_and_the_text_metrics_next_to_real_text(text_run)
     # characters) is in the training sums too, but two lines in a row (16-grams) almost never are.
     assert 7 <= record["longest_overlap_floor"] < 20 and 0 <= record["longest_overlap"] <= 32
     assert record["ngram_overlap_floor"] < 0.05 and 0 <= record["ngram_overlap"] <= 1
+    # The autoregressive judge, trained once beside the dataset: real text it never saw is likelier than uniform.
+    assert 1 < record["judge_perplexity_floor"] < 14 and record["judge_perplexity"] > 1 and record["judge"]["steps"] == 30
+    assert len(list((sums_dir / "judge").glob("judge-*.safetensors"))) == 1
 
 
 def test_text_metrics_on_known_texts():

@@ -472,7 +472,7 @@ def evaluate(
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
     steps: Optional[str] = typer.Option(None, help="Sampling steps, one or a comma list such as 5,10,20,50 (default: the run's config)."),
     n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples per evaluation (default: eval.n_samples)."),
-    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, cas, mem, nll (default: eval.metrics)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, dist, cas, mem, nll; text also judge (default: eval.metrics)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
     seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
     extractor: Optional[str] = typer.Option(None, help="Feature space: domain, inception or a TorchScript file (default: eval.extractor)."),
@@ -516,7 +516,7 @@ def evaluate(
             records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
-                                   warn=_warn)
+                                   warn=_warn, say=lambda message: console.print(message))
         if not main:
             return  # the main process writes the report and prints
         if state.num_processes > 1:

@@ -283,18 +283,19 @@ class SampleConfig(Section):
 
 
 # Sample metrics (fid, kid, pr, cas, mem) and the model metric nll; evaluation/suite.py describes them.
-MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll", "forecast", "impute"]
+MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll", "judge", "forecast", "impute"]
 
 
 class EvalConfig(Section):
     n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
-    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space scores: vectors' distances; series' discriminative, predictive, correlational), cas, mem, nll; series models also forecast and impute.")
+    metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space scores: vectors' distances; series' discriminative, predictive, correlational), cas, mem, nll; series models also forecast and impute; text also judge.")
     extractor: str = Field("auto", description="Features: domain, inception, a TorchScript file, or auto (inception if its weights are set).")
     inception_weights: Optional[str] = Field(None, description="Local file of the FID Inception-v3 weights (never downloaded).")
     classifier_epochs: int = Field(20, ge=1, description="Epochs of the small classifiers (domain features, CAS).")
     k: int = Field(5, ge=1, description="Neighbours for precision, recall, density and coverage.")
     nll_images: int = Field(256, ge=1, description="Held-out images for the likelihood (nll).")
     nll_steps: int = Field(128, ge=4, description="Heun steps of the probability-flow ODE for the likelihood; for masked diffusion (text), draws of the masking per held-out sequence.")
+    judge_steps: int = Field(1000, ge=1, description="judge (text): training steps of the autoregressive judge of generated text (the run's network size, made causal; trained once per dataset and cached beside it).")
     horizon: int = Field(0, ge=0, description="forecast: steps hidden at the end of each held-out window (0: a quarter of the window).")
     season: int = Field(0, ge=0, description="forecast: the seasonal-naive baseline's season in steps (0: the horizon).")
     impute_fraction: float = Field(0.5, gt=0, lt=1, description="impute: share of each held-out window's values hidden at random.")
@@ -305,14 +306,14 @@ class EvalConfig(Section):
     during_metrics: list[MetricName] = Field(["fid"], description="Metrics computed during training.")
     best_metric: Literal["fid", "kid", "precision", "recall", "density", "coverage", "sliced_wasserstein", "energy_distance", "discriminative", "predictive", "correlational",
                          "column_shape_error", "pair_trend_error", "c2st_auc", "alpha_precision", "beta_recall", "cas",
-                         "nll_bits_per_dim"] = Field("fid", description="The metric that picks checkpoints/best.")
+                         "nll_bits_per_dim", "judge_perplexity"] = Field("fid", description="The metric that picks checkpoints/best.")
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
         family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
                   "sliced_wasserstein": "dist", "energy_distance": "dist", "discriminative": "dist", "predictive": "dist",
                   "correlational": "dist", "column_shape_error": "dist", "pair_trend_error": "dist", "c2st_auc": "dist",
-                  "alpha_precision": "dist", "beta_recall": "dist"}.get(self.best_metric, self.best_metric)
+                  "alpha_precision": "dist", "beta_recall": "dist", "judge_perplexity": "judge"}.get(self.best_metric, self.best_metric)
         if self.every_images and family not in self.during_metrics:
             raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
         return self
@@ -398,7 +399,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 6_400, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
         "sample": {"sampler": "ancestral", "steps": 128, "batch_size": 64},
-        "eval": {"n_samples": 256, "metrics": ["nll", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0},
+        "eval": {"n_samples": 256, "metrics": ["nll", "judge", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

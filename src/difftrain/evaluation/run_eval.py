@@ -161,14 +161,16 @@ def observed_tasks(denoiser: Denoiser, ds: PreparedDataset, config, metrics: lis
 
 
 def score(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None,
-          metrics: list[str], ec: EvalConfig, seed: int = 0, memorization_png: Path | None = None) -> dict[str, Any]:
-    """`evaluate_samples` with the run's eval settings; nothing to do when only nll is asked."""
+          metrics: list[str], ec: EvalConfig, seed: int = 0, memorization_png: Path | None = None, network=None,
+          say: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """`evaluate_samples` with the run's eval settings (`network`: the run's model config, the judge's size);
+    nothing to do when only nll is asked."""
     sample_metrics = [m for m in metrics if m not in MODEL_METRICS]
     if not sample_metrics:
         return {}
     return evaluate_samples(images, labels, ds, extractor, metrics=sample_metrics, seed=seed, k=ec.k,
-                            classifier_epochs=ec.classifier_epochs,
-                            memorization_png=memorization_png)
+                            classifier_epochs=ec.classifier_epochs, memorization_png=memorization_png,
+                            judge={"network": network, "steps": ec.judge_steps, "say": say})
 
 
 def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choice: str | None = None,
@@ -182,8 +184,10 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
                  guidance: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
-                 nll_images: int | None = None, device: str = "cpu", progress=None, warn=print) -> list[dict[str, Any]]:
-    """Score every chosen checkpoint at every step count; append the records to metrics.jsonl.
+                 nll_images: int | None = None, device: str = "cpu", progress=None, warn=print,
+                 say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Score every chosen checkpoint at every step count; append the records to metrics.jsonl. `say` hears what a long
+    step (the text judge's training) is doing.
 
     `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
     Under a multi-process launch every process calls it: each samples its share (and scores its share of the
@@ -232,7 +236,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
                                          class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn)
                 scores = on_main_process(lambda: score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
-                                                       memorization_png=out_dir / f"memorization-{tag}.png")) or {}
+                                                       memorization_png=out_dir / f"memorization-{tag}.png",
+                                                       network=run.config.model, say=say)) or {}
                 records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
                 log.write(records[-1])
     finally:
@@ -282,7 +287,7 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
     with torch.inference_mode():
         samples = generate(denoiser, ds.modality, n, None if labels is None else np.asarray(to_model)[labels], spec,
                            batch_size=config.sample.batch_size, device=device)
-    record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed)}
+    record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed, network=config.model)}
     if "nll" in metrics:
         record.update(likelihood(denoiser, ds, to_model, ec, device, config.train.seed))
     return record

@@ -27,6 +27,8 @@ METRICS = {"fid": "Frechet distance in feature space", "kid": "kernel distance (
                    "series: discriminative, predictive and correlational scores of TimeGAN / Diffusion-TS)",
            "cas": "classification accuracy score (classifier trained on samples, tested on real)",
            "mem": "memorization: samples much closer to one training image than to any other (text: also verbatim overlap)",
+           "judge": "text: generative perplexity of the samples under an autoregressive judge of the run's size trained on "
+                    "the training text (cached beside the dataset); floor: real text the judge never saw",
            "nll": "negative log-likelihood of held-out data, bits per dimension (probability-flow ODE)",
            "forecast": "series: CRPS, MAE, MSE of forecasts of held-out windows' ends, beside seasonal-naive and VAR baselines",
            "impute": "series: CRPS, MAE, MSE of values hidden at random in held-out windows, beside linear interpolation"}
@@ -35,7 +37,7 @@ MODEL_METRICS = ("nll", "forecast", "impute")
 FLOOR_REPEATS = 5
 LOWER_IS_BETTER = {"fid", "kid", "nll_bits_per_dim", "memorized_fraction", "sliced_wasserstein", "energy_distance",
                    "discriminative", "predictive", "correlational", "column_shape_error", "pair_trend_error", "c2st_auc",
-                   "longest_overlap", "longest_overlap_max", "ngram_overlap"}
+                   "longest_overlap", "longest_overlap_max", "ngram_overlap", "judge_perplexity"}
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -82,8 +84,10 @@ def floor_subsets(ds: PreparedDataset, pool: np.ndarray, labels: np.ndarray | No
 
 def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: PreparedDataset, extractor: FeatureExtractor | None, *,
                      metrics: list[str] = ("fid", "kid", "pr"), seed: int = 0, k: int = 5,
-                     classifier_epochs: int = 20, memorization_png: str | Path | None = None) -> dict[str, Any]:
-    """All requested sample metrics of `images` (the dataset's kind of data; with their class `labels`, if any)."""
+                     classifier_epochs: int = 20, memorization_png: str | Path | None = None,
+                     judge: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All requested sample metrics of `images` (the dataset's kind of data; with their class `labels`, if any).
+    `judge`: the settings of the modality's judge ({"network": the run's model config, "steps", "say"})."""
     check_samples(images, labels, ds)
     pool = floor_pool(ds)
     n = min(len(images), len(pool))
@@ -108,6 +112,10 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         record[f"{key}_floor"] = float(np.mean(floors))
         if n < len(pool):  # with the whole pool every subset is the same: no spread to measure
             record[f"{key}_floor_std"] = float(np.std(floors))
+
+    if "judge" in metrics:
+        judged, record["judge"] = ds.modality.judge(ds, **(judge or {}))
+        floored("judge_perplexity", judged, judged(images), [ds.train_data[idx] for idx in floor_sets])
 
     if "dist" in metrics:
         extra = ds.modality.extra_metrics(images, ds.test_data, seed)

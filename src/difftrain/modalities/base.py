@@ -278,6 +278,11 @@ class Modality(ABC):
         """Arrays in which Euclidean distance compares items (memorization, duplicates, distance to closest record)."""
         return data.reshape(len(data), -1).astype(np.float32)
 
+    def judge(self, dataset, *, network=None, steps: int = 1000, say: Callable[[str], None] | None = None
+              ) -> tuple[Callable[[np.ndarray], float], dict[str, Any]]:
+        """A score of samples by a model of the data (text: perplexity under an autoregressive judge) and its identity."""
+        raise UserError(f"judge scores text by an autoregressive model; {self.kind} data has none: leave judge out of the metrics")
+
     def copy_metrics(self, train: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
         """Measures of copying beyond nearest neighbours (text: verbatim overlap with the training text), each scored on
         samples and, as the floor, on held-out real items (`mem`, synth's privacy report)."""

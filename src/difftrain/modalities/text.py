@@ -186,6 +186,19 @@ class TextModality(Modality):
             a_ids = torch.as_tensor(np.asarray(a[rows]))
             yield rows, (a_ids[:, None, :] != b_ids[None]).sum(-1).double()
 
+    def judge(self, dataset, *, network=None, steps: int = 1000, say: Callable[[str], None] | None = None
+              ) -> tuple[Callable[[np.ndarray], float], dict[str, Any]]:
+        """Perplexity under the autoregressive judge (modalities/text_judge.py) of `network`'s size (a model config;
+        None: the default token transformer), trained without the floor pool, so the floor is text it never saw."""
+        from difftrain.config import TokenTransformerConfig
+        from difftrain.evaluation.reference import floor_pool
+        from difftrain.modalities.text_judge import load_or_fit_judge, perplexity
+
+        cfg = network.token_transformer if network is not None else TokenTransformerConfig()
+        learn = np.setdiff1d(np.arange(len(dataset.train_data)), floor_pool(dataset))
+        model, meta = load_or_fit_judge(dataset, cfg, steps=steps, train_index=learn, say=say)
+        return (lambda s: perplexity(model, s, self.pad_id)), meta
+
     def copy_metrics(self, train: np.ndarray) -> dict[str, Callable[[np.ndarray], float]]:
         """Verbatim copying: the mean (and the max) over samples of the longest run of tokens found in the training
         text, and the share of the samples' n-grams found there (n = OVERLAP_N tokens, or the block when shorter). Padding never matches."""
