@@ -178,3 +178,18 @@ def test_a_long_document_is_cut_into_blocks_and_the_last_is_padded():
 
     assert padded_blocks(np.arange(5, dtype=np.int32), 2, 9).tolist() == [[0, 1], [2, 3], [4, 9]]
     assert padded_blocks(np.zeros(0, np.int32), 3, 9).tolist() == [[9, 9, 9]]
+
+
+def test_text_trains_from_a_memory_mapped_corpus_in_the_same_order(tmp_path):
+    """Token blocks stay on disk (a corpus larger than memory): batches read their rows, the ones in memory would be."""
+    from difftrain.data.loader import ArrayBatches
+
+    ds = prepare("sums", tmp_path / "sums", kind="text", block=16, progress=False)
+    assert isinstance(ds.train_data, np.memmap)
+    streamed = ArrayBatches(ds.train_data, None, ds.modality, seed=3, device=torch.device("cpu"))
+    in_memory = ArrayBatches(np.asarray(ds.train_data), None, ds.modality, seed=3, device=torch.device("cpu"))
+    assert streamed.streamed and not in_memory.streamed
+    for start in (0, 50, len(ds.train_data) - 5):  # the last crosses into the next epoch
+        assert torch.equal(streamed.batch(start, 32)[0], in_memory.batch(start, 32)[0])
+    positions = torch.tensor([7, 3, len(ds.train_data) + 1])
+    assert torch.equal(streamed.at(positions)[0], in_memory.at(positions)[0])

@@ -1,11 +1,13 @@
 """Training batches of any modality from a prepared dataset held as one tensor on the training device.
 
 No worker processes and no host-device round trips: a batch is a slice of a shuffled order
-already on the device, gathered and converted (and augmented) there.
+already on the device, gathered and converted (and augmented) there. A memory-mapped dataset (text corpora larger
+than memory) is the exception: its rows are read from disk batch by batch, in the same order.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from difftrain.errors import UserError
@@ -42,7 +44,10 @@ class ArrayBatches:
         self.modality = modality
         if hflip:
             modality.mirror(torch.zeros(1, *modality.model_shape))  # refuses data without left and right
-        self.data = torch.as_tensor(data).to(device)
+        # A memory-mapped array (a corpus larger than memory) stays on disk: each batch reads its own rows.
+        self.streamed = isinstance(data, np.memmap)
+        self.device = torch.device(device)
+        self.data = data if self.streamed else torch.as_tensor(data).to(device)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
         if self.labels is not None and to_model is not None:
             self.labels = torch.as_tensor(to_model, dtype=torch.long, device=device)[self.labels]
@@ -59,13 +64,13 @@ class ArrayBatches:
         if epoch not in self._cache:
             if len(self._cache) > 2:
                 self._cache.clear()
-            flips = _to_device(epoch_flips(self.n, self.seed, epoch), self.data.device) if self.hflip else None
-            self._cache[epoch] = _to_device(epoch_order(self.n, self.seed, epoch), self.data.device), flips
+            flips = _to_device(epoch_flips(self.n, self.seed, epoch), self.device) if self.hflip else None
+            self._cache[epoch] = _to_device(epoch_order(self.n, self.seed, epoch), self.device), flips
         return self._cache[epoch]
 
     def _slices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dataset indices and mirror flags at positions [start, start + count), cut from the epochs' orders."""
-        idx, flips = [torch.empty(0, dtype=torch.long, device=self.data.device)], []
+        idx, flips = [torch.empty(0, dtype=torch.long, device=self.device)], []
         position, end = start, start + count
         while position < end:
             epoch, offset = divmod(position, self.n)
@@ -78,7 +83,11 @@ class ArrayBatches:
         return torch.cat(idx), torch.cat(flips) if flips else None
 
     def _take(self, idx: torch.Tensor, flips: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.modality.to_model(self.data[idx])
+        if self.streamed:
+            rows = torch.from_numpy(np.ascontiguousarray(self.data[idx.cpu().numpy()]))
+            x = self.modality.to_model(_to_device(rows, self.device))
+        else:
+            x = self.modality.to_model(self.data[idx])
         if flips is not None and len(flips):
             x = torch.where(flips.view(-1, *[1] * (x.ndim - 1)), self.modality.mirror(x), x)
         return x, None if self.labels is None else self.labels[idx]
@@ -99,7 +108,7 @@ class ArrayBatches:
             idx[here] = order.cpu()[positions[here] - epoch * self.n]
             if flip is not None:
                 flips[here] = flip.cpu()[positions[here] - epoch * self.n]
-        device = self.data.device
+        device = self.device
         return self._take(idx.to(device), flips.to(device) if self.hflip else None)
 
 

@@ -316,10 +316,12 @@ class Modality(ABC):
         """Model-space points for the likelihood of a batch of data (see evaluation/likelihood.py)."""
 
 
-def load_array(folder: Path, name: str, broken: Callable[[str], UserError]) -> np.ndarray:
-    """One array of a prepared folder; a missing or unreadable file is `broken(problem)`, a one-line user error."""
+def load_array(folder: Path, name: str, broken: Callable[[str], UserError], *, mmap: bool = False) -> np.ndarray:
+    """One array of a prepared folder (`mmap`: memory-mapped, read from disk as used); a missing or unreadable file is
+    `broken(problem)`, a one-line user error."""
     try:
-        return np.load(folder / name, allow_pickle=False)
+        # Copy-on-write: the array is writable (torch takes it as it is) and the file is never written.
+        return np.load(folder / name, allow_pickle=False, mmap_mode="c" if mmap else None)
     except FileNotFoundError:
         raise broken(f"{name} is missing") from None
     except (OSError, ValueError) as e:

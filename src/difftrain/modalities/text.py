@@ -20,6 +20,7 @@ from difftrain.errors import UserError
 from difftrain.modalities.base import Classifier, Dequantized, FeatureExtractor, Modality, load_array
 from difftrain.modalities.text_tokenizer import TextTokenizer
 
+CHECK_ROWS = 1 << 14  # blocks checked at once when a dataset is opened
 OVERLAP_N = 16  # tokens of the n-grams whose share found in the training text measures copying
 MASK_RUN = re.compile(r"\[MASK\](?:\{(\d+)\})?")  # [MASK] or [MASK]{k} in an --infill template
 
@@ -72,12 +73,15 @@ class TextModality(Modality):
         return np.dtype(np.int32)
 
     def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
-        tokens = load_array(folder, f"{split}_tokens.npy", broken)
+        # Memory-mapped: a corpus larger than memory trains from disk (data/loader.py reads each batch's rows).
+        tokens = load_array(folder, f"{split}_tokens.npy", broken, mmap=True)
         expected = (count, *self.shape)
         if tokens.dtype != np.int32 or tokens.shape != expected:
             raise broken(f"{split}_tokens.npy holds {tokens.dtype} {tokens.shape}; the manifest says int32 {expected}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise broken(f"{split}_tokens.npy holds ids outside the vocabulary of {self.vocab_size} tokens")
+        for start in range(0, len(tokens), CHECK_ROWS):  # checked a slice at a time, in bounded memory
+            part = np.asarray(tokens[start:start + CHECK_ROWS])
+            if part.size and (part.min() < 0 or part.max() >= self.vocab_size):
+                raise broken(f"{split}_tokens.npy holds ids outside the vocabulary of {self.vocab_size} tokens")
         return tokens
 
     def same_data(self, other: Modality) -> bool:
