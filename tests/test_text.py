@@ -176,3 +176,10 @@ def test_the_preset_alone_prepares_the_built_in_sums_into_the_run(tmp_path):
     ds = load_dataset(run / "data")
     assert ds.modality.spec["corpus"] == "sums" and ds.train_data.shape[1] == 256
     assert ds.modality.decode(ds.train_data[0]).count("+") > 10
+
+
+def test_doctor_measures_a_text_config(sums_dir):
+    """The probe times real steps and one sampling call of the token network (token ids in, not Gaussian noise)."""
+    result = cli("doctor", "--preset", "text", *text_overrides(sums_dir))
+    output = flat(result.output)
+    assert "PASS sampling" in output and "ancestral, 8 network evaluations" in output and "FAIL" not in output

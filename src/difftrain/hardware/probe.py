@@ -313,8 +313,10 @@ def _time_sampling(t: _Trainee) -> tuple[float, int]:
     config = t.config
     spec = SamplingSpec.from_config(config.sample)
     n = config.sample.batch_size
-    x = torch.randn(n, *t.batches.modality.model_shape, device=t.device)
-    sigma = torch.full((n,), t.denoiser.formulation.sigma_max, device=t.device)
+    # A call costs the same at any noise level: a data batch and training noise levels fit every formulation
+    # (token ids for masked diffusion, where Gaussian noise would not be an input).
+    x = t.batches.batch(0, n)[0].to(t.device)
+    sigma = t.denoiser.formulation.sample_training_sigma(n, device=t.device)
     labels = torch.arange(n, device=t.device) % t.num_classes if t.num_classes else None
     denoiser = t.denoiser.with_net(t.ema.net)
     with torch.no_grad(), t.accelerator.autocast():
