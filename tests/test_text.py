@@ -113,6 +113,21 @@ def test_a_trained_model_samples_texts_and_keeps_every_given_token(text_run, tmp
         assert json.loads(str(f["meta"]))["sampler"] == "ancestral"
 
 
+def test_texts_of_any_length_grow_half_a_block_at_a_time(text_run, tmp_path):
+    """Longer than the block (32): each new half block is drawn after the last half block so far; shorter: a prefix."""
+    cli("sample", text_run, "--n", "3", "--length", "70", "--prompt", "7+", "--out", tmp_path / "long.npz")
+    with np.load(tmp_path / "long.npz") as f:
+        tokens, meta = f["tokens"], json.loads(str(f["meta"]))
+    modality = open_run(text_run).modality
+    assert tokens.shape == (3, 70) and all(modality.decode(t).startswith("7+") for t in tokens)
+    assert meta["length"] == 70 and meta["generated_tokens"] == 30 + 38
+    cli("sample", text_run, "--n", "3", "--length", "10", "--out", tmp_path / "short.jsonl")
+    texts = [json.loads(line)["tokens"] for line in (tmp_path / "short.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [len(t) for t in texts] == [10, 10, 10]
+    short = difftrain("sample", text_run, "--n", "2", "--length", "2", "--prompt", "12+", "--out", tmp_path / "s.jsonl")
+    assert short.returncode == 2 and "--length 2 is shorter than the 3 tokens" in flat(short.stderr)
+
+
 def test_prompts_are_refused_with_the_reason(text_run, tmp_path):
     unknown = difftrain("sample", text_run, "--n", "2", "--prompt", "12Q", "--out", tmp_path / "q.jsonl")
     assert unknown.returncode == 2 and "'Q'" in flat(unknown.stderr) and "Traceback" not in flat(unknown.stderr)

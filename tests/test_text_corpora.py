@@ -153,6 +153,13 @@ def test_a_class_conditional_text_model_writes_its_class(labelled_run, tmp_path)
         letters = "".join(texts)
         assert letters and sum(c in "wxyz" for c in letters) / len(letters) > 0.9, texts
         assert np.mean([len(t) for t in texts]) < 12  # documents end: padding fills the rest of the block
+    # A prompt and a class together: the prompt is kept, the class writes the rest.
+    out = tmp_path / "prompted.jsonl"
+    cli("sample", labelled_run, "--n", "8", "--class", str(names.index("high")), "--prompt", "w", "--out", out)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(r["text"].startswith("w") and r["label"] == names.index("high") for r in rows)
+    letters = "".join(r["text"] for r in rows)
+    assert sum(c in "wxyz" for c in letters) / len(letters) > 0.9
 
 
 def test_synth_writes_labelled_texts_with_utility_and_verbatim_overlap(labelled_run, tmp_path):

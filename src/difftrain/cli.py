@@ -273,13 +273,16 @@ def sample(
     prompt: Optional[str] = typer.Option(None, help="Text: every sample starts with this text."),
     infill: Optional[str] = typer.Option(None, help="Text: a template after --prompt, [MASK] one token to generate and "
                                          "[MASK]{k} k of them, e.g. '[MASK]{40} thou art'; the rest of the block is generated."),
+    length: Optional[int] = typer.Option(None, min=1, help="Text: tokens per sample (default: the model's block); longer "
+                                         "texts grow half a block at a time, each block conditioned on the text before."),
 ) -> None:
     """Generate samples into the samples file: images uint8 (N,H,W,C), points float32 (N,D) or series float32 (N,L,C),
     labels int64 (N,), JSON meta; series runs also forecast (--context, --horizon) and impute (--impute)."""
     if context is not None or impute is not None or horizon is not None:
         return _sample_observed(run, n, out_file, context, horizon, impute, sampler, steps, seed, checkpoint, device)
-    if prompt is not None or infill is not None:
-        return _sample_given_text(run, n, out_file, prompt, infill, sampler, steps, seed, checkpoint, device)
+    if prompt is not None or infill is not None or length is not None:
+        return _sample_given_text(run, n, out_file, prompt, infill, length, class_label, guidance, sampler, steps, seed,
+                                  checkpoint, device)
     _in_processes(processes, device)
     from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
@@ -310,16 +313,19 @@ def sample(
         out.print(str(out_file))
 
 
-def _sample_given_text(run: Path, n: int, out_file: Path, prompt: Optional[str], infill: Optional[str], sampler: Optional[str],
-                       steps: Optional[int], seed: int, checkpoint: str, device: str) -> None:
-    from difftrain.observed_sampling import complete_text
+def _sample_given_text(run: Path, n: int, out_file: Path, prompt: Optional[str], infill: Optional[str], length: Optional[int],
+                       class_label: Optional[int], guidance: Optional[float], sampler: Optional[str], steps: Optional[int],
+                       seed: int, checkpoint: str, device: str) -> None:
+    from difftrain.observed_sampling import complete_text, text_windows
     from difftrain.store.run import open_run
 
-    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps)
+    r = open_run(run)
+    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
     with Progress(console=console) as bar:
-        task = bar.add_task("complete", total=n)
-        result = complete_text(run, prompt, infill, n, spec, out_file, checkpoint=checkpoint, device=_device(device),
-                               progress=lambda k: bar.advance(task, k), warn=_warn)
+        task = bar.add_task("complete", total=n * text_windows(length or r.modality.shape[0], r.modality.shape[0]))
+        result = complete_text(run, prompt, infill, n, spec, out_file, length=length, class_label=class_label,
+                               checkpoint=checkpoint, device=_device(device), progress=lambda k: bar.advance(task, k),
+                               warn=_warn)
     console.print(f"{n} sample(s), {result['meta']['generated_tokens']} token(s) generated in each, every given one kept")
     out.print(str(out_file))
 

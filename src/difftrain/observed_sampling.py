@@ -8,6 +8,8 @@ impute: every NaN or empty cell of a file is filled, window by window; each fill
 
 from __future__ import annotations
 
+import math
+
 import io
 import json
 import time
@@ -180,18 +182,49 @@ def _write_table(source: str | Path, table, filled: list[np.ndarray], columns: l
     atomic.write_text(out, buf.getvalue())
 
 
+def text_windows(length: int, block: int) -> int:
+    """Blocks drawn for `length` tokens: the first, then one per half block beyond it."""
+    return 1 + math.ceil(max(0, length - block) / (block // 2))
+
+
 def complete_text(run_dir: str | Path, prompt: str | None, infill: str | None, n: int, spec: SamplingSpec, out: str | Path, *,
-                  checkpoint: str = "latest", device="cpu", progress=None, warn=print) -> dict[str, Any]:
-    """`n` completions of a prompt and/or an infilling template (text runs): every given token is kept as it is."""
+                  length: int | None = None, class_label: int | None = None, checkpoint: str = "latest", device="cpu",
+                  progress=None, warn=print) -> dict[str, Any]:
+    """`n` texts of `length` tokens (default: the block) after a prompt and/or an infilling template (text runs), of
+    one class when `class_label` is given; every given token is kept as it is.
+
+    Longer than a block, a text grows half a block at a time, each new block conditioned on the last half block so far
+    (semi-autoregressive, as block-wise masked-diffusion samplers extend past the trained length); shorter, it is the
+    beginning of a block.
+    """
     run = open_run(run_dir)
+    block = run.modality.shape[0]
     known = run.modality.given(prompt, infill)
+    length = length or block
+    given = int(np.flatnonzero(known >= 0).max()) + 1 if (known >= 0).any() else 0
+    if length < given:
+        raise UserError(f"--length {length} is shorter than the {given} tokens of --prompt and --infill: lengthen it")
+    if class_label is not None and not 0 <= class_label < run.num_classes:
+        raise UserError(f"--class {class_label}: " + (f"choose 0..{run.num_classes - 1}" if run.num_classes else "the model is unconditional"))
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, device=device)
+    batch = run.config.sample.batch_size
+    labels = None if class_label is None else np.full(n, class_label, np.int64)
     import torch
 
+    def draw(window: np.ndarray, index: int) -> np.ndarray:
+        # Each block draws its own random numbers: its batches are numbered after the earlier blocks'.
+        return generate(denoiser, run.modality, n, labels, spec, batch_size=batch, device=device, progress=progress,
+                        known=window, first_batch=index * math.ceil(n / batch))
+
     with torch.inference_mode():
-        drawn = generate(denoiser, run.modality, n, None, spec, batch_size=run.config.sample.batch_size, device=device,
-                         progress=progress, known=np.repeat(known[None], n, axis=0))
-    meta = _meta(run, ckpt, spec, prompt=prompt, infill=infill, generated_tokens=int((known < 0).sum()))
-    write_samples(out, run.modality, drawn, None, meta)
+        drawn = draw(np.repeat(known[None], n, axis=0), 0)
+        half = block // 2
+        for index in range(1, text_windows(length, block)):
+            window = np.concatenate([drawn[:, -(block - half):], np.full((n, half), -1, np.int32)], axis=1)
+            drawn = np.concatenate([drawn, draw(window, index)[:, block - half:]], axis=1)
+    drawn = drawn[:, :length]
+    meta = _meta(run, ckpt, spec, prompt=prompt, infill=infill, length=length, class_label=class_label,
+                 generated_tokens=int((known[:length] < 0).sum()) + max(0, length - block))
+    write_samples(out, run.modality, drawn, labels, meta)
     return {"samples": drawn, "meta": meta}

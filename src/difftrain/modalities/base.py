@@ -201,7 +201,7 @@ class Modality(ABC):
 
     def given(self, prompt: str | None, infill: str | None) -> np.ndarray:
         """`sample --prompt/--infill`: one item of token ids with -1 where the model generates (text)."""
-        raise UserError(f"--prompt and --infill give text to a text model; this run's data is {self.kind}")
+        raise UserError(f"--prompt, --infill and --length are for text models; this run's data is {self.kind}")
 
     def where(self, conditions: list[str], class_names: list[str] | None) -> tuple[int | None, Callable | None]:
         """`sample --where`: (the class the conditions pick or None, a filter of items -> bool mask or None)."""
