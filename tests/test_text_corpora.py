@@ -200,3 +200,18 @@ def test_text_trains_from_a_memory_mapped_corpus_in_the_same_order(tmp_path):
         assert torch.equal(streamed.batch(start, 32)[0], in_memory.batch(start, 32)[0])
     positions = torch.tensor([7, 3, len(ds.train_data) + 1])
     assert torch.equal(streamed.at(positions)[0], in_memory.at(positions)[0])
+
+
+def test_temperature_draws_from_the_sharpened_distribution():
+    from difftrain.diffusion.masked import sample_masked
+    from difftrain.sampling import SamplingSpec
+
+    p = np.array([0.5, 0.3, 0.2])
+    denoiser = MaskedDenoiser(FixedNet(p.tolist(), p.tolist()), MaskedDiffusion(3))
+    given = torch.full((2000, 4), 3)
+    drawn = sample_masked(denoiser, given, 4, cond={"label": torch.zeros(2000, dtype=torch.long)}, temperature=0.5,
+                          generator=torch.Generator().manual_seed(0))
+    expected = p ** 2 / (p ** 2).sum()  # p^(1/T), renormalised
+    assert np.abs(np.bincount(drawn.numpy().ravel(), minlength=3) / drawn.numel() - expected).max() < 0.02
+    with pytest.raises(UserError, match="--temperature 0.5 draws tokens"):
+        SamplingSpec(sampler="heun", temperature=0.5).check()

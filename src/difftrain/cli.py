@@ -256,6 +256,8 @@ def sample(
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none."),
+    temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
+                                                "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Sample only this class index (default: balanced over classes)."),
     where: Optional[List[str]] = typer.Option(None, help="Tables: only rows with this column value, COLUMN=VALUE (e.g. "
                                               "'income=>50K'; numbers also <, <=, >, >=); repeat for several. On the "
@@ -281,8 +283,8 @@ def sample(
     if context is not None or impute is not None or horizon is not None:
         return _sample_observed(run, n, out_file, context, horizon, impute, sampler, steps, seed, checkpoint, device)
     if prompt is not None or infill is not None or length is not None:
-        return _sample_given_text(run, n, out_file, prompt, infill, length, class_label, guidance, sampler, steps, seed,
-                                  checkpoint, device)
+        return _sample_given_text(run, n, out_file, prompt, infill, length, class_label, guidance, temperature, sampler,
+                                  steps, seed, checkpoint, device)
     _in_processes(processes, device)
     from difftrain.distributed import own_images
     from difftrain.evaluation.run_eval import sample_run
@@ -296,7 +298,7 @@ def sample(
         class_label, keep = r.modality.where(list(where), r.class_names)
     if class_label is not None and not 0 <= class_label < r.num_classes:
         raise UserError(f"--class {class_label}: " + (f"choose 0..{r.num_classes - 1}" if r.num_classes else "the model is unconditional"))
-    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
     state, dev = _join_launch(device)
     with Progress(console=console, disable=not state.is_main_process) as bar:
         # this process's share of n; with --where on a plain column, as many as it takes
@@ -314,13 +316,14 @@ def sample(
 
 
 def _sample_given_text(run: Path, n: int, out_file: Path, prompt: Optional[str], infill: Optional[str], length: Optional[int],
-                       class_label: Optional[int], guidance: Optional[float], sampler: Optional[str], steps: Optional[int],
+                       class_label: Optional[int], guidance: Optional[float], temperature: Optional[float],
+                       sampler: Optional[str], steps: Optional[int],
                        seed: int, checkpoint: str, device: str) -> None:
     from difftrain.observed_sampling import complete_text, text_windows
     from difftrain.store.run import open_run
 
     r = open_run(run)
-    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    spec = r.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
     with Progress(console=console) as bar:
         task = bar.add_task("complete", total=n * text_windows(length or r.modality.shape[0], r.modality.shape[0]))
         result = complete_text(run, prompt, infill, n, spec, out_file, length=length, class_label=class_label,
@@ -387,6 +390,8 @@ def synth(
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Images to keep in all (unconditional models)."),
     classes: Optional[str] = typer.Option(None, help="Only these classes, comma-separated names (default: all the model's)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none (default: the run's config)."),
+    temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
+                                                "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
     filters: Optional[str] = typer.Option(None, "--filter", help="Comma list, applied in this order: memorization[:R] (near-copies of "
@@ -408,7 +413,7 @@ def synth(
     from difftrain.store.run import open_run
     from difftrain.synth.generate import synthesize
 
-    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
     state, dev = _join_launch(device)
     try:
         with Progress(console=console, disable=not state.is_main_process) as bar:
@@ -480,6 +485,8 @@ def evaluate(
     n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples per evaluation (default: eval.n_samples)."),
     metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, dist, cas, mem, nll; text also judge (default: eval.metrics)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
+    temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
+                                                "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
     seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
     extractor: Optional[str] = typer.Option(None, help="Feature space: domain, inception or a TorchScript file (default: eval.extractor)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Local file of the standard FID Inception-v3 weights."),
@@ -502,7 +509,7 @@ def evaluate(
             raise UserError("--samples FILE needs --data DIR (a prepared dataset) and no run directory")
         # These make samples; a samples file already holds them.
         ignored = [name for name, value in (("--checkpoints", checkpoints != "latest"), ("--sampler", sampler), ("--steps", steps),
-                                            ("--n", n), ("--guidance", guidance)) if value]
+                                            ("--n", n), ("--guidance", guidance), ("--temperature", temperature)) if value]
         if ignored:
             raise UserError(f"{', '.join(ignored)}: these choose how a run is sampled; a --samples file is scored as it is")
         if not main:
@@ -519,7 +526,8 @@ def evaluate(
         with Progress(console=console, transient=True, disable=not main) as bar:
             # Images this process sampled, over all checkpoints and step counts.
             task = bar.add_task("sampling (then scoring)", total=None)
-            records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance, n=n,
+            records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance,
+                                   temperature=temperature, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
                                    warn=_warn, say=lambda message: console.print(message))

@@ -279,6 +279,7 @@ class SampleConfig(Section):
     steps: int = Field(18, ge=1, description="Sampling steps (heun uses 2*steps-1 network evaluations).")
     schedule: Literal["karras", "uniform"] = Field("karras", description="Noise levels: 'karras' (rho=7) or 'uniform' timesteps.")
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance weight (1: none).")
+    temperature: float = Field(1.0, gt=0, description="Masked diffusion (text): the log-probabilities are divided by it before each draw (below 1: likelier, less varied text; 1: the model itself).")
     batch_size: int = Field(500, ge=1, description="Samples per network call; with the seed it decides the images (each batch has its own random stream, so processes can share them out).")
 
 

@@ -28,12 +28,13 @@ class SamplingSpec:
     schedule: str = "karras"
     guidance: float = 1.0
     seed: int = 0
+    temperature: float = 1.0  # masked diffusion only: log-probabilities / temperature
 
     @classmethod
     def from_config(cls, sample_config, seed: int = 0, **overrides) -> "SamplingSpec":
         """From a config's `sample` section; `overrides` that are None keep the config's value."""
         values = {"sampler": sample_config.sampler, "steps": sample_config.steps, "schedule": sample_config.schedule,
-                  "guidance": sample_config.guidance, "seed": seed}
+                  "guidance": sample_config.guidance, "seed": seed, "temperature": sample_config.temperature}
         values.update({k: v for k, v in overrides.items() if v is not None})
         spec = cls(**values)
         spec.check()
@@ -47,6 +48,11 @@ class SamplingSpec:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.guidance < 0:
             raise UserError(f"--guidance must be >= 0 (got {self.guidance})")
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be above 0 (got {self.temperature})")
+        if self.temperature != 1 and self.sampler not in MASKED_SAMPLERS:
+            raise UserError(f"--temperature {self.temperature:g} draws tokens (masked diffusion, text); the {self.sampler} "
+                            "sampler integrates continuous noise: leave it at 1")
         if self.schedule not in ("karras", "uniform"):
             raise UserError(f"unknown noise schedule '{self.schedule}'; choose karras or uniform")
 
@@ -145,7 +151,8 @@ def _generate_masked(denoiser: MaskedDenoiser, modality, n: int, labels: np.ndar
             given = torch.where(part < 0, torch.full_like(part, mask_id), part)
         cond = conditioner.sampling(None if labels is None else torch.as_tensor(labels[start:start + count], device=device))
         return modality.from_model(sample_masked(denoiser, given, spec.steps, cond=cond, generator=generator,
-                                                 guidance=spec.guidance, null=None if cond is None else conditioner.null_like(cond)))
+                                                 guidance=spec.guidance, null=None if cond is None else conditioner.null_like(cond),
+                                                 temperature=spec.temperature))
 
     return _in_batches(draw, n, spec.seed, batch_size=batch_size, device=device, progress=progress,
                        across_processes=across_processes, first_batch=first_batch)

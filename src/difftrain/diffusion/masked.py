@@ -132,12 +132,12 @@ def guided_log_probs(denoiser: MaskedDenoiser, cond: dict[str, Tensor] | None, g
 @torch.no_grad()
 def sample_masked(denoiser: MaskedDenoiser, given: Tensor, steps: int, *, cond: dict[str, Tensor] | None = None,
                   generator: torch.Generator | None = None, guidance: float = 1.0,
-                  null: dict[str, Tensor] | None = None) -> Tensor:
+                  null: dict[str, Tensor] | None = None, temperature: float = 1.0) -> Tensor:
     """MDLM's ancestral sampler from t = 1 to 0 in `steps` equal steps; `given` (B, L) holds tokens, with the mask id
     where to generate (all masks: unconditional; some tokens: a prompt or an infilling, which are kept as they are).
 
     From t to s < t each masked token is revealed with probability (t - s)/t, drawn from p(x0 | z_t) (guided when
-    `guidance` != 1: `null` is the unconditional condition). The network sees only z_t (no time), so a step that
+    `guidance` != 1: `null` is the unconditional condition; with `temperature` T, from p^(1/T) renormalised). The network sees only z_t (no time), so a step that
     reveals nothing reuses the last output (MDLM's caching): with many steps most of them are free.
     """
     mask_id = denoiser.formulation.mask_id
@@ -150,7 +150,7 @@ def sample_masked(denoiser: MaskedDenoiser, given: Tensor, steps: int, *, cond: 
         if not masked.any():
             break
         if probs is None:
-            probs = log_probs(z, t).exp()
+            probs = torch.softmax(log_probs(z, t) / temperature, dim=-1)
         reveal = masked & (torch.rand(z.shape, generator=generator, device=z.device) < (t - s) / t)
         if reveal.any():
             flat = probs[reveal]

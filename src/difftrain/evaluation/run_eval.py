@@ -182,7 +182,7 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
-                 guidance: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
+                 guidance: float | None = None, temperature: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
                  nll_images: int | None = None, device: str = "cpu", progress=None, warn=print,
                  say: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -202,7 +202,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         ec = ec.model_copy(update={"nll_images": nll_images})
     metrics = parse_metrics(metrics or ec.metrics)
     n = n or ec.n_samples
-    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance) for s in (steps or [None])]
+    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance, temperature=temperature)
+             for s in (steps or [None])]
     chosen = select_checkpoints(run, checkpoints, warn)
     if data is None and not Path(run.dataset["path"]).is_dir():
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
@@ -230,7 +231,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                 log.write(records[-1])
                 continue
             for spec in specs:
-                tag = f"{ckpt.path.name}-{spec.sampler}-{spec.steps}-g{spec.guidance:g}-n{n}-s{seed}"
+                tag = (f"{ckpt.path.name}-{spec.sampler}-{spec.steps}-g{spec.guidance:g}-n{n}-s{seed}"
+                       + (f"-t{spec.temperature:g}" if spec.temperature != 1 else ""))
                 samples_file = out_dir / f"samples-{tag}.npz"
                 with torch.inference_mode():
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
