@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 import common
 from difftrain.config import load_config
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3000, help="Optimizer steps of each model.")
     parser.add_argument("--sample-steps", default="16,64,128,256")
+    parser.add_argument("--temperatures", default="1", help="Sampling temperatures, e.g. 1,0.9,0.8 (keys 'T<t>' below 1).")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--bound-draws", type=int, default=8)
     parser.add_argument("--set", nargs="*", default=[], help="Config overrides of the masked model (the baseline follows).")
@@ -76,16 +78,19 @@ def main() -> None:
     ar_seconds = time.perf_counter() - start
     ar_bits = token_nats(ar, test).mean(1) / math.log(2)
     floor = token_nats(ar, test[:args.samples]).mean(1)
+    save_file({k: v.contiguous() for k, v in ar.state_dict().items()}, str(args.out / "autoregressive.safetensors"))
     by_steps = {}
-    for steps in [int(s) for s in args.sample_steps.split(",")]:
-        spec = SamplingSpec(sampler="ancestral", steps=steps, seed=args.seed)
-        t0 = time.perf_counter()
-        samples = generate(denoiser, ds.modality, args.samples, None, spec, batch_size=args.samples)
-        by_steps[steps] = {"gen_perplexity": float(np.exp(token_nats(ar, samples).mean())),
-                           "distinct_4": distinct_ngrams(samples, 4), "unigram_entropy": unigram_entropy(samples),
-                           "seconds": time.perf_counter() - t0,
-                           "example": ds.modality.decode(samples[0])[:200]}
-        print(f"{steps} steps: {by_steps[steps]}", flush=True)
+    for temperature in [float(t) for t in args.temperatures.split(",")]:
+        for steps in [int(s) for s in args.sample_steps.split(",")]:
+            spec = SamplingSpec(sampler="ancestral", steps=steps, seed=args.seed, temperature=temperature)
+            t0 = time.perf_counter()
+            samples = generate(denoiser, ds.modality, args.samples, None, spec, batch_size=args.samples)
+            key = steps if temperature == 1 else f"{steps} T{temperature:g}"
+            by_steps[key] = {"gen_perplexity": float(np.exp(token_nats(ar, samples).mean())),
+                             "distinct_4": distinct_ngrams(samples, 4), "unigram_entropy": unigram_entropy(samples),
+                             "seconds": time.perf_counter() - t0,
+                             "example": ds.modality.decode(samples[0])[:200]}
+            print(f"{key} steps: {by_steps[key]}", flush=True)
     params = sum(p.numel() for p in ar.parameters())
     common.emit({
         "benchmark": "text", "data": str(args.text), "block": args.block, "vocab": ds.modality.vocab_size,
