@@ -198,3 +198,12 @@ def test_doctor_measures_a_text_config(sums_dir):
     result = cli("doctor", "--preset", "text", *text_overrides(sums_dir))
     output = flat(result.output)
     assert "PASS sampling" in output and "ancestral, 8 network evaluations" in output and "FAIL" not in output
+
+
+def test_evaluation_during_training_keeps_the_checkpoint_with_the_best_bound(sums_dir, tmp_path):
+    run = tmp_path / "during"
+    cli("train", "--preset", "text", "--out", run, *text_overrides(sums_dir, **{
+        "eval.every_images": 32, "eval.nll_images": 16, "train.checkpoint_every_images": 32}))
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"event": "eval"' in line]
+    assert len(evals) == 2 and all(e["nll_bits_per_dim"] > 0 for e in evals)
+    assert (run / "checkpoints" / "best").is_dir()

@@ -400,7 +400,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "duration_images": 200_000, "ema_halflife_images": 20_000,
                   "log_every_images": 6_400, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
         "sample": {"sampler": "ancestral", "steps": 128, "batch_size": 64},
-        "eval": {"n_samples": 256, "metrics": ["nll", "judge", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0},
+        "eval": {"n_samples": 256, "metrics": ["nll", "judge", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0,
+                 "during_metrics": ["nll"], "best_metric": "nll_bits_per_dim"},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {
