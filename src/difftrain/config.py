@@ -130,6 +130,24 @@ class Transformer1DConfig(Section):
         return self
 
 
+class DiTConfig(Section):
+    """model.arch=dit: a patch transformer with adaLN-Zero conditioning (DiT, Peebles & Xie 2023), for images (C, H, W)."""
+
+    width: int = Field(256, ge=8, description="Token width (divisible by model.dit.heads and by 4: half the position features per axis, in cosine and sine pairs).")
+    depth: int = Field(6, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    patch: int = Field(2, ge=1, description="Pixels per side of a patch (one token); it must divide the image's height and width.")
+    embedding_dim: int = Field(256, ge=8, description="Size of the sinusoidal noise-level features (even: cosine and sine pairs).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and the blocks' MLPs.")
+
+    @model_validator(mode="after")
+    def _check_width(self) -> "DiTConfig":
+        if self.width % self.heads or self.width % 4:
+            raise ValueError(f"model.dit.width={self.width} must be divisible by model.dit.heads={self.heads} and by 4")
+        _even_embedding("dit", self.embedding_dim)
+        return self
+
+
 class TokenTransformerConfig(Section):
     """model.arch=token_transformer: a bidirectional transformer with rotary positions over tokens (text, masked diffusion)."""
 
@@ -150,8 +168,9 @@ ARCHITECTURES = ("unet", "mlp", "unet1d", "transformer1d", "token_transformer")
 
 
 class ModelConfig(Section):
-    arch: Literal["auto", "unet", "mlp", "unet1d", "transformer1d", "token_transformer"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows), 'token_transformer' (bidirectional transformer, text); 'auto': the data's default.")
+    arch: Literal["auto", "unet", "dit", "mlp", "unet1d", "transformer1d", "token_transformer"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'dit' (a patch transformer with adaLN-Zero, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows), 'token_transformer' (bidirectional transformer, text); 'auto': the data's default.")
     unet: UNetConfig = Field(default_factory=UNetConfig, description="Settings of model.arch=unet.")
+    dit: DiTConfig = Field(default_factory=DiTConfig, description="Settings of model.arch=dit.")
     mlp: MLPConfig = Field(default_factory=MLPConfig, description="Settings of model.arch=mlp.")
     unet1d: UNet1DConfig = Field(default_factory=UNet1DConfig, description="Settings of model.arch=unet1d.")
     transformer1d: Transformer1DConfig = Field(default_factory=Transformer1DConfig, description="Settings of model.arch=transformer1d.")

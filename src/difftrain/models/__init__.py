@@ -19,6 +19,12 @@ def _build_unet(cfg, shape, num_classes):
     return build_unet(cfg, shape, num_classes)
 
 
+def _build_dit(cfg, shape, num_classes):
+    from difftrain.models.dit import build_dit
+
+    return build_dit(cfg, shape, num_classes)
+
+
 def _build_mlp(cfg, shape, num_classes):
     from difftrain.models.mlp import build_mlp
 
@@ -43,11 +49,12 @@ def _build_token_transformer(cfg, shape, num_classes, vocab_size=0):
     return build_token_transformer(cfg, shape, num_classes, vocab_size)
 
 
-NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "mlp": _build_mlp,
+NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "dit": _build_dit, "mlp": _build_mlp,
                                                        "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
                                                        "token_transformer": _build_token_transformer}
 # How to make each network smaller, for the doctor's advice when nothing fits.
 SMALLER = {"unet": "fewer or narrower model.unet.channels, model.unet.layers_per_block=1",
+           "dit": "a smaller model.dit.width or model.dit.depth, or a larger model.dit.patch",
            "mlp": "a smaller model.mlp.width or model.mlp.depth",
            "unet1d": "fewer or narrower model.unet1d.channels, model.unet1d.layers_per_block=1",
            "transformer1d": "a smaller model.transformer1d.width or model.transformer1d.depth, or a larger model.transformer1d.patch",
