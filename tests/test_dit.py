@@ -40,7 +40,7 @@ def test_patches_are_folded_back_where_they_came_from(monkeypatch):
                     net.patch_in.weight[(i * p + k) * c + ch, ch, i, k] = 1.0  # the order patch_out's reshape reads
         net.patch_out.weight.zero_()
         net.patch_out.weight[:, :features] = torch.eye(features)
-    monkeypatch.setattr(net, "transform", lambda h, emb: h)
+    monkeypatch.setattr(net, "transform", lambda h, emb, context=None: h)
     monkeypatch.setattr(net, "positions", lambda rows, cols, device: torch.zeros(rows * cols, TINY.width))
     x = torch.randn(2, c, 6, 10)
     assert torch.equal(net(x, torch.zeros(2)), x)

@@ -75,6 +75,8 @@ def data_prepare(
     fit: Optional[str] = typer.Option(None, help="Images: how to make them square, 'crop' (center crop, default) or 'pad'."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many images."),
     classes: Optional[str] = typer.Option(None, help="Keep only these classes, comma-separated names (e.g. 0,1,2,3,4); relabelled in this order."),
+    captions: Optional[Path] = typer.Option(None, help="Images: a JSON-lines file of {\"file_name\", \"text\"} (Hugging Face "
+                                            "imagefolder's metadata.jsonl): each image's caption, for text-to-image."),
     test_fraction: Optional[float] = typer.Option(None, help="Fraction held out for evaluation (default 0.1; tables 0.2); "
                                                   "ignored when the source has its own test split."),
     seed: int = typer.Option(0, help="Seed of the train/test split."),
@@ -90,7 +92,7 @@ def data_prepare(
                  columns=[c.strip() for c in columns.split(",")] if columns else None,
                  window=window, stride=stride, time_column=time_column, id_column=id_column, scaling=scaling,
                  allow_missing=allow_missing, target=target, types=types, test_file=test_file, test_fraction=test_fraction,
-                 max_categories=max_categories, tokenizer=tokenizer, block=block, field=field, label_field=label_field,
+                 max_categories=max_categories, captions=captions, tokenizer=tokenizer, block=block, field=field, label_field=label_field,
                  na_values=[v.strip() for v in na_values.split(",")] if na_values else None)
     # Only what was given, so each kind keeps its own defaults and refuses options it does not take.
     ds = prepare(source, out_dir, kind=kind, seed=seed, strict=strict, overwrite=overwrite,
@@ -272,7 +274,8 @@ def sample(
     horizon: Optional[int] = typer.Option(None, min=1, help="Series: steps to forecast after --context (context + horizon = window)."),
     impute: Optional[Path] = typer.Option(None, help="Series: fill this file's empty or NaN cells; --out .csv (the table, filled "
                                           "with the median of --n draws) or .npz (with every draw)."),
-    prompt: Optional[str] = typer.Option(None, help="Text: every sample starts with this text."),
+    prompt: Optional[str] = typer.Option(None, help="Text: every sample starts with this text. Captioned images: the caption "
+                                         "every sample is drawn for."),
     infill: Optional[str] = typer.Option(None, help="Text: a template after --prompt, [MASK] one token to generate and "
                                          "[MASK]{k} k of them, e.g. '[MASK]{40} thou art'; the rest of the block is generated."),
     length: Optional[int] = typer.Option(None, min=1, help="Text: tokens per sample (default: the model's block); longer "
@@ -282,7 +285,7 @@ def sample(
     labels int64 (N,), JSON meta; series runs also forecast (--context, --horizon) and impute (--impute)."""
     if context is not None or impute is not None or horizon is not None:
         return _sample_observed(run, n, out_file, context, horizon, impute, sampler, steps, seed, checkpoint, device)
-    if prompt is not None or infill is not None or length is not None:
+    if (prompt is not None and not _has_captions(run)) or infill is not None or length is not None:
         return _sample_given_text(run, n, out_file, prompt, infill, length, class_label, guidance, temperature, sampler,
                                   steps, seed, checkpoint, device)
     _in_processes(processes, device)
@@ -305,7 +308,7 @@ def sample(
         task = bar.add_task("sample", total=own_images(n, r.config.sample.batch_size) if keep is None else None)
         result = sample_run(run, n, spec, out_file, checkpoint=checkpoint, class_label=class_label, ema=not raw_weights,
                             device=dev, progress=lambda k: bar.advance(task, k), warn=_warn, keep=keep,
-                            keep_what=" and ".join(where or []))
+                            keep_what=" and ".join(where or []), prompts=None if prompt is None else [prompt])
     if state.is_main_process:
         shared = f", in {state.num_processes} processes" if state.num_processes > 1 else ""
         console.print(f"{n} samples, {spec.network_evaluations} network evaluations each{shared}, from {result['meta']['checkpoint']}")
@@ -313,6 +316,13 @@ def sample(
             w = result["meta"]["where"]
             console.print(f"kept the first {n} of the {w['drawn']} drawn with {w['conditions']} ({w['rate']:.1%} matched)")
         out.print(str(out_file))
+
+
+def _has_captions(run: Path) -> bool:
+    """Whether the run's data is captioned images (--prompt is then a caption, not the start of a text)."""
+    from difftrain.store.run import open_run
+
+    return open_run(run).modality.captions is not None
 
 
 def _sample_given_text(run: Path, n: int, out_file: Path, prompt: Optional[str], infill: Optional[str], length: Optional[int],

@@ -139,6 +139,7 @@ class DiTConfig(Section):
     patch: int = Field(2, ge=1, description="Pixels per side of a patch (one token); it must divide the image's height and width.")
     embedding_dim: int = Field(256, ge=8, description="Size of the sinusoidal noise-level features (even: cosine and sine pairs).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and the blocks' MLPs.")
+    caption_depth: int = Field(2, ge=1, description="Captioned images: transformer layers of the caption encoder, trained with the network.")
 
     @model_validator(mode="after")
     def _check_width(self) -> "DiTConfig":
@@ -421,6 +422,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample": {"sampler": "ancestral", "steps": 128, "batch_size": 64},
         "eval": {"n_samples": 256, "metrics": ["nll", "judge", "dist", "mem"], "nll_images": 256, "nll_steps": 16, "every_images": 0,
                  "during_metrics": ["nll"], "best_metric": "nll_bits_per_dim"},
+    },
+    # Text-to-image (the built-in captioned digit pairs by default; any folder prepared with --captions): a DiT with a
+    # caption encoder trained from scratch beside it, cross-attention and classifier-free guidance (GLIDE-style).
+    "text2image": {
+        "data": {"path": "digit-pairs"},
+        "model": {"arch": "dit", "label_dropout": 0.1, "dit": {"width": 128, "depth": 4, "heads": 4, "patch": 2}},
+        "optim": {"lr": 1e-3, "warmup_images": 10_000},
+        "train": {"batch_size": 128, "duration_images": 150_000, "ema_halflife_images": 10_000,
+                  "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
+        "sample": {"guidance": 2.0},
+        "eval": {"every_images": 0},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

@@ -17,7 +17,7 @@ from difftrain.diffusion import (MASKED_SAMPLERS, SAMPLERS, Denoiser, MaskedDeno
                                  sample_masked, sampling_sigmas)
 from difftrain.distributed import map_batches
 from difftrain.errors import UserError
-from difftrain.conditioning import Conditions
+from difftrain.conditioning import conditions_of_network
 
 @dataclass
 class SamplingSpec:
@@ -118,7 +118,7 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     except ValueError as e:
         raise UserError(f"sampling: {e}") from None
     sample = SAMPLERS[spec.sampler]
-    conditioner = Conditions(denoiser.net.null_label)
+    conditioner = conditions_of_network(denoiser.net)
     start_std = denoiser.formulation.prior_std(float(sigmas[0]))
 
     def draw(start: int, count: int, generator: torch.Generator) -> np.ndarray:
@@ -140,7 +140,7 @@ def _generate_masked(denoiser: MaskedDenoiser, modality, n: int, labels: np.ndar
     if spec.sampler not in MASKED_SAMPLERS:
         raise UserError(f"this run's model draws tokens (masked diffusion): use --sampler {MASKED_SAMPLERS[0]} "
                         f"(got {spec.sampler})")
-    conditioner = Conditions(denoiser.net.null_label)
+    conditioner = conditions_of_network(denoiser.net)
     mask_id = denoiser.formulation.mask_id
 
     def draw(start: int, count: int, generator: torch.Generator) -> np.ndarray:

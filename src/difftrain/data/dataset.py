@@ -34,6 +34,9 @@ class PreparedDataset:
     train_labels: np.ndarray | None
     test_data: np.ndarray
     test_labels: np.ndarray | None
+    # Captioned images: int64 (N, T) caption token rows per split (the spec's "captions" reads them); else None.
+    train_captions: np.ndarray | None = None
+    test_captions: np.ndarray | None = None
 
     @cached_property
     def modality(self) -> Modality:
@@ -97,7 +100,20 @@ def load_dataset(path: str | Path) -> PreparedDataset:
             raise _broken(path, f"{split}_labels.npy holds {labels.dtype} {labels.shape}; "
                                 f"expected int64 ({n},) with values below {num_classes}")
         arrays[f"{split}_labels"] = labels
-    return PreparedDataset(path, manifest, arrays["train_data"], arrays["train_labels"], arrays["test_data"], arrays["test_labels"])
+        arrays[f"{split}_captions"] = _captions(path, manifest, split, n) if manifest.get("captions") else None
+    return PreparedDataset(path, manifest, **{f"{split}_{what}": arrays[f"{split}_{what}"] for split in SPLITS
+                                              for what in ("data", "labels", "captions")})
+
+
+def _captions(path: Path, manifest: dict[str, Any], split: str, n: int) -> np.ndarray:
+    rows = load_array(path, f"{split}_captions.npy", lambda problem: _broken(path, problem))
+    spec = manifest["captions"]
+    fits = isinstance(spec, dict) and isinstance(spec.get("length"), int) and isinstance(spec.get("vocab"), list)
+    if not fits or rows.dtype != np.int64 or rows.shape != (n, spec["length"]) or \
+            (rows.size and not 0 <= rows.min() <= rows.max() < len(spec["vocab"])):
+        raise _broken(path, f"{split}_captions.npy holds {rows.dtype} {rows.shape}, which does not fit the manifest's "
+                            "captions")
+    return rows
 
 
 def describe_dataset(ds: PreparedDataset) -> dict[str, Any]:

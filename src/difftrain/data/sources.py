@@ -57,6 +57,7 @@ class Sample:
     read: Callable[[], np.ndarray]  # native uint8 (H, W, C); raises BadImage
     mask: str | None = None  # segmentation: the mask's name, shown in `rejected` when the mask is the problem
     read_mask: Callable[[], np.ndarray] | None = None  # segmentation: native class indices uint8 (H, W); raises BadImage
+    caption: str | None = None  # captioned images: the image's caption (modalities/captions.py)
 
 
 @dataclass
@@ -73,10 +74,12 @@ class Source:
     mask_classes: list[str] | None = None  # segmentation: names from mask_classes.txt (None: named by index)
 
 
-def _array_samples(images: np.ndarray, labels: np.ndarray | None, name: str) -> list[Sample]:
+def _array_samples(images: np.ndarray, labels: np.ndarray | None, name: str,
+                   captions: list[str] | None = None) -> list[Sample]:
     return [
         Sample(
-            f"{name}[{i}]", None if labels is None else int(labels[i]), partial(operator.getitem, images, i)
+            f"{name}[{i}]", None if labels is None else int(labels[i]), partial(operator.getitem, images, i),
+            caption=None if captions is None else captions[i],
         )
         for i in range(len(images))
     ]
@@ -86,7 +89,7 @@ def _builtin_source(name: str) -> Source:
     ds = load_builtin(name)
     digest = SourceDigest()
     digest.add(name, ds.images.tobytes() + ds.labels.tobytes())
-    samples = _array_samples(ds.images, ds.labels, name)
+    samples = _array_samples(ds.images, ds.labels, name, ds.captions)
     return Source(
         "builtin", f"builtin:{name}", None, ds.provenance, ds.class_names, samples, None, [], digest
     )

@@ -36,7 +36,8 @@ def _quiet(message: str) -> None:
 
 def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path, *, checkpoint: str = "latest",
                class_label: int | None = None, class_names: list[str] | None = None, ema: bool = True, device: str = "cpu",
-               progress=None, warn=print, keep: Callable[[np.ndarray], np.ndarray] | None = None, keep_what: str = "") -> dict:
+               progress=None, warn=print, keep: Callable[[np.ndarray], np.ndarray] | None = None, keep_what: str = "",
+               prompts: list[str] | None = None) -> dict:
     """Write `out` (.npz samples file) and a PNG grid beside it; return the samples' meta.
 
     Labels are balanced over `class_names` (default: the model's classes) and written as indices into
@@ -46,6 +47,7 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
 
     `keep(items) -> bool mask`: only samples that pass (tables: `--where` on a column the model is not conditioned on),
     drawn in rounds until there are n: exact samples of the model's conditional, at the cost of the rejected draws.
+    `prompts`: a captioned model's captions, sample i drawn for prompts[i % len(prompts)].
     """
     warn = warn if is_main_process() else _quiet
     run = open_run(run_dir)
@@ -54,12 +56,14 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     names = run.class_names if class_names is None else class_names
     to_model = np.asarray(label_map(names, run.class_names, "the dataset"), dtype=np.int64) if names else None
     batch = run.config.sample.batch_size
+    captions = caption_rows(run, prompts, spec)
 
     def draw(count: int, first_batch: int) -> tuple[np.ndarray, np.ndarray | None]:
         drawn = run.sampling_labels(count, names)
         if class_label is not None and drawn is not None:
             drawn[:] = class_label
-        return generate(denoiser, run.modality, count, None if drawn is None else to_model[drawn], spec, batch_size=batch,
+        condition = captions[np.arange(count) % len(captions)] if captions is not None else None if drawn is None else to_model[drawn]
+        return generate(denoiser, run.modality, count, condition, spec, batch_size=batch,
                         device=device, progress=progress, across_processes=True, first_batch=first_batch), drawn
 
     where = {}
@@ -73,6 +77,9 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     if labels is not None:
         meta["class_names"] = names
     by_class = labels if class_label is None else None  # one class: a plain grid
+    if captions is not None:
+        meta["prompts"] = list(prompts)
+        by_class = np.arange(n) % len(prompts) if len(prompts) > 1 else None  # one row per prompt
 
     def write() -> None:
         write_samples(out, run.modality, images, labels, meta)
@@ -80,6 +87,22 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
 
     on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
+
+
+def caption_rows(run: Run, prompts: list[str] | None, spec: SamplingSpec) -> np.ndarray | None:
+    """The prompts as a captioned run's caption rows (P, T); None without prompts, which draws from the empty caption,
+    unguided."""
+    if prompts is None:
+        if run.captioned and spec.guidance != 1:
+            raise UserError(f"guidance {spec.guidance:g} steers towards a caption: give one with --prompt, or draw "
+                            "without a caption with --guidance 1")
+        return None
+    if not run.captioned:
+        raise UserError(f"--prompt gives a caption; {run.path} was not trained on captioned images" +
+                        (" (model.conditional=false)" if run.modality.captions is not None else ""))
+    if not prompts:
+        raise UserError("no prompts given: one caption at least")
+    return run.modality.captions.encode(prompts)
 
 
 KEEP_LIMIT = 100  # draws per requested sample (at least one batch) before a rare --where condition is given up

@@ -152,8 +152,19 @@ class Modality(ABC):
 
     @property
     def network_options(self) -> dict[str, Any]:
-        """What the network needs to know of the data beyond its shape (tokens: the vocabulary's size)."""
-        return {}
+        """What the network needs to know of the data beyond its shape (tokens: the vocabulary's size; captions: their
+        characters' count and length, for the network's caption encoder)."""
+        captions = self.captions
+        return {} if captions is None else {"caption_vocab": captions.vocab_size, "caption_length": captions.length,
+                                            "caption_pad": captions.pad_id}
+
+    @property
+    def captions(self):
+        """The captions' tokenizer (modalities/captions.py: CaptionTokens) of captioned data, else None."""
+        from difftrain.modalities.captions import CaptionTokens
+
+        spec = self.spec.get("captions")
+        return CaptionTokens(spec) if spec else None
 
     @property
     def category_slices(self) -> list[slice]:

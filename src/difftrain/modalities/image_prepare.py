@@ -23,6 +23,7 @@ from difftrain.data.images import FITS, BadImage, conform_image, to_channels
 from difftrain.data.masks import fit_mask
 from difftrain.data.sources import Sample, Source, open_source
 from difftrain.errors import UserError
+from difftrain.modalities.captions import CaptionTokens, attach_captions, caption_spec, read_captions
 
 _SHOWN_REJECTIONS = 5  # how many rejected files an error message lists
 
@@ -210,6 +211,23 @@ def _manifest(
     }
 
 
+def _with_captions(src: Source, captions: str | Path) -> Source:
+    """`src` with each image's caption from the JSON-lines file; images without one, and the file's bad lines, are
+    rejected (the file itself, when it lies among the images, is no rejected image)."""
+    if src.kind not in ("folder", "idx"):
+        raise UserError(f"--captions: captions go with a folder of images or IDX files, not {src.path}")
+    found = read_captions(captions)
+    src.digest.read(found.path, f"captions:{found.path.name}")  # the captions shape the dataset too
+    train, test, missing = attach_captions(src.train, src.test, found)
+    itself = found.path.relative_to(src.folder).as_posix() if src.folder and found.path.is_relative_to(src.folder) else None
+    earlier = [r for r in src.rejected if r["path"] != itself]
+    if not train:
+        raise UserError(f"--captions {found.path}: no image of {src.path} has a caption there; its file_name values "
+                        f"are paths relative to the image folder, such as {src.train[0].name!r}" if src.train else
+                        f"--captions: {src.path} has no images")
+    return replace(src, train=train, test=test, rejected=earlier + found.rejected + missing)
+
+
 def prepare_dataset(
     source: str | Path,
     out: str | Path,
@@ -225,6 +243,7 @@ def prepare_dataset(
     overwrite: bool = False,  # replace an existing prepared dataset at `out`
     progress: bool = True,  # show a progress bar while reading
     expect_kind: str | None = None,  # --kind: refuse a source of the other kind (image vs segmentation)
+    captions: str | Path | None = None,  # JSON lines of {"file_name", "text"}: a caption for every image
 ) -> PreparedDataset:
     """Read `source`, validate and convert every image, split it, and write a prepared dataset to `out`.
 
@@ -245,6 +264,8 @@ def prepare_dataset(
     if classes:
         src = _keep_classes(src, classes)
     out = check_out_folder(Path(out), src.folder, overwrite)
+    if captions is not None:
+        src = _with_captions(src, captions)
     rng = np.random.default_rng(seed)
 
     train, test = _apply_limit(src, limit, rng)
@@ -295,6 +316,14 @@ def prepare_dataset(
         "test_fraction": test_fraction,
         "seed": seed,
     }
+    if samples[kept[0]].caption is not None:
+        texts = np.array([samples[i].caption for i in kept], dtype=object)
+        spec = caption_spec(list(texts[~is_test]), list(texts))
+        rows = CaptionTokens(spec).encode(list(texts))
+        arrays |= {"train_captions": rows[~is_test], "test_captions": rows[is_test]}
+        options["captions"] = None if captions is None else str(Path(captions).expanduser().resolve())
     manifest = _manifest(src, arrays, rejected, options, mask_classes)
+    if "train_captions" in arrays:
+        manifest["captions"] = spec
     write_prepared(out, arrays, manifest, overwrite)
     return load_dataset(out)

@@ -19,10 +19,10 @@ def _build_unet(cfg, shape, num_classes):
     return build_unet(cfg, shape, num_classes)
 
 
-def _build_dit(cfg, shape, num_classes):
+def _build_dit(cfg, shape, num_classes, **captions):
     from difftrain.models.dit import build_dit
 
-    return build_dit(cfg, shape, num_classes)
+    return build_dit(cfg, shape, num_classes, **captions)
 
 
 def _build_mlp(cfg, shape, num_classes):
@@ -49,6 +49,8 @@ def _build_token_transformer(cfg, shape, num_classes, vocab_size=0):
     return build_token_transformer(cfg, shape, num_classes, vocab_size)
 
 
+# Networks with a caption encoder and cross-attention (text-to-image).
+CAPTIONED = ("dit",)
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "dit": _build_dit, "mlp": _build_mlp,
                                                        "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
                                                        "token_transformer": _build_token_transformer}
@@ -71,8 +73,14 @@ def build_network(cfg: ModelConfig, modality, num_classes: int) -> torch.nn.Modu
     arch = architecture(cfg, modality)
     if arch not in NETWORKS:
         raise UserError(f"unknown model.arch {arch!r}; choose one of: {', '.join(NETWORKS)}")
-    return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0,
-                          **modality.network_options)
+    options = dict(modality.network_options)
+    if "caption_vocab" in options:
+        if not cfg.conditional:  # captions unused: the network has no caption encoder
+            options = {k: v for k, v in options.items() if not k.startswith("caption_")}
+        elif arch not in CAPTIONED:
+            raise UserError(f"this data is captioned, and model.arch={arch} has no cross-attention for captions yet: "
+                            f"train it with model.arch={' or '.join(CAPTIONED)}, or set model.conditional=false")
+    return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0, **options)
 
 
 def smaller_network_hint(cfg: ModelConfig, modality) -> str:

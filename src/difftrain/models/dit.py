@@ -2,7 +2,7 @@
 
 Patches of p x p pixels become tokens (a strided convolution), with fixed 2-D sinusoidal positions (half the features
 for the row, half for the column, so any H x W divisible by p works, square or not); adaLN-Zero blocks conditioned on
-the noise level and the label (models/dit_blocks.py); the final linear layer starts at zero, so the untrained
+the noise level and the label or caption (models/dit_blocks.py); the final linear layer starts at zero, so the untrained
 network is F = 0, and tokens are folded back into patches. Ours rather than diffusers' DiTTransformer2DModel, which
 unpatchifies square images only and drops labels at random inside the network (difftrain's label dropout is the
 conditioner's, reproducible and resumable).
@@ -20,8 +20,9 @@ from difftrain.models.mlp import PositionalEmbedding
 
 
 class DiT(DiTBackbone):
-    def __init__(self, channels: int, num_classes: int, cfg: DiTConfig):
-        super().__init__(cfg.width, cfg.depth, cfg.heads, cfg.dropout, cfg.embedding_dim, num_classes)
+    def __init__(self, channels: int, num_classes: int, cfg: DiTConfig, **captions: int):
+        super().__init__(cfg.width, cfg.depth, cfg.heads, cfg.dropout, cfg.embedding_dim, num_classes,
+                         caption_depth=cfg.caption_depth, **captions)
         self.channels, self.patch = channels, cfg.patch
         self.patch_in = nn.Conv2d(channels, cfg.width, cfg.patch, stride=cfg.patch)
         self.position = PositionalEmbedding(cfg.width // 2)
@@ -39,19 +40,20 @@ class DiT(DiTBackbone):
         b, c, height, width = x.shape
         p = self.patch
         rows, cols = height // p, width // p
-        emb = self.condition(c_noise, x, cond)
+        emb, context = self.condition(c_noise, x, cond)
         h = self.patch_in(x).flatten(2).transpose(1, 2)  # (B, rows * cols, width)
-        h = self.transform(h + self.positions(rows, cols, x.device).to(h.dtype)[None], emb)
+        h = self.transform(h + self.positions(rows, cols, x.device).to(h.dtype)[None], emb, context)
         out = self.patch_out(h).reshape(b, rows, cols, p, p, c)  # each token's p x p x C patch
         return out.permute(0, 5, 1, 3, 2, 4).reshape(b, c, height, width)
 
 
-def build_dit(cfg: DiTConfig, shape: tuple[int, ...], num_classes: int) -> DiT:
-    """A DiT for model tensors of shape (C, H, W), H and W multiples of the patch."""
+def build_dit(cfg: DiTConfig, shape: tuple[int, ...], num_classes: int, **captions: int) -> DiT:
+    """A DiT for model tensors of shape (C, H, W), H and W multiples of the patch; `captions` (caption_vocab,
+    caption_length, caption_pad) make it text-conditional."""
     if len(shape) != 3:
         raise UserError(f"model.arch=dit takes images (C, H, W); this data's items are {tuple(shape)}: use model.arch=auto")
     channels, height, width = shape
     if height % cfg.patch or width % cfg.patch:
         raise UserError(f"{height}x{width} images do not split into {cfg.patch}x{cfg.patch} patches: choose a "
                         f"model.dit.patch that divides both, or a --resolution divisible by {cfg.patch}")
-    return DiT(channels, num_classes, cfg)
+    return DiT(channels, num_classes, cfg, **captions)

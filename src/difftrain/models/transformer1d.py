@@ -43,7 +43,7 @@ class Transformer1D(DiTBackbone):
     def forward(self, x: Tensor, c_noise: Tensor | float, cond: dict[str, Tensor] | None = None) -> Tensor:
         b, c, length = x.shape
         p = self.patch
-        emb = self.condition(c_noise, x, cond)
+        emb, _ = self.condition(c_noise, x, cond)
         inputs = padded_inputs(x, cond, p)  # (B, 3C, N * p)
         n = inputs.shape[-1] // p
         tokens = inputs.reshape(b, 3 * c, n, p).permute(0, 2, 1, 3).reshape(b, n, 3 * c * p)

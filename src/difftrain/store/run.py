@@ -145,8 +145,13 @@ class Run:
         return self.modality.shape
 
     @property
+    def captioned(self) -> bool:
+        """Whether the model is conditioned on captions (captioned data, model.conditional), not on class labels."""
+        return self.config.model.conditional and self.modality.captions is not None
+
+    @property
     def num_classes(self) -> int:
-        return int(self.dataset["num_classes"] or 0) if self.config.model.conditional else 0
+        return int(self.dataset["num_classes"] or 0) if self.config.model.conditional and not self.captioned else 0
 
     @property
     def class_names(self) -> list[str]:

@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from torch.distributed.tensor import DTensor
 
-from difftrain.conditioning import Conditions
+from difftrain.conditioning import Conditions, conditions_of_network
 from difftrain.config import Config, TrainConfig
 from difftrain.data.loader import ArrayBatches, ReplayBatches
 from difftrain.diffusion import Denoiser
@@ -203,8 +203,9 @@ def train_step(config: Config, accelerator: Accelerator, net: torch.nn.Module, d
 
 
 def conditions_of(config: Config, modality, net: torch.nn.Module) -> Conditions:
-    """The run's conditioners: the network's class labels, and observed values for data whose items can be partly known."""
-    return Conditions(net.null_label, config.model.observe if modality.observable else None)
+    """The run's conditioners: the network's class labels or captions, and observed values for data whose items can be
+    partly known."""
+    return conditions_of_network(net, config.model.observe if modality.observable else None)
 
 
 def random_stand_in(modality, count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:

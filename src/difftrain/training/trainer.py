@@ -124,14 +124,17 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         path = resolve_dataset(config, run_dir, progress=progress and main, prepare_here=main)
         accelerator.wait_for_everyone()
         dataset = load_dataset(path)
-    if dataset.num_classes == 0 and config.model.conditional:
+    captioned = dataset.train_captions is not None
+    if dataset.num_classes == 0 and not captioned and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, label_space = starting_point(config, dataset, run_dir, existing, source, console)
     config = with_data_defaults(config, dataset.modality, dataset.train_data)
     run_config = config  # what config.yaml keeps: the user's settings, not the ones FSDP turns off
     if is_sharded(accelerator):
         config = sharded_config(config)
-    num_classes = len(label_space) if config.model.conditional else 0
+    # Captioned data conditions the model on its captions (the batches carry caption rows where labels would be).
+    captioned = captioned and config.model.conditional
+    num_classes = len(label_space) if config.model.conditional and not captioned else 0
     model_classes = label_space if num_classes else []
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
@@ -144,11 +147,11 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     memory = PeakMemory(accelerator.device).__enter__()
 
     def batches_of(device: torch.device) -> ArrayBatches | ReplayBatches:
-        batches = ArrayBatches(dataset.train_data, dataset.train_labels if num_classes else None, dataset.modality,
+        batches = ArrayBatches(dataset.train_data, dataset.train_captions if captioned else dataset.train_labels if num_classes else None, dataset.modality,
                                seed=config.train.seed, device=device, to_model=data_labels, hflip=config.train.hflip)
         if replay is None:
             return batches
-        old = ArrayBatches(replay.train_data, replay.train_labels if num_classes else None, replay.modality,
+        old = ArrayBatches(replay.train_data, replay.train_captions if captioned else replay.train_labels if num_classes else None, replay.modality,
                            seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
                            to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
         return ReplayBatches(batches, old, config.finetune.replay)
@@ -224,14 +227,27 @@ def write_grid(state: TrainingState) -> None:
     t = state.trainee
     grid_n = 10 * state.num_classes if state.num_classes else 64
     grid_labels = np.arange(grid_n) // 10 if state.num_classes else None
+    conditions, rows = grid_labels, grid_labels
+    captions = preview_captions(state.dataset) if getattr(t.raw_net, "caption_pad", None) is not None else None
+    if captions is not None:  # eight captions of the data, one per row
+        grid_n, rows = 8 * len(captions), np.arange(8 * len(captions)) // 8
+        conditions = captions[rows]
     with t.ema_full.gathered(t.ema.net, t.device) as ema_net:
         if ema_net is None:  # not the main process
             return
         spec = SamplingSpec.from_config(state.config.sample, seed=state.config.train.seed)
-        samples = generate(t.denoiser.with_net(ema_net), state.dataset.modality, grid_n, grid_labels, spec,
+        samples = generate(t.denoiser.with_net(ema_net), state.dataset.modality, grid_n, conditions, spec,
                            device=t.device)
-    state.dataset.modality.save_preview(samples, state.run_dir / "samples" / f"grid-{state.images:09d}.png", labels=grid_labels,
-                                        class_names=state.model_classes or None, reference=state.dataset.train_data)
+    state.dataset.modality.save_preview(samples, state.run_dir / "samples" / f"grid-{state.images:09d}.png", labels=rows,
+                                        class_names=state.model_classes or (None if rows is None else [""] * int(rows.max() + 1)),
+                                        reference=state.dataset.train_data)
+
+
+def preview_captions(dataset: PreparedDataset) -> np.ndarray | None:
+    """Up to eight distinct caption rows of the data (held-out ones first), the same at every grid."""
+    rows = np.concatenate([dataset.test_captions, dataset.train_captions])
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)[:8]]
 
 
 def default_hooks() -> Hooks:

@@ -1,0 +1,146 @@
+"""Text-to-image: captions read and checked line by line, tokenized and kept beside the images; the caption
+conditioner's dropout; a DiT that hears its caption through the encoder and cross-attention; training and sampling
+from a prompt through the CLI, with the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difftrain.conditioning import Captions, conditions_of_network
+from difftrain.config import DiTConfig
+from difftrain.data import load_dataset, prepare_dataset
+from difftrain.errors import UserError
+from difftrain.models.dit import build_dit
+from tests.conftest import tiny_overrides
+from tests.test_cli import cli, difftrain
+
+TINY = DiTConfig(width=32, depth=2, heads=2, patch=2, embedding_dim=16, caption_depth=1)
+
+
+def write_folder(root: Path, names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / name)
+
+
+def test_captions_are_read_checked_and_kept_beside_the_images(tmp_path):
+    src = tmp_path / "src"
+    write_folder(src, [f"img{i}.png" for i in range(6)])
+    lines = [json.dumps({"file_name": f"img{i}.png", "text": f"a picture of {i}"}) for i in range(5)]  # img5: none
+    lines += ["{not json", json.dumps({"file_name": "gone.png", "text": "no such image"}),
+              json.dumps({"file_name": "img0.png", "text": "a second caption"}), json.dumps({"file_name": "img1.png"})]
+    (src / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    before = {p: p.read_bytes() for p in src.iterdir()}
+
+    ds = prepare_dataset(src, tmp_path / "data", captions=src / "metadata.jsonl", test_fraction=0.2, progress=False)
+    rejected = {r["path"]: r["reason"] for r in ds.manifest["rejected"]}
+    assert rejected["metadata.jsonl:6"].startswith("not JSON")
+    assert "second caption of img0.png" in rejected["metadata.jsonl:8"]
+    assert "file_name" in rejected["metadata.jsonl:9"]
+    assert rejected["img5.png"] == "no caption in metadata.jsonl"
+    assert rejected["metadata.jsonl: gone.png"] == "a caption of an image that is not in the source"
+    assert "metadata.jsonl" not in rejected  # the captions file is no rejected image
+    assert ds.manifest["count"] == {"train": 4, "test": 1}
+
+    again = load_dataset(tmp_path / "data")
+    rows = np.concatenate([again.train_captions, again.test_captions])
+    assert rows.dtype == np.int64 and rows.shape == (5, len("a picture of 0"))
+    assert sorted(again.modality.captions.decode(rows)) == [f"a picture of {i}" for i in range(5)]
+    assert {p: p.read_bytes() for p in src.iterdir()} == before  # the source is never touched
+
+    with pytest.raises(UserError, match="rejected in strict mode"):
+        prepare_dataset(src, tmp_path / "strict", captions=src / "metadata.jsonl", strict=True, progress=False)
+    with pytest.raises(UserError, match="no image of .* has a caption"):
+        (tmp_path / "other.jsonl").write_text(json.dumps({"file_name": "elsewhere/x.png", "text": "x"}) + "\n")
+        prepare_dataset(src, tmp_path / "none", captions=tmp_path / "other.jsonl", progress=False)
+
+
+def test_prompts_become_padded_rows_and_bad_prompts_are_refused(tmp_path):
+    ds = prepare_dataset("digit-pairs", tmp_path / "pairs", limit=200, progress=False)
+    tokens = ds.modality.captions
+    rows = tokens.encode(["a 3 to the left of a 7", "3 then 7"])
+    assert rows.shape == (2, tokens.length)
+    assert (rows[1, len("3 then 7"):] == tokens.pad_id).all() and (rows[1, :8] != tokens.pad_id).all()
+    assert tokens.decode(rows) == ["a 3 to the left of a 7", "3 then 7"]
+    with pytest.raises(UserError, match="'Z', which no caption of the training data had"):
+        tokens.encode(["a Z"])
+    with pytest.raises(UserError, match="characters; this model read captions of at most"):
+        tokens.encode(["a 3 " * 40])
+
+
+def test_caption_dropout_and_the_null_caption_are_padding():
+    captions = Captions(pad_id=9)
+    cond = captions.encode(torch.tensor([[1, 2, 9], [3, 9, 9]]))
+    dropped = captions.drop(cond, torch.tensor([True, False]))
+    assert dropped["caption"].tolist() == [[1, 2, 9], [9, 9, 9]]
+    assert captions.null_like(cond)["caption"].tolist() == [[9, 9, 9], [9, 9, 9]]
+
+
+def test_a_captioned_dit_starts_at_zero_and_hears_its_caption():
+    torch.manual_seed(0)
+    net = build_dit(TINY, (1, 8, 16), 0, caption_vocab=12, caption_length=5, caption_pad=11)
+    assert net.caption_pad == 11 and conditions_of_network(net).labels.key == "caption"
+    x, sigma = torch.randn(2, 1, 8, 16), torch.rand(2)
+    a = {"caption": torch.tensor([[1, 2, 3, 11, 11]] * 2)}
+    assert torch.count_nonzero(net(x, sigma, a)) == 0  # adaLN-Zero, zero cross-attention output, zero read-out
+    _, pooled = net.captions(torch.full((1, 5), 11))
+    assert torch.count_nonzero(pooled) == 0  # the empty caption adds nothing to the embedding
+    with torch.no_grad():  # as after some training: every zero-initialised layer moved
+        for p in net.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.normal_(0, 0.1)
+    b = {"caption": torch.tensor([[4, 5, 6, 7, 11]] * 2)}
+    assert not torch.allclose(net(x, sigma, a), net(x, sigma, b))
+    # Only through the captions: with the encoder's output fixed, the caption ids no longer matter.
+    net.captions.forward = lambda ids: (torch.zeros(len(ids), 5, 32), torch.zeros(len(ids), 32))
+    assert torch.equal(net(x, sigma, a), net(x, sigma, b))
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "pairs"
+    prepare_dataset("digit-pairs", out, limit=300, progress=False)
+    return out
+
+
+def caption_run(pairs_dir: Path, run: Path, **extra) -> list[str]:
+    return ["train", "--preset", "text2image", "--out", run, *tiny_overrides(pairs_dir, **{
+        "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16,
+        "model.dit.caption_depth": 1, "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
+
+
+def test_train_on_captions_and_sample_from_a_prompt(pairs_dir, tmp_path):
+    run = tmp_path / "cap"
+    cli(*caption_run(pairs_dir, run))
+    assert json.loads((run / "dataset.json").read_text())["modality"]["captions"]["length"] > 0
+    assert list((run / "samples").glob("grid-*.png"))  # eight captions of the data, one per row
+    out = tmp_path / "s.npz"
+    cli("sample", run, "--prompt", "a 3 to the left of a 7", "--n", "3", "--steps", "2", "--out", out)
+    with np.load(out) as f:
+        assert f["images"].shape == (3, 8, 16, 1) and "labels" not in f.files
+        assert json.loads(str(f["meta"]))["prompts"] == ["a 3 to the left of a 7"]
+    assert out.with_suffix(".png").is_file()
+
+    unguided = difftrain("sample", run, "--n", "2", "--out", tmp_path / "u.npz")  # the preset guides: 2
+    assert unguided.returncode == 2 and "give one with --prompt" in " ".join(unguided.stderr.split())
+    cli("sample", run, "--n", "2", "--guidance", "1", "--steps", "2", "--out", tmp_path / "u.npz")
+    odd = difftrain("sample", run, "--prompt", "a Z", "--n", "2", "--out", tmp_path / "z.npz")
+    assert odd.returncode == 2 and "'Z', which no caption" in " ".join(odd.stderr.split())
+
+
+def test_a_network_without_cross_attention_refuses_captions(pairs_dir, tmp_path):
+    result = difftrain(*caption_run(pairs_dir, tmp_path / "unet", **{"model.arch": "unet"}))
+    assert result.returncode == 2
+    assert "model.arch=unet has no cross-attention for captions" in " ".join(result.stderr.split())
+    # Unconditional on the same data: no caption encoder, and no --prompt.
+    run = tmp_path / "plain"
+    cli(*caption_run(pairs_dir, run, **{"model.conditional": "false", "sample.guidance": 1}))
+    refused = difftrain("sample", run, "--prompt", "3 then 7", "--n", "2", "--out", tmp_path / "p.npz")
+    assert refused.returncode == 2 and "was not trained on captioned images" in " ".join(refused.stderr.split())
