@@ -134,6 +134,24 @@ def test_train_on_captions_and_sample_from_a_prompt(pairs_dir, tmp_path):
     odd = difftrain("sample", run, "--prompt", "a Z", "--n", "2", "--out", tmp_path / "z.npz")
     assert odd.returncode == 2 and "'Z', which no caption" in " ".join(odd.stderr.split())
 
+    # Evaluation samples for the held-out captions and scores prompt following beside its floor: the dataset's classifier
+    # on the real image of each caption (a weak one here: 300 images of 100 pairs, three epochs).
+    result = cli("eval", run, "--n", "60", "--metrics", "fid", "--steps", "2", "--json")
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
+    assert 0 <= record["label_agreement"] <= 1 and 0 <= record["label_agreement_floor"] <= 1
+    with np.load(record["samples_file"]) as f:
+        prompts = json.loads(str(f["meta"]))["prompts"]
+    ds = load_dataset(pairs_dir)
+    assert prompts == ds.modality.captions.decode(ds.test_captions)
+    # --prompts: a prompt's class is that of the training images captioned so, when they agree on one.
+    text = ds.modality.captions.decode(ds.train_captions[:2])
+    (tmp_path / "prompts.txt").write_text("\n".join(text) + "\n\n")
+    result = cli("eval", run, "--n", "20", "--metrics", "fid", "--steps", "2", "--prompts", tmp_path / "prompts.txt", "--json")
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
+    assert "label_agreement" in record
+    with np.load(record["samples_file"]) as f:
+        assert json.loads(str(f["meta"]))["prompts"] == text
+
 
 def test_a_network_without_cross_attention_refuses_captions(pairs_dir, tmp_path):
     result = difftrain(*caption_run(pairs_dir, tmp_path / "unet", **{"model.arch": "unet"}))

@@ -495,6 +495,9 @@ def evaluate(
     n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples per evaluation (default: eval.n_samples)."),
     metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, dist, cas, mem, nll; text also judge (default: eval.metrics)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
+    prompts: Optional[Path] = typer.Option(None, help="Captioned images: a text file of prompts, one per line, to sample "
+                                           "for (default: the held-out captions); prompt following is scored when each "
+                                           "is the caption of training images of one class."),
     temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
                                                 "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
     seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
@@ -540,7 +543,8 @@ def evaluate(
                                    temperature=temperature, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
-                                   warn=_warn, say=lambda message: console.print(message))
+                                   warn=_warn, say=lambda message: console.print(message),
+                                   prompts=None if prompts is None else _read_prompts(prompts))
         if not main:
             return  # the main process writes the report and prints
         if state.num_processes > 1:
@@ -550,6 +554,16 @@ def evaluate(
         print(json.dumps(records, indent=2))  # always a list, one record per evaluation
         return
     _print_eval(records)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--prompts {path}: cannot read it ({e}); give a UTF-8 text file, one prompt per line") from None
+    if not any(lines):
+        raise UserError(f"--prompts {path}: no prompts in it; write one per line")
+    return [line for line in lines if line]
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -605,7 +619,7 @@ def _print_eval(records: list[dict]) -> None:
                "energy distance": ("energy_distance", "energy_distance_floor"),
                "discriminative": ("discriminative", "discriminative_floor"), "predictive": ("predictive", "predictive_floor"),
                "correlational": ("correlational", "correlational_floor"),
-               "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", None),
+               "CAS": ("cas", "cas_real"), "label agreement": ("label_agreement", "label_agreement_floor"),
                "memorized": ("memorized_fraction", "memorized_fraction_floor"),
                "NLL bits/dim": ("nll_bits_per_dim", None)}
     named = {key for keys in columns.values() for key in keys}

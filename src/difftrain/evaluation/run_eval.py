@@ -77,13 +77,15 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     if labels is not None:
         meta["class_names"] = names
     by_class = labels if class_label is None else None  # one class: a plain grid
+    row_names = names if labels is not None else None
     if captions is not None:
         meta["prompts"] = list(prompts)
-        by_class = np.arange(n) % len(prompts) if len(prompts) > 1 else None  # one row per prompt
+        if 1 < len(prompts) <= 10:  # one row per prompt; more prompts, or one, make a plain grid
+            by_class, row_names = np.arange(n) % len(prompts), list(prompts)
 
     def write() -> None:
         write_samples(out, run.modality, images, labels, meta)
-        run.modality.save_preview(images, Path(out).with_suffix(".png"), labels=by_class, class_names=names if labels is not None else None)
+        run.modality.save_preview(images, Path(out).with_suffix(".png"), labels=by_class, class_names=row_names)
 
     on_main_process(write)  # and the others wait for it: no process returns before the files are there
     return {"images": images, "labels": labels, "meta": meta}
@@ -208,11 +210,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                  guidance: float | None = None, temperature: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
                  nll_images: int | None = None, device: str = "cpu", progress=None, warn=print,
-                 say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                 say: Callable[[str], None] = print, prompts: list[str] | None = None) -> list[dict[str, Any]]:
     """Score every chosen checkpoint at every step count; append the records to metrics.jsonl. `say` hears what a long
     step (the text judge's training) is doing.
 
     `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
+    A captioned run samples for the held-out captions, or for `prompts`; their images' classes, where the dataset knows
+    them, score prompt following (`label_agreement`, the dataset's classifier, beside its floor on the real images).
     Under a multi-process launch every process calls it: each samples its share (and scores its share of the
     likelihood's images), the main process scores, writes the files and the log, and all return its records.
     """
@@ -236,6 +240,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
                         f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
+    captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
+    if prompts is not None and captions is None:
+        raise UserError(f"--prompts gives captions; {run_dir} was not trained on captioned images")
     # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
     ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))
     out_dir = run_dir / "eval"
@@ -259,8 +266,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                 samples_file = out_dir / f"samples-{tag}.npz"
                 with torch.inference_mode():
                     sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
-                                         class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn)
-                scores = on_main_process(lambda: score(sampled["images"], sampled["labels"], ds, ext, metrics, ec, seed,
+                                         class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn,
+                                         prompts=None if captions is None else captions[0])
+                labels = sampled["labels"] if captions is None else captions[1](n)
+                scores = on_main_process(lambda: score(sampled["images"], labels, ds, ext, metrics, ec, seed,
                                                        memorization_png=out_dir / f"memorization-{tag}.png",
                                                        network=run.config.model, say=say)) or {}
                 records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
@@ -272,6 +281,30 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
 
         plot_run(run_dir)
     return from_main_process(records)
+
+
+def eval_captions(run: Run, ds: PreparedDataset, prompts: list[str] | None, warn=print):
+    """The captions a captioned run is evaluated with (the held-out ones, or `prompts`), and `labels(n)`: the dataset's
+    class of the image each of n samples' caption describes (sample i: caption i % count), or None when unknown."""
+    if prompts is None:
+        prompts = ds.modality.captions.decode(ds.test_captions)
+        classes = ds.test_labels
+    else:  # a prompt's class is that of the training images captioned so, when they agree on one
+        known: dict[str, set[int]] = {}
+        if ds.train_labels is not None:
+            for text, label in zip(ds.modality.captions.decode(ds.train_captions), ds.train_labels.tolist()):
+                known.setdefault(text, set()).add(label)
+        found = [known.get(p, set()) for p in prompts]
+        classes = np.array([next(iter(c)) for c in found], np.int64) if all(len(c) == 1 for c in found) else None
+        if ds.num_classes and classes is None:
+            warn("prompt following is not scored: not every prompt is the caption of training images of one class")
+    if not prompts:
+        raise UserError(f"{ds.path} has no held-out captions to evaluate with: pass --prompts FILE")
+
+    def labels(n: int) -> np.ndarray | None:
+        return None if classes is None or not ds.num_classes else classes[np.arange(n) % len(classes)]
+
+    return prompts, labels
 
 
 def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: list[str] | str | None = None, seed: int = 0,
@@ -309,9 +342,12 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
     counts = (ds.manifest.get("class_counts") or {}).get("train") if ds.modality.proportional_classes else None
     labels = class_labels(n, len(to_model), counts) if to_model else None
+    condition = None if labels is None else np.asarray(to_model)[labels]
+    if getattr(denoiser.net, "caption_pad", None) is not None:  # a captioned model: the held-out captions, in turn
+        order = np.arange(n) % len(ds.test_captions)
+        condition, labels = ds.test_captions[order], None if ds.test_labels is None else ds.test_labels[order]
     with torch.inference_mode():
-        samples = generate(denoiser, ds.modality, n, None if labels is None else np.asarray(to_model)[labels], spec,
-                           batch_size=config.sample.batch_size, device=device)
+        samples = generate(denoiser, ds.modality, n, condition, spec, batch_size=config.sample.batch_size, device=device)
     record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed, network=config.model)}
     if "nll" in metrics:
         record.update(likelihood(denoiser, ds, to_model, ec, device, config.train.seed))

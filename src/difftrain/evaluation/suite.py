@@ -154,6 +154,10 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None, ds: Prepared
         modality = ds.modality
         model, meta = modality.domain_classifier(ds, epochs=classifier_epochs)
         record["label_agreement"] = float((model.predict(images) == labels).mean())
+        # The floor: the same classifier on held-out real items of the classes asked for (with captions: prompt
+        # following's ceiling, the real image with its own caption).
+        asked = np.isin(ds.test_labels, np.unique(labels))
+        record["label_agreement_floor"] = model.accuracy(ds.test_data[asked], ds.test_labels[asked])
         if "cas" in metrics:
             # The same network and budget trained on real items of the same count: the score to reach.
             real_idx = floor_sets[0]

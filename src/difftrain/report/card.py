@@ -29,7 +29,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
 # (title, record key, floor key): each metric beside the same metric for real data.
 METRIC_ROWS = [("FID", "fid", "fid_floor"), ("KID", "kid", "kid_floor"), ("precision", "precision", "precision_floor"),
                ("recall", "recall", "recall_floor"), ("density", "density", "density_floor"), ("coverage", "coverage", "coverage_floor"),
-               ("classification accuracy score", "cas", "cas_real"), ("agreement with requested labels", "label_agreement", None),
+               ("classification accuracy score", "cas", "cas_real"), ("agreement with requested labels or captions", "label_agreement", "label_agreement_floor"),
                ("memorized fraction", "memorized_fraction", None), ("NLL, bits/dim (held-out)", "nll_bits_per_dim", None)]
 
 
