@@ -50,7 +50,11 @@ def digits(mnist: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     from difftrain.data.idx import parse_idx
 
     def read(name: str) -> np.ndarray:
-        return parse_idx((mnist / name).read_bytes(), mnist / name, ndim=3 if "images" in name else 1)
+        import gzip
+
+        path = mnist / name if (mnist / name).is_file() else mnist / f"{name}.gz"
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return parse_idx(data, path, ndim=3 if "images" in name else 1)
 
     return (read("train-images-idx3-ubyte"), read("train-labels-idx1-ubyte").astype(np.int64),
             read("t10k-images-idx3-ubyte"), read("t10k-labels-idx1-ubyte").astype(np.int64))
