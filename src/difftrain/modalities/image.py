@@ -142,6 +142,11 @@ class ImageModality(Modality):
             raise broken(f"{split}_images.npy holds {images.dtype} {images.shape}; the manifest says uint8 {expected}")
         return images
 
+    def describe(self) -> dict[str, Any]:
+        captions = self.captions
+        return {} if captions is None else {"captions": f"{captions.vocab_size - 1} distinct characters, at most "
+                                                        f"{captions.length} per caption"}
+
     def to_model(self, batch: torch.Tensor) -> torch.Tensor:
         return to_model(batch)
 
