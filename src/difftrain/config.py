@@ -37,6 +37,8 @@ class UNetConfig(Section):
     norm_groups: int = Field(32, ge=1, description="Groups of the GroupNorm layers (must divide every channel count).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the ResNet blocks.")
     unet_options: dict[str, Any] = Field({}, description="Further UNet2DModel arguments, by diffusers' names (e.g. act_fn); set from the source's config by --init.")
+    caption_width: int = Field(128, ge=32, description="Captioned images: width of the caption encoder's tokens, which the UNet's attention levels attend to (a multiple of 32).")
+    caption_depth: int = Field(2, ge=1, description="Captioned images: transformer layers of the caption encoder, trained with the network.")
 
     @model_validator(mode="after")
     def _check_levels(self) -> "UNetConfig":

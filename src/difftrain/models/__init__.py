@@ -13,7 +13,11 @@ from difftrain.errors import UserError
 
 # Registry: architecture name -> builder(its config section, the modality's model shape, number of classes, and the
 # modality's `network_options`: a token vocabulary's size).
-def _build_unet(cfg, shape, num_classes):
+def _build_unet(cfg, shape, num_classes, **captions):
+    if captions:  # captioned images: UNet2DConditionModel, with cross-attention
+        from difftrain.models.unet_captions import build_captioned_unet
+
+        return build_captioned_unet(cfg, shape, **captions)
     from difftrain.models.unet import build_unet
 
     return build_unet(cfg, shape, num_classes)
@@ -50,7 +54,7 @@ def _build_token_transformer(cfg, shape, num_classes, vocab_size=0):
 
 
 # Networks with a caption encoder and cross-attention (text-to-image).
-CAPTIONED = ("dit",)
+CAPTIONED = ("unet", "dit")
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "dit": _build_dit, "mlp": _build_mlp,
                                                        "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
                                                        "token_transformer": _build_token_transformer}
