@@ -146,12 +146,15 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Peak memory from here on (model, optimizer state, activations), as `difftrain doctor` measures it.
     memory = PeakMemory(accelerator.device).__enter__()
 
+    def conditions(ds: PreparedDataset):  # what the batches carry beside the items: caption rows, labels or nothing
+        return ds.train_captions if captioned else ds.train_labels if num_classes else None
+
     def batches_of(device: torch.device) -> ArrayBatches | ReplayBatches:
-        batches = ArrayBatches(dataset.train_data, dataset.train_captions if captioned else dataset.train_labels if num_classes else None, dataset.modality,
+        batches = ArrayBatches(dataset.train_data, conditions(dataset), dataset.modality,
                                seed=config.train.seed, device=device, to_model=data_labels, hflip=config.train.hflip)
         if replay is None:
             return batches
-        old = ArrayBatches(replay.train_data, replay.train_captions if captioned else replay.train_labels if num_classes else None, replay.modality,
+        old = ArrayBatches(replay.train_data, conditions(replay), replay.modality,
                            seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
                            to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
         return ReplayBatches(batches, old, config.finetune.replay)
