@@ -171,7 +171,9 @@ def test_a_captioned_unet_hears_its_caption_through_cross_attention():
 
 def test_train_a_captioned_unet_and_an_unconditional_model_on_captions(pairs_dir, tmp_path):
     run = tmp_path / "unet"
-    cli(*caption_run(pairs_dir, run, **{"model.arch": "unet", "model.unet.caption_width": 32, "model.unet.caption_depth": 1}))
+    result = cli(*caption_run(pairs_dir, run, **{"model.arch": "unet", "model.unet.caption_width": 32,
+                                                 "model.unet.caption_depth": 1, "train.hflip": "true"}))
+    assert "mirrors the images but not their captions" in " ".join(result.output.split())
     cli("sample", run, "--prompt", "3 then 7", "--n", "2", "--steps", "2", "--out", tmp_path / "u.npz")
     refused = difftrain("export", run, "--out", tmp_path / "exported")  # not yet: a diffusers text-to-image folder
     assert refused.returncode == 2 and "CaptionedUNet network cannot be loaded" in " ".join(refused.stderr.split())

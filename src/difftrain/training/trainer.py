@@ -135,6 +135,9 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     # Captioned data conditions the model on its captions (the batches carry caption rows where labels would be).
     captioned = captioned and config.model.conditional
     num_classes = len(label_space) if config.model.conditional and not captioned else 0
+    if captioned and config.train.hflip:
+        warn("train.hflip mirrors the images but not their captions: a caption that says left or right then describes "
+             "the wrong image half the time (set train.hflip=false for such captions)")
     model_classes = label_space if num_classes else []
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
