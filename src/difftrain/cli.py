@@ -31,7 +31,8 @@ def _warn(message: str) -> None:
 @data_app.command("prepare", epilog="Examples: `difftrain data prepare ./my_images --out data/mine --resolution 32 --channels 3`  \n"
                                     "`difftrain data prepare points.csv --kind points --label-column label --out data/points`  \n"
                                     "`difftrain data prepare prices.csv --kind timeseries --window 24 --out data/stocks`  \n"
-                                    "`difftrain data prepare tinyshakespeare.txt --kind text --tokenizer char --out data/shakespeare`")
+                                    "`difftrain data prepare tinyshakespeare.txt --kind text --tokenizer char --out data/shakespeare`  \n"
+                                    "`difftrain data prepare ./photos --captions ./photos/metadata.jsonl --out data/cap`")
 def data_prepare(
     source: str = typer.Argument(..., help="'digits' (built in), a folder of images (class subfolders = labels), a folder/file of MNIST-style IDX files, "
                                  "a segmentation folder: images/ and masks/ with matching names (masks: class-index PNGs), "
@@ -249,7 +250,8 @@ def train(
 
 @app.command(epilog="Examples: `difftrain sample runs/digits --n 100 --out samples.npz --sampler dpmpp_2m --steps 20 --guidance 1.5`  \n"
                      "`difftrain sample runs/stocks --context recent.csv --horizon 24 --n 100 --out forecast.npz`  \n"
-                     "`difftrain sample runs/stocks --impute gappy.csv --out filled.csv`")
+                     "`difftrain sample runs/stocks --impute gappy.csv --out filled.csv`  \n"
+                     "`difftrain sample runs/cap --prompt 'a 3 to the left of a 7' --n 16 --guidance 3 --out s.npz`")
 def sample(
     run: Path = typer.Argument(..., help="Run directory."),
     n: int = typer.Option(100, "--n", min=1, help="Number of samples."),
@@ -484,7 +486,8 @@ def _device(name: str) -> str:
 
 @app.command("eval", epilog="Examples: `difftrain eval runs/digits`  \n"
                              "`difftrain eval runs/digits --checkpoints all --sampler dpmpp_2m --steps 5,10,20,50 --metrics fid,kid,pr`  \n"
-                             "`difftrain eval --samples other_tool.npz --data data/digits --json`")
+                             "`difftrain eval --samples other_tool.npz --data data/digits --json`  \n"
+                             "`difftrain eval runs/cap --prompts prompts.txt`")
 def evaluate(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
     samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C) or points float32 (N,D), optional labels) instead of a run."),

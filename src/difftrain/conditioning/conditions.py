@@ -44,7 +44,12 @@ class Conditions:
         return cond
 
 
+def takes_captions(net: torch.nn.Module) -> bool:
+    """Whether the network has a caption encoder (its `caption_pad`: the padding id of its captions)."""
+    return getattr(net, "caption_pad", None) is not None
+
+
 def conditions_of_network(net: torch.nn.Module, observe: dict[str, float] | None = None) -> Conditions:
-    """The conditioners a network takes: its class labels (`null_label`), or its captions (`caption_pad`, the padding id
-    of a network with a caption encoder), and observed values when given the training mix."""
-    return Conditions(net.null_label, observe, getattr(net, "caption_pad", None))
+    """The conditioners a network takes: its class labels (`null_label`), or its captions (`caption_pad`), and observed
+    values when given the training mix."""
+    return Conditions(net.null_label, observe, net.caption_pad if takes_captions(net) else None)

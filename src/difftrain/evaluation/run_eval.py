@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from difftrain.conditioning import takes_captions
 from difftrain.config import EvalConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.diffusion import Denoiser
@@ -343,7 +344,7 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
     counts = (ds.manifest.get("class_counts") or {}).get("train") if ds.modality.proportional_classes else None
     labels = class_labels(n, len(to_model), counts) if to_model else None
     condition = None if labels is None else np.asarray(to_model)[labels]
-    if getattr(denoiser.net, "caption_pad", None) is not None:  # a captioned model: the held-out captions, in turn
+    if takes_captions(denoiser.net):  # a captioned model: the held-out captions, in turn
         order = np.arange(n) % len(ds.test_captions)
         condition, labels = ds.test_captions[order], None if ds.test_labels is None else ds.test_labels[order]
     with torch.inference_mode():

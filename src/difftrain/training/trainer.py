@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from difftrain.conditioning import takes_captions
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, ReplayBatches
@@ -234,7 +235,7 @@ def write_grid(state: TrainingState) -> None:
     grid_n = 10 * state.num_classes if state.num_classes else 64
     grid_labels = np.arange(grid_n) // 10 if state.num_classes else None
     conditions, rows = grid_labels, grid_labels
-    captions = preview_captions(state.dataset) if getattr(t.raw_net, "caption_pad", None) is not None else None
+    captions = preview_captions(state.dataset) if takes_captions(t.raw_net) else None
     if captions is not None:  # eight captions of the data, one per row
         grid_n, rows = 8 * len(captions), np.arange(8 * len(captions)) // 8
         conditions = captions[rows]
