@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from difftrain.errors import UserError
+from difftrain.config import PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Train, sample and evaluate diffusion models end to end.")
@@ -178,10 +179,12 @@ def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder."
              epilog="Examples: `difftrain train --preset digits --out runs/digits train.duration_images=20000`  \n"
                     "`difftrain train --preset mnist --data data/mnist --out runs/mnist`  \n"
                     "`difftrain train --out runs/digits --resume`  \n"
+                    "`difftrain train --preset autoencoder --data data/cap --out runs/vae`, then "
+                    "`difftrain train --preset text2image --data data/cap --latent runs/vae --out runs/ldm`  \n"
                     "`difftrain train --preset mnist --data data/mnist --out runs/mnist --processes 2` (GPUs or CPU cores)")
 def train(
     ctx: typer.Context,
-    preset: Optional[str] = typer.Option(None, help="Start from a preset: digits, mnist."),
+    preset: Optional[str] = typer.Option(None, help=f"Start from a preset: {', '.join(PRESETS)}."),
     config: Optional[Path] = typer.Option(None, help="YAML config file (applied over the preset)."),
     data: Optional[str] = typer.Option(None, help="Prepared dataset folder (sets data.path)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<preset>-<time>)."),
@@ -196,6 +199,8 @@ def train(
     allow_partial: bool = typer.Option(False, "--allow-partial", help="With --init: start even if some weights do not fit "
                                        "the network (they are reported)."),
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
+    latent: Optional[str] = typer.Option(None, help="Latent diffusion: diffuse in the latent space of this autoencoder "
+                                         "run (`--preset autoencoder`) or checkpoint; the images are encoded once (model.latent)."),
 ) -> None:
     """Train a diffusion model, from scratch or from --init weights; extra `key=value` arguments override
     config fields (see `difftrain config`), e.g. finetune.lora_rank=8 or finetune.train_only=[up_blocks]."""
@@ -207,6 +212,9 @@ def train(
     if resume and init:
         raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
+    # Absolute, so that a run started elsewhere still finds it.
+    if latent is not None:
+        flags.append(f"model.latent={Path(latent).resolve()}")
     cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
     several = processes > 1 or "LOCAL_RANK" in os.environ
     if out_dir is None and several:
@@ -616,6 +624,15 @@ def _print_eval(records: list[dict]) -> None:
     """The metrics beside their floors (the same metrics for real data), the extractor, the warnings."""
     from rich import box
 
+    if "psnr" in records[0]:  # an autoencoder's reconstructions
+        table = Table("checkpoint", "PSNR dB", "(resized)", "SSIM", "(resized)", "rFID", "(floor)", box=box.SIMPLE_HEAD,
+                      title=f"reconstructions of {records[0]['n_reconstructed']:,} held-out images; baselines: resized to "
+                            "the latent's size and back, and the real images")
+        for r in records:
+            table.add_row(Path(r["checkpoint"]).name, *(f"{r[k]:.4g}" if k in r else "-" for k in
+                                                         ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor")))
+        out.print(table)
+        return
     columns = {"FID": ("fid", "fid_floor"), "KID": ("kid", "kid_floor"), "precision": ("precision", "precision_floor"),
                "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),
                "sliced Wasserstein": ("sliced_wasserstein", "sliced_wasserstein_floor"),

@@ -170,14 +170,34 @@ class TokenTransformerConfig(Section):
 ARCHITECTURES = ("unet", "mlp", "unet1d", "transformer1d", "token_transformer")
 
 
+class AutoencoderConfig(Section):
+    """model.arch=autoencoder: diffusers' AutoencoderKL (Stable Diffusion's VAE), the latent space of `train --latent`."""
+
+    channels: list[int] = Field([64, 128], description="Channels of each resolution level; each level after the first halves the image's height and width.")
+    layers_per_block: int = Field(1, ge=1, description="ResNet blocks per level.")
+    latent_channels: int = Field(4, ge=1, description="Channels of the latent.")
+    norm_groups: int = Field(32, ge=1, description="Groups of the GroupNorm layers (must divide every channel count).")
+    attention: bool = Field(True, description="Self-attention in the middle blocks.")
+    kl_weight: float = Field(1e-6, ge=0, description="Weight of the posterior's KL divergence against the L1 reconstruction error, both summed over the image (Stable Diffusion's 1e-6).")
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> "AutoencoderConfig":
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"model.autoencoder.channels {bad} are not divisible by model.autoencoder.norm_groups={self.norm_groups}")
+        return self
+
+
 class ModelConfig(Section):
-    arch: Literal["auto", "unet", "dit", "mlp", "unet1d", "transformer1d", "token_transformer"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'dit' (a patch transformer with adaLN-Zero, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows), 'token_transformer' (bidirectional transformer, text); 'auto': the data's default.")
+    arch: Literal["auto", "unet", "dit", "mlp", "unet1d", "transformer1d", "token_transformer", "autoencoder"] = Field("auto", description="Network: 'unet' (diffusers' UNet2DModel, images), 'dit' (a patch transformer with adaLN-Zero, images), 'mlp' (vectors), 'unet1d' (1-D convolutional UNet, series windows), 'transformer1d' (DiT-style transformer, series windows), 'token_transformer' (bidirectional transformer, text), 'autoencoder' (a VAE for images, not a diffusion model: the latent space of model.latent); 'auto': the data's default.")
     unet: UNetConfig = Field(default_factory=UNetConfig, description="Settings of model.arch=unet.")
     dit: DiTConfig = Field(default_factory=DiTConfig, description="Settings of model.arch=dit.")
     mlp: MLPConfig = Field(default_factory=MLPConfig, description="Settings of model.arch=mlp.")
     unet1d: UNet1DConfig = Field(default_factory=UNet1DConfig, description="Settings of model.arch=unet1d.")
     transformer1d: Transformer1DConfig = Field(default_factory=Transformer1DConfig, description="Settings of model.arch=transformer1d.")
     token_transformer: TokenTransformerConfig = Field(default_factory=TokenTransformerConfig, description="Settings of model.arch=token_transformer.")
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig, description="Settings of model.arch=autoencoder.")
+    latent: str | None = Field(None, description="Latent diffusion (`train --latent RUN`): an autoencoder run, or one of its checkpoints, whose latent space the model diffuses in; the images are encoded once. Pinned to that checkpoint's folder when training starts.")
     conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")
     observe: dict[str, float] = Field({"none": 0.5, "random": 0.2, "block": 0.1, "history": 0.2}, description="Series: how often training observes each kind of part of a window (none: generation, random: scattered values, block: all but a stretch of time, history: the first steps, for forecasting); one model then generates, imputes and forecasts. {}: generation only.")
@@ -206,6 +226,20 @@ class ModelConfig(Section):
                     unet[key] = raw.pop(key)
             raw["unet"] = unet
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unconditional_autoencoder(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("arch") == "autoencoder":  # it reconstructs what it is given: no labels
+            raw = {**raw, "conditional": False}
+        return raw
+
+    @model_validator(mode="after")
+    def _latent_of_a_diffusion_model(self) -> "ModelConfig":
+        if self.arch == "autoencoder" and self.latent:
+            raise ValueError("model.latent (train --latent) trains a diffusion model in an autoencoder's latent space; "
+                             "model.arch=autoencoder trains the autoencoder itself: drop one of them")
+        return self
 
     def section(self, arch: str) -> Section:
         """The settings of architecture `arch`."""
@@ -435,6 +469,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
         "sample": {"guidance": 2.0},
         "eval": {"every_images": 0},
+    },
+    # An autoencoder (Stable Diffusion's AutoencoderKL) for latent diffusion (`train --latent RUN`); the built-in captioned
+    # digit pairs by default. Two levels: the latent is half the image's height and width, in four channels.
+    "autoencoder": {
+        "data": {"path": "digit-pairs"},
+        "model": {"arch": "autoencoder", "autoencoder": {"channels": [32, 64], "latent_channels": 4}},
+        "optim": {"lr": 1e-3, "warmup_images": 5_000},
+        "train": {"batch_size": 64, "duration_images": 60_000, "ema_halflife_images": 5_000, "hflip": False,
+                  "log_every_images": 3_200, "grid_every_images": 20_000, "checkpoint_every_images": 20_000},
+        "eval": {"every_images": 0, "metrics": ["fid"]},
     },
     # MNIST 28x28: pass --data with a folder prepared from the IDX files; about 40 CPU minutes.
     "mnist": {

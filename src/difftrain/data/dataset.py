@@ -7,7 +7,7 @@ the dataset itself only knows the labels, the counts and the classes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ class PreparedDataset:
     @cached_property
     def modality(self) -> Modality:
         return modality_for(self.manifest)
+
+    def seen_as(self, modality: Modality) -> "PreparedDataset":
+        """The same arrays seen through another modality of the same data (latent diffusion: images through an
+        autoencoder, whose latents are the model's tensors)."""
+        ds = replace(self)
+        ds.__dict__["modality"] = modality  # (the cached property's slot)
+        return ds
 
     @property
     def num_classes(self) -> int:

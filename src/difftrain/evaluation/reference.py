@@ -13,7 +13,6 @@ perfect generator scores.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -44,10 +43,8 @@ def _cached(file: Path, compute) -> np.ndarray:
         except (OSError, ValueError):
             pass  # a damaged cache file is recomputed and replaced
     features = compute().astype(np.float32)
-    buf = io.BytesIO()
-    np.save(buf, features)
     try:
-        atomic.write_bytes(file, buf.getvalue())
+        atomic.write_npy(file, features)
     except OSError:
         pass  # a read-only dataset folder: compute again next time
     return features

@@ -240,6 +240,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     if not ds.modality.same_data(run.modality):
         raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
                         f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
+    if run.is_autoencoder:
+        return evaluate_autoencoder(run, ds, chosen, metrics, ec, extractor, inception_weights, device)
+    ds = ds.seen_as(run.modality)  # (latent diffusion: the images through the run's autoencoder)
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
     if prompts is not None and captions is None:
@@ -281,6 +284,26 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         from difftrain.evaluation.plots import plot_run
 
         plot_run(run_dir)
+    return from_main_process(records)
+
+
+def evaluate_autoencoder(run: Run, ds: PreparedDataset, chosen: list, metrics: list[str], ec: EvalConfig,
+                         extractor: str | None, inception_weights: str | None, device) -> list[dict[str, Any]]:
+    """An autoencoder's checkpoints scored by their reconstructions (evaluation/reconstruction.py): PSNR and SSIM beside
+    resizing's, and rFID beside its floor when `fid` is asked for. One process does it all."""
+    from difftrain.evaluation.reconstruction import reconstruction_scores
+
+    records = []
+    if is_main_process():
+        ext = extractor_for(ds, ec, [m for m in metrics if m == "fid"], extractor, inception_weights, device)
+        log = MetricsLog(run.path)
+        try:
+            for ckpt in chosen:
+                records.append({"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()),
+                                **reconstruction_scores(run.network(ckpt, device=device), ds, ext, device)})
+                log.write(records[-1])
+        finally:
+            log.close()
     return from_main_process(records)
 
 

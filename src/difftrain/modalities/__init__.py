@@ -23,6 +23,10 @@ KINDS = tuple(MODALITIES)
 def modality_for(spec: dict[str, Any]) -> Modality:
     """The modality a manifest or a run's spec describes (its `kind` and the fields that kind keeps)."""
     cls = MODALITIES[spec["kind"]]
+    if spec.get("latent"):  # images that a latent diffusion model makes through its autoencoder
+        from difftrain.modalities.latent import LatentImageModality
+
+        cls = LatentImageModality
     return cls({key: spec[key] for key in cls.spec_keys if key in spec})
 
 

@@ -179,6 +179,11 @@ class Modality(ABC):
     def from_model(self, x: torch.Tensor) -> np.ndarray:
         """Model tensors -> data as stored (rounded, clipped, in the data's units)."""
 
+    def batch_view(self, data: np.ndarray, cache: Path | None = None, device: torch.device | str = "cpu") -> tuple[np.ndarray, Any]:
+        """The items as training batches hold them, and what turns those into model tensors (`to_model`, `mirror`,
+        `model_shape`): here the data and this modality (latent images: their latents, encoded once and kept in `cache`)."""
+        return data, self
+
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
         """The left-right mirror of model tensors (train.hflip)."""
         raise UserError(f"train.hflip mirrors images; {self.kind} data has no left and right: set train.hflip=false")

@@ -53,18 +53,26 @@ def _build_token_transformer(cfg, shape, num_classes, vocab_size=0):
     return build_token_transformer(cfg, shape, num_classes, vocab_size)
 
 
+def _build_autoencoder(cfg, shape, num_classes):
+    from difftrain.models.autoencoder import build_autoencoder
+
+    return build_autoencoder(cfg, shape, num_classes)
+
+
 # Networks with a caption encoder and cross-attention (text-to-image).
 CAPTIONED = ("unet", "dit")
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "dit": _build_dit, "mlp": _build_mlp,
                                                        "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
-                                                       "token_transformer": _build_token_transformer}
+                                                       "token_transformer": _build_token_transformer,
+                                                       "autoencoder": _build_autoencoder}
 # How to make each network smaller, for the doctor's advice when nothing fits.
 SMALLER = {"unet": "fewer or narrower model.unet.channels, model.unet.layers_per_block=1",
            "dit": "a smaller model.dit.width or model.dit.depth, or a larger model.dit.patch",
            "mlp": "a smaller model.mlp.width or model.mlp.depth",
            "unet1d": "fewer or narrower model.unet1d.channels, model.unet1d.layers_per_block=1",
            "transformer1d": "a smaller model.transformer1d.width or model.transformer1d.depth, or a larger model.transformer1d.patch",
-           "token_transformer": "a smaller model.token_transformer.width or model.token_transformer.depth, or shorter sequences"}
+           "token_transformer": "a smaller model.token_transformer.width or model.token_transformer.depth, or shorter sequences",
+           "autoencoder": "fewer or narrower model.autoencoder.channels"}
 
 
 def architecture(cfg: ModelConfig, modality) -> str:

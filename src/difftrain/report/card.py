@@ -80,6 +80,17 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int, b
     return parts
 
 
+def _reconstruction(e: dict) -> list[str]:
+    """An autoencoder's evaluation (evaluation/reconstruction.py)."""
+    rows = [f"| PSNR, dB | {_fmt(e['psnr'])} | {_fmt(e['psnr_resize'])} (resized to the latent's size and back) |",
+            f"| SSIM | {_fmt(e['ssim'])} | {_fmt(e['ssim_resize'])} (resized to the latent's size and back) |"]
+    if "rfid" in e:
+        rows.append(f"| rFID | {_fmt(e['rfid'])} | {_fmt(e['rfid_floor'])} (floor: the real images themselves) |")
+    return ["## Evaluation", "", f"Reconstructions of {e['n_reconstructed']:,} held-out images (rFID: of the floor pool's "
+            f"training images, against the held-out ones), checkpoint {Path(e['checkpoint']).name}.", "",
+            "| metric | reconstructions | baseline |", "|---|---|---|", *rows, ""]
+
+
 def _starting_point(run_dir: Path, fc) -> list[str]:
     """Where a fine-tuned run started (init.json), what it replayed, and what it forgot (forgetting.json)."""
     init = _read_json(run_dir / "init.json")
@@ -125,9 +136,13 @@ def write_report(run_dir: str | Path) -> Path:
     params = sum(p.numel() for p in net.parameters())
     arch = architecture(cfg.model, run.modality)
 
-    parts = [f"# difftrain run `{run_dir.name}`", "",
-             f"A {'class-conditional' if run.num_classes else 'unconditional'} diffusion model for "
-             f"{run.modality.kind} data of shape {'x'.join(map(str, run.sample_shape))}, trained with difftrain {__version__}.", ""]
+    shape = "x".join(map(str, run.sample_shape))
+    what = (f"An autoencoder (a latent space for `difftrain train --latent {run_dir}`) for {run.modality.kind} data of shape {shape}"
+            if run.is_autoencoder else
+            f"A {'caption-conditional' if run.captioned else 'class-conditional' if run.num_classes else 'unconditional'} "
+            f"{'latent ' if cfg.model.latent else ''}diffusion model for {run.modality.kind} data of shape {shape}"
+            + (f", in the latent space of {cfg.model.latent}" if cfg.model.latent else ""))
+    parts = [f"# difftrain run `{run_dir.name}`", "", f"{what}, trained with difftrain {__version__}.", ""]
     parts += ["## Data", "", _table([
         ("source", (ds.get("source") or {}).get("path", ds["path"])),
         ("prepared dataset", ds["path"]),
@@ -139,7 +154,10 @@ def write_report(run_dir: str | Path) -> Path:
     formulation = "EDM" if d.formulation == "edm" else f"VP/DDPM ({d.prediction}-prediction, {d.num_timesteps} steps, {d.beta_schedule} betas)"
     parts += ["## Model and training", "", _table([
         ("network", f"{arch} ({type(net).__name__}), {params:,} parameters: {cfg.model.section(arch).model_dump(exclude_defaults=True) or 'defaults'}"),
-        ("formulation / loss weighting", f"{formulation} / {d.weighting}"),
+        *([("loss", f"L1 reconstruction + {cfg.model.autoencoder.kl_weight:g} x KL")] if run.is_autoencoder else
+          [("formulation / loss weighting", f"{formulation} / {d.weighting}")]),
+        *([("latent", f"{'x'.join(map(str, run.modality.model_shape))}, scaled by {run.modality.scale:.4g}")]
+          if cfg.model.latent else []),
         ("optimizer", f"{cfg.optim.name}, lr {cfg.optim.lr:g}, {cfg.optim.schedule} after {cfg.optim.warmup_images:,} warm-up images"),
         ("batch", f"{cfg.train.batch_size} ({cfg.train.accumulation} micro-batch(es))"),
         ("EMA half-life", f"{cfg.train.ema_halflife_images:,} images (ramp-up {cfg.train.ema_rampup})"),
@@ -148,19 +166,25 @@ def write_report(run_dir: str | Path) -> Path:
            ("speed (last log window)", f"{train_logs[-1]['images_per_s']:.0f} images/s"),
            ("skipped non-finite steps", train_logs[-1]["nonfinite_steps"])] if train_logs else []),
     ]), ""]
-    if grids:
+    if grids and run.is_autoencoder:
+        parts += ["## Reconstructions", "", "Held-out images (left) and the EMA's reconstructions of them (right).", "",
+                  f"![reconstructions after {grids[-1].stem.split('-')[-1].lstrip('0')} images](samples/{grids[-1].name})", ""]
+    elif grids:
         parts += ["## Samples", "", f"EMA weights, {cfg.sample.sampler} sampler, {cfg.sample.steps} steps, guidance {cfg.sample.guidance:g}"
-                  + ("; one class per row." if run.num_classes else "."), "",
+                  + ("; one class per row." if run.num_classes else "; one caption per row." if run.captioned else "."), "",
                   f"![samples after {grids[-1].stem.split('-')[-1].lstrip('0')} images](samples/{grids[-1].name})", ""]
         if len(grids) > 1:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
     parts += _starting_point(run_dir, cfg.finetune)
     final = [r for r in evals if not r.get("during_training")]
-    if final:
+    if final and run.is_autoencoder:
+        parts += _reconstruction(final[-1])
+    elif final:
         parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,
                              cfg.eval.best_metric)
     parts += ["## Reproduce", "", "```", f"difftrain train --config {run_dir / 'config.yaml'} --out NEW_RUN",
-              f"difftrain sample {run_dir} --n 100 --out samples.npz", "```", "",
+              f"difftrain eval {run_dir}" if run.is_autoencoder else f"difftrain sample {run_dir} --n 100 --out samples.npz",
+              "```", "",
               "<details><summary>Full config</summary>", "", "```yaml",
               yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "</details>", "",
               f"_Report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._", ""]

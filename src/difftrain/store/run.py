@@ -33,6 +33,9 @@ from difftrain.store.checkpoint import Checkpoint, resolve_checkpoint
 if TYPE_CHECKING:
     from difftrain.sampling import SamplingSpec
 
+LATENT_WEIGHTS = "autoencoder.safetensors"  # a latent diffusion run's copy of its autoencoder's weights
+
+
 def resolve_dataset(config: Config, run_dir: Path, progress: bool = True, prepare_here: bool = True) -> Path:
     """The configured dataset's folder; a built-in name is prepared once into RUN/data.
 
@@ -66,7 +69,12 @@ def formulation_of(config: Config):
 
 
 def denoiser_of(config: Config, modality: Modality, net: torch.nn.Module) -> Denoiser:
-    """The network wrapped as the config's denoiser: its formulation, and its read-out of the modality's categories."""
+    """The network wrapped as the config's denoiser: its formulation, and its read-out of the modality's categories.
+    An autoencoder's objective, its reconstruction loss, stands in the denoiser's place."""
+    if config.model.arch == "autoencoder":
+        from difftrain.models.autoencoder import Reconstruction
+
+        return Reconstruction(net, formulation_of(config), config.model.autoencoder.kl_weight)
     return modality.denoiser(net, formulation_of(config), softmax_categories=config.diffusion.categories == "softmax")
 
 
@@ -138,7 +146,15 @@ class Run:
 
     @cached_property
     def modality(self) -> Modality:
-        return run_modality(self.dataset)
+        summary = self.dataset
+        if (summary.get("modality") or {}).get("latent"):  # a latent diffusion run decodes with its own autoencoder copy
+            spec = summary["modality"]
+            summary = {**summary, "modality": {**spec, "latent": {**spec["latent"], "weights": str(self.path / LATENT_WEIGHTS)}}}
+        return run_modality(summary)
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self.config.model.arch == "autoencoder"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -186,11 +202,19 @@ class Run:
 
     def denoiser(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
         """The checkpoint's network (LoRA merged into its weights) as a frozen denoiser."""
+        if self.is_autoencoder:
+            raise UserError(f"{self.path} is an autoencoder (model.arch=autoencoder): it encodes and decodes images and "
+                            "draws none. Train a diffusion model in its latent space with `difftrain train --latent "
+                            f"{self.path} ...`; `difftrain eval {self.path}` measures its reconstructions")
+        return denoiser_of(self.config, self.modality, self.network(checkpoint, ema, device))
+
+    def network(self, checkpoint: Checkpoint, ema: bool = True, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The checkpoint's network, LoRA merged into its weights, frozen."""
         from difftrain.models.lora import merge
 
         net = network_for(self.config, self.modality, self.num_classes)
         load_weights(net, checkpoint.weights(ema), checkpoint.path, self.path / "config.yaml")
-        return denoiser_of(self.config, self.modality, merge(net).to(device).eval().requires_grad_(False))
+        return merge(net).to(device).eval().requires_grad_(False)
 
 
 def save_run_info(run_dir: Path, config: Config, ds: PreparedDataset, class_names: list[str] | None = None) -> None:

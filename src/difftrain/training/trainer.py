@@ -26,6 +26,7 @@ from difftrain.training.memory import PeakMemory
 from difftrain.pretrained.source import Pretrained
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.store.checkpoint import latest_checkpoint, save_checkpoint
+from difftrain.store.latent import latent_dataset, latents_cache
 from difftrain.store.metrics_log import MetricsLog
 from difftrain.store.run import label_map, resolve_dataset, save_run_info, with_data_defaults
 from difftrain.training.during_training import DuringTraining
@@ -129,6 +130,9 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if dataset.num_classes == 0 and not captioned and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, label_space = starting_point(config, dataset, run_dir, existing, source, console)
+    if config.model.latent:  # latent diffusion: the images seen through an autoencoder's latent space
+        config, dataset = latent_dataset(config, dataset, run_dir, resume=existing is not None, device=accelerator.device,
+                                         console=console)
     config = with_data_defaults(config, dataset.modality, dataset.train_data)
     run_config = config  # what config.yaml keeps: the user's settings, not the ones FSDP turns off
     if is_sharded(accelerator):
@@ -141,6 +145,10 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
              "the wrong image half the time (set train.hflip=false for such captions)")
     model_classes = label_space if num_classes else []
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
+    if config.model.arch == "autoencoder" and config.eval.every_images:
+        raise UserError(f"eval.every_images={config.eval.every_images}: evaluation during training samples a diffusion model, "
+                        "and an autoencoder draws no samples; set eval.every_images=0 and measure its reconstructions "
+                        f"with `difftrain eval {run_dir}` after training")
     # Evaluation during training scores checkpoints and keeps the best as checkpoints/best. It is set up
     # (its feature classifier trained) before training, so a setting that cannot work stops the run now.
     evaluator = DuringTraining(config, run_dir, dataset, num_classes, accelerator.device, console, data_labels) \
@@ -154,11 +162,14 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         return ds.train_captions if captioned else ds.train_labels if num_classes else None
 
     def batches_of(device: torch.device) -> ArrayBatches | ReplayBatches:
-        batches = ArrayBatches(dataset.train_data, conditions(dataset), dataset.modality,
+        # (latent images: batches of latents, encoded once)
+        items, view = dataset.modality.batch_view(dataset.train_data, latents_cache(run_dir, "train"), device)
+        batches = ArrayBatches(items, conditions(dataset), view,
                                seed=config.train.seed, device=device, to_model=data_labels, hflip=config.train.hflip)
         if replay is None:
             return batches
-        old = ArrayBatches(replay.train_data, conditions(replay), replay.modality,
+        items, view = dataset.modality.batch_view(replay.train_data, latents_cache(run_dir, "replay"), device)
+        old = ArrayBatches(items, conditions(replay), view,
                            seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
                            to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
         return ReplayBatches(batches, old, config.finetune.replay)
@@ -257,9 +268,21 @@ def preview_captions(dataset: PreparedDataset) -> np.ndarray | None:
     return rows[np.sort(first)[:8]]
 
 
-def default_hooks() -> Hooks:
+def write_reconstructions(state: TrainingState) -> None:
+    """An autoencoder's preview: held-out images (left) beside the EMA's reconstructions of them (right)."""
+    t, modality = state.trainee, state.dataset.modality
+    images = (state.dataset.test_data if len(state.dataset.test_data) else state.dataset.train_data)[:32]
+    with t.ema_full.gathered(t.ema.net, t.device) as ema_net:
+        if ema_net is None:  # not the main process
+            return
+        with torch.no_grad():
+            rebuilt = modality.from_model(ema_net.reconstruct(modality.to_model(torch.from_numpy(images).to(t.device))))
+    modality.save_pairs(images, rebuilt, state.run_dir / "samples" / f"grid-{state.images:09d}.png")
+
+
+def default_hooks(config: Config) -> Hooks:
     return Hooks(log=lambda state, record: state.log.write(record), checkpoint=write_checkpoint, evaluate=evaluate_ema,
-                 grid=write_grid)
+                 grid=write_reconstructions if config.model.arch == "autoencoder" else write_grid)
 
 
 def _stop_if_stuck(state: TrainingState) -> None:
@@ -278,7 +301,7 @@ def _stop_if_stuck(state: TrainingState) -> None:
 
 def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
     """Train from the state to its goal (or `stop_at_step`, as if interrupted), calling the hooks as due."""
-    hooks = hooks or default_hooks()
+    hooks = hooks or default_hooks(state.config)
     t, config, tc = state.trainee, state.config, state.config.train
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]

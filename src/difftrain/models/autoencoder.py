@@ -1,0 +1,96 @@
+"""diffusers' AutoencoderKL (the VAE of Stable Diffusion): a latent space for diffusion, trained by difftrain first.
+
+It fits the network protocol, net(x, c_noise, cond) -> its reconstruction of x, so the trainer, EMA, checkpoints and
+resume train it as they train a denoiser; its objective (`Reconstruction`) stands where a denoiser stands. Without a
+perceptual or adversarial loss (no pretrained LPIPS network can be loaded here) the loss is Stable Diffusion's other
+two terms: L1 reconstruction plus a KL term at their weight relative to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from difftrain.config import AutoencoderConfig
+from difftrain.errors import UserError
+
+
+class Autoencoder(torch.nn.Module):
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    null_label = None  # neither labels nor captions: it reconstructs whatever it is given
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The latent (C', H/f, W/f) of images (C, H, W)."""
+        _, h, w = shape
+        return self.vae.config.latent_channels, h // self.downsampling, w // self.downsampling
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior mean of images in [-1, 1]: the deterministic latent that diffusion models."""
+        return self.vae.encode(x).latent_dist.mean
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.vae.decode(z).sample
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Images in [-1, 1] through the latent (its posterior's mean) and back."""
+        return self.decode(self.encode(x))
+
+    def forward(self, x: Tensor, c_noise: Tensor | None = None, cond=None, *, with_kl: bool = False):
+        """The reconstruction of x: from the posterior's mean, or in training mode from a sample of it. `with_kl`: also the
+        posterior's KL divergence from N(0, I) per image (B,), for the loss (through forward, so DDP sees the call)."""
+        posterior = self.vae.encode(x).latent_dist
+        reconstruction = self.decode(posterior.sample() if self.training else posterior.mean)
+        return (reconstruction, posterior.kl()) if with_kl else reconstruction
+
+    def core(self) -> "Autoencoder":
+        return self
+
+    def lora_targets(self) -> list[str]:
+        return ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+
+
+class Reconstruction(torch.nn.Module):
+    """The autoencoder's training objective, in the trainer's place of a denoiser: per image, the mean absolute error of
+    a reconstruction from a posterior sample plus `kl_weight` x the posterior's KL divergence from N(0, I) per pixel value.
+
+    `formulation` is the run's (the trainer draws its noise levels each step, unused here, so that a run's random streams
+    do not depend on what it trains)."""
+
+    def __init__(self, net: torch.nn.Module, formulation, kl_weight: float):
+        super().__init__()
+        self.net, self.formulation, self.kl_weight = net, formulation, kl_weight
+
+    def with_net(self, net: torch.nn.Module) -> "Reconstruction":
+        return Reconstruction(net, self.formulation, self.kl_weight)
+
+    def loss(self, x0: Tensor, cond=None, **unused) -> Tensor:
+        reconstruction, kl = self.net(x0, None, None, with_kl=True)
+        error = (reconstruction.float() - x0.float()).abs().flatten(1).mean(1)
+        return error + self.kl_weight * kl.float() / x0[0].numel()  # the KL is summed over the latent: per pixel value
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def build_autoencoder(cfg: AutoencoderConfig, shape: tuple[int, ...], num_classes: int) -> Autoencoder:
+    c, h, w = shape
+    factor = 2 ** (len(cfg.channels) - 1)
+    if h % factor or w % factor:
+        raise UserError(f"model.autoencoder.channels has {len(cfg.channels)} levels, which halve the image "
+                        f"{len(cfg.channels) - 1} times; {h}x{w} images do not divide by {factor}: use fewer levels or resize "
+                        "the images (data prepare --resolution)")
+    vae = AutoencoderKL(in_channels=c, out_channels=c, down_block_types=("DownEncoderBlock2D",) * len(cfg.channels),
+                        up_block_types=("UpDecoderBlock2D",) * len(cfg.channels), block_out_channels=tuple(cfg.channels),
+                        layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
+                        norm_num_groups=cfg.norm_groups, sample_size=max(h, w),
+                        mid_block_add_attention=cfg.attention)
+    return Autoencoder(vae)

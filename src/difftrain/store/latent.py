@@ -1,0 +1,79 @@
+"""`train --latent RUN`: a prepared image dataset seen through an autoencoder run's latent space.
+
+A new run pins the autoencoder's checkpoint (model.latent becomes its folder), keeps a copy of its EMA weights as
+RUN/autoencoder.safetensors (so the run decodes even after the autoencoder trains on and prunes that checkpoint), encodes
+the training images once into RUN/latents/train.npy and scales the latents to unit variance. A resumed run reads it all
+back from its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from difftrain import atomic
+from difftrain.config import Config
+from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
+from difftrain.modalities import modality_for
+from difftrain.store.checkpoint import resolve_checkpoint
+from difftrain.store.run import LATENT_WEIGHTS, source_run
+
+LATENTS = Path("latents")  # RUN/latents/{train,replay}.npy: the model tensors of the training images, encoded once
+
+
+def latents_cache(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / LATENTS / f"{name}.npy"
+
+
+def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, resume: bool, device="cpu",
+                   console: Console | None = None) -> tuple[Config, PreparedDataset]:
+    """The config with model.latent pinned to a checkpoint, and `dataset` seen through that autoencoder."""
+    run_dir, console = Path(run_dir), console or Console(stderr=True)
+    copy, summary = run_dir / LATENT_WEIGHTS, run_dir / "dataset.json"
+    if resume and copy.is_file() and summary.is_file():
+        spec = json.loads(summary.read_text())["modality"]
+        return config, dataset.seen_as(modality_for({**spec, "latent": {**spec["latent"], "weights": str(copy)}}))
+
+    given = config.model.latent
+    source = source_run(given)
+    if source is None or not source.is_autoencoder:
+        what = "no difftrain run" if source is None else f"a model.arch={source.config.model.arch} run"
+        raise UserError(f"--latent {given} is {what}, not an autoencoder: train one first with `difftrain train --preset "
+                        f"autoencoder --data {dataset.path} --out RUN`, then pass --latent RUN")
+    if not source.modality.same_data(dataset.modality):
+        raise UserError(f"the autoencoder {source.path} was trained on {source.modality.kind} data "
+                        f"{source.modality.spec_summary()}, this data is {dataset.modality.kind} "
+                        f"{dataset.modality.spec_summary()}: train an autoencoder on images of this size")
+    checkpoint = resolve_checkpoint(source.path, "latest" if (Path(given) / "config.yaml").is_file() else str(given))
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_file(copy) as tmp:
+        shutil.copyfile(checkpoint.path / "ema.safetensors", tmp)
+    settings = source.config.model.autoencoder.model_dump()
+    # Every process of a launch does this alike (the same files, each written atomically): no process waits for another.
+    unit = modality_for({**dataset.modality.spec, "latent": {"autoencoder": settings, "weights": str(copy),
+                                                             "sha256": checkpoint.info["sha256"]["ema.safetensors"],
+                                                             "shape": [], "scale": 1.0}})
+    h, w, c = dataset.modality.shape
+    latent = unit.spec["latent"]
+    latent["shape"] = list(unit.autoencoder.latent_shape((c, h, w)))
+    codes = encode_with_progress(unit, dataset.train_data, device, console)
+    latent["scale"] = scale = 1.0 / float(codes.std()) if codes.size and codes.std() > 0 else 1.0
+    atomic.write_npy(latents_cache(run_dir, "train"), codes * np.float32(scale))
+    console.print(f"latent space: {checkpoint.path} encodes {h}x{w}x{c} images into {'x'.join(map(str, unit.model_shape))} "
+                  f"latents (scaled by {scale:.4g} to unit variance)")
+    pinned = config.model.model_copy(update={"latent": str(checkpoint.path.resolve())})
+    return config.model_copy(update={"model": pinned}), dataset.seen_as(unit)
+
+
+def encode_with_progress(modality, images: np.ndarray, device, console: Console) -> np.ndarray:
+    columns = [TextColumn("[bold]encoding images into the latent space"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("encode", total=len(images))
+        return modality.encode(images, device, progress=lambda done: bar.update(task, completed=done))
