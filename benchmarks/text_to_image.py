@@ -12,8 +12,13 @@ same score on real pairs made from held-out digits.
 
 The digits are the built-in sklearn 8x8 ones (pairs are 8x16), or MNIST with --mnist DIR (pairs are 28x56).
 
+With --latent the model diffuses in a latent space: the script first trains the `autoencoder` preset on the same folder
+(its reconstructions scored by `difftrain eval`), then the text2image preset with `--latent`. The JSON then holds both
+runs' training time, and the diffusion's training speed (images per second) to compare cost per step with pixel space.
+
 Run (one job at a time on 2 cores):
     python benchmarks/text_to_image.py --out runs/bench-t2i --images 300000 --threads 2
+    python benchmarks/text_to_image.py --out runs/bench-t2i-latent --latent --threads 2
 """
 
 from __future__ import annotations
@@ -88,6 +93,9 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=20, help="Samples per prompt.")
     parser.add_argument("--guidance", default="1,2,4")
     parser.add_argument("--set", nargs="*", default=[], help="Further config overrides of the text2image preset.")
+    parser.add_argument("--latent", action="store_true", help="Diffuse in the latent space of an autoencoder trained first.")
+    parser.add_argument("--autoencoder-images", type=int, default=60_000, help="With --latent: the autoencoder's training images.")
+    parser.add_argument("--autoencoder-set", nargs="*", default=[], help="With --latent: config overrides of the autoencoder preset.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -110,11 +118,28 @@ def main() -> None:
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
     prepare_dataset(folder, args.out / "data", captions=folder / "captions.jsonl", progress=False)
 
+    threads = [f"train.threads={args.threads}"] if args.threads else []
+    autoencoder = {}
+    if args.latent:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "autoencoder", "--data", str(args.out / "data"),
+                        "--out", str(args.out / "vae"), f"train.duration_images={args.autoencoder_images}",
+                        f"train.seed={args.seed}", *threads, *args.autoencoder_set], check=True)
+        autoencoder["train_seconds"] = time.perf_counter() - start
+        autoencoder["config"] = args.autoencoder_set
+        from difftrain.evaluation.run_eval import evaluate_run
+
+        scores = evaluate_run(args.out / "vae", metrics=["fid"], seed=args.seed)[-1]
+        autoencoder |= {k: scores[k] for k in ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor")}
+        print(f"autoencoder: {autoencoder}", flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "text2image", "--data", str(args.out / "data"),
                     "--out", str(args.out / "run"), f"train.duration_images={args.images}", f"train.seed={args.seed}",
-                    *([f"train.threads={args.threads}"] if args.threads else []), *args.set], check=True)
+                    *(["--latent", str(args.out / "vae")] if args.latent else []), *threads, *args.set], check=True)
     train_seconds = time.perf_counter() - start
+    from difftrain.store.metrics_log import read_metrics
+
+    speeds = [r["images_per_s"] for r in read_metrics(args.out / "run") if "images_per_s" in r]
 
     modality = ImageModality({"kind": "image", "shape": [train_x.shape[1], train_x.shape[2], 1]})
     classifier = modality.fit_classifier(train_x[..., None], train_y, 10, epochs=10, seed=args.seed)
@@ -139,7 +164,9 @@ def main() -> None:
         print(f"guidance {guidance:g}: {scores}", flush=True)
     common.emit({"benchmark": "text_to_image", "digits": "mnist" if args.mnist else "sklearn", "image_shape": list(images.shape[1:]),
                  "train_images": args.count, "held_out_pairs": [f"{a}{b}" for a, b in held], "images_seen": args.images,
-                 "train_seconds": train_seconds, "network_evaluations": spec0.network_evaluations,
+                 "train_seconds": train_seconds, "train_images_per_s": float(np.median(speeds)) if speeds else None,
+                 "latent": {**autoencoder, "shape": list(run.modality.model_shape)} if args.latent else None,
+                 "network_evaluations": spec0.network_evaluations,
                  "sampler": spec0.sampler, "steps": spec0.steps, "overrides": args.set,
                  "classifier_floor": floor, "prompt_following": results})
 
