@@ -130,7 +130,7 @@ def main() -> None:
         from difftrain.evaluation.run_eval import evaluate_run
 
         scores = evaluate_run(args.out / "vae", metrics=["fid"], seed=args.seed)[-1]
-        autoencoder |= {k: scores[k] for k in ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor")}
+        autoencoder |= {k: scores[k] for k in ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor") if k in scores}
         print(f"autoencoder: {autoencoder}", flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "text2image", "--data", str(args.out / "data"),

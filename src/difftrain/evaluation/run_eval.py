@@ -241,7 +241,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
                         f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
     if run.is_autoencoder:
-        return evaluate_autoencoder(run, ds, chosen, metrics, ec, extractor, inception_weights, device)
+        return evaluate_autoencoder(run, ds, chosen, metrics, ec, extractor, inception_weights, device, warn)
     ds = ds.seen_as(run.modality)  # (latent diffusion: the images through the run's autoencoder)
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
@@ -288,14 +288,19 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
 
 
 def evaluate_autoencoder(run: Run, ds: PreparedDataset, chosen: list, metrics: list[str], ec: EvalConfig,
-                         extractor: str | None, inception_weights: str | None, device) -> list[dict[str, Any]]:
+                         extractor: str | None, inception_weights: str | None, device, warn=print) -> list[dict[str, Any]]:
     """An autoencoder's checkpoints scored by their reconstructions (evaluation/reconstruction.py): PSNR and SSIM beside
-    resizing's, and rFID beside its floor when `fid` is asked for. One process does it all."""
+    resizing's, and rFID beside its floor when `fid` is asked for and the data has a feature space. One process does it
+    all."""
     from difftrain.evaluation.reconstruction import reconstruction_scores
 
     records = []
     if is_main_process():
-        ext = extractor_for(ds, ec, [m for m in metrics if m == "fid"], extractor, inception_weights, device)
+        try:
+            ext = extractor_for(ds, ec, [m for m in metrics if m == "fid"], extractor, inception_weights, device)
+        except UserError as e:  # (unlabelled images have no classifier features): the pixel scores still stand
+            warn(f"rFID skipped: {e}")
+            ext = None
         log = MetricsLog(run.path)
         try:
             for ckpt in chosen:

@@ -1,0 +1,143 @@
+"""Latent diffusion: an autoencoder trained by difftrain (diffusers' AutoencoderKL) and scored by its reconstructions,
+then a diffusion model in its latent space, the images encoded once; what a user sees stays images."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difftrain.config import AutoencoderConfig
+from difftrain.data import load_dataset, prepare_dataset
+from difftrain.evaluation.reconstruction import psnr, ssim
+from difftrain.models.autoencoder import build_autoencoder
+from difftrain.store.run import open_run
+from tests.conftest import tiny_overrides
+from tests.test_cli import cli, difftrain
+
+AUTOENCODER = {"model.autoencoder.channels": "[16, 32]", "model.autoencoder.norm_groups": 8, "train.duration_steps": 4,
+               "train.grid_every_images": 32}
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "pairs"
+    prepare_dataset("digit-pairs", out, limit=200, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(pairs_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "vae"
+    cli("train", "--preset", "autoencoder", "--out", run, "--no-progress", *tiny_overrides(pairs_dir, **AUTOENCODER))
+    return run
+
+
+def latent_run(pairs_dir: Path, run: Path, autoencoder: Path, **extra) -> list[str]:
+    return ["train", "--preset", "text2image", "--out", run, "--latent", autoencoder, "--no-progress", *tiny_overrides(pairs_dir, **{
+        "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16,
+        "model.dit.caption_depth": 1, "model.dit.patch": 1, "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
+
+
+def test_reconstruction_metrics_against_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 255, (3, 8, 16, 1), dtype=np.uint8)
+    assert psnr(a + 1, a) == pytest.approx(10 * math.log10(255 ** 2))  # an error of one level everywhere: MSE 1
+    assert psnr(a, a) == pytest.approx(10 * math.log10(255 ** 2 * 12))  # a copy: the 8-bit quantisation limit
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(255 - a, a) < 0  # the negative image anticorrelates
+    assert ssim(np.full_like(a, 128), a) < 0.05
+
+
+def test_the_autoencoder_halves_each_side_per_level_and_refuses_sizes_it_cannot():
+    net = build_autoencoder(AutoencoderConfig(channels=[16, 32, 32], norm_groups=8), (1, 28, 56), 0)
+    assert net.latent_shape((1, 28, 56)) == (4, 7, 14)
+    x = torch.rand(2, 1, 28, 56) * 2 - 1
+    assert net.encode(x).shape == (2, 4, 7, 14) and net.reconstruct(x).shape == x.shape
+    with pytest.raises(Exception, match="do not divide by 4"):
+        build_autoencoder(AutoencoderConfig(channels=[16, 32, 32], norm_groups=8), (1, 8, 10), 0)
+
+
+def test_train_an_autoencoder_score_it_and_refuse_to_sample_from_it(pairs_dir, autoencoder_run, tmp_path):
+    config = open_run(autoencoder_run).config
+    assert config.model.arch == "autoencoder" and not config.model.conditional  # the data's captions and classes unused
+    assert list((autoencoder_run / "samples").glob("grid-*.png"))  # held-out images beside their reconstructions
+
+    result = cli("eval", autoencoder_run, "--json")
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
+    assert {"psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor"} <= set(record)
+    assert record["n_reconstructed"] == len(load_dataset(pairs_dir).test_data)
+    assert record["rfid"] >= 0 and record["rfid_floor"] >= 0
+    assert "| PSNR, dB |" in (autoencoder_run / "README.md").read_text()
+
+    drawn = difftrain("sample", autoencoder_run, "--n", "2", "--out", tmp_path / "s.npz")
+    assert drawn.returncode == 2 and "it encodes and decodes images and draws none" in " ".join(drawn.stderr.split())
+    during = difftrain("train", "--preset", "autoencoder", "--out", tmp_path / "v", *tiny_overrides(
+        pairs_dir, **{**AUTOENCODER, "eval.every_images": 32}))
+    assert during.returncode == 2 and "an autoencoder draws no samples" in " ".join(during.stderr.split())
+
+
+def test_latent_diffusion_trains_on_latents_encoded_once_and_samples_images(pairs_dir, autoencoder_run, tmp_path):
+    run = tmp_path / "ldm"
+    cli(*latent_run(pairs_dir, run, autoencoder_run))
+    spec = json.loads((run / "dataset.json").read_text())["modality"]
+    assert spec["kind"] == "image" and spec["shape"] == [8, 16, 1] and spec["latent"]["shape"] == [4, 4, 8]
+    # Pinned to the autoencoder's checkpoint, with a copy of its weights in the run.
+    assert open_run(run).config.model.latent == str(next((autoencoder_run / "checkpoints").glob("ckpt-*")).resolve())
+    assert (run / "autoencoder.safetensors").is_file()
+    codes = np.load(run / "latents" / "train.npy")
+    assert codes.shape == (len(load_dataset(pairs_dir).train_data), 4, 4, 8)
+    assert codes.std() == pytest.approx(1.0, abs=1e-4)  # scaled to unit variance
+    assert open_run(run).config.diffusion.sigma_data == 1.0
+
+    # The model tensors are the autoencoder's latents, scaled: decoding them is the autoencoder's reconstruction.
+    modality = open_run(run).modality
+    images = load_dataset(pairs_dir).test_data[:4]
+    x = torch.from_numpy(images)
+    vae = open_run(autoencoder_run).network(open_run(autoencoder_run).checkpoint())
+    with torch.no_grad():
+        expected = ((vae.reconstruct(x.permute(0, 3, 1, 2).float() / 127.5 - 1) + 1) * 127.5).round().clamp(0, 255)
+    assert np.array_equal(modality.from_model(modality.to_model(x)), expected.to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+    # What a user gets is images: the samples file, and evaluation against the image data.
+    cli("sample", run, "--prompt", "a 3 to the left of a 7", "--n", "3", "--steps", "2", "--out", tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (3, 8, 16, 1)
+    result = cli("eval", run, "--n", "40", "--metrics", "fid", "--steps", "2", "--json")
+    [record] = json.loads(result.stdout[result.stdout.index("["):])
+    assert record["fid"] >= 0 and 0 <= record["label_agreement"] <= 1
+    nll = difftrain("eval", run, "--metrics", "nll")
+    assert nll.returncode == 2 and "leave nll out" in " ".join(nll.stderr.split())
+
+    # Resumed, it reads its latents and its autoencoder copy back, even once the autoencoder run is gone.
+    away = autoencoder_run.with_name("away")
+    autoencoder_run.rename(away)
+    try:
+        before = (run / "latents" / "train.npy").stat().st_mtime_ns
+        cli("train", "--out", run, "--resume", "--no-progress", "train.duration_steps=6")
+        assert (run / "latents" / "train.npy").stat().st_mtime_ns == before
+        assert open_run(run).checkpoint().info["step"] == 6
+        cli("sample", run, "--prompt", "a 3 to the left of a 7", "--n", "2", "--steps", "2", "--out", tmp_path / "t.npz")
+    finally:
+        away.rename(autoencoder_run)
+
+    # A changed copy is refused, not decoded with.
+    weights = run / "autoencoder.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    broken = difftrain("sample", run, "--prompt", "a 1 to the left of a 2", "--n", "2", "--out", tmp_path / "b.npz")
+    assert broken.returncode == 2 and "is not the autoencoder this run was trained with" in " ".join(broken.stderr.split())
+
+
+def test_latent_needs_an_autoencoder_run_of_the_same_images(pairs_dir, autoencoder_run, tmp_path, digits_dir):
+    other = tmp_path / "pixel"
+    cli(*latent_run(pairs_dir, tmp_path / "ok", autoencoder_run))  # (the fixture's run, for the next refusals)
+    not_vae = difftrain(*latent_run(pairs_dir, tmp_path / "x", tmp_path / "ok"))
+    assert not_vae.returncode == 2 and "not an autoencoder" in " ".join(not_vae.stderr.split())
+    missing = difftrain(*latent_run(pairs_dir, other, tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "is no difftrain run" in " ".join(missing.stderr.split())
+    wrong = difftrain("train", "--out", tmp_path / "d", "--latent", autoencoder_run, *tiny_overrides(digits_dir))
+    assert wrong.returncode == 2 and "train an autoencoder on images of this size" in " ".join(wrong.stderr.split())
