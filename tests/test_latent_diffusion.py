@@ -141,3 +141,72 @@ def test_latent_needs_an_autoencoder_run_of_the_same_images(pairs_dir, autoencod
     assert missing.returncode == 2 and "is no difftrain run" in " ".join(missing.stderr.split())
     wrong = difftrain("train", "--out", tmp_path / "d", "--latent", autoencoder_run, *tiny_overrides(digits_dir))
     assert wrong.returncode == 2 and "train an autoencoder on images of this size" in " ".join(wrong.stderr.split())
+
+
+# ---- export: a Stable Diffusion folder that stock diffusers samples from a prompt ----
+
+
+@pytest.fixture(scope="module")
+def latent_unet_run(pairs_dir, autoencoder_run, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "ldm-unet"
+    cli(*latent_run(pairs_dir, run, autoencoder_run, **{"model.arch": "unet", "model.unet.caption_width": 32,
+                                                        "model.unet.caption_depth": 1}))
+    return run
+
+
+def test_the_caption_encoder_and_tokenizer_carry_over_exactly(latent_unet_run):
+    from difftrain.pretrained.stable_diffusion import caption_text_model, caption_tokenizer
+
+    run = open_run(latent_unet_run)
+    encoder = run.network(run.checkpoint()).captions
+    captions = run.modality.captions
+    prompts = ["a 3 to the left of a 7", "1 then 2", ""]
+    rows = captions.encode(prompts)
+    tokenizer = caption_tokenizer(captions, captions.length)
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    assert np.array_equal(ids.numpy(), rows)  # the empty prompt (the pipeline's negative one) is the null caption
+    assert (rows[2] == captions.pad_id).all()
+    with torch.no_grad():
+        assert torch.allclose(caption_text_model(encoder)(ids)[0], encoder(torch.from_numpy(rows))[0], atol=1e-5)
+
+
+def test_a_latent_captioned_unet_exports_to_stable_diffusion_and_samples_as_difftrain(latent_unet_run, tmp_path):
+    from diffusers import DiffusionPipeline, EDMEulerScheduler, StableDiffusionPipeline
+
+    from difftrain.conditioning import conditions_of_network
+    from difftrain.diffusion import guided_denoiser, sample_euler, sampling_sigmas
+
+    out = tmp_path / "exported"
+    cli("export", latent_unet_run, "--out", out)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe) is StableDiffusionPipeline and type(pipe.scheduler) is EDMEulerScheduler
+    assert "height=8, width=16" in (out / "README.md").read_text()
+
+    steps, seed, guidance = 6, 3, 2.0
+    final = []
+    step = pipe.scheduler.step
+    pipe.scheduler.step = lambda *a, **k: final.append(step(*a, **k)) or final[-1]
+    images = pipe("a 3 to the left of a 7", height=8, width=16, num_inference_steps=steps, guidance_scale=guidance,
+                  num_images_per_prompt=2, output_type="np", generator=torch.Generator().manual_seed(seed)).images
+    assert images.shape == (2, 8, 16, 1)
+
+    # difftrain's Euler sampler with its guidance, from the pipeline's start (noise * sqrt(sigma_max^2 + 1)).
+    run = open_run(latent_unet_run)
+    denoiser = run.denoiser(run.checkpoint())
+    sigmas = sampling_sigmas(denoiser.formulation, steps, "karras")
+    noise = torch.randn(2, *run.modality.model_shape, generator=torch.Generator().manual_seed(seed))
+    caption = torch.from_numpy(run.modality.captions.encode(["a 3 to the left of a 7"] * 2))
+    conditioner = conditions_of_network(denoiser.net)
+    guided = guided_denoiser(denoiser, conditioner.sampling(caption), guidance, conditioner.null_like)
+    ours = sample_euler(guided, noise * (sigmas[0] ** 2 + 1).sqrt(), sigmas, generator=torch.Generator())
+    theirs = final[-1][0]
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    assert np.abs(run.modality.from_model(ours).astype(np.float32) / 255 - images).max() <= 0.5 / 255 + 1e-3
+
+
+def test_exports_that_no_stock_pipeline_can_sample_are_refused(pairs_dir, autoencoder_run, tmp_path):
+    dit = tmp_path / "ldm-dit"
+    cli(*latent_run(pairs_dir, dit, autoencoder_run))
+    refused = difftrain("export", dit, "--out", tmp_path / "e1")
+    assert refused.returncode == 2 and "no stock diffusers pipeline takes difftrain's DiT" in " ".join(refused.stderr.split())
+    assert not (tmp_path / "e1").exists()  # (pixel-space runs: tests/test_text_to_image.py)

@@ -175,8 +175,8 @@ def test_train_a_captioned_unet_and_an_unconditional_model_on_captions(pairs_dir
                                                  "model.unet.caption_depth": 1, "train.hflip": "true"}))
     assert "mirrors the images but not their captions" in " ".join(result.output.split())
     cli("sample", run, "--prompt", "3 then 7", "--n", "2", "--steps", "2", "--out", tmp_path / "u.npz")
-    refused = difftrain("export", run, "--out", tmp_path / "exported")  # not yet: a diffusers text-to-image folder
-    assert refused.returncode == 2 and "CaptionedUNet network cannot be loaded" in " ".join(refused.stderr.split())
+    refused = difftrain("export", run, "--out", tmp_path / "exported")  # pixels: Stable Diffusion decodes through a VAE
+    assert refused.returncode == 2 and "train in an autoencoder's latent space" in " ".join(refused.stderr.split())
     # Unconditional on the same data: no caption encoder, and no --prompt.
     run = tmp_path / "plain"
     cli(*caption_run(pairs_dir, run, **{"model.conditional": "false", "sample.guidance": 1}))

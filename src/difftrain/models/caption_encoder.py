@@ -14,7 +14,7 @@ from torch.nn import functional as F
 class CaptionEncoder(nn.Module):
     def __init__(self, vocab: int, length: int, pad_id: int, width: int, depth: int, heads: int):
         super().__init__()
-        self.pad_id = pad_id
+        self.pad_id, self.heads = pad_id, heads
         self.embed = nn.Embedding(vocab, width)
         self.position = nn.Parameter(torch.randn(length, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
