@@ -37,10 +37,16 @@ def autoencoder_run(pairs_dir, tmp_path_factory) -> Path:
     return run
 
 
-def latent_run(pairs_dir: Path, run: Path, autoencoder: Path, **extra) -> list[str]:
-    return ["train", "--preset", "text2image", "--out", run, "--latent", autoencoder, "--no-progress", *tiny_overrides(pairs_dir, **{
+def small_text2image(pairs_dir: Path, run: Path, *flags, **extra) -> list[str]:
+    """`train --preset text2image` of a tiny DiT (or with model.arch=unet, a tiny UNet) for a few steps."""
+    return ["train", "--preset", "text2image", "--out", run, "--no-progress", *flags, *tiny_overrides(pairs_dir, **{
         "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16,
-        "model.dit.caption_depth": 1, "model.dit.patch": 1, "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
+        "model.dit.caption_depth": 1, "model.dit.patch": 1, "model.unet.caption_width": 32, "model.unet.caption_depth": 1,
+        "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
+
+
+def latent_run(pairs_dir: Path, run: Path, autoencoder: Path, **extra) -> list[str]:
+    return small_text2image(pairs_dir, run, "--latent", autoencoder, **extra)
 
 
 def test_reconstruction_metrics_against_closed_forms():
@@ -149,8 +155,7 @@ def test_latent_needs_an_autoencoder_run_of_the_same_images(pairs_dir, autoencod
 @pytest.fixture(scope="module")
 def latent_unet_run(pairs_dir, autoencoder_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "ldm-unet"
-    cli(*latent_run(pairs_dir, run, autoencoder_run, **{"model.arch": "unet", "model.unet.caption_width": 32,
-                                                        "model.unet.caption_depth": 1}))
+    cli(*latent_run(pairs_dir, run, autoencoder_run, **{"model.arch": "unet"}))
     return run
 
 

@@ -152,6 +152,15 @@ def test_train_on_captions_and_sample_from_a_prompt(pairs_dir, tmp_path):
     with np.load(record["samples_file"]) as f:
         assert json.loads(str(f["meta"]))["prompts"] == text
 
+    # A guidance sweep: one record per weight, and the trade-off plotted.
+    result = cli("eval", run, "--n", "20", "--metrics", "fid", "--steps", "2", "--guidance", "1,3", "--json")
+    records = json.loads(result.stdout[result.stdout.index("["):])
+    assert [r["guidance"] for r in records] == [1, 3] and all("label_agreement" in r for r in records)
+    assert (run / "eval" / "metrics-vs-guidance.png").is_file()
+    assert "metrics-vs-guidance.png" in (run / "README.md").read_text()
+    bad = difftrain("eval", run, "--guidance", "1,x")
+    assert bad.returncode == 2 and "give numbers separated by commas" in " ".join(bad.stderr.split())
+
 
 def test_a_captioned_unet_hears_its_caption_through_cross_attention():
     from difftrain.config import UNetConfig

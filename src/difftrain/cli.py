@@ -201,6 +201,9 @@ def train(
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
     latent: Optional[str] = typer.Option(None, help="Latent diffusion: diffuse in the latent space of this autoencoder "
                                          "run (`--preset autoencoder`) or checkpoint; the images are encoded once (model.latent)."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Captioned images: a local pretrained text "
+                                               "model folder (transformers format with its tokenizer, e.g. a CLIPTextModel), "
+                                               "frozen, instead of a caption encoder trained from scratch (model.text_encoder)."),
 ) -> None:
     """Train a diffusion model, from scratch or from --init weights; extra `key=value` arguments override
     config fields (see `difftrain config`), e.g. finetune.lora_rank=8 or finetune.train_only=[up_blocks]."""
@@ -212,9 +215,8 @@ def train(
     if resume and init:
         raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
-    # Absolute, so that a run started elsewhere still finds it.
-    if latent is not None:
-        flags.append(f"model.latent={Path(latent).resolve()}")
+    # Absolute, so that a run started elsewhere still finds them.
+    flags += [f"model.{key}={Path(value).resolve()}" for key, value in (("latent", latent), ("text_encoder", text_encoder)) if value]
     cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
     several = processes > 1 or "LOCAL_RANK" in os.environ
     if out_dir is None and several:
@@ -505,7 +507,8 @@ def evaluate(
     steps: Optional[str] = typer.Option(None, help="Sampling steps, one or a comma list such as 5,10,20,50 (default: the run's config)."),
     n: Optional[int] = typer.Option(None, "--n", min=10, help="Samples per evaluation (default: eval.n_samples)."),
     metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, dist, cas, mem, nll; text also judge (default: eval.metrics)."),
-    guidance: Optional[float] = typer.Option(None, help="Guidance weight."),
+    guidance: Optional[str] = typer.Option(None, help="Guidance weight, one or a comma list such as 1,2,4: a sweep of "
+                                           "quality against prompt or label following (RUN/eval/metrics-vs-guidance.png)."),
     prompts: Optional[Path] = typer.Option(None, help="Captioned images: a text file of prompts, one per line, to sample "
                                            "for (default: the held-out captions); prompt following is scored when each "
                                            "is the caption of training images of one class."),
@@ -547,10 +550,11 @@ def evaluate(
         from difftrain.report.card import write_report
 
         step_list = _int_list(steps, "--steps") if steps else None
+        guidances = _float_list(guidance, "--guidance") if guidance else None
         with Progress(console=console, transient=True, disable=not main) as bar:
             # Images this process sampled, over all checkpoints and step counts.
             task = bar.add_task("sampling (then scoring)", total=None)
-            records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidance,
+            records = evaluate_run(run, checkpoints=checkpoints, steps=step_list, sampler=sampler, guidance=guidances,
                                    temperature=temperature, n=n,
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
@@ -587,6 +591,16 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text}: give numbers separated by commas, e.g. 1,2,4") from None
+    if not values:
+        raise UserError(f"{option} {text}: give at least one number")
+    return values
+
+
 def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
     """Several evaluations: a column each (images, sampler, steps, n), then a floor column per sample count."""
     from rich import box
@@ -595,7 +609,8 @@ def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
     table = Table("metric", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for r in records:
         images = f"{r['images']:,}" if isinstance(r.get("images"), int) else "-"
-        table.add_column(f"{images}\n{r.get('sampler', '-')}\n{r.get('steps', '-')} steps\nn={r.get('n_samples')}", justify="right")
+        guided = f"\ng={r['guidance']:g}" if isinstance(r.get("guidance"), (int, float)) else ""
+        table.add_column(f"{images}\n{r.get('sampler', '-')}\n{r.get('steps', '-')} steps{guided}\nn={r.get('n_samples')}", justify="right")
     for n_samples in floors:
         table.add_column(f"floor\nreal\ndata\nn={n_samples}", justify="right", style="dim")
     for title, (key, floor) in shown.items():

@@ -197,6 +197,7 @@ class ModelConfig(Section):
     transformer1d: Transformer1DConfig = Field(default_factory=Transformer1DConfig, description="Settings of model.arch=transformer1d.")
     token_transformer: TokenTransformerConfig = Field(default_factory=TokenTransformerConfig, description="Settings of model.arch=token_transformer.")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig, description="Settings of model.arch=autoencoder.")
+    text_encoder: str | None = Field(None, description="Captioned images: a local pretrained text model folder (transformers format, with its tokenizer; e.g. a CLIPTextModel) used frozen in place of a caption encoder trained from scratch; each caption's hidden states are computed once.")
     latent: str | None = Field(None, description="Latent diffusion (`train --latent RUN`): an autoencoder run, or one of its checkpoints, whose latent space the model diffuses in; the images are encoded once. Pinned to that checkpoint's folder when training starts.")
     conditional: bool = Field(True, description="Condition on the dataset's class labels when it has them.")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of dropping the label in training, for classifier-free guidance.")

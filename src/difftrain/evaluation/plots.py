@@ -1,5 +1,5 @@
-"""PNG plots of a run's evaluation records: each metric against training images and
-against sampling steps, with the real-data floor drawn where the metric has one."""
+"""PNG plots of a run's evaluation records: each metric against training images, against sampling steps and against
+the guidance weight, with the real-data floor drawn where the metric has one."""
 
 from __future__ import annotations
 
@@ -47,29 +47,36 @@ def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dic
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write RUN/eval/metrics-vs-images.png and, when several step counts were scored, metrics-vs-steps.png."""
+    """Write RUN/eval/metrics-vs-images.png and, when several step counts or guidance weights were scored at the latest
+    checkpoint, metrics-vs-steps.png and metrics-vs-guidance.png."""
     run_dir = Path(run_dir)
     evals = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
     if not evals:
         return []
     by_images: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_steps: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    by_guidance: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     latest = max(r["images"] for r in evals)
     # Floors depend on the sample count and the feature space: one dashed line per (extractor, n).
     floors: dict[str, dict[str, float]] = defaultdict(dict)
     for r in evals:
         during = " (during training)" if r.get("during_training") else ""
         space = f"n={r.get('n_samples', '-')}" + (f", {r['extractor']}" if r.get("extractor") else "")
+        g = f", guidance {r['guidance']:g}" if isinstance(r.get("guidance"), (int, float)) else ""
         for key in PLOTTED:
             if isinstance(r.get(key), (int, float)):
-                by_images[key][f"{r.get('sampler', '-')} {r.get('steps', '-')} steps, {space}{during}"].append((r["images"], r[key]))
+                by_images[key][f"{r.get('sampler', '-')} {r.get('steps', '-')} steps{g}, {space}{during}"].append((r["images"], r[key]))
                 # The likelihood does not depend on the sampler: it is plotted against training only.
                 if r["images"] == latest and not r.get("during_training") and "steps" in r and key != "nll_bits_per_dim":
-                    by_steps[key][f"{r['sampler']}, {space}"].append((r["steps"], r[key]))
+                    by_steps[key][f"{r['sampler']}{g}, {space}"].append((r["steps"], r[key]))
+                    if g:
+                        by_guidance[key][f"{r['sampler']} {r['steps']} steps, {space}"].append((r["guidance"], r[key]))
             floor = r.get("cas_real" if key == "cas" else f"{key}_floor")  # CAS: the same classifier trained on real data
             if isinstance(floor, (int, float)):
                 floors[key][f"floor, {space}"] = floor
     written = [_figure(by_images, floors, "training images", run_dir / "eval" / "metrics-vs-images.png")]
     if any(len({x for x, _ in pts}) > 1 for groups in by_steps.values() for pts in groups.values()):
         written.append(_figure(by_steps, floors, "sampling steps", run_dir / "eval" / "metrics-vs-steps.png", log_x=True))
+    if any(len({x for x, _ in pts}) > 1 for groups in by_guidance.values() for pts in groups.values()):
+        written.append(_figure(by_guidance, floors, "guidance weight", run_dir / "eval" / "metrics-vs-guidance.png"))
     return [p for p in written if p is not None]

@@ -208,7 +208,7 @@ def extractor_for(ds: PreparedDataset, ec: EvalConfig, metrics: list[str], choic
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: list[int] | None = None, sampler: str | None = None,
-                 guidance: float | None = None, temperature: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
+                 guidance: float | list[float] | None = None, temperature: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
                  nll_images: int | None = None, device: str = "cpu", progress=None, warn=print,
                  say: Callable[[str], None] = print, prompts: list[str] | None = None) -> list[dict[str, Any]]:
@@ -230,8 +230,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         ec = ec.model_copy(update={"nll_images": nll_images})
     metrics = parse_metrics(metrics or ec.metrics)
     n = n or ec.n_samples
-    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=guidance, temperature=temperature)
-             for s in (steps or [None])]
+    # Every step count at every guidance weight (a sweep: quality against prompt following).
+    guidances = guidance if isinstance(guidance, list) else [guidance]
+    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=g, temperature=temperature)
+             for s in (steps or [None]) for g in guidances]
     chosen = select_checkpoints(run, checkpoints, warn)
     if data is None and not Path(run.dataset["path"]).is_dir():
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "

@@ -92,6 +92,10 @@ def build_network(cfg: ModelConfig, modality, num_classes: int) -> torch.nn.Modu
         elif arch not in CAPTIONED:
             raise UserError(f"this data is captioned, and model.arch={arch} has no cross-attention for captions yet: "
                             f"train it with model.arch={' or '.join(CAPTIONED)}, or set model.conditional=false")
+        elif cfg.text_encoder:  # a local pretrained text model, frozen, in the place of one trained from scratch
+            from difftrain.models.pretrained_text import PretrainedCaptionEncoder
+
+            options = {"caption_encoder": PretrainedCaptionEncoder(cfg.text_encoder, modality.captions)}
     return NETWORKS[arch](cfg.section(arch), modality.model_shape, num_classes if cfg.conditional else 0, **options)
 
 

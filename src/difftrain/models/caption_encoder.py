@@ -22,12 +22,30 @@ class CaptionEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
+    @property
+    def length(self) -> int:
+        """The caption rows' length (T)."""
+        return self.position.shape[0]
+
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T) ids -> tokens (B, T, width) and pooled (B, width). Padding is attended to like any character (a
         caption of padding alone has nothing else to attend to), but pooling counts the characters only."""
         h = self.norm(self.layers(self.embed(ids) + self.position[: ids.shape[1]]))
         chars = (ids != self.pad_id).to(h.dtype)[..., None]
         return h, (h * chars).sum(1) / chars.sum(1).clamp(min=1)
+
+
+class ProjectedCaptions(nn.Module):
+    """Another caption encoder's tokens and pooled vector (a pretrained one's width) mapped to the network's width."""
+
+    def __init__(self, encoder: nn.Module, width: int):
+        super().__init__()
+        self.encoder, self.pad_id, self.length = encoder, encoder.pad_id, encoder.length
+        self.project = nn.Linear(encoder.width, width)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        tokens, pooled = self.encoder(ids)
+        return self.project(tokens), self.project(pooled)
 
 
 class CrossAttention(nn.Module):

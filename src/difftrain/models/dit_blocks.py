@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difftrain.models.caption_encoder import CaptionEncoder, CrossAttention
+from difftrain.models.caption_encoder import CaptionEncoder, CrossAttention, ProjectedCaptions
 from difftrain.models.mlp import PositionalEmbedding
 
 
@@ -60,12 +60,17 @@ class DiTBackbone(nn.Module):
     `caption_vocab` > 0, on a caption of `caption_length` character ids (`caption_pad` pads it; padding alone: none)."""
 
     def __init__(self, width: int, depth: int, heads: int, dropout: float, embedding_dim: int, num_classes: int,
-                 caption_vocab: int = 0, caption_length: int = 0, caption_pad: int | None = None, caption_depth: int = 2):
+                 caption_vocab: int = 0, caption_length: int = 0, caption_pad: int | None = None, caption_depth: int = 2,
+                 caption_encoder: nn.Module | None = None):
         super().__init__()
         self.num_classes = num_classes
+        if caption_encoder is not None:  # a pretrained, frozen one (models/pretrained_text.py), projected to the width
+            self.captions = ProjectedCaptions(caption_encoder, width)
+            caption_vocab, caption_pad = 1, caption_encoder.pad_id
+        else:
+            self.captions = CaptionEncoder(caption_vocab, caption_length, caption_pad, width, caption_depth, heads) \
+                if caption_vocab else None
         self.caption_pad = caption_pad if caption_vocab else None
-        self.captions = CaptionEncoder(caption_vocab, caption_length, caption_pad, width, caption_depth, heads) \
-            if caption_vocab else None
         self.noise_embedding = PositionalEmbedding(embedding_dim)
         self.noise_in = nn.Linear(embedding_dim, width)
         self.noise_out = nn.Linear(width, width)
@@ -102,7 +107,7 @@ class DiTBackbone(nn.Module):
         if self.captions is not None:
             ids = (cond or {}).get("caption")
             if ids is None:
-                ids = torch.full((x.shape[0], self.captions.position.shape[0]), self.caption_pad, device=x.device)
+                ids = torch.full((x.shape[0], self.captions.length), self.caption_pad, device=x.device)
             context, pooled = self.captions(ids.long())
             emb = emb + pooled
         return F.silu(emb), context

@@ -3,12 +3,13 @@
 
 The parts, each a stock class:
 - unet: the run's `UNet2DConditionModel`, as trained.
-- text_encoder: the caption encoder as a transformers `SiglipTextModel`. Both are the same pre-LayerNorm, bidirectional
-  transformer with learned positions and a final LayerNorm, so the weights carry over one to one (attention's packed
-  q/k/v split in three) and the outputs agree to float rounding (tested).
-- tokenizer: the captions' characters as a `tokenizers` WordLevel model with one token per character, padded to the
-  caption length. The empty prompt is all padding: difftrain's null caption, so the pipeline's classifier-free
-  guidance (an empty negative prompt) is difftrain's.
+- text_encoder: a pretrained one (model.text_encoder) as it is. Else the caption encoder as a transformers
+  `SiglipTextModel`: both are the same pre-LayerNorm, bidirectional transformer with learned positions and a final
+  LayerNorm, so the weights carry over one to one (attention's packed q/k/v split in three) and the outputs agree to
+  float rounding (tested).
+- tokenizer: a pretrained encoder's own. Else the captions' characters as a `tokenizers` WordLevel model, one token
+  per character, padded to the caption length. Either way the empty prompt is difftrain's null caption, so the
+  pipeline's classifier-free guidance (an empty negative prompt) is difftrain's.
 - vae: the run's autoencoder, whose `scaling_factor` is the run's latent scale.
 - scheduler: the formulation's stock sampler (EDM: `EDMEulerScheduler`, VP: `DDIMScheduler`), as `difftrain export`
   chooses for class-conditional models (pretrained/diffusers_format.py).
@@ -103,34 +104,44 @@ def write_text_to_image(run, checkpoint, out: Path, info: dict[str, Any], *, ove
     _, scheduler_name, scheduler_kwargs = diffusion_to_scheduler(run.config.diffusion, conditional=True)
     vae = copy.deepcopy(run.modality.autoencoder.vae)
     vae.register_to_config(scaling_factor=run.modality.scale)
+    pretrained = run.config.model.text_encoder
+    if pretrained:  # the frozen pretrained text model and its tokenizer, as they are
+        from difftrain.models.pretrained_text import load_text_model
+
+        tokenizer, text_encoder = (copy.deepcopy(part) for part in load_text_model(pretrained))
+    else:
+        tokenizer, text_encoder = caption_tokenizer(captions, captions.length), caption_text_model(net.captions)
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=caption_text_model(net.captions),
-        tokenizer=caption_tokenizer(captions, captions.length), unet=copy.deepcopy(net.unet),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=copy.deepcopy(net.unet),
         scheduler=SCHEDULERS[scheduler_name](**scheduler_kwargs), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     h, w, _ = run.sample_shape
     try:
         with atomic_directory(out, overwrite) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
-            # The tokenizer's class by the name every transformers version has (5.x saves its new TokenizersBackend).
-            index = json.loads((tmp / "model_index.json").read_text())
-            index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if not pretrained:  # the tokenizer's class by the name every transformers version has (5.x saves its new TokenizersBackend)
+                index = json.loads((tmp / "model_index.json").read_text())
+                index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
-            (tmp / "README.md").write_text(_readme(scheduler_name, h, w, captions))
+            (tmp / "README.md").write_text(_readme(scheduler_name, h, w, captions, pretrained))
     except FileExistsError:
         raise UserError(f"{out} appeared while exporting: choose another output folder or pass --overwrite") from None
     return out
 
 
-def _readme(scheduler: str, height: int, width: int, captions) -> str:
+def _readme(scheduler: str, height: int, width: int, captions, pretrained: str | None) -> str:
     steps = 32 if scheduler == "EDMEulerScheduler" else 50
+    encoder = (f"the frozen pretrained text model it was trained with ({pretrained}) and its tokenizer" if pretrained else
+               "difftrain's caption encoder as a `SiglipTextModel`, a character tokenizer")
+    reading = ("Prompts are read by the text model's own tokenizer." if pretrained else
+               f"Prompts are read a character at a time, at most {captions.length}; a character no training caption had "
+               "reads as padding.")
     return "\n".join([
         "# difftrain text-to-image model (diffusers format)",
         "",
         f"A latent diffusion model trained with difftrain, saved as a `StableDiffusionPipeline` with a `{scheduler}`: a "
-        "UNet2DConditionModel, difftrain's caption encoder as a `SiglipTextModel`, a character tokenizer and the "
-        "AutoencoderKL it was trained in.",
+        f"UNet2DConditionModel, {encoder}, and the AutoencoderKL it was trained in.",
         "",
         "```python",
         "import torch",
@@ -141,7 +152,6 @@ def _readme(scheduler: str, height: int, width: int, captions) -> str:
         "              generator=torch.Generator().manual_seed(0)).images",
         "```",
         "",
-        f"Pass `height={height}, width={width}`: the model was trained on images of that size. Prompts are read a "
-        f"character at a time, at most {captions.length}; a character no training caption had reads as padding.",
+        f"Pass `height={height}, width={width}`: the model was trained on images of that size. {reading}",
         f"`{INFO}` holds difftrain's metadata; diffusers ignores it.",
         ""])

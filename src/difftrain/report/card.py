@@ -68,7 +68,8 @@ def _evaluation(run_dir: Path, e: dict, during: list[dict], every_images: int, b
         parts += [f"Evaluated during training every {every_images:,} images on {b.get('n_samples', '?')} samples; "
                   f"the best checkpoint ({b['images']:,} images{f', {metric} {_fmt(b[metric])}' if metric else ''}) is kept in "
                   "`checkpoints/best`.", ""]
-    for name, title in (("metrics-vs-images.png", "metrics over training"), ("metrics-vs-steps.png", "metrics against sampling steps")):
+    for name, title in (("metrics-vs-images.png", "metrics over training"), ("metrics-vs-steps.png", "metrics against sampling steps"),
+                        ("metrics-vs-guidance.png", "metrics against the guidance weight")):
         if (run_dir / "eval" / name).is_file():
             parts += [f"![{title}](eval/{name})", ""]
     grid = Path(e.get("samples_file", "")).with_suffix(".png")
