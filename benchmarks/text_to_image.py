@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--latent", action="store_true", help="Diffuse in the latent space of an autoencoder trained first.")
     parser.add_argument("--autoencoder-images", type=int, default=60_000, help="With --latent: the autoencoder's training images.")
     parser.add_argument("--autoencoder-set", nargs="*", default=[], help="With --latent: config overrides of the autoencoder preset.")
+    parser.add_argument("--autoencoder", type=Path, default=None, help="With --latent: this autoencoder run (trained on "
+                        "the same folder: the same --mnist, --count and --seed) instead of training one.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -120,22 +122,25 @@ def main() -> None:
 
     threads = [f"train.threads={args.threads}"] if args.threads else []
     autoencoder = {}
-    if args.latent:
+    vae = args.autoencoder or args.out / "vae"
+    if args.latent and args.autoencoder is None:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "autoencoder", "--data", str(args.out / "data"),
-                        "--out", str(args.out / "vae"), f"train.duration_images={args.autoencoder_images}",
+                        "--out", str(vae), f"train.duration_images={args.autoencoder_images}",
                         f"train.seed={args.seed}", *threads, *args.autoencoder_set], check=True)
         autoencoder["train_seconds"] = time.perf_counter() - start
         autoencoder["config"] = args.autoencoder_set
+    if args.latent:
         from difftrain.evaluation.run_eval import evaluate_run
 
-        scores = evaluate_run(args.out / "vae", metrics=["fid"], seed=args.seed)[-1]
+        autoencoder["run"] = str(vae)
+        scores = evaluate_run(vae, metrics=["fid"], seed=args.seed, data=args.out / "data")[-1]
         autoencoder |= {k: scores[k] for k in ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor") if k in scores}
         print(f"autoencoder: {autoencoder}", flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "text2image", "--data", str(args.out / "data"),
                     "--out", str(args.out / "run"), f"train.duration_images={args.images}", f"train.seed={args.seed}",
-                    *(["--latent", str(args.out / "vae")] if args.latent else []), *threads, *args.set], check=True)
+                    *(["--latent", str(vae)] if args.latent else []), *threads, *args.set], check=True)
     train_seconds = time.perf_counter() - start
     from difftrain.store.metrics_log import read_metrics
 

@@ -23,6 +23,16 @@ def digits_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory) -> Path:
+    """300 of the built-in captioned digit pairs, prepared once for the whole session (read-only use)."""
+    from difftrain.data import prepare_dataset
+
+    out = tmp_path_factory.mktemp("data") / "pairs"
+    prepare_dataset("digit-pairs", out, limit=300, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_digits_dir(tmp_path_factory) -> Path:
     """40 training images: a few steps of batch 16 cross an epoch boundary."""
     from difftrain.data import prepare_dataset

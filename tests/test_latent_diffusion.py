@@ -12,22 +12,16 @@ import pytest
 import torch
 
 from difftrain.config import AutoencoderConfig
-from difftrain.data import load_dataset, prepare_dataset
+from difftrain.data import load_dataset
 from difftrain.evaluation.reconstruction import psnr, ssim
 from difftrain.models.autoencoder import build_autoencoder
 from difftrain.store.run import open_run
 from tests.conftest import tiny_overrides
 from tests.test_cli import cli, difftrain
+from tests.test_text_to_image import caption_run
 
 AUTOENCODER = {"model.autoencoder.channels": "[16, 32]", "model.autoencoder.norm_groups": 8, "train.duration_steps": 4,
                "train.grid_every_images": 32}
-
-
-@pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "pairs"
-    prepare_dataset("digit-pairs", out, limit=200, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +31,8 @@ def autoencoder_run(pairs_dir, tmp_path_factory) -> Path:
     return run
 
 
-def small_text2image(pairs_dir: Path, run: Path, *flags, **extra) -> list[str]:
-    """`train --preset text2image` of a tiny DiT (or with model.arch=unet, a tiny UNet) for a few steps."""
-    return ["train", "--preset", "text2image", "--out", run, "--no-progress", *flags, *tiny_overrides(pairs_dir, **{
-        "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16,
-        "model.dit.caption_depth": 1, "model.dit.patch": 1, "model.unet.caption_width": 32, "model.unet.caption_depth": 1,
-        "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
-
-
 def latent_run(pairs_dir: Path, run: Path, autoencoder: Path, **extra) -> list[str]:
-    return small_text2image(pairs_dir, run, "--latent", autoencoder, **extra)
+    return caption_run(pairs_dir, run, "--latent", autoencoder, "--no-progress", **extra)
 
 
 def test_reconstruction_metrics_against_closed_forms():
@@ -215,3 +201,15 @@ def test_exports_that_no_stock_pipeline_can_sample_are_refused(pairs_dir, autoen
     refused = difftrain("export", dit, "--out", tmp_path / "e1")
     assert refused.returncode == 2 and "no stock diffusers pipeline takes difftrain's DiT" in " ".join(refused.stderr.split())
     assert not (tmp_path / "e1").exists()  # (pixel-space runs: tests/test_text_to_image.py)
+
+
+def test_the_doctor_probes_captioned_and_latent_configs(pairs_dir, autoencoder_run, tmp_path):
+    probes = {}
+    for name, flags in (("pixels", []), ("latents", [f"model.latent={autoencoder_run}"])):
+        args = caption_run(pairs_dir, tmp_path / name)[5:]  # (the settings, without `train --preset ... --out RUN`)
+        result = cli("doctor", "--preset", "text2image", "--out", tmp_path / name, *args, *flags, "--json")
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["probe"]["images_per_second"] > 0
+        probes[name] = report["probe"]
+    # The latent network reads 4 channels of 4x8 latents: patches of another size than the pixels' 1 channel of 8x16.
+    assert probes["latents"]["parameters"] != probes["pixels"]["parameters"]

@@ -16,7 +16,8 @@ from difftrain.data import load_dataset
 from difftrain.models import pretrained_text
 from difftrain.store.run import open_run
 from tests.test_cli import cli, difftrain
-from tests.test_latent_diffusion import autoencoder_run, latent_run, pairs_dir, small_text2image  # noqa: F401 (fixtures)
+from tests.test_latent_diffusion import autoencoder_run, latent_run  # noqa: F401 (a fixture)
+from tests.test_text_to_image import caption_run
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -43,7 +44,7 @@ def clip_dir(tmp_path_factory) -> Path:
     return save_clip(tmp_path_factory.mktemp("clip") / "clip-text")
 
 
-def test_a_frozen_text_encoder_embeds_each_caption_once_and_stays_out_of_checkpoints(pairs_dir, clip_dir, tmp_path,  # noqa: F811
+def test_a_frozen_text_encoder_embeds_each_caption_once_and_stays_out_of_checkpoints(pairs_dir, clip_dir, tmp_path,
                                                                                       monkeypatch):
     embedded: list[str] = []
     embed = pretrained_text.PretrainedCaptionEncoder._embed
@@ -51,7 +52,7 @@ def test_a_frozen_text_encoder_embeds_each_caption_once_and_stays_out_of_checkpo
                         lambda self, texts: (embedded.extend(texts), embed(self, texts))[1])
     pretrained_text._CACHE.clear()
     run = tmp_path / "dit"
-    cli(*small_text2image(pairs_dir, run, "--text-encoder", clip_dir, **{"train.duration_steps": 6}))
+    cli(*caption_run(pairs_dir, run, "--text-encoder", clip_dir, **{"train.duration_steps": 6}))
     assert len(embedded) == len(set(embedded))  # each caption once
     ds = load_dataset(pairs_dir)
     assert set(embedded) <= set(ds.modality.captions.decode(ds.train_captions)) | set(
@@ -69,7 +70,7 @@ def test_a_frozen_text_encoder_embeds_each_caption_once_and_stays_out_of_checkpo
     (run / "config.yaml").write_text(config)
     changed = difftrain("sample", run, "--prompt", "3 then 7", "--n", "2", "--out", tmp_path / "c.npz")
     assert changed.returncode == 2 and "holds other weights than the text encoder" in " ".join(changed.stderr.split())
-    missing = difftrain(*small_text2image(pairs_dir, tmp_path / "m", **{"model.text_encoder": tmp_path / "nowhere"}))
+    missing = difftrain(*caption_run(pairs_dir, tmp_path / "m", **{"model.text_encoder": tmp_path / "nowhere"}))
     assert missing.returncode == 2 and "no config.json there" in " ".join(missing.stderr.split())
 
 

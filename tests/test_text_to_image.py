@@ -103,17 +103,12 @@ def test_a_captioned_dit_starts_at_zero_and_hears_its_caption():
     assert torch.equal(net(x, sigma, a), net(x, sigma, b))
 
 
-@pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "pairs"
-    prepare_dataset("digit-pairs", out, limit=300, progress=False)
-    return out
-
-
-def caption_run(pairs_dir: Path, run: Path, **extra) -> list[str]:
-    return ["train", "--preset", "text2image", "--out", run, *tiny_overrides(pairs_dir, **{
+def caption_run(pairs_dir: Path, run: Path, *flags, **extra) -> list[str]:
+    """`train --preset text2image` of a tiny DiT (or with model.arch=unet, a tiny UNet) for a few steps."""
+    return ["train", "--preset", "text2image", "--out", run, *flags, *tiny_overrides(pairs_dir, **{
         "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16,
-        "model.dit.caption_depth": 1, "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
+        "model.dit.caption_depth": 1, "model.unet.caption_width": 32, "model.unet.caption_depth": 1,
+        "train.duration_steps": 4, "train.grid_every_images": 64, **extra})]
 
 
 def test_train_on_captions_and_sample_from_a_prompt(pairs_dir, tmp_path):

@@ -33,6 +33,7 @@ from difftrain.training.optim import build_optimizer
 from difftrain.pretrained.source import config_for_source, open_pretrained
 from difftrain.training.performance import enabled
 from difftrain.training.sharding import is_sharded, sharded_config
+from difftrain.store.latent import latent_view
 from difftrain.training.trainee import build_trainee, check_batch, make_accelerator, random_stand_in
 from difftrain.training.trainer import total_images
 
@@ -80,21 +81,28 @@ class _Trainee:
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
         check_batch(tc, self.world)
-        self.num_classes = data.num_classes if config.model.conditional else 0
+        # As `train` conditions: on captions when the data has them, else on class labels.
+        captioned = data.dataset is not None and data.dataset.train_captions is not None and config.model.conditional
+        self.num_classes = data.num_classes if config.model.conditional and not captioned else 0
         if data.dataset is not None:
             items = data.dataset.train_data
-            labels = data.dataset.train_labels if self.num_classes else None
+            labels = data.dataset.train_captions if captioned else data.dataset.train_labels if self.num_classes else None
         else:  # the probe measures compute, not quality: random data of the right shape will do
             items, labels = random_stand_in(data.modality, tc.batch_size, self.num_classes, tc.seed)
         # The network trains as `train` builds it: the --init source's architecture, LoRA, compile, sharding.
         if config.finetune.init:
             config = config_for_source(config, open_pretrained(config.finetune.init, warn=lambda m: None))
-        config = with_data_defaults(config, data.modality, items)
+        modality = data.modality
+        if config.model.latent:  # latent diffusion: the network and the batches are the autoencoder's latents'
+            modality = latent_view(config, modality)
+            items, labels = items[:tc.batch_size], None if labels is None else labels[:tc.batch_size]
+        config = with_data_defaults(config, modality, items)
         if is_sharded(self.accelerator):
             config = sharded_config(config)
-        self.config = config
-        self.trainee, _ = build_trainee(config, self.accelerator, data.modality, self.num_classes,
-                                        lambda device: ArrayBatches(items, labels, data.modality, seed=tc.seed, device=device))
+        self.config, self.modality = config, modality
+        codes, view = modality.batch_view(items, None, self.device)
+        self.trainee, _ = build_trainee(config, self.accelerator, modality, self.num_classes,
+                                        lambda device: ArrayBatches(codes, labels, view, seed=tc.seed, device=device))
         t = self.trainee
         self.net, self.raw_net, self.ema, self.optimizer = t.net, t.raw_net, t.ema, t.optimizer
         self.denoiser, self.conditioner, self.batches, self.noise_gen = t.denoiser, t.conditioner, t.batches, t.noise_gen
@@ -247,7 +255,7 @@ def _fit(t: _Trainee, rows: list[BatchMemory], budget: int, budget_source: str) 
             suggestions.append("train.mixed_precision=bf16 stores activations in half the bytes")
         suggestions.append("gradient checkpointing would trade compute for activation memory (not yet a difftrain setting)")
         if best is None:
-            suggestions.append(f"a smaller model ({smaller_network_hint(t.config.model, t.trainee.batches.modality)}) needs less")
+            suggestions.append(f"a smaller model ({smaller_network_hint(t.config.model, t.modality)}) needs less")
     return Fit(str(t.device), budget, budget_source, tc.batch_size, configured, need, estimated,
                best.micro_batch if best else None, per_process_batch // best.micro_batch if best else None,
                best.peak_bytes if best else None, rows, suggestions)

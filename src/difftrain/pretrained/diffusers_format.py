@@ -189,6 +189,12 @@ def _portable_copy(unet: UNet2DModel) -> UNet2DModel:
     return copy
 
 
+def usage(*call: str) -> list[str]:
+    """An exported folder's README code: load it with stock diffusers, then `call` (lines) to sample."""
+    return ["```python", "import torch", "from diffusers import DiffusionPipeline", "",
+            'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")', *call, "```"]
+
+
 def _readme(pipeline: str, scheduler: str, diffusion: DiffusionConfig, unet_config, info: dict[str, Any]) -> str:
     """How to load and sample the exported folder with stock diffusers."""
     embeds = unet_config.num_class_embeds
@@ -204,13 +210,7 @@ def _readme(pipeline: str, scheduler: str, diffusion: DiffusionConfig, unet_conf
         "",
         f"A {what} image diffusion model trained with difftrain, saved as a `{pipeline}` with a `{scheduler}`.",
         "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")',
-        f"images = pipe({', '.join(args)}, generator=torch.Generator().manual_seed(0)).images",
-        "```",
+        *usage(f"images = pipe({', '.join(args)}, generator=torch.Generator().manual_seed(0)).images"),
         "",
         "`images` are PIL images; `output_type=\"np\"` gives float arrays in [0, 1].",
     ]

@@ -26,7 +26,7 @@ import torch
 
 from difftrain.atomic import atomic_directory
 from difftrain.errors import UserError
-from difftrain.pretrained.diffusers_format import INFO, SCHEDULERS, diffusion_to_scheduler
+from difftrain.pretrained.diffusers_format import INFO, SCHEDULERS, diffusion_to_scheduler, usage
 
 PAD = "<pad>"
 
@@ -143,14 +143,8 @@ def _readme(scheduler: str, height: int, width: int, captions, pretrained: str |
         f"A latent diffusion model trained with difftrain, saved as a `StableDiffusionPipeline` with a `{scheduler}`: a "
         f"UNet2DConditionModel, {encoder}, and the AutoencoderKL it was trained in.",
         "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        'pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")',
-        f'images = pipe("a prompt", height={height}, width={width}, num_inference_steps={steps}, guidance_scale=2.0,',
-        "              generator=torch.Generator().manual_seed(0)).images",
-        "```",
+        *usage(f'images = pipe("a prompt", height={height}, width={width}, num_inference_steps={steps}, guidance_scale=2.0,',
+               "              generator=torch.Generator().manual_seed(0)).images"),
         "",
         f"Pass `height={height}, width={width}`: the model was trained on images of that size. {reading}",
         f"`{INFO}` holds difftrain's metadata; diffusers ignores it.",

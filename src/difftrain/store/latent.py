@@ -40,35 +40,52 @@ def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, r
         spec = json.loads(summary.read_text())["modality"]
         return config, dataset.seen_as(modality_for({**spec, "latent": {**spec["latent"], "weights": str(copy)}}))
 
-    given = config.model.latent
-    source = source_run(given)
-    if source is None or not source.is_autoencoder:
-        what = "no difftrain run" if source is None else f"a model.arch={source.config.model.arch} run"
-        raise UserError(f"--latent {given} is {what}, not an autoencoder: train one first with `difftrain train --preset "
-                        f"autoencoder --data {dataset.path} --out RUN`, then pass --latent RUN")
-    if not source.modality.same_data(dataset.modality):
-        raise UserError(f"the autoencoder {source.path} was trained on {source.modality.kind} data "
-                        f"{source.modality.spec_summary()}, this data is {dataset.modality.kind} "
-                        f"{dataset.modality.spec_summary()}: train an autoencoder on images of this size")
-    checkpoint = resolve_checkpoint(source.path, "latest" if (Path(given) / "config.yaml").is_file() else str(given))
+    # Every process of a launch does this alike (the same files, each written atomically): no process waits for another.
+    checkpoint, settings = autoencoder_checkpoint(config.model.latent, dataset.modality, dataset.path)
     copy.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_file(copy) as tmp:
         shutil.copyfile(checkpoint.path / "ema.safetensors", tmp)
-    settings = source.config.model.autoencoder.model_dump()
-    # Every process of a launch does this alike (the same files, each written atomically): no process waits for another.
-    unit = modality_for({**dataset.modality.spec, "latent": {"autoencoder": settings, "weights": str(copy),
-                                                             "sha256": checkpoint.info["sha256"]["ema.safetensors"],
-                                                             "shape": [], "scale": 1.0}})
+    unit = latent_modality(dataset.modality, settings, copy, checkpoint.info["sha256"]["ema.safetensors"])
     h, w, c = dataset.modality.shape
-    latent = unit.spec["latent"]
-    latent["shape"] = list(unit.autoencoder.latent_shape((c, h, w)))
     codes = encode_with_progress(unit, dataset.train_data, device, console)
-    latent["scale"] = scale = 1.0 / float(codes.std()) if codes.size and codes.std() > 0 else 1.0
+    unit.spec["latent"]["scale"] = scale = 1.0 / float(codes.std()) if codes.size and codes.std() > 0 else 1.0
     atomic.write_npy(latents_cache(run_dir, "train"), codes * np.float32(scale))
     console.print(f"latent space: {checkpoint.path} encodes {h}x{w}x{c} images into {'x'.join(map(str, unit.model_shape))} "
                   f"latents (scaled by {scale:.4g} to unit variance)")
     pinned = config.model.model_copy(update={"latent": str(checkpoint.path.resolve())})
     return config.model_copy(update={"model": pinned}), dataset.seen_as(unit)
+
+
+def autoencoder_checkpoint(given: str, modality, data_path) -> tuple:
+    """The checkpoint that model.latent names (a run: its latest) and its autoencoder settings, after checking that it is
+    an autoencoder of this data's images."""
+    source = source_run(given)
+    if source is None or not source.is_autoencoder:
+        what = "no difftrain run" if source is None else f"a model.arch={source.config.model.arch} run"
+        raise UserError(f"--latent {given} is {what}, not an autoencoder: train one first with `difftrain train --preset "
+                        f"autoencoder --data {data_path} --out RUN`, then pass --latent RUN")
+    if not source.modality.same_data(modality):
+        raise UserError(f"the autoencoder {source.path} was trained on {source.modality.kind} data "
+                        f"{source.modality.spec_summary()}, this data is {modality.kind} {modality.spec_summary()}: "
+                        "train an autoencoder on images of this size")
+    checkpoint = resolve_checkpoint(source.path, "latest" if (Path(given) / "config.yaml").is_file() else str(given))
+    return checkpoint, source.config.model.autoencoder.model_dump()
+
+
+def latent_modality(images, settings: dict, weights: Path, sha256: str, scale: float = 1.0):
+    """`images` (an image modality) seen through the autoencoder of `settings` whose weights are in `weights`."""
+    h, w, c = images.shape
+    unit = modality_for({**images.spec, "latent": {"autoencoder": settings, "weights": str(weights), "sha256": sha256,
+                                                   "shape": [], "scale": scale}})
+    unit.spec["latent"]["shape"] = list(unit.autoencoder.latent_shape((c, h, w)))
+    return unit
+
+
+def latent_view(config: Config, images):
+    """`images` seen through the autoencoder that model.latent names, read where it is, latents unscaled (what `doctor`
+    probes a latent diffusion config with: the latents' shape, not their values, sets a step's cost)."""
+    checkpoint, settings = autoencoder_checkpoint(config.model.latent, images, "DATA")
+    return latent_modality(images, settings, checkpoint.path / "ema.safetensors", checkpoint.info["sha256"]["ema.safetensors"])
 
 
 def encode_with_progress(modality, images: np.ndarray, device, console: Console) -> np.ndarray:
