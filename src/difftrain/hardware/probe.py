@@ -25,11 +25,9 @@ from difftrain.training.memory import PeakMemory, release_memory, rss_bytes
 from difftrain.hardware.report import meminfo
 from difftrain.modalities import Modality, builtin_datasets, prepare, stand_in
 from difftrain.models import smaller_network_hint
-from difftrain.models import build_network
 from difftrain.store.run import with_data_defaults
 from difftrain.sampling import SamplingSpec
 from difftrain.training.ema import EMA
-from difftrain.training.optim import build_optimizer
 from difftrain.pretrained.source import config_for_source, open_pretrained
 from difftrain.training.performance import enabled
 from difftrain.training.sharding import is_sharded, sharded_config

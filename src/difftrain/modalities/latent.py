@@ -40,8 +40,13 @@ class LatentCodes:
         return batch.float()
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
-        # A convolutional autoencoder nearly commutes with mirroring: the mirrored latent stands for the mirrored image.
-        return x.flip(-1)
+        return mirror_latents(x)
+
+
+def mirror_latents(x: torch.Tensor) -> torch.Tensor:
+    """train.hflip on latents: a convolutional autoencoder nearly commutes with mirroring, so the mirrored latent stands
+    for the mirrored image."""
+    return x.flip(-1)
 
 
 class LatentImageModality(ImageModality):
@@ -78,9 +83,6 @@ class LatentImageModality(ImageModality):
     def scale(self) -> float:
         return float(self.latent["scale"])
 
-    def same_data(self, other) -> bool:
-        return other.kind == self.kind and other.shape == self.shape
-
     @torch.no_grad()
     def to_model(self, batch: torch.Tensor) -> torch.Tensor:
         vae = self.autoencoder.to(batch.device)
@@ -93,7 +95,7 @@ class LatentImageModality(ImageModality):
                                for i in range(0, len(x), ENCODE_BATCH)]) if len(x) else np.zeros((0, *self.shape), np.uint8)
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
-        return LatentCodes.mirror(None, x)
+        return mirror_latents(x)
 
     def default_sigma_data(self, train: np.ndarray) -> float:
         return 1.0  # latents are scaled to unit variance
@@ -121,12 +123,3 @@ class LatentImageModality(ImageModality):
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
         raise UserError("a latent diffusion model's likelihood is of its latents, not of the images' pixels, so it has no "
                         "bits per dimension to compare: leave nll out of eval.metrics")
-
-
-def latent_spec(image_spec: dict[str, Any], autoencoder: torch.nn.Module, settings: dict[str, Any], weights: Path,
-                latents_std: float) -> dict[str, Any]:
-    """The spec of images seen through `autoencoder` (built with `settings`, its weights in `weights`), whose latents of
-    the training images have standard deviation `latents_std`."""
-    h, w, c = image_spec["shape"]
-    return {**image_spec, "latent": {"autoencoder": settings, "weights": str(weights), "sha256": sha256_file(weights),
-                                     "shape": list(autoencoder.latent_shape((c, h, w))), "scale": 1.0 / latents_std}}

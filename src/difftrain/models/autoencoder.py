@@ -76,10 +76,6 @@ class Reconstruction(torch.nn.Module):
         error = (reconstruction.float() - x0.float()).abs().flatten(1).mean(1)
         return error + self.kl_weight * kl.float() / x0[0].numel()  # the KL is summed over the latent: per pixel value
 
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
 
 def build_autoencoder(cfg: AutoencoderConfig, shape: tuple[int, ...], num_classes: int) -> Autoencoder:
     c, h, w = shape

@@ -26,6 +26,7 @@ import torch
 
 from difftrain.atomic import atomic_directory
 from difftrain.errors import UserError
+from difftrain.models import architecture
 from difftrain.pretrained.diffusers_format import INFO, SCHEDULERS, diffusion_to_scheduler, usage
 
 PAD = "<pad>"
@@ -74,7 +75,7 @@ def caption_text_model(encoder: torch.nn.Module):
 
 def refusal(run) -> str | None:
     """Why this run cannot be a Stable Diffusion folder, or None."""
-    arch = run.config.model.arch
+    arch = architecture(run.config.model, run.modality)
     if not run.captioned:
         return "it is not caption-conditioned"
     if arch != "unet":

@@ -17,7 +17,8 @@ from difftrain.pretrained.transfer import LoadReport, label_space
 from difftrain.store.checkpoint import Checkpoint, checkpoint_images, latest_checkpoint, list_checkpoints
 from difftrain.store.run import replay_path
 
-RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "eval", "metrics.jsonl", "tensorboard", "README.md", "data"}
+RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "eval", "metrics.jsonl", "tensorboard", "README.md", "data",
+             "autoencoder.safetensors", "latents"}  # (the last two: latent diffusion, store/latent.py)
 
 
 def resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Checkpoint | None:
