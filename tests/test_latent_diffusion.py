@@ -83,7 +83,7 @@ def test_latent_diffusion_trains_on_latents_encoded_once_and_samples_images(pair
     assert (run / "autoencoder.safetensors").is_file()
     codes = np.load(run / "latents" / "train.npy")
     assert codes.shape == (len(load_dataset(pairs_dir).train_data), 4, 4, 8)
-    assert codes.std() == pytest.approx(1.0, abs=1e-4)  # scaled to unit variance
+    assert np.sqrt(np.mean(codes.astype(np.float64) ** 2)) == pytest.approx(1.0, abs=1e-4)  # scaled to unit RMS
     assert open_run(run).config.diffusion.sigma_data == 1.0
 
     # The model tensors are the autoencoder's latents, scaled: decoding them is the autoencoder's reconstruction.
@@ -133,6 +133,10 @@ def test_latent_needs_an_autoencoder_run_of_the_same_images(pairs_dir, autoencod
     assert missing.returncode == 2 and "is no difftrain run" in " ".join(missing.stderr.split())
     wrong = difftrain("train", "--out", tmp_path / "d", "--latent", autoencoder_run, *tiny_overrides(digits_dir))
     assert wrong.returncode == 2 and "train an autoencoder on images of this size" in " ".join(wrong.stderr.split())
+    mirrored = difftrain(*latent_run(pairs_dir, tmp_path / "h", autoencoder_run, **{"train.hflip": "true"}))
+    assert mirrored.returncode == 2 and "set train.hflip=false with --latent" in " ".join(mirrored.stderr.split())
+    again = difftrain("train", "--out", tmp_path / "ok", "--resume", "--latent", autoencoder_run)
+    assert again.returncode == 2 and "leave --latent out with --resume" in " ".join(again.stderr.split())
 
 
 # ---- export: a Stable Diffusion folder that stock diffusers samples from a prompt ----
@@ -213,3 +217,5 @@ def test_the_doctor_probes_captioned_and_latent_configs(pairs_dir, autoencoder_r
         probes[name] = report["probe"]
     # The latent network reads 4 channels of 4x8 latents: patches of another size than the pixels' 1 channel of 8x16.
     assert probes["latents"]["parameters"] != probes["pixels"]["parameters"]
+    result = cli("doctor", "--preset", "autoencoder", "--out", tmp_path / "vae", *tiny_overrides(pairs_dir, **AUTOENCODER), "--json")
+    assert json.loads(result.stdout)["ok"]

@@ -214,6 +214,9 @@ def train(
         raise UserError("--resume needs --out RUN, the run to continue")
     if resume and init:
         raise UserError("--init starts a new run from weights; --resume continues RUN from its own checkpoint: pass one of them")
+    if resume and latent:
+        raise UserError("--latent chooses a new run's latent space; a resumed run keeps its own (RUN/autoencoder.safetensors): "
+                        "leave --latent out with --resume")
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
     # Absolute, so that a run started elsewhere still finds them.
     flags += [f"model.{key}={Path(value).resolve()}" for key, value in (("latent", latent), ("text_encoder", text_encoder)) if value]
@@ -647,6 +650,8 @@ def _print_eval(records: list[dict]) -> None:
             table.add_row(Path(r["checkpoint"]).name, *(f"{r[k]:.4g}" if k in r else "-" for k in
                                                          ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor")))
         out.print(table)
+        for warning in dict.fromkeys(w for r in records for w in r.get("warnings", [])):
+            _warn(warning)
         return
     columns = {"FID": ("fid", "fid_floor"), "KID": ("kid", "kid_floor"), "precision": ("precision", "precision_floor"),
                "recall": ("recall", "recall_floor"), "density": ("density", "density_floor"), "coverage": ("coverage", "coverage_floor"),

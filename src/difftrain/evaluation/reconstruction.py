@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from difftrain.data import PreparedDataset
+from difftrain.errors import UserError
 from difftrain.evaluation.frechet import frechet_between
 from difftrain.evaluation.reference import floor_pool, reference_features
 from difftrain.modalities import FeatureExtractor
@@ -33,10 +34,13 @@ def reconstruct(autoencoder: torch.nn.Module, ds: PreparedDataset, images: np.nd
 
 
 def resized(ds: PreparedDataset, images: np.ndarray, factor: int) -> np.ndarray:
-    """The images shrunk `factor` times (area) and enlarged back (bilinear)."""
-    x = ds.modality.to_model(torch.from_numpy(images))
-    small = F.interpolate(x, scale_factor=1 / factor, mode="area")
-    return ds.modality.from_model(F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    """The images shrunk `factor` times (area) and enlarged back (bilinear), in batches."""
+    def one(batch: np.ndarray) -> np.ndarray:
+        x = ds.modality.to_model(torch.from_numpy(batch))
+        small = F.interpolate(x, scale_factor=1 / factor, mode="area")
+        return ds.modality.from_model(F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False))
+
+    return np.concatenate([one(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,22 +51,33 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM (Wang et al. 2004; torchmetrics) over images, with the standard 11-pixel window or the largest odd one
-    that fits smaller images."""
-    x, y = (torch.from_numpy(v).permute(0, 3, 1, 2).double() / 255 for v in (a, b))
-    side = min(x.shape[-2:])
+    that fits smaller images; in batches."""
+    side = min(a.shape[1:3])
     window = min(11, side - (1 - side % 2))
-    return float(structural_similarity_index_measure(x, y, data_range=1.0, kernel_size=window))
+    total = 0.0
+    for i in range(0, len(a), BATCH):
+        x, y = (torch.from_numpy(v[i:i + BATCH]).permute(0, 3, 1, 2).double() / 255 for v in (a, b))
+        total += float(structural_similarity_index_measure(x, y, data_range=1.0, kernel_size=window, reduction="sum"))
+    return total / len(a)
+
+
+MIN_RFID = 10  # held-out images below which a Frechet distance means nothing (evaluation/suite.py asks as many)
 
 
 def reconstruction_scores(autoencoder: torch.nn.Module, ds: PreparedDataset, extractor: FeatureExtractor | None,
                           device) -> dict[str, Any]:
     """PSNR, SSIM (with their resizing baselines) and, with an extractor, rFID beside its floor."""
-    test = ds.test_data if len(ds.test_data) else ds.train_data
+    test = ds.test_data
+    if not len(test):
+        raise UserError(f"{ds.path} has no held-out (test) images to score reconstructions on: prepare it with "
+                        "--test-fraction above 0")
     rebuilt = reconstruct(autoencoder, ds, test, device)
     shrunk = resized(ds, test, autoencoder.downsampling)
     record = {"n_reconstructed": int(len(test)), "psnr": psnr(rebuilt, test), "psnr_resize": psnr(shrunk, test),
               "ssim": ssim(rebuilt, test), "ssim_resize": ssim(shrunk, test)}
-    if extractor is not None:
+    if extractor is not None and len(test) < MIN_RFID:
+        record["warnings"] = [f"rFID skipped: {len(test)} held-out images are too few (at least {MIN_RFID})"]
+    elif extractor is not None:
         f_test, f_pool = reference_features(ds, extractor)
         real = ds.train_data[floor_pool(ds)]
         record |= {"rfid": frechet_between(extractor.features(reconstruct(autoencoder, ds, real, device)), f_test),

@@ -24,7 +24,7 @@ from difftrain.diffusion import Denoiser
 from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.errors import UserError
 from difftrain.evaluation.suite import MODEL_METRICS, check_samples, evaluate_samples, parse_metrics
-from difftrain.modalities import FeatureExtractor
+from difftrain.modalities import FeatureExtractor, modality_for
 from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, class_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
@@ -244,7 +244,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                         f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
     if run.is_autoencoder:
         return evaluate_autoencoder(run, ds, chosen, metrics, ec, extractor, inception_weights, device, warn)
-    ds = ds.seen_as(run.modality)  # (latent diffusion: the images through the run's autoencoder)
+    if run.config.model.latent:  # latent diffusion: the data's images through the run's autoencoder
+        ds = ds.seen_as(modality_for({**ds.modality.spec, "latent": run.modality.spec["latent"]}))
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
     if prompts is not None and captions is None:

@@ -333,7 +333,8 @@ def _time_sampling(t: _Trainee) -> tuple[float, int]:
             if t.device.type == "cuda":
                 torch.cuda.synchronize(t.device)
             seconds = time.perf_counter() - start
-    return seconds / n * spec.network_evaluations, meter.peak
+    calls = 1 if config.model.arch == "autoencoder" else spec.network_evaluations  # (an autoencoder reconstructs once)
+    return seconds / n * calls, meter.peak
 
 
 def probe_config(config: Config, data: DataShape, memory_budget: int | None = None,

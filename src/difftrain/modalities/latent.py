@@ -1,7 +1,7 @@
 """Images diffused in an autoencoder's latent space (latent diffusion, Rombach et al. 2022).
 
 Everything a user sees stays the images': datasets, samples files, previews, classifiers, every image metric. Only the
-model's tensors differ: the latents of a frozen autoencoder (models/autoencoder.py), scaled to unit variance as Stable
+model's tensors differ: the latents of a frozen autoencoder (models/autoencoder.py), scaled to unit RMS as Stable
 Diffusion scales its own. Training batches read latents encoded once (`batch_view`), not images, so a step never runs the
 encoder; samples are decoded once at the end.
 
@@ -40,13 +40,12 @@ class LatentCodes:
         return batch.float()
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
-        return mirror_latents(x)
+        return refuse_mirror()
 
 
-def mirror_latents(x: torch.Tensor) -> torch.Tensor:
-    """train.hflip on latents: a convolutional autoencoder nearly commutes with mirroring, so the mirrored latent stands
-    for the mirrored image."""
-    return x.flip(-1)
+def refuse_mirror():
+    # A learned autoencoder does not commute with mirroring: a mirrored latent is the latent of no image.
+    raise UserError("train.hflip mirrors images; this model sees their latents, encoded once: set train.hflip=false")
 
 
 class LatentImageModality(ImageModality):
@@ -95,10 +94,10 @@ class LatentImageModality(ImageModality):
                                for i in range(0, len(x), ENCODE_BATCH)]) if len(x) else np.zeros((0, *self.shape), np.uint8)
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
-        return mirror_latents(x)
+        return refuse_mirror()
 
     def default_sigma_data(self, train: np.ndarray) -> float:
-        return 1.0  # latents are scaled to unit variance
+        return 1.0  # latents are scaled to unit RMS
 
     def encode(self, images: np.ndarray, device: torch.device | str = "cpu", progress=None) -> np.ndarray:
         """float32 latents (N, *model_shape) of uint8 images, in batches."""

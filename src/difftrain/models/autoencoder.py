@@ -76,8 +76,14 @@ class Reconstruction(torch.nn.Module):
         error = (reconstruction.float() - x0.float()).abs().flatten(1).mean(1)
         return error + self.kl_weight * kl.float() / x0[0].numel()  # the KL is summed over the latent: per pixel value
 
+    def forward(self, x: Tensor, sigma=None, cond=None) -> Tensor:
+        """What the autoencoder does in use, called as a denoiser is (the doctor times it): the reconstruction of x."""
+        return self.net.reconstruct(x)
+
 
 def build_autoencoder(cfg: AutoencoderConfig, shape: tuple[int, ...], num_classes: int) -> Autoencoder:
+    if len(shape) != 3:
+        raise UserError(f"model.arch=autoencoder takes images (C, H, W); this data's items are {tuple(shape)}")
     c, h, w = shape
     factor = 2 ** (len(cfg.channels) - 1)
     if h % factor or w % factor:

@@ -14,6 +14,7 @@ EMA, checkpoints): the run reads them from the folder, checked against the SHA-2
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,19 @@ from torch import Tensor, nn
 from difftrain.errors import UserError
 from difftrain.hashing import sha256_file
 
-_LOADED: dict[str, tuple[Any, Any]] = {}  # folder -> (tokenizer, model): one copy per process, whatever copies the network
-_CACHE: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}  # (folder, text) -> (hidden states, pooled), on the CPU
+# One copy per process, whatever copies the network, keyed by the weights' hash: a folder rewritten in place is reloaded.
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}  # (folder, weights hash) -> (tokenizer, model)
+_CACHE: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}  # (weights hash, text) -> (hidden states, pooled), on the CPU
 
 
-def load_text_model(folder: str) -> tuple[Any, Any]:
-    """The folder's tokenizer and text model, frozen; a clear error for a folder that holds neither."""
-    if folder not in _LOADED:
+def load_text_model(folder: str, sha256: str | None = None) -> tuple[Any, Any]:
+    """The folder's tokenizer and text model, frozen; a clear error for a folder that holds neither. `sha256`: its
+    weights' hash, when the caller has it (hashing a large model takes a while)."""
+    path = Path(folder)
+    key = (str(folder), sha256 or weights_sha256(str(folder)))
+    if key not in _LOADED:
         from transformers import AutoModel, AutoTokenizer
 
-        path = Path(folder)
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.text_encoder={folder}: no config.json there; give a folder that a transformers text "
-                            "model and its tokenizer were saved to (save_pretrained), e.g. a CLIPTextModel's")
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModel.from_pretrained(path, local_files_only=True)
@@ -44,15 +45,21 @@ def load_text_model(folder: str) -> tuple[Any, Any]:
                             f"({str(e).splitlines()[0][:300]})") from None
         if hasattr(model, "vision_model"):  # a whole CLIP (both towers): its text tower
             model = model.text_model
-        _LOADED[folder] = tokenizer, model.eval().requires_grad_(False)
-    return _LOADED[folder]
+        _LOADED[key] = tokenizer, model.eval().requires_grad_(False)
+    return _LOADED[key]
 
 
 def weights_sha256(folder: str) -> str:
+    """One SHA-256 over every weights file of the folder (all shards of a sharded model)."""
+    if not (Path(folder) / "config.json").is_file():
+        raise UserError(f"model.text_encoder={folder}: no config.json there; give a folder that a transformers text "
+                        "model and its tokenizer were saved to (save_pretrained), e.g. a CLIPTextModel's")
     files = sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin"))
     if not files:
         raise UserError(f"model.text_encoder={folder}: no weights file (*.safetensors or *.bin) there")
-    return sha256_file(files[0])
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 class PretrainedCaptionEncoder(nn.Module):
@@ -63,14 +70,15 @@ class PretrainedCaptionEncoder(nn.Module):
         super().__init__()
         self.folder, self.vocab, self.pad_id = str(folder), list(captions.tokenizer.vocab), captions.pad_id
         self.length = captions.length  # of the caption rows it reads
-        tokenizer, model = load_text_model(self.folder)
+        # The weights' fingerprint travels in the network's checkpoints; loading one checks the folder against it.
+        self.sha256 = weights_sha256(self.folder)
+        tokenizer, model = load_text_model(self.folder, self.sha256)
         self.width = int(model.config.hidden_size)
         self.tokens = int(tokenizer.model_max_length)  # of the token rows the model reads
         if self.tokens > 4096:  # a tokenizer saved without a length ("very large integer")
             raise UserError(f"model.text_encoder={folder}: its tokenizer has no model_max_length; set it in "
                             "tokenizer_config.json (CLIP's is 77)")
-        # The weights' fingerprint travels in the network's checkpoints; loading one checks the folder against it.
-        self.register_buffer("weights_sha256", torch.tensor(list(bytes.fromhex(weights_sha256(self.folder))), dtype=torch.uint8))
+        self.register_buffer("weights_sha256", torch.tensor(list(bytes.fromhex(self.sha256)), dtype=torch.uint8))
         self.register_load_state_dict_pre_hook(self._same_weights)
 
     def _same_weights(self, module, state_dict, prefix, *args) -> None:
@@ -84,19 +92,20 @@ class PretrainedCaptionEncoder(nn.Module):
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> None:
-        tokenizer, model = load_text_model(self.folder)
+        tokenizer, model = load_text_model(self.folder, self.sha256)
         tokens = tokenizer(texts, padding="max_length", max_length=self.tokens, truncation=True, return_tensors="pt")
         mask = tokens.attention_mask if getattr(model.config, "use_attention_mask", False) else None
         hidden = model(tokens.input_ids, attention_mask=mask)[0].float()
         keep = tokens.attention_mask[..., None].float()
         pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
         for i, text in enumerate(texts):
-            _CACHE[(self.folder, text)] = hidden[i], pooled[i]
+            _CACHE[(self.sha256, text)] = hidden[i], pooled[i]
 
+    @torch.compiler.disable  # text and dictionary lookups: outside any compiled graph
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         texts = [self.text(row) for row in ids.cpu()]
-        missing = sorted({t for t in texts if (self.folder, t) not in _CACHE})
+        missing = sorted({t for t in texts if (self.sha256, t) not in _CACHE})
         if missing:
             self._embed(missing)
-        hidden, pooled = zip(*(_CACHE[(self.folder, t)] for t in texts))
+        hidden, pooled = zip(*(_CACHE[(self.sha256, t)] for t in texts))
         return torch.stack(hidden).to(ids.device), torch.stack(pooled).to(ids.device)

@@ -2,7 +2,7 @@
 
 A new run pins the autoencoder's checkpoint (model.latent becomes its folder), keeps a copy of its EMA weights as
 RUN/autoencoder.safetensors (so the run decodes even after the autoencoder trains on and prunes that checkpoint), encodes
-the training images once into RUN/latents/train.npy and scales the latents to unit variance. A resumed run reads it all
+the training images once into RUN/latents/train.npy and scales the latents to unit RMS. A resumed run reads it all
 back from its own folder.
 """
 
@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from safetensors.torch import save_file
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from difftrain import atomic
 from difftrain.config import Config
 from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
+from difftrain.hashing import sha256_file
 from difftrain.modalities import modality_for
 from difftrain.store.checkpoint import resolve_checkpoint
 from difftrain.store.run import LATENT_WEIGHTS, source_run
@@ -40,25 +42,33 @@ def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, r
         spec = json.loads(summary.read_text())["modality"]
         return config, dataset.seen_as(modality_for({**spec, "latent": {**spec["latent"], "weights": str(copy)}}))
 
+    if config.train.hflip:
+        raise UserError("train.hflip mirrors images, and a latent diffusion model sees latents encoded once, whose mirror "
+                        "is not the latent of the mirrored image: set train.hflip=false with --latent")
     # Every process of a launch does this alike (the same files, each written atomically): no process waits for another.
-    checkpoint, settings = autoencoder_checkpoint(config.model.latent, dataset.modality, dataset.path)
+    source, checkpoint = autoencoder_checkpoint(config.model.latent, dataset.modality, dataset.path)
+    shutil.rmtree(run_dir / LATENTS, ignore_errors=True)  # a new run's latents are its own, never an earlier start's
     copy.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_file(copy) as tmp:
-        shutil.copyfile(checkpoint.path / "ema.safetensors", tmp)
-    unit = latent_modality(dataset.modality, settings, copy, checkpoint.info["sha256"]["ema.safetensors"])
+    with atomic.atomic_file(copy) as tmp:  # the EMA weights, LoRA merged in, as the run decodes with them
+        save_file({k: v.contiguous() for k, v in source.network(checkpoint).state_dict().items()}, tmp)
+    unit = latent_modality(dataset.modality, source.config.model.autoencoder.model_dump(), copy, sha256_file(copy))
     h, w, c = dataset.modality.shape
     codes = encode_with_progress(unit, dataset.train_data, device, console)
-    unit.spec["latent"]["scale"] = scale = 1.0 / float(codes.std()) if codes.size and codes.std() > 0 else 1.0
+    # Unit RMS, so that sigma_data = 1 describes them (Stable Diffusion's 1/std, for latents centred on zero).
+    rms = float(np.sqrt(np.mean(np.square(codes, dtype=np.float64)))) if codes.size else 0.0
+    unit.spec["latent"]["scale"] = scale = 1.0 / rms if rms > 0 else 1.0
     atomic.write_npy(latents_cache(run_dir, "train"), codes * np.float32(scale))
     console.print(f"latent space: {checkpoint.path} encodes {h}x{w}x{c} images into {'x'.join(map(str, unit.model_shape))} "
-                  f"latents (scaled by {scale:.4g} to unit variance)")
+                  f"latents (scaled by {scale:.4g} to unit RMS)")
     pinned = config.model.model_copy(update={"latent": str(checkpoint.path.resolve())})
     return config.model_copy(update={"model": pinned}), dataset.seen_as(unit)
 
 
 def autoencoder_checkpoint(given: str, modality, data_path) -> tuple:
-    """The checkpoint that model.latent names (a run: its latest) and its autoencoder settings, after checking that it is
-    an autoencoder of this data's images."""
+    """The autoencoder run that model.latent names and its checkpoint (a run: its latest), after checking that it is an
+    autoencoder of this data's images."""
+    if modality.kind != "image":
+        raise UserError(f"--latent: latent diffusion takes images; this data is {modality.kind}: leave --latent out")
     source = source_run(given)
     if source is None or not source.is_autoencoder:
         what = "no difftrain run" if source is None else f"a model.arch={source.config.model.arch} run"
@@ -69,7 +79,7 @@ def autoencoder_checkpoint(given: str, modality, data_path) -> tuple:
                         f"{source.modality.spec_summary()}, this data is {modality.kind} {modality.spec_summary()}: "
                         "train an autoencoder on images of this size")
     checkpoint = resolve_checkpoint(source.path, "latest" if (Path(given) / "config.yaml").is_file() else str(given))
-    return checkpoint, source.config.model.autoencoder.model_dump()
+    return source, checkpoint
 
 
 def latent_modality(images, settings: dict, weights: Path, sha256: str, scale: float = 1.0):
@@ -84,8 +94,9 @@ def latent_modality(images, settings: dict, weights: Path, sha256: str, scale: f
 def latent_view(config: Config, images):
     """`images` seen through the autoencoder that model.latent names, read where it is, latents unscaled (what `doctor`
     probes a latent diffusion config with: the latents' shape, not their values, sets a step's cost)."""
-    checkpoint, settings = autoencoder_checkpoint(config.model.latent, images, "DATA")
-    return latent_modality(images, settings, checkpoint.path / "ema.safetensors", checkpoint.info["sha256"]["ema.safetensors"])
+    source, checkpoint = autoencoder_checkpoint(config.model.latent, images, "DATA")
+    return latent_modality(images, source.config.model.autoencoder.model_dump(), checkpoint.path / "ema.safetensors",
+                           checkpoint.info["sha256"]["ema.safetensors"])
 
 
 def encode_with_progress(modality, images: np.ndarray, device, console: Console) -> np.ndarray:
