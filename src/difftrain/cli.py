@@ -181,6 +181,7 @@ def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder."
                     "`difftrain train --out runs/digits --resume`  \n"
                     "`difftrain train --preset autoencoder --data data/cap --out runs/vae`, then "
                     "`difftrain train --preset text2image --data data/cap --latent runs/vae --out runs/ldm`  \n"
+                    "`difftrain train --preset text2image --data data/cap --text-encoder models/clip-text --out runs/clip`  \n"
                     "`difftrain train --preset mnist --data data/mnist --out runs/mnist --processes 2` (GPUs or CPU cores)")
 def train(
     ctx: typer.Context,
@@ -500,7 +501,8 @@ def _device(name: str) -> str:
 @app.command("eval", epilog="Examples: `difftrain eval runs/digits`  \n"
                              "`difftrain eval runs/digits --checkpoints all --sampler dpmpp_2m --steps 5,10,20,50 --metrics fid,kid,pr`  \n"
                              "`difftrain eval --samples other_tool.npz --data data/digits --json`  \n"
-                             "`difftrain eval runs/cap --prompts prompts.txt`")
+                             "`difftrain eval runs/cap --prompts prompts.txt --guidance 1,2,4` (a guidance sweep)  \n"
+                             "`difftrain eval runs/vae` (an autoencoder: PSNR, SSIM, rFID)")
 def evaluate(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
     samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C) or points float32 (N,D), optional labels) instead of a run."),

@@ -235,9 +235,14 @@ class ModelConfig(Section):
             raw = {**raw, "conditional": False}
         return raw
 
+    @property
+    def is_autoencoder(self) -> bool:
+        """The network is an autoencoder, trained to reconstruct (a latent space), not a denoiser: it draws no samples."""
+        return self.arch == "autoencoder"
+
     @model_validator(mode="after")
     def _latent_of_a_diffusion_model(self) -> "ModelConfig":
-        if self.arch == "autoencoder" and self.latent:
+        if self.is_autoencoder and self.latent:
             raise ValueError("model.latent (train --latent) trains a diffusion model in an autoencoder's latent space; "
                              "model.arch=autoencoder trains the autoencoder itself: drop one of them")
         return self

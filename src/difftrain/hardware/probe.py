@@ -333,7 +333,7 @@ def _time_sampling(t: _Trainee) -> tuple[float, int]:
             if t.device.type == "cuda":
                 torch.cuda.synchronize(t.device)
             seconds = time.perf_counter() - start
-    calls = 1 if config.model.arch == "autoencoder" else spec.network_evaluations  # (an autoencoder reconstructs once)
+    calls = 1 if config.model.is_autoencoder else spec.network_evaluations  # (an autoencoder reconstructs once)
     return seconds / n * calls, meter.peak
 
 

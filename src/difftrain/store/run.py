@@ -71,7 +71,7 @@ def formulation_of(config: Config):
 def denoiser_of(config: Config, modality: Modality, net: torch.nn.Module) -> Denoiser:
     """The network wrapped as the config's denoiser: its formulation, and its read-out of the modality's categories.
     An autoencoder's objective, its reconstruction loss, stands in the denoiser's place."""
-    if config.model.arch == "autoencoder":
+    if config.model.is_autoencoder:
         from difftrain.models.autoencoder import Reconstruction
 
         return Reconstruction(net, formulation_of(config), config.model.autoencoder.kl_weight)
@@ -152,9 +152,6 @@ class Run:
             summary = {**summary, "modality": {**spec, "latent": {**spec["latent"], "weights": str(self.path / LATENT_WEIGHTS)}}}
         return run_modality(summary)
 
-    @property
-    def is_autoencoder(self) -> bool:
-        return self.config.model.arch == "autoencoder"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -164,6 +161,10 @@ class Run:
     def captioned(self) -> bool:
         """Whether the model is conditioned on captions (captioned data, model.conditional), not on class labels."""
         return self.config.model.conditional and self.modality.captions is not None
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self.config.model.is_autoencoder
 
     @property
     def num_classes(self) -> int:

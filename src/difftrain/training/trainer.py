@@ -145,7 +145,7 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
              "the wrong image half the time (set train.hflip=false for such captions)")
     model_classes = label_space if num_classes else []
     data_labels = label_map(dataset.class_names, model_classes) if num_classes else None
-    if config.model.arch == "autoencoder" and config.eval.every_images:
+    if config.model.is_autoencoder and config.eval.every_images:
         raise UserError(f"eval.every_images={config.eval.every_images}: evaluation during training samples a diffusion model, "
                         "and an autoencoder draws no samples; set eval.every_images=0 and measure its reconstructions "
                         f"with `difftrain eval {run_dir}` after training")
@@ -282,7 +282,7 @@ def write_reconstructions(state: TrainingState) -> None:
 
 def default_hooks(config: Config) -> Hooks:
     return Hooks(log=lambda state, record: state.log.write(record), checkpoint=write_checkpoint, evaluate=evaluate_ema,
-                 grid=write_reconstructions if config.model.arch == "autoencoder" else write_grid)
+                 grid=write_reconstructions if config.model.is_autoencoder else write_grid)
 
 
 def _stop_if_stuck(state: TrainingState) -> None:
