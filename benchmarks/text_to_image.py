@@ -98,39 +98,46 @@ def main() -> None:
     parser.add_argument("--autoencoder-set", nargs="*", default=[], help="With --latent: config overrides of the autoencoder preset.")
     parser.add_argument("--autoencoder", type=Path, default=None, help="With --latent: this autoencoder run (trained on "
                         "the same folder: the same --mnist, --count and --seed) instead of training one.")
+    parser.add_argument("--sampler", default=None, help="Sample with this sampler (default: the run's).")
+    parser.add_argument("--steps", type=int, default=None, help="Sample with this many steps (default: the run's).")
+    parser.add_argument("--reuse", action="store_true", help="Score the run already in --out (same --seed and data "
+                        "flags) again, e.g. with another --sampler or --steps, without training it again.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     common.set_threads(args.threads)
-    shutil.rmtree(args.out, ignore_errors=True)
+    reuse = args.reuse and (args.out / "run" / "config.yaml").is_file()
+    if not reuse:
+        shutil.rmtree(args.out, ignore_errors=True)
     rng = np.random.default_rng(args.seed)
     train_x, train_y, test_x, test_y = digits(args.mnist)
     every = [(a, b) for a in range(10) for b in range(10)]
     held = [every[i] for i in rng.choice(len(every), args.held_out, replace=False)]
     seen = [p for p in every if p not in held]
 
-    # The user's folder: PNGs and captions.jsonl.
+    # The user's folder: PNGs and captions.jsonl. A reused run draws the same images (the random stream stays in step).
     folder = args.out / "pairs"
-    folder.mkdir(parents=True)
     images, chosen = pair_images(train_x, train_y, seen, args.count, rng)
-    lines = []
-    for i, (image, (a, b)) in enumerate(zip(images, chosen)):
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-        lines.append(json.dumps({"file_name": f"{i:05d}.png", "text": WORDINGS[rng.integers(len(WORDINGS))].format(a=a, b=b)}))
-    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    prepare_dataset(folder, args.out / "data", captions=folder / "captions.jsonl", progress=False)
+    captions = [WORDINGS[rng.integers(len(WORDINGS))].format(a=a, b=b) for a, b in chosen]
+    if not reuse:
+        folder.mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+        lines = [json.dumps({"file_name": f"{i:05d}.png", "text": text}) for i, text in enumerate(captions)]
+        (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+        prepare_dataset(folder, args.out / "data", captions=folder / "captions.jsonl", progress=False)
 
     threads = [f"train.threads={args.threads}"] if args.threads else []
     autoencoder = {}
     vae = args.autoencoder or args.out / "vae"
-    if args.latent and args.autoencoder is None:
+    if args.latent and args.autoencoder is None and not reuse:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "autoencoder", "--data", str(args.out / "data"),
                         "--out", str(vae), f"train.duration_images={args.autoencoder_images}",
                         f"train.seed={args.seed}", *threads, *args.autoencoder_set], check=True)
         autoencoder["train_seconds"] = time.perf_counter() - start
         autoencoder["config"] = args.autoencoder_set
-    if args.latent:
+    if args.latent and not reuse:
         from difftrain.evaluation.run_eval import evaluate_run
 
         autoencoder["run"] = str(vae)
@@ -138,10 +145,11 @@ def main() -> None:
         autoencoder |= {k: scores[k] for k in ("psnr", "psnr_resize", "ssim", "ssim_resize", "rfid", "rfid_floor") if k in scores}
         print(f"autoencoder: {autoencoder}", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "text2image", "--data", str(args.out / "data"),
-                    "--out", str(args.out / "run"), f"train.duration_images={args.images}", f"train.seed={args.seed}",
-                    *(["--latent", str(vae)] if args.latent else []), *threads, *args.set], check=True)
-    train_seconds = time.perf_counter() - start
+    if not reuse:
+        subprocess.run([sys.executable, "-m", "difftrain", "train", "--preset", "text2image", "--data", str(args.out / "data"),
+                        "--out", str(args.out / "run"), f"train.duration_images={args.images}", f"train.seed={args.seed}",
+                        *(["--latent", str(vae)] if args.latent else []), *threads, *args.set], check=True)
+    train_seconds = None if reuse else time.perf_counter() - start
     from difftrain.store.metrics_log import read_metrics
 
     speeds = [r["images_per_s"] for r in read_metrics(args.out / "run") if "images_per_s" in r]
@@ -152,16 +160,18 @@ def main() -> None:
     floor = prompt_following(classifier, real[..., None], real_pairs)
 
     run = open_run(args.out / "run")
-    spec0 = run.sampling_spec(args.seed)
+    sampler = {"sampler": args.sampler, "steps": args.steps}
+    spec0 = run.sampling_spec(args.seed, **sampler)
     results = {}
     for guidance in [float(g) for g in args.guidance.split(",")]:
-        spec = run.sampling_spec(args.seed, guidance=guidance)
+        spec = run.sampling_spec(args.seed, guidance=guidance, **sampler)
         scores = {}
         for name, pairs in (("seen", seen[:10]), ("held_out", held)):
             prompts = [WORDINGS[0].format(a=a, b=b) for a, b in pairs]
             n = args.per_prompt * len(prompts)
             t0 = time.perf_counter()
-            drawn = sample_run(args.out / "run", n, spec, args.out / f"samples-{name}-g{guidance:g}.npz", prompts=prompts)
+            tag = f"-{spec.sampler}{spec.steps}" if args.sampler or args.steps else ""
+            drawn = sample_run(args.out / "run", n, spec, args.out / f"samples-{name}-g{guidance:g}{tag}.npz", prompts=prompts)
             asked = np.array(pairs)[np.arange(n) % len(pairs)]
             scores[name] = prompt_following(classifier, drawn["images"], asked)
             scores[f"{name}_seconds"] = time.perf_counter() - t0
@@ -171,7 +181,8 @@ def main() -> None:
                  "train_images": args.count, "held_out_pairs": [f"{a}{b}" for a, b in held], "images_seen": args.images,
                  "train_seconds": train_seconds, "train_images_per_s": float(np.median(speeds)) if speeds else None,
                  "latent": {**autoencoder, "shape": list(run.modality.model_shape)} if args.latent else None,
-                 "network_evaluations": spec0.network_evaluations,
+                 "reused": reuse, "network_evaluations": spec0.network_evaluations,
+                 "guided_network_evaluations": run.sampling_spec(args.seed, guidance=2.0, **sampler).network_evaluations,
                  "sampler": spec0.sampler, "steps": spec0.steps, "overrides": args.set,
                  "classifier_floor": floor, "prompt_following": results})
 
