@@ -222,7 +222,7 @@ def test_export_loads_in_diffusers_and_round_trips(tmp_path, split_digits, old_r
     original = open_pretrained(old_run)
     assert back.class_names == original.class_names and back.has_null_label
     assert back.diffusion == original.diffusion  # the formulation and the training choices
-    assert back.model["channels"] == original.model["channels"] and back.model["unet_options"] == {}
+    assert back.model["unet"]["channels"] == original.model["unet"]["channels"] and back.model["unet"]["unet_options"] == {}
     for name, value in original.weights.items():
         assert torch.equal(back.weights[name], value), name
     r = difftrain("export", old_run, "--out", folder)

@@ -219,3 +219,60 @@ def test_the_doctor_probes_captioned_and_latent_configs(pairs_dir, autoencoder_r
     assert probes["latents"]["parameters"] != probes["pixels"]["parameters"]
     result = cli("doctor", "--preset", "autoencoder", "--out", tmp_path / "vae", *tiny_overrides(pairs_dir, **AUTOENCODER), "--json")
     assert json.loads(result.stdout)["ok"]
+
+
+# ---- fine-tuning a text-to-image pipeline folder: train --init FOLDER, with LoRA ----
+
+
+def test_init_from_an_exported_folder_starts_as_its_source_and_lora_fine_tunes_it(pairs_dir, latent_unet_run, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from difftrain.evaluation.run_eval import sample_run
+
+    exported = tmp_path / "exported"
+    cli("export", latent_unet_run, "--out", exported)
+    # One step at a learning rate ~1e-11 (a warm-up of 10^9 images): the fine-tune's network is its source's.
+    start = tmp_path / "start"
+    cli(*caption_run(pairs_dir, start, "--init", exported, "--no-progress",
+                     **{"train.duration_steps": 1, "optim.warmup_images": 10**9}))
+    init = json.loads((start / "init.json").read_text())
+    assert init["matched"] > 0 and not (init["missing"] or init["unexpected"] or init["reshaped"])
+    config = open_run(start).config
+    assert config.model.arch == "unet" and config.model.text_encoder == str(exported.resolve())
+    assert config.model.latent == str((exported / "vae").resolve())
+    assert config.model.latent_scale == pytest.approx(open_run(latent_unet_run).modality.scale)  # not measured anew
+    prompts = ["a 3 to the left of a 7", "1 then 2"]
+    spec = open_run(latent_unet_run).sampling_spec(5, steps=4, guidance=2.0)
+    source = sample_run(latent_unet_run, 4, spec, tmp_path / "a.npz", prompts=prompts)["images"]
+    tuned = sample_run(start, 4, spec, tmp_path / "b.npz", prompts=prompts)["images"]
+    assert np.abs(source.astype(int) - tuned.astype(int)).max() <= 1  # the same model, through the folder's parts
+
+    # LoRA on the folder's UNet: only the adapters train; the result samples and exports as a pipeline again.
+    lora = tmp_path / "lora"
+    cli(*caption_run(pairs_dir, lora, "--init", exported, "--no-progress", **{"finetune.lora_rank": 4}))
+    init = json.loads((lora / "init.json").read_text())
+    assert 0 < init["trainable_parameters"] < init["parameters"] / 5
+    cli("sample", lora, "--prompt", "3 then 7", "--n", "2", "--steps", "2", "--out", tmp_path / "s.npz")
+    cli("export", lora, "--out", tmp_path / "again")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "again")
+    images = pipe("3 then 7", height=8, width=16, num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 8, 16, 1) and np.isfinite(images).all()
+
+
+def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, latent_unet_run, autoencoder_run, tmp_path):
+    exported = tmp_path / "exported"
+    cli("export", latent_unet_run, "--out", exported)
+    cases = [
+        (caption_run(pairs_dir, tmp_path / "a", "--init", exported, **{"model.arch": "dit"}),
+         "model.arch=dit contradicts --init"),
+        (caption_run(pairs_dir, tmp_path / "b", "--init", exported, "--latent", autoencoder_run),
+         "model.latent="),
+        (caption_run(pairs_dir, tmp_path / "c", "--init", exported, **{"model.unet.layers_per_block": 2}),
+         "model.unet.layers_per_block=2 contradicts --init"),
+        (caption_run(pairs_dir, tmp_path / "d", "--init", latent_unet_run), "export it as a pipeline folder first"),
+    ]
+    for args, message in cases:
+        refused = difftrain(*args)
+        assert refused.returncode == 2 and message in " ".join(refused.stderr.split()), refused.stderr
+        assert "Traceback" not in refused.stderr

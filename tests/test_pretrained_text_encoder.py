@@ -95,3 +95,49 @@ def test_a_unet_on_a_pretrained_text_encoder_exports_to_a_stock_stable_diffusion
                          truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(pipe.text_encoder(ids)[0], run_encoder(row)[0], atol=1e-6)
+
+
+def save_stable_diffusion(folder: Path, clip: Path) -> Path:
+    """A tiny Stable Diffusion folder as another tool writes one: a VP model (scaled_linear betas, eps, PNDM), a UNet
+    whose heads are fixed per level (not difftrain's fixed channels per head), a grey-scale VAE, a CLIP text encoder."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=2, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(16, 32), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, sample_size=16)
+    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                              steps_offset=1)
+    StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel.from_pretrained(clip), tokenizer=CLIPTokenizer.from_pretrained(clip),
+                            unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+def test_a_stable_diffusion_folder_from_elsewhere_fine_tunes_as_it_is(pairs_dir, clip_dir, tmp_path):
+    folder = save_stable_diffusion(tmp_path / "sd", clip_dir)
+    run = tmp_path / "tuned"
+    # (without the tiny UNet settings of caption_run: the folder's UNet is what it is)
+    cli(*[a for a in caption_run(pairs_dir, run, "--init", folder, "--no-progress") if not str(a).startswith("model.unet.")])
+    init = json.loads((run / "init.json").read_text())
+    assert init["matched"] > 0 and not (init["missing"] or init["unexpected"] or init["reshaped"])
+    config = open_run(run).config
+    assert (config.diffusion.formulation, config.diffusion.prediction, config.diffusion.beta_schedule) == ("vp", "eps", "scaled_linear")
+    assert config.model.latent_scale == pytest.approx(0.18215)  # the folder's scaling_factor
+    assert config.model.unet.unet_options == {"attention_head_dim": 2}  # 2 heads at every level: kept as the folder's
+    net = open_run(run).network(open_run(run).checkpoint())
+    assert [b.attentions[0].transformer_blocks[0].attn1.heads for b in net.unet.down_blocks if hasattr(b, "attentions")] == [2]
+    cli("sample", run, "--prompt", "a 3 to the left of a 7", "--n", "2", "--steps", "3", "--out", tmp_path / "s.npz")
+    assert np.load(tmp_path / "s.npz")["images"].shape == (2, 8, 16, 1)
+
+    # A folder that is no text-to-image pipeline, or lacks a part, is refused by name.
+    (folder / "tokenizer").rename(tmp_path / "tokenizer")
+    refused = difftrain(*caption_run(pairs_dir, tmp_path / "r", "--init", folder))
+    assert refused.returncode == 2 and "lacks tokenizer" in " ".join(refused.stderr.split())
+    plain = difftrain("train", "--preset", "digits", "--out", tmp_path / "p", "--init", folder / "unet")
+    assert plain.returncode == 2 and "UNet2DConditionModel" in " ".join(plain.stderr.split())

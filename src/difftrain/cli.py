@@ -193,15 +193,18 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     auto_batch: bool = typer.Option(False, "--auto-batch", help="First find the largest micro-batch that fits in memory "
                                     "(as `difftrain doctor` does) and set train.accumulation to keep the batch size."),
-    init: Optional[str] = typer.Option(None, help="Start from these weights: a run, a checkpoint folder, or a diffusers "
-                                       "pipeline/UNet folder; the network and formulation come from it (finetune.init)."),
+    init: Optional[str] = typer.Option(None, help="Start from these weights: a run, a checkpoint folder, a diffusers "
+                                       "pipeline/UNet folder, or a text-to-image pipeline folder (Stable Diffusion's "
+                                       "layout, e.g. from `difftrain export`); the network and formulation come from it "
+                                       "(finetune.init)."),
     replay: Optional[float] = typer.Option(None, help="With --init RUN: this fraction of every batch is the run's own "
                                            "training data, against forgetting (finetune.replay)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="With --init: start even if some weights do not fit "
                                        "the network (they are reported)."),
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
     latent: Optional[str] = typer.Option(None, help="Latent diffusion: diffuse in the latent space of this autoencoder "
-                                         "run (`--preset autoencoder`) or checkpoint; the images are encoded once (model.latent)."),
+                                         "run (`--preset autoencoder`) or checkpoint, or of a diffusers AutoencoderKL "
+                                         "folder (or a pipeline's vae/); the images are encoded once (model.latent)."),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Captioned images: a local pretrained text "
                                                "model folder (transformers format with its tokenizer, e.g. a CLIPTextModel), "
                                                "frozen, instead of a caption encoder trained from scratch (model.text_encoder)."),

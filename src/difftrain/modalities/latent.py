@@ -71,7 +71,9 @@ class LatentImageModality(ImageModality):
             raise UserError(f"{weights} is not the autoencoder this run was trained with (its SHA-256 differs)")
         h, w, c = self.shape
         net = build_autoencoder(AutoencoderConfig(**self.latent["autoencoder"]), (c, h, w), 0)
-        net.load_state_dict(load_file(weights))
+        state = load_file(weights)
+        # A difftrain autoencoder's weights are the wrapper's (vae.*); a diffusers folder's, the AutoencoderKL's own.
+        (net if any(k.startswith("vae.") for k in state) else net.vae).load_state_dict(state)
         return net.eval().requires_grad_(False)
 
     @property

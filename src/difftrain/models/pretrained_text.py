@@ -1,6 +1,6 @@
 """A local pretrained text encoder in the caption encoder's place (model.text_encoder=FOLDER): a transformers text
 model saved with its tokenizer (a CLIPTextModel, as Stable Diffusion's; any model whose first output is its hidden
-states), frozen.
+states), or a diffusers pipeline folder's text_encoder/ and tokenizer/, frozen.
 
 It reads the same caption rows as the encoder trained from scratch, so data, conditioners and samplers do not change:
 each row is turned back into its text, which the model's own tokenizer reads exactly as Stable Diffusion's pipeline
@@ -15,6 +15,7 @@ EMA, checkpoints): the run reads them from the folder, checked against the SHA-2
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,25 @@ _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}  # (folder, weights hash) -
 _CACHE: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}  # (weights hash, text) -> (hidden states, pooled), on the CPU
 
 
+def parts(folder: str | Path) -> tuple[Path, Path]:
+    """The folders of the tokenizer and of the text model: a pipeline's tokenizer/ and text_encoder/, else both `folder`."""
+    path = Path(folder)
+    if (path / "model_index.json").is_file() and (path / "text_encoder").is_dir():
+        return path / "tokenizer", path / "text_encoder"
+    return path, path
+
+
 def load_text_model(folder: str, sha256: str | None = None) -> tuple[Any, Any]:
     """The folder's tokenizer and text model, frozen; a clear error for a folder that holds neither. `sha256`: its
     weights' hash, when the caller has it (hashing a large model takes a while)."""
-    path = Path(folder)
     key = (str(folder), sha256 or weights_sha256(str(folder)))
     if key not in _LOADED:
         from transformers import AutoModel, AutoTokenizer
 
+        tokens, model_folder = parts(folder)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModel.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(tokens, local_files_only=True)
+            model = _model_class(model_folder, AutoModel).from_pretrained(model_folder, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"model.text_encoder={folder}: transformers cannot load a text model and tokenizer from it "
                             f"({str(e).splitlines()[0][:300]})") from None
@@ -49,12 +58,30 @@ def load_text_model(folder: str, sha256: str | None = None) -> tuple[Any, Any]:
     return _LOADED[key]
 
 
+def _model_class(folder: Path, fallback):
+    """The transformers class that config.json's "architectures" names (a SiglipTextModel has no AutoModel entry), else
+    `fallback`; only transformers' own classes, never code from the folder."""
+    import transformers
+
+    try:
+        names = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        names = []
+    for name in names:
+        cls = getattr(transformers, str(name), None)
+        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+            return cls
+    return fallback
+
+
 def weights_sha256(folder: str) -> str:
     """One SHA-256 over every weights file of the folder (all shards of a sharded model)."""
-    if not (Path(folder) / "config.json").is_file():
+    _, model_folder = parts(folder)
+    if not (model_folder / "config.json").is_file():
         raise UserError(f"model.text_encoder={folder}: no config.json there; give a folder that a transformers text "
-                        "model and its tokenizer were saved to (save_pretrained), e.g. a CLIPTextModel's")
-    files = sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin"))
+                        "model and its tokenizer were saved to (save_pretrained), e.g. a CLIPTextModel's, or a diffusers "
+                        "pipeline folder with text_encoder/ and tokenizer/")
+    files = sorted(model_folder.glob("*.safetensors")) or sorted(model_folder.glob("*.bin"))
     if not files:
         raise UserError(f"model.text_encoder={folder}: no weights file (*.safetensors or *.bin) there")
     if len(files) == 1:

@@ -101,17 +101,23 @@ def model_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
         "dropout": c.get("dropout", 0.0),
     }
     built = unet_arguments(UNetConfig(**fields), (3,) + (8 * 2 ** len(channels),) * 2, 0)
-    defaults = {name: p.default for name, p in inspect.signature(UNet2DModel.__init__).parameters.items()}
+    return fields | {"unet_options": options_beyond(c, built, UNet2DModel)}
+
+
+def options_beyond(config: dict[str, Any], built: dict[str, Any], cls: type,
+                   ignore: set[str] = _NOT_ARCHITECTURE) -> dict[str, Any]:
+    """The arguments of `config` (a diffusers config.json) that differ from `built`, the arguments that difftrain's
+    fields give (else `cls`'s defaults), `ignore`d ones aside: what unet_options must add to rebuild it exactly."""
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
     options = {}
-    for key, value in c.items():
-        if key in _NOT_ARCHITECTURE or key not in defaults:
+    for key, value in config.items():
+        if key in ignore or key not in defaults or key.startswith("_"):
             continue
-        ours = built.get(key, defaults[key])
-        if _plain(value) != _plain(ours):
+        if plain(value) != plain(built.get(key, defaults[key])):
             options[key] = value
-    return fields | {"unet_options": options}
+    return options
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Tuples and lists compare equal (JSON has only lists)."""
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value

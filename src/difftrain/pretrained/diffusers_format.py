@@ -269,7 +269,7 @@ def read_diffusers(path: Path) -> DiffusersModel:
     """A pipeline folder (model_index.json with a UNet2DModel `unet`) or a bare UNet2DModel folder (config.json)."""
     path = Path(path)
     if (path / "model_index.json").is_file():
-        index = _read_json(path / "model_index.json")
+        index = read_json(path / "model_index.json")
         entry = index.get("unet")
         if entry is None:
             parts = ", ".join(k for k in index if not k.startswith("_")) or "none"
@@ -293,23 +293,23 @@ def read_diffusers(path: Path) -> DiffusersModel:
         raise UserError(f"{path}: no model_index.json or config.json here; give a diffusers pipeline folder or a "
                         f"{UNET_CLASS} folder written by save_pretrained")
     unet_config = _read_unet_config(unet_dir / "config.json")
-    weights = _read_weights(unet_dir)
+    weights = read_weights(unet_dir)
     diffusion, scheduler_name = None, "no scheduler config"
     if scheduler_file.is_file():
-        scheduler = _read_json(scheduler_file)
+        scheduler = read_json(scheduler_file)
         diffusion = scheduler_to_diffusion(scheduler, scheduler_file)
         scheduler_name = scheduler.get("_class_name", "unnamed scheduler")
-    info = _read_json(root / INFO) if (root / INFO).is_file() else {}
+    info = read_json(root / INFO) if (root / INFO).is_file() else {}
     origin = f"{described[0]} ({', '.join(described[1:] + [scheduler_name])})"
     return DiffusersModel(unet_config=unet_config, weights=weights, diffusion=diffusion, info=info, origin=origin)
 
 
-_UNSUPPORTED_UNET = ("difftrain trains pixel-space UNet2DModel models only (text-conditioned latent models such as "
-                     "UNet2DConditionModel are not supported); choose an unconditional or class-conditional "
-                     "UNet2DModel model")
+_UNSUPPORTED_UNET = ("difftrain reads UNet2DModel folders, and text-to-image pipeline folders whose unet is a "
+                     "UNet2DConditionModel with their vae, text_encoder, tokenizer and scheduler (a Stable Diffusion "
+                     "folder): give the whole pipeline folder, or an unconditional or class-conditional UNet2DModel")
 
 
-def _read_json(file: Path) -> dict[str, Any]:
+def read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError) as e:
@@ -324,19 +324,19 @@ def _read_json(file: Path) -> dict[str, Any]:
 def _read_unet_config(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise UserError(f"{file} is missing: a {UNET_CLASS} folder needs its config.json (written by save_pretrained)")
-    config = _read_json(file)
+    config = read_json(file)
     name = config.get("_class_name")
     if name != UNET_CLASS:
         raise UserError(f"{file}: _class_name={name!r}, not {UNET_CLASS!r}; {_UNSUPPORTED_UNET}")
     return config
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The state dict from safetensors (single or sharded), else from a pickled .bin (tensors only)."""
     if (folder / WEIGHTS).is_file():
         return _load_safetensors(folder / WEIGHTS)
     if (folder / WEIGHTS_INDEX).is_file():
-        shards = sorted(set(_read_json(folder / WEIGHTS_INDEX).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(folder / WEIGHTS_INDEX).get("weight_map", {}).values()))
         if not shards:
             raise UserError(f"{folder / WEIGHTS_INDEX} lists no weight files: re-download or re-export the model")
         weights: dict[str, torch.Tensor] = {}

@@ -1,7 +1,10 @@
-"""What `train --init SOURCE` starts from: a difftrain run or checkpoint, or a diffusers folder.
+"""What `train --init SOURCE` starts from: a difftrain run or checkpoint, a diffusers UNet2DModel folder, or a text-to-image
+pipeline folder (Stable Diffusion's layout: unet, vae, text_encoder, tokenizer, scheduler).
 
-Every source becomes the same thing: UNet2DModel weights, the network and formulation they
-were trained with, and the names of their class-embedding rows.
+Every source becomes the same thing: the weights of the network's transferable part (its core), the model settings and
+formulation they were trained with, and the names of their class-embedding rows. A text-to-image folder's UNet is
+fine-tuned in its own VAE's latent space (model.latent, at its scaling_factor), reading prompts with its own text
+encoder, frozen (model.text_encoder).
 """
 
 from __future__ import annotations
@@ -27,29 +30,51 @@ FORMULATION = ("formulation", "prediction", "sigma_data", "beta_schedule", "beta
 @dataclass
 class Pretrained:
     origin: str  # what was loaded, for the report
-    weights: dict[str, torch.Tensor]  # a UNet2DModel state dict
-    model: dict[str, Any]  # model.unet fields of the network the weights belong to
+    weights: dict[str, torch.Tensor]  # the state dict of the network's core (a UNet2DModel, or a captioned UNet)
+    model: dict[str, Any]  # the model settings the weights need, as the config nests them: {"arch": "unet", "unet": {...}}
     diffusion: dict[str, Any] | None  # DiffusionConfig fields it was trained with (None: unknown)
     class_names: list[str] | None  # names of the class-embedding rows, in order (None: unnamed)
     has_null_label: bool  # its last class-embedding row is difftrain's "no label" row
     checkpoint: Checkpoint | None = None  # the difftrain checkpoint it comes from
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def captioned(self) -> bool:
+        """A text-to-image model: it reads prompts."""
+        return bool(self.model.get("text_encoder"))
 
-def transferable(net: torch.nn.Module, what: str) -> torch.nn.Module:
-    """The part of a network whose weights move between runs and diffusers folders; refused for networks without one."""
+
+def transferable(net: torch.nn.Module, what: str, source: Pretrained | None = None) -> torch.nn.Module:
+    """The part of a network whose weights move between runs and diffusers folders; refused for networks without one,
+    and for a `source` that reads prompts when the network does not (or the reverse)."""
     from diffusers import UNet2DModel
 
+    from difftrain.models.unet_captions import CaptionedUNet
+
     core = net.core()
-    if not isinstance(core, UNet2DModel):
+    if source is not None and source.captioned != isinstance(core, CaptionedUNet):
+        raise UserError(f"{what} is a text-to-image model, and this data has no captions: prepare captioned images "
+                        "(data prepare --captions FILE)" if source.captioned else
+                        f"{what} does not read prompts, and this data is captioned: start from a text-to-image pipeline "
+                        "folder, or from scratch")
+    if not isinstance(core, (UNet2DModel, CaptionedUNet)):
         raise UserError(f"{what}: its {type(net).__name__} network cannot be loaded into another network yet "
-                        "(starting from weights works for UNet runs and diffusers folders)")
+                        "(starting from weights works for UNet runs, diffusers UNet2DModel folders and text-to-image "
+                        "pipeline folders)")
+    if isinstance(core, CaptionedUNet) and source is None:
+        raise UserError(_CAPTIONED_RUN.format(what=what))
     return core
+
+
+# A run's caption encoder reads its own data's characters; an exported folder carries encoder and tokenizer together.
+_CAPTIONED_RUN = ("{what} is a text-to-image run; export it as a pipeline folder first (`difftrain export RUN --out "
+                  "FOLDER`, for latent UNet runs) and start from that folder")
 
 
 def open_pretrained(source: str | Path, warn=print) -> Pretrained:
     """A run folder (its latest checkpoint), a checkpoint folder, or a diffusers pipeline or UNet folder."""
     from difftrain.pretrained.diffusers_format import is_diffusers_folder
+    from difftrain.pretrained.stable_diffusion import is_text_to_image_folder
 
     path = Path(source)
     if not path.exists():
@@ -57,9 +82,13 @@ def open_pretrained(source: str | Path, warn=print) -> Pretrained:
     is_checkpoint = (path / "info.json").is_file()
     run = source_run(path)
     if run is not None:
+        if run.captioned:
+            raise UserError(_CAPTIONED_RUN.format(what=f"--init {source}"))
         return _from_run(run, open_checkpoint(path) if is_checkpoint else resolve_checkpoint(run.path, "latest", warn))
     if is_checkpoint:
         raise UserError(f"--init {source}: a checkpoint must sit in its run folder (RUN/checkpoints/NAME) to know its network")
+    if is_text_to_image_folder(path):
+        return _from_text_to_image(path)
     if is_diffusers_folder(path):
         return _from_diffusers(path)
     raise UserError(f"--init {source} is neither a difftrain run or checkpoint nor a diffusers folder "
@@ -73,7 +102,7 @@ def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
     return Pretrained(
         origin=f"run {run.path} ({checkpoint.path.name}, {checkpoint.images:,} images)",
         weights={k: v.clone() for k, v in unet.state_dict().items()},
-        model={k: model[k] for k in ARCHITECTURE},
+        model={"arch": "unet", "unet": {k: model[k] for k in ARCHITECTURE}},
         diffusion=run.config.diffusion.model_dump(),
         class_names=list(run.dataset["class_names"] or []) if run.num_classes else None,
         has_null_label=bool(run.num_classes),
@@ -98,7 +127,7 @@ def _from_diffusers(path: Path) -> Pretrained:
     return Pretrained(
         origin=found.origin,
         weights=found.weights,
-        model={k: fields[k] for k in ARCHITECTURE},
+        model={"arch": "unet", "unet": {k: fields[k] for k in ARCHITECTURE}},
         diffusion=diffusion,
         class_names=info.get("class_names"),
         has_null_label=info.get("null_label") is not None,
@@ -106,31 +135,77 @@ def _from_diffusers(path: Path) -> Pretrained:
     )
 
 
+def _from_text_to_image(path: Path) -> Pretrained:
+    from difftrain.models.autoencoder import autoencoder_folder
+    from difftrain.models.pretrained_text import weights_sha256
+    from difftrain.models.unet_captions import captioned_model_fields
+    from difftrain.pretrained.stable_diffusion import read_text_to_image
+
+    found = read_text_to_image(path)
+    folder = str(path.resolve())
+    fields = captioned_model_fields(found.unet_config)
+    vae = autoencoder_folder(folder)
+    # The text encoder is the network's frozen part; its weights' fingerprint is its only state.
+    fingerprint = torch.tensor(list(bytes.fromhex(weights_sha256(folder))), dtype=torch.uint8)
+    return Pretrained(
+        origin=found.origin,
+        weights={**{f"unet.{k}": v for k, v in found.weights.items()}, "captions.weights_sha256": fingerprint},
+        model={"arch": "unet", "unet": {k: fields[k] for k in ARCHITECTURE}, "text_encoder": folder, "latent": folder,
+               "latent_scale": vae.scaling_factor},
+        # A difftrain export also carries its training choices (weighting, noise levels); the scheduler's formulation wins.
+        diffusion={**found.info.get("diffusion", {}), **found.diffusion},
+        class_names=None,
+        has_null_label=False,
+        notes=[f"its text encoder ({folder}/text_encoder) reads the prompts, frozen; its VAE ({folder}/vae) encodes the "
+               f"images, latents scaled by {vae.scaling_factor:g}"],
+    )
+
+
+def _flat(patch: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """{"unet": {"channels": ...}} -> {"model.unet.channels": ...}"""
+    out = {}
+    for key, value in patch.items():
+        if isinstance(value, dict) and key != "unet_options":
+            out |= _flat(value, f"{prefix}.{key}")
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+# Settings that --latent and --text-encoder give as flags: set to anything else, they contradict the source.
+_GIVEN_AS_FLAGS = ("model.latent", "model.text_encoder")
+
+
 def config_for_source(config: Config, source: Pretrained, explicit: set[str] = frozenset()) -> Config:
     """`config` with the source's network and formulation, which its weights only work with.
 
     `explicit` holds the keys the user set (e.g. "model.unet.channels"); one that contradicts the source is an error.
     """
-    model = dict(source.model)
-    if config.model.arch not in ("auto", "unet"):
-        raise UserError(f"model.arch={config.model.arch} contradicts --init {source.origin}, a UNet2DModel: drop the model.arch setting")
+    arch = source.model["arch"]
+    if "model.arch" in explicit and config.model.arch not in ("auto", arch):  # (a preset's choice gives way)
+        raise UserError(f"model.arch={config.model.arch} contradicts --init {source.origin}, a model.arch={arch} network: "
+                        "drop the model.arch setting")
     if source.diffusion is None and "diffusion.formulation" not in explicit:
         raise UserError(f"--init {source.origin}: no scheduler config says how this UNet was trained; say it yourself, "
                         "e.g. diffusion.formulation=vp diffusion.prediction=eps (with its beta schedule), or diffusion.formulation=edm")
     diffusion = {k: v for k, v in (source.diffusion or {}).items() if k in FORMULATION}
-    for section, values in (("model.unet", model), ("diffusion", diffusion)):
-        current = (config.model.unet if section == "model.unet" else config.diffusion).model_dump()
-        for key, value in values.items():
-            named = {f"{section}.{key}", f"model.{key}"} if section == "model.unet" else {f"{section}.{key}"}
-            if named & explicit and current[key] != value:
-                raise UserError(f"{section}.{key}={current[key]!r} contradicts --init {source.origin}, which has {value!r}: "
-                                f"its weights only work with the source's value; drop the {section}.{key} setting")
+    dump = config.model_dump(mode="json")
+    current = _flat(dump["model"], "model") | _flat(dump["diffusion"], "diffusion")
+    for key, value in (_flat({k: v for k, v in source.model.items() if k != "arch"}, "model") | _flat(diffusion, "diffusion")).items():
+        named = {key, key.replace("model.unet.", "model.")}  # (older configs name UNet keys at the model's top)
+        given = bool(named & explicit) or (key in _GIVEN_AS_FLAGS and current.get(key) is not None)
+        if given and current.get(key) != value:
+            raise UserError(f"{key}={current.get(key)!r} contradicts --init {source.origin}, which has {value!r}: "
+                            f"its weights only work with the source's value; drop the {key} setting")
     # The source's training choices (loss weighting, noise levels) carry over unless set by the user.
     choices = {k: v for k, v in (source.diffusion or {}).items() if k not in FORMULATION and f"diffusion.{k}" not in explicit}
     if "weighting" not in (source.diffusion or {}) and diffusion.get("formulation") == "vp" and "diffusion.weighting" not in explicit:
         choices["weighting"] = "uniform"  # a foreign VP model: diffusers trains them on the plain eps/v MSE
-    raw = config.model_dump(mode="json")
-    raw["model"]["arch"] = "unet"
-    raw["model"]["unet"].update(model)
+    raw = dump
+    for key, value in source.model.items():
+        if isinstance(value, dict):
+            raw["model"][key].update(value)
+        else:
+            raw["model"][key] = value
     raw["diffusion"].update(diffusion | choices)
     return validate_config(raw, f"--init {source.origin}")

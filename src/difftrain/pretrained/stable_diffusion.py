@@ -1,5 +1,6 @@
 """A latent, caption-conditioned UNet run as a Stable Diffusion folder: stock diffusers loads it with
-`DiffusionPipeline.from_pretrained` (a `StableDiffusionPipeline`) and samples from a prompt.
+`DiffusionPipeline.from_pretrained` (a `StableDiffusionPipeline`) and samples from a prompt. `read_text_to_image`
+reads such a folder back (difftrain's or another's) for `train --init`.
 
 The parts, each a stock class:
 - unet: the run's `UNet2DConditionModel`, as trained.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ import torch
 from difftrain.atomic import atomic_directory
 from difftrain.errors import UserError
 from difftrain.models import architecture
-from difftrain.pretrained.diffusers_format import INFO, SCHEDULERS, diffusion_to_scheduler, usage
+from difftrain.pretrained.diffusers_format import (INFO, SCHEDULER_CONFIG, SCHEDULERS, diffusion_to_scheduler, read_json,
+                                                   read_weights, scheduler_to_diffusion, usage)
 
 PAD = "<pad>"
 
@@ -150,3 +153,49 @@ def _readme(scheduler: str, height: int, width: int, captions, pretrained: str |
         f"Pass `height={height}, width={width}`: the model was trained on images of that size. {reading}",
         f"`{INFO}` holds difftrain's metadata; diffusers ignores it.",
         ""])
+
+
+# ---- import ----
+
+CONDITION_UNET = "UNet2DConditionModel"
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class TextToImageFolder:
+    """What a Stable Diffusion style pipeline folder holds for a fine-tune: the UNet (config and weights), the
+    formulation its scheduler names, and difftrain.json when difftrain exported it. Its vae/ and text_encoder/ are
+    read where they are (model.latent, model.text_encoder)."""
+
+    unet_config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    diffusion: dict[str, Any]
+    info: dict[str, Any]
+    origin: str
+
+
+def is_text_to_image_folder(path: Path) -> bool:
+    """A pipeline folder whose unet is a UNet2DConditionModel (read_text_to_image then says what else is missing)."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return False
+    entry = read_json(index).get("unet")
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] == CONDITION_UNET
+
+
+def read_text_to_image(path: Path) -> TextToImageFolder:
+    path = Path(path)
+    index = read_json(path / "model_index.json")
+    missing = [part for part in PARTS if part not in index or not (path / part).is_dir()]
+    if missing:
+        raise UserError(f"--init {path}: the {index.get('_class_name', 'pipeline')} lacks {', '.join(missing)}; a text-to-image "
+                        f"fine-tune needs the folder's {', '.join(PARTS)} (as StableDiffusionPipeline.save_pretrained writes them)")
+    unet_config = read_json(path / "unet" / "config.json")
+    if unet_config.get("_class_name") != CONDITION_UNET:
+        raise UserError(f"{path / 'unet' / 'config.json'}: _class_name={unet_config.get('_class_name')!r}, not {CONDITION_UNET!r}")
+    scheduler_file = path / "scheduler" / SCHEDULER_CONFIG
+    scheduler = read_json(scheduler_file)
+    info = read_json(path / INFO) if (path / INFO).is_file() else {}
+    origin = f"diffusers pipeline {path} ({index.get('_class_name', 'unnamed pipeline')}, {scheduler.get('_class_name', 'unnamed scheduler')})"
+    return TextToImageFolder(unet_config=unet_config, weights=read_weights(path / "unet"),
+                             diffusion=scheduler_to_diffusion(scheduler, scheduler_file), info=info, origin=origin)

@@ -2,8 +2,11 @@
 
 A new run pins the autoencoder's checkpoint (model.latent becomes its folder), keeps a copy of its EMA weights as
 RUN/autoencoder.safetensors (so the run decodes even after the autoencoder trains on and prunes that checkpoint), encodes
-the training images once into RUN/latents/train.npy and scales the latents to unit RMS. A resumed run reads it all
-back from its own folder.
+the training images once into RUN/latents/train.npy and scales the latents to unit RMS (model.latent_scale records the
+factor). A resumed run reads it all back from its own folder.
+
+model.latent may also name a diffusers AutoencoderKL folder, or a pipeline folder with a vae/ (Stable Diffusion's): its
+weights are copied as they are, and its latents scaled by its scaling_factor, as the pipeline scales them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from difftrain.data import PreparedDataset
 from difftrain.errors import UserError
 from difftrain.hashing import sha256_file
 from difftrain.modalities import modality_for
+from difftrain.models.autoencoder import AutoencoderFolder, autoencoder_folder
 from difftrain.store.checkpoint import resolve_checkpoint
 from difftrain.store.run import LATENT_WEIGHTS, source_run
 
@@ -46,22 +50,47 @@ def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, r
         raise UserError("train.hflip mirrors images, and a latent diffusion model sees latents encoded once, whose mirror "
                         "is not the latent of the mirrored image: set train.hflip=false with --latent")
     # Every process of a launch does this alike (the same files, each written atomically): no process waits for another.
-    source, checkpoint = autoencoder_checkpoint(config.model.latent, dataset.modality, dataset.path)
     shutil.rmtree(run_dir / LATENTS, ignore_errors=True)  # a new run's latents are its own, never an earlier start's
     copy.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_file(copy) as tmp:  # the EMA weights, LoRA merged in, as the run decodes with them
-        save_file({k: v.contiguous() for k, v in source.network(checkpoint).state_dict().items()}, tmp)
-    unit = latent_modality(dataset.modality, source.config.model.autoencoder.model_dump(), copy, sha256_file(copy))
+    folder = diffusers_autoencoder(config.model.latent, dataset.modality)
+    if folder is not None:  # a diffusers AutoencoderKL (Stable Diffusion's VAE): its weights as they are
+        with atomic.atomic_file(copy) as tmp:
+            shutil.copyfile(folder.weights, tmp)
+        settings, pinned, given_scale = folder.fields, str(folder.path.resolve()), folder.scaling_factor
+    else:
+        source, checkpoint = autoencoder_checkpoint(config.model.latent, dataset.modality, dataset.path)
+        with atomic.atomic_file(copy) as tmp:  # the EMA weights, LoRA merged in, as the run decodes with them
+            save_file({k: v.contiguous() for k, v in source.network(checkpoint).state_dict().items()}, tmp)
+        settings, pinned, given_scale = source.config.model.autoencoder.model_dump(), str(checkpoint.path.resolve()), None
+    unit = latent_modality(dataset.modality, settings, copy, sha256_file(copy))
     h, w, c = dataset.modality.shape
     codes = encode_with_progress(unit, dataset.train_data, device, console)
-    # Unit RMS, so that sigma_data = 1 describes them (Stable Diffusion's 1/std, for latents centred on zero).
-    rms = float(np.sqrt(np.mean(np.square(codes, dtype=np.float64)))) if codes.size else 0.0
-    unit.spec["latent"]["scale"] = scale = 1.0 / rms if rms > 0 else 1.0
+    scale = config.model.latent_scale or given_scale
+    if scale is None:  # unit RMS, so that sigma_data = 1 describes them (Stable Diffusion's 1/std, for latents centred on zero)
+        rms = float(np.sqrt(np.mean(np.square(codes, dtype=np.float64)))) if codes.size else 0.0
+        scale = 1.0 / rms if rms > 0 else 1.0
+        how = "to unit RMS"
+    else:
+        how = "as model.latent_scale says" if config.model.latent_scale else "its scaling_factor"
+    unit.spec["latent"]["scale"] = scale
     atomic.write_npy(latents_cache(run_dir, "train"), codes * np.float32(scale))
-    console.print(f"latent space: {checkpoint.path} encodes {h}x{w}x{c} images into {'x'.join(map(str, unit.model_shape))} "
-                  f"latents (scaled by {scale:.4g} to unit RMS)")
-    pinned = config.model.model_copy(update={"latent": str(checkpoint.path.resolve())})
-    return config.model_copy(update={"model": pinned}), dataset.seen_as(unit)
+    console.print(f"latent space: {pinned} encodes {h}x{w}x{c} images into {'x'.join(map(str, unit.model_shape))} "
+                  f"latents (scaled by {scale:.4g}, {how})")
+    model = config.model.model_copy(update={"latent": pinned, "latent_scale": scale})
+    return config.model_copy(update={"model": model}), dataset.seen_as(unit)
+
+
+def diffusers_autoencoder(given: str, modality) -> AutoencoderFolder | None:
+    """The diffusers AutoencoderKL that model.latent names, checked against the data, or None for a difftrain run."""
+    folder = autoencoder_folder(given)
+    if folder is None:
+        return None
+    if modality.kind != "image":
+        raise UserError(f"--latent: latent diffusion takes images; this data is {modality.kind}: leave --latent out")
+    if modality.shape[2] != folder.channels:
+        raise UserError(f"--latent {given}: its autoencoder encodes images of {folder.channels} channel(s), this data's "
+                        f"have {modality.shape[2]}: prepare the images with as many (data prepare --mode)")
+    return folder
 
 
 def autoencoder_checkpoint(given: str, modality, data_path) -> tuple:
@@ -94,6 +123,9 @@ def latent_modality(images, settings: dict, weights: Path, sha256: str, scale: f
 def latent_view(config: Config, images):
     """`images` seen through the autoencoder that model.latent names, read where it is, latents unscaled (what `doctor`
     probes a latent diffusion config with: the latents' shape, not their values, sets a step's cost)."""
+    folder = diffusers_autoencoder(config.model.latent, images)
+    if folder is not None:
+        return latent_modality(images, folder.fields, folder.weights, sha256_file(folder.weights))
     source, checkpoint = autoencoder_checkpoint(config.model.latent, images, "DATA")
     return latent_modality(images, source.config.model.autoencoder.model_dump(), checkpoint.path / "ema.safetensors",
                            checkpoint.info["sha256"]["ema.safetensors"])

@@ -65,7 +65,8 @@ def starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, exis
         model_classes = json.loads((run_dir / "dataset.json").read_text())["class_names"] or []
     else:
         model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
-    new_classes = source is not None and config.model.conditional and len(model_classes) > len(source.class_names or [])
+    new_classes = (source is not None and not source.captioned and config.model.conditional
+                   and len(model_classes) > len(source.class_names or []))  # (a captioned model has no class rows)
     if new_classes and (fc.lora_rank or fc.train_only) and "class_embedding" not in fc.train_only:
         # New classes need their embedding rows trained, even when the rest is frozen or adapted.
         config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
