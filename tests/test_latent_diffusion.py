@@ -241,6 +241,10 @@ def test_init_from_an_exported_folder_starts_as_its_source_and_lora_fine_tunes_i
     assert config.model.arch == "unet" and config.model.text_encoder == str(exported.resolve())
     assert config.model.latent == str((exported / "vae").resolve())
     assert config.model.latent_scale == pytest.approx(open_run(latent_unet_run).modality.scale)  # not measured anew
+    # The run's own config agrees with its source (a resume before the first checkpoint, the doctor, --config).
+    from difftrain.pretrained.source import config_for_source, open_pretrained
+
+    assert config_for_source(config, open_pretrained(exported)).model == config.model
     prompts = ["a 3 to the left of a 7", "1 then 2"]
     spec = open_run(latent_unet_run).sampling_spec(5, steps=4, guidance=2.0)
     source = sample_run(latent_unet_run, 4, spec, tmp_path / "a.npz", prompts=prompts)["images"]
@@ -260,7 +264,7 @@ def test_init_from_an_exported_folder_starts_as_its_source_and_lora_fine_tunes_i
     assert images.shape == (1, 8, 16, 1) and np.isfinite(images).all()
 
 
-def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, latent_unet_run, autoencoder_run, tmp_path):
+def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, digits_dir, latent_unet_run, autoencoder_run, tmp_path):
     exported = tmp_path / "exported"
     cli("export", latent_unet_run, "--out", exported)
     cases = [
@@ -271,8 +275,11 @@ def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, latent_unet_r
         (caption_run(pairs_dir, tmp_path / "c", "--init", exported, **{"model.unet.layers_per_block": 2}),
          "model.unet.layers_per_block=2 contradicts --init"),
         (caption_run(pairs_dir, tmp_path / "d", "--init", latent_unet_run), "export it as a pipeline folder first"),
+        (["train", "--preset", "digits", "--out", tmp_path / "e", "--init", exported, *tiny_overrides(digits_dir)],
+         "is a text-to-image model, and this run reads no captions"),
     ]
     for args, message in cases:
         refused = difftrain(*args)
         assert refused.returncode == 2 and message in " ".join(refused.stderr.split()), refused.stderr
         assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "e" / "latents").exists()  # refused before encoding anything

@@ -73,7 +73,11 @@ class LatentImageModality(ImageModality):
         net = build_autoencoder(AutoencoderConfig(**self.latent["autoencoder"]), (c, h, w), 0)
         state = load_file(weights)
         # A difftrain autoencoder's weights are the wrapper's (vae.*); a diffusers folder's, the AutoencoderKL's own.
-        (net if any(k.startswith("vae.") for k in state) else net.vae).load_state_dict(state)
+        if any(k.startswith("vae.") for k in state):
+            net.load_state_dict(state)
+        else:
+            net.vae._fix_state_dict_keys_on_load(state)  # older attention names (query, key, ...) as diffusers renames them
+            net.vae.load_state_dict(state)
         return net.eval().requires_grad_(False)
 
     @property

@@ -47,9 +47,14 @@ def load_text_model(folder: str, sha256: str | None = None) -> tuple[Any, Any]:
 
         tokens, model_folder = parts(folder)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(tokens, local_files_only=True)
-            model = _model_class(model_folder, AutoModel).from_pretrained(model_folder, local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
+            tokenizer = AutoTokenizer.from_pretrained(tokens, local_files_only=True, trust_remote_code=False)
+            # The safetensors file when there is one: the file whose hash fingerprints the model.
+            safe = {"use_safetensors": True} if any(model_folder.glob("*.safetensors")) else {}
+            try:
+                model = AutoModel.from_pretrained(model_folder, local_files_only=True, trust_remote_code=False, **safe)
+            except ValueError:  # a class without an AutoModel entry (difftrain's SiglipTextModel export)
+                model = _model_class(model_folder).from_pretrained(model_folder, local_files_only=True, **safe)
+        except (OSError, ValueError, KeyError, ImportError) as e:
             raise UserError(f"model.text_encoder={folder}: transformers cannot load a text model and tokenizer from it "
                             f"({str(e).splitlines()[0][:300]})") from None
         if hasattr(model, "vision_model"):  # a whole CLIP (both towers): its text tower
@@ -58,9 +63,9 @@ def load_text_model(folder: str, sha256: str | None = None) -> tuple[Any, Any]:
     return _LOADED[key]
 
 
-def _model_class(folder: Path, fallback):
-    """The transformers class that config.json's "architectures" names (a SiglipTextModel has no AutoModel entry), else
-    `fallback`; only transformers' own classes, never code from the folder."""
+def _model_class(folder: Path):
+    """The transformers model class that config.json's "architectures" names (a base model, not one with a head);
+    only transformers' own classes, never code from the folder."""
     import transformers
 
     try:
@@ -69,9 +74,10 @@ def _model_class(folder: Path, fallback):
         names = []
     for name in names:
         cls = getattr(transformers, str(name), None)
-        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and not any(
+                part in str(name) for part in ("For", "LMHead", "WithProjection")):
             return cls
-    return fallback
+    raise ValueError(f"config.json names no base model class transformers has ({', '.join(map(str, names)) or 'none'})")
 
 
 def weights_sha256(folder: str) -> str:

@@ -43,6 +43,15 @@ class Pretrained:
         """A text-to-image model: it reads prompts."""
         return bool(self.model.get("text_encoder"))
 
+    def check_prompts(self, captioned: bool) -> None:
+        """Refuse a text-to-image source for a model that reads no captions, and the reverse."""
+        if self.captioned and not captioned:
+            raise UserError(f"--init {self.origin} is a text-to-image model, and this run reads no captions (the data has "
+                            "none, or model.conditional=false): prepare captioned images (data prepare --captions FILE)")
+        if captioned and not self.captioned:
+            raise UserError(f"--init {self.origin} does not read prompts, and this data is captioned: start from a "
+                            "text-to-image pipeline folder, or from scratch")
+
 
 def transferable(net: torch.nn.Module, what: str, source: Pretrained | None = None) -> torch.nn.Module:
     """The part of a network whose weights move between runs and diffusers folders; refused for networks without one,
@@ -52,11 +61,8 @@ def transferable(net: torch.nn.Module, what: str, source: Pretrained | None = No
     from difftrain.models.unet_captions import CaptionedUNet
 
     core = net.core()
-    if source is not None and source.captioned != isinstance(core, CaptionedUNet):
-        raise UserError(f"{what} is a text-to-image model, and this data has no captions: prepare captioned images "
-                        "(data prepare --captions FILE)" if source.captioned else
-                        f"{what} does not read prompts, and this data is captioned: start from a text-to-image pipeline "
-                        "folder, or from scratch")
+    if source is not None:
+        source.check_prompts(isinstance(core, CaptionedUNet))
     if not isinstance(core, (UNet2DModel, CaptionedUNet)):
         raise UserError(f"{what}: its {type(net).__name__} network cannot be loaded into another network yet "
                         "(starting from weights works for UNet runs, diffusers UNet2DModel folders and text-to-image "
@@ -102,7 +108,9 @@ def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
     return Pretrained(
         origin=f"run {run.path} ({checkpoint.path.name}, {checkpoint.images:,} images)",
         weights={k: v.clone() for k, v in unet.state_dict().items()},
-        model={"arch": "unet", "unet": {k: model[k] for k in ARCHITECTURE}},
+        model={"arch": "unet", "unet": {k: model[k] for k in ARCHITECTURE},
+               # A latent model keeps its latent space and the scale it was trained at.
+               **({"latent": run.config.model.latent, "latent_scale": run.modality.scale} if run.config.model.latent else {})},
         diffusion=run.config.diffusion.model_dump(),
         class_names=list(run.dataset["class_names"] or []) if run.num_classes else None,
         has_null_label=bool(run.num_classes),
@@ -143,15 +151,20 @@ def _from_text_to_image(path: Path) -> Pretrained:
 
     found = read_text_to_image(path)
     folder = str(path.resolve())
-    fields = captioned_model_fields(found.unet_config)
+    try:
+        fields = captioned_model_fields(found.unet_config)
+    except (ValueError, TypeError) as e:  # (pydantic's ValidationError is a ValueError)
+        raise UserError(f"{path / 'unet' / 'config.json'}: difftrain cannot rebuild this UNet2DConditionModel ({e})") from None
     vae = autoencoder_folder(folder)
+    if vae is None:
+        raise UserError(f"{path / 'vae' / 'config.json'} is not a diffusers AutoencoderKL config: re-save the VAE with save_pretrained")
     # The text encoder is the network's frozen part; its weights' fingerprint is its only state.
     fingerprint = torch.tensor(list(bytes.fromhex(weights_sha256(folder))), dtype=torch.uint8)
     return Pretrained(
         origin=found.origin,
         weights={**{f"unet.{k}": v for k, v in found.weights.items()}, "captions.weights_sha256": fingerprint},
-        model={"arch": "unet", "unet": {k: fields[k] for k in ARCHITECTURE}, "text_encoder": folder, "latent": folder,
-               "latent_scale": vae.scaling_factor},
+        model={"arch": "unet", "unet": {k: fields[k] for k in ARCHITECTURE}, "text_encoder": folder,
+               "latent": str(vae.path.resolve()), "latent_scale": vae.scaling_factor},
         # A difftrain export also carries its training choices (weighting, noise levels); the scheduler's formulation wins.
         diffusion={**found.info.get("diffusion", {}), **found.diffusion},
         class_names=None,
@@ -176,6 +189,14 @@ def _flat(patch: dict[str, Any], prefix: str) -> dict[str, Any]:
 _GIVEN_AS_FLAGS = ("model.latent", "model.text_encoder")
 
 
+def _folder(path: str | None) -> Path | None:
+    """A folder setting, resolved; a pipeline folder as its vae/ (where model.latent is pinned)."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    return resolved / "vae" if (resolved / "model_index.json").is_file() and (resolved / "vae").is_dir() else resolved
+
+
 def config_for_source(config: Config, source: Pretrained, explicit: set[str] = frozenset()) -> Config:
     """`config` with the source's network and formulation, which its weights only work with.
 
@@ -194,7 +215,8 @@ def config_for_source(config: Config, source: Pretrained, explicit: set[str] = f
     for key, value in (_flat({k: v for k, v in source.model.items() if k != "arch"}, "model") | _flat(diffusion, "diffusion")).items():
         named = {key, key.replace("model.unet.", "model.")}  # (older configs name UNet keys at the model's top)
         given = bool(named & explicit) or (key in _GIVEN_AS_FLAGS and current.get(key) is not None)
-        if given and current.get(key) != value:
+        same = (_folder(current.get(key)) == _folder(value)) if key in _GIVEN_AS_FLAGS else current.get(key) == value
+        if given and not same:
             raise UserError(f"{key}={current.get(key)!r} contradicts --init {source.origin}, which has {value!r}: "
                             f"its weights only work with the source's value; drop the {key} setting")
     # The source's training choices (loss weighting, noise levels) carry over unless set by the user.

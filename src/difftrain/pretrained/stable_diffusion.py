@@ -159,6 +159,7 @@ def _readme(scheduler: str, height: int, width: int, captions, pretrained: str |
 
 CONDITION_UNET = "UNet2DConditionModel"
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+UNFED_INPUTS = ("addition_embed_type", "class_embed_type", "encoder_hid_dim", "time_cond_proj_dim", "num_class_embeds")
 
 
 @dataclass
@@ -190,9 +191,23 @@ def read_text_to_image(path: Path) -> TextToImageFolder:
     if missing:
         raise UserError(f"--init {path}: the {index.get('_class_name', 'pipeline')} lacks {', '.join(missing)}; a text-to-image "
                         f"fine-tune needs the folder's {', '.join(PARTS)} (as StableDiffusionPipeline.save_pretrained writes them)")
-    unet_config = read_json(path / "unet" / "config.json")
+    if "text_encoder_2" in index:
+        raise UserError(f"--init {path}: the pipeline has a second text encoder (Stable Diffusion XL's layout); difftrain "
+                        "fine-tunes pipelines with one text encoder (Stable Diffusion 1 and 2)")
+    unet_file = path / "unet" / "config.json"
+    unet_config = read_json(unet_file)
     if unet_config.get("_class_name") != CONDITION_UNET:
-        raise UserError(f"{path / 'unet' / 'config.json'}: _class_name={unet_config.get('_class_name')!r}, not {CONDITION_UNET!r}")
+        raise UserError(f"{unet_file}: _class_name={unet_config.get('_class_name')!r}, not {CONDITION_UNET!r}")
+    # Inputs of the UNet that difftrain never feeds (SDXL's added embeddings, class labels, LCM's guidance embedding).
+    unfed = [f"{key}={unet_config[key]!r}" for key in UNFED_INPUTS if unet_config.get(key) is not None]
+    if unfed:
+        raise UserError(f"{unet_file}: {', '.join(unfed)}: this UNet takes inputs besides the prompt that difftrain "
+                        "does not give it; start from a Stable Diffusion 1 or 2 style folder")
+    text_config = read_json(path / "text_encoder" / "config.json")
+    width = text_config.get("hidden_size", text_config.get("text_config", {}).get("hidden_size"))
+    if width is not None and unet_config.get("cross_attention_dim") != width:
+        raise UserError(f"{unet_file}: cross_attention_dim={unet_config.get('cross_attention_dim')!r}, but the text "
+                        f"encoder's tokens are {width} wide: the UNet attends to them as they are, so the two must agree")
     scheduler_file = path / "scheduler" / SCHEDULER_CONFIG
     scheduler = read_json(scheduler_file)
     info = read_json(path / INFO) if (path / INFO).is_file() else {}

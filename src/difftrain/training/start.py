@@ -51,6 +51,8 @@ def starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, exis
     if fc.init and existing is None and source is None:
         source = open_pretrained(fc.init, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         config = config_for_source(config, source)
+    if source is not None and existing is None:  # (before a latent space encodes the data for nothing)
+        source.check_prompts(dataset.train_captions is not None and config.model.conditional)
     replay = None
     if fc.replay:
         if not fc.init:
