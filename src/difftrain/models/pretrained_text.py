@@ -95,6 +95,11 @@ def weights_sha256(folder: str) -> str:
     return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
+def fingerprint(sha256: str) -> Tensor:
+    """The weights' SHA-256 as the uint8 buffer that checkpoints carry in the text model's place."""
+    return torch.tensor(list(bytes.fromhex(sha256)), dtype=torch.uint8)
+
+
 class PretrainedCaptionEncoder(nn.Module):
     """forward(caption rows (B, T) of difftrain's ids) -> (hidden states (B, T', width), pooled (B, width)), the pooled
     vector the mean over the tokenizer's non-padding tokens."""
@@ -111,7 +116,7 @@ class PretrainedCaptionEncoder(nn.Module):
         if self.tokens > 4096:  # a tokenizer saved without a length ("very large integer")
             raise UserError(f"model.text_encoder={folder}: its tokenizer has no model_max_length; set it in "
                             "tokenizer_config.json (CLIP's is 77)")
-        self.register_buffer("weights_sha256", torch.tensor(list(bytes.fromhex(self.sha256)), dtype=torch.uint8))
+        self.register_buffer("weights_sha256", fingerprint(self.sha256))
         self.register_load_state_dict_pre_hook(self._same_weights)
 
     def _same_weights(self, module, state_dict, prefix, *args) -> None:

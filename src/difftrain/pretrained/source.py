@@ -145,7 +145,7 @@ def _from_diffusers(path: Path) -> Pretrained:
 
 def _from_text_to_image(path: Path) -> Pretrained:
     from difftrain.models.autoencoder import autoencoder_folder
-    from difftrain.models.pretrained_text import weights_sha256
+    from difftrain.models.pretrained_text import fingerprint, weights_sha256
     from difftrain.models.unet_captions import captioned_model_fields
     from difftrain.pretrained.stable_diffusion import read_text_to_image
 
@@ -159,10 +159,10 @@ def _from_text_to_image(path: Path) -> Pretrained:
     if vae is None:
         raise UserError(f"{path / 'vae' / 'config.json'} is not a diffusers AutoencoderKL config: re-save the VAE with save_pretrained")
     # The text encoder is the network's frozen part; its weights' fingerprint is its only state.
-    fingerprint = torch.tensor(list(bytes.fromhex(weights_sha256(folder))), dtype=torch.uint8)
+    weights_fingerprint = fingerprint(weights_sha256(folder))
     return Pretrained(
         origin=found.origin,
-        weights={**{f"unet.{k}": v for k, v in found.weights.items()}, "captions.weights_sha256": fingerprint},
+        weights={**{f"unet.{k}": v for k, v in found.weights.items()}, "captions.weights_sha256": weights_fingerprint},
         model={"arch": "unet", "unet": {k: fields[k] for k in ARCHITECTURE}, "text_encoder": folder,
                "latent": str(vae.path.resolve()), "latent_scale": vae.scaling_factor},
         # A difftrain export also carries its training choices (weighting, noise levels); the scheduler's formulation wins.

@@ -81,12 +81,13 @@ def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, r
 
 
 def diffusers_autoencoder(given: str, modality) -> AutoencoderFolder | None:
-    """The diffusers AutoencoderKL that model.latent names, checked against the data, or None for a difftrain run."""
+    """The diffusers AutoencoderKL that model.latent names, checked against the data, or None for a difftrain run
+    (autoencoder_checkpoint's, which every caller asks for after this: the data's kind is checked here once)."""
+    if modality.kind != "image":
+        raise UserError(f"--latent: latent diffusion takes images; this data is {modality.kind}: leave --latent out")
     folder = autoencoder_folder(given)
     if folder is None:
         return None
-    if modality.kind != "image":
-        raise UserError(f"--latent: latent diffusion takes images; this data is {modality.kind}: leave --latent out")
     if modality.shape[2] != folder.channels:
         raise UserError(f"--latent {given}: its autoencoder encodes images of {folder.channels} channel(s), this data's "
                         f"have {modality.shape[2]}: prepare the images with as many (data prepare --mode)")
@@ -95,9 +96,7 @@ def diffusers_autoencoder(given: str, modality) -> AutoencoderFolder | None:
 
 def autoencoder_checkpoint(given: str, modality, data_path) -> tuple:
     """The autoencoder run that model.latent names and its checkpoint (a run: its latest), after checking that it is an
-    autoencoder of this data's images."""
-    if modality.kind != "image":
-        raise UserError(f"--latent: latent diffusion takes images; this data is {modality.kind}: leave --latent out")
+    autoencoder of this data's images (diffusers_autoencoder has checked that they are images)."""
     source = source_run(given)
     if source is None or not source.is_autoencoder:
         what = "no difftrain run" if source is None else f"a model.arch={source.config.model.arch} run"
