@@ -719,6 +719,160 @@ def demo(
     out.print(str(path))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+             epilog="Examples: `difftrain sweep --preset digits --trials 40 --budget-images 30000 --out sweeps/digits`  \n"
+                    "`difftrain sweep --preset digits --space sweep.yaml --out sweeps/digits` (space, objective, pruner: "
+                    "docs/sweep.md)  \n"
+                    "`difftrain sweep --resume sweeps/digits --workers 2` (more workers, or more `--trials`)  \n"
+                    "`difftrain sweep show sweeps/digits`, then `difftrain train --config sweeps/digits/best.yaml --out runs/best`  \n"
+                    "`difftrain sweep --lr-range --preset digits --out sweeps/lr` (a learning-rate range test)")
+def sweep(
+    ctx: typer.Context,
+    preset: Optional[str] = typer.Option(None, help=f"Start from a preset: {', '.join(PRESETS)}."),
+    config: Optional[Path] = typer.Option(None, help="YAML config file (applied over the preset)."),
+    data: Optional[str] = typer.Option(None, help="Prepared dataset folder (sets data.path)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="The sweep folder (default sweeps/<preset>-<time>)."),
+    space: Optional[Path] = typer.Option(None, help="sweep.yaml: the parameters, objective(s), sampler and pruner "
+                                         "(default: learning rate, batch, EMA length, noise levels, dropout and width "
+                                         "around the config's own, FID, TPE, median pruning)."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Trials in the study (default 20; with --resume, the new total)."),
+    budget_images: Optional[int] = typer.Option(None, "--budget-images", min=1, help="Training images per trial "
+                                                "(default: the config's train.duration_images)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the sweep in this folder: trials a killed worker left "
+                                          "unfinished resume from their checkpoints, then new ones up to --trials."),
+    workers: int = typer.Option(1, min=1, help="Worker processes sharing the study (each with its share of the CPU threads)."),
+    seed: int = typer.Option(0, help="Seed of the sampler."),
+    auto_batch: bool = typer.Option(False, "--auto-batch", help="Fit every trial's micro-batch in memory as "
+                                    "`difftrain doctor` measures it (train.accumulation keeps its batch size)."),
+    lr_range: bool = typer.Option(False, "--lr-range", help="Instead of a study: a learning-rate range test of the "
+                                  "config, loss against an exponentially growing rate, and the rate it suggests."),
+    lr_steps: int = typer.Option(200, "--lr-steps", min=10, help="--lr-range: steps, from 1e-6 to 1."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="`sweep show`: print the summary as JSON."),
+    worker: Optional[int] = typer.Option(None, hidden=True, help="Internal: run as worker N of --workers."),
+) -> None:
+    """Search hyperparameters with Optuna: each trial is an ordinary run, scored and pruned on the evaluation during
+    training, in a study (SQLite) that survives a kill. `difftrain sweep show DIR` writes the leaderboard, importances,
+    plots and best.yaml. Extra `key=value` arguments override the config of every trial."""
+    args = list(ctx.args)
+    if args[:1] == ["show"]:
+        if len(args) != 2:
+            raise UserError("usage: difftrain sweep show SWEEP_FOLDER")
+        return _sweep_show(Path(args[1]), as_json)
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"unexpected argument {arg!r}: `difftrain sweep show DIR` shows a sweep, other arguments are "
+                            "key=value overrides")
+    from difftrain.sweep import study as sweeps
+
+    if lr_range:
+        return _lr_range(preset, config, args, data, out_dir, lr_steps, progress)
+    if resume is not None:
+        given = [name for name, value in (("--preset", preset), ("--config", config), ("--data", data), ("--space", space),
+                                          ("--budget-images", budget_images), ("--out", out_dir)) if value] + args
+        if given:
+            raise UserError(f"--resume {resume} goes on with the sweep's own settings (sweep.json): leave out {', '.join(given)}")
+        out_dir = resume
+        spec = sweeps.SweepSpec.load(out_dir)
+        if trials is not None and worker is None:
+            spec.trials = trials
+            spec.save(out_dir)
+    else:
+        if out_dir is None:
+            import time
+
+            out_dir = Path("sweeps") / f"{preset or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        base = _config(preset, config, args, data)
+        spec = sweeps.SweepSpec(budget_images=budget_images or base.train.duration_images or
+                                base.train.duration_steps * base.train.batch_size, trials=trials or 20, space={},
+                                preset=preset, config_file=str(config.resolve()) if config else None, overrides=args,
+                                data=str(Path(data).resolve()) if data and Path(data).exists() else data, seed=seed,
+                                auto_batch=auto_batch)
+        spec = sweeps.start(out_dir, spec, space)
+        console.print(f"sweep {out_dir}: {spec.trials} trials of {spec.budget_images:,} training images, objective "
+                      f"{', '.join(spec.parsed_space().objectives)}, parameters {', '.join(spec.space['params'])}")
+    if worker is not None:  # one of several worker processes
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        sweeps.run_worker(out_dir, console=console, progress=False, worker=worker)
+        return
+    if workers > 1:
+        _sweep_workers(out_dir, workers)
+    else:
+        sweeps.run_worker(out_dir, console=console, progress=progress)
+    _sweep_show(out_dir, False)
+    out.print(str(out_dir))
+
+
+def _sweep_workers(out_dir: Path, workers: int) -> None:
+    """Run `workers` worker processes on the study and wait for them all."""
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    console.print(f"{workers} workers on {out_dir}, {threads} thread(s) each")
+    procs = [subprocess.Popen([sys.executable, "-m", "difftrain", "sweep", "--resume", str(out_dir), "--worker", str(i),
+                               "--workers", str(workers)], env=env) for i in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    if any(codes):
+        raise UserError(f"a sweep worker stopped with exit code {max(codes)}; its trial resumes with "
+                        f"`difftrain sweep --resume {out_dir}`")
+
+
+def _sweep_show(out_dir: Path, as_json: bool) -> None:
+    from difftrain.sweep.show import summarize, write_outputs
+
+    summary = summarize(out_dir)
+    files = write_outputs(out_dir, summary)
+    if as_json:
+        out.print_json(json.dumps({**summary.__dict__, "files": files}))
+        return
+    table = Table(title=f"{out_dir}: {len(summary.rows)} trials, {summary.compute_images:,} training images in all")
+    for column in ("rank", "trial", "state", *summary.objectives, "images", "settings"):
+        table.add_column(column, overflow="fold")
+    from difftrain.sweep.space import describe
+
+    for rank, r in enumerate(summary.rows[:20], 1):
+        values = r["values"] or [r["last_reported"]] + [None] * (len(summary.objectives) - 1)
+        state = r["state"] + (" *" if r["trial"] in summary.best else "")
+        table.add_row(str(rank), str(r["trial"]), state, *("" if v is None else f"{v:.4g}" for v in values),
+                      f"{r['images']:,}", r["reason"] or describe(r["params"]))
+    out.print(table)
+    if len(summary.rows) > 20:
+        out.print(f"... and {len(summary.rows) - 20} more in {out_dir / 'leaderboard.csv'}")
+    out.print(("* the Pareto front" if len(summary.objectives) > 1 else "* the best trial")
+              + "; pruned and failed trials show their last reported value or their reason")
+    if summary.importances:
+        out.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.importances.items()))
+    out.print(f"wrote {', '.join(files)} in {out_dir}")
+    if "best.yaml" in files:
+        out.print(f"train the best: difftrain train --config {out_dir / 'best.yaml'} --out runs/best")
+
+
+def _lr_range(preset, config, args, data, out_dir, steps, progress) -> None:
+    from difftrain.sweep.lr_range import lr_range_test
+
+    cfg = _config(preset, config, args, data)
+    if out_dir is None:
+        import time
+
+        out_dir = Path("sweeps") / f"lr-range-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = lr_range_test(cfg, out_dir, steps=steps, console=console, progress=progress)
+    if result["lr"] is None:
+        raise UserError(f"the loss was not finite from the first steps (see {out_dir / 'metrics.jsonl'}): check the data "
+                        "and train.mixed_precision")
+    console.print(f"lr range: loss lowest at lr {result['lr_at_minimum']:.3g}, falling fastest at {result['lr_steepest']:.3g}"
+                  + (f", diverged at {result['diverged_at']:.3g}" if result["diverged_at"] else "")
+                  + f"; suggested optim.lr={result['lr']:.3g} (plot: {out_dir / 'lr-range.png'})")
+    out.print(f"optim.lr={result['lr']:.3g}")
+
+
 @app.command("config", epilog="Example: `difftrain config --preset digits`")
 def show_config(
     preset: Optional[str] = typer.Option(None, help="Show this preset's values."),
@@ -743,17 +897,11 @@ def show_config(
 
 def _apply_auto_batch(cfg, preset: Optional[str]) -> None:
     """Set train.accumulation so that the micro-batch fits in memory, measured by real steps."""
-    from difftrain.hardware.probe import data_shape, fit_micro_batch
-    from difftrain.hardware.verdicts import size
+    from difftrain.hardware.verdicts import fit_accumulation
 
     with console.status("auto-batch: measuring memory at growing micro-batches"):
-        fit = fit_micro_batch(cfg, data_shape(cfg, preset))
-    if fit.micro_batch is None:
-        raise UserError(f"--auto-batch: not even micro-batch {fit.by_batch[0].micro_batch} fits in {size(fit.budget_bytes)} "
-                        f"({fit.budget_source}); try " + "; or ".join(fit.suggestions))
-    cfg.train.accumulation = fit.accumulation
-    console.print(f"auto-batch: batch {fit.batch_size} = micro-batch {fit.micro_batch} x accumulation {fit.accumulation}, "
-                  f"about {size(fit.need_bytes)} of {size(fit.budget_bytes)} ({fit.budget_source})")
+        message = fit_accumulation(cfg, preset)
+    console.print(f"auto-batch: {message}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},

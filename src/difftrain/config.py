@@ -350,6 +350,14 @@ class SampleConfig(Section):
 MetricName = Literal["fid", "kid", "pr", "dist", "cas", "mem", "nll", "judge", "forecast", "impute"]
 
 
+def metric_family(metric: str) -> str:
+    """The entry of eval.metrics / eval.during_metrics that computes `metric` (precision comes with pr)."""
+    return {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
+            "sliced_wasserstein": "dist", "energy_distance": "dist", "discriminative": "dist", "predictive": "dist",
+            "correlational": "dist", "column_shape_error": "dist", "pair_trend_error": "dist", "c2st_auc": "dist",
+            "alpha_precision": "dist", "beta_recall": "dist", "judge_perplexity": "judge"}.get(metric, metric)
+
+
 class EvalConfig(Section):
     n_samples: int = Field(1000, ge=10, description="Samples generated for an evaluation (`difftrain eval`, the end of `demo`).")
     metrics: list[MetricName] = Field(["fid", "kid", "pr", "cas", "mem"], description="Metrics of `difftrain eval`: fid, kid, pr, dist (data-space scores: vectors' distances; series' discriminative, predictive, correlational), cas, mem, nll; series models also forecast and impute; text also judge.")
@@ -374,10 +382,7 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _best_is_computed(self) -> "EvalConfig":
-        family = {"precision": "pr", "recall": "pr", "density": "pr", "coverage": "pr", "nll_bits_per_dim": "nll",
-                  "sliced_wasserstein": "dist", "energy_distance": "dist", "discriminative": "dist", "predictive": "dist",
-                  "correlational": "dist", "column_shape_error": "dist", "pair_trend_error": "dist", "c2st_auc": "dist",
-                  "alpha_precision": "dist", "beta_recall": "dist", "judge_perplexity": "judge"}.get(self.best_metric, self.best_metric)
+        family = metric_family(self.best_metric)
         if self.every_images and family not in self.during_metrics:
             raise ValueError(f"eval.best_metric={self.best_metric} is not among eval.during_metrics={self.during_metrics}")
         return self

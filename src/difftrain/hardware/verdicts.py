@@ -167,3 +167,18 @@ def check_sampling(fit: Fit, probe: Probe) -> Verdict:
         smaller = max(1, int(probe.sample_batch * fit.budget_bytes / probe.sampling_peak_memory_bytes / 2))
         return Verdict("WARN", "sampling", what + f", over the budget {size(fit.budget_bytes)}", f"set sample.batch_size={smaller}")
     return Verdict("PASS", "sampling", what)
+
+
+def fit_accumulation(config: Config, preset: str | None = None) -> str:
+    """Set train.accumulation so that the micro-batch fits in memory, measured by real steps as `difftrain doctor`
+    measures it; the line that says what was chosen (`train --auto-batch`, every trial of `sweep --auto-batch`)."""
+    from difftrain.errors import UserError
+    from difftrain.hardware.probe import data_shape, fit_micro_batch
+
+    fit = fit_micro_batch(config, data_shape(config, preset))
+    if fit.micro_batch is None:
+        raise UserError(f"--auto-batch: not even micro-batch {fit.by_batch[0].micro_batch} fits in {size(fit.budget_bytes)} "
+                        f"({fit.budget_source}); try " + "; or ".join(fit.suggestions))
+    config.train.accumulation = fit.accumulation
+    return (f"batch {fit.batch_size} = micro-batch {fit.micro_batch} x accumulation {fit.accumulation}, "
+            f"about {size(fit.need_bytes)} of {size(fit.budget_bytes)} ({fit.budget_source})")

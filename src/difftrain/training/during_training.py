@@ -46,7 +46,7 @@ class DuringTraining:
             return math.isfinite(value)
         return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
 
-    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> None:
+    def __call__(self, denoiser: Denoiser, images: int, checkpoint_path: Path, log: MetricsLog) -> dict:
         from difftrain.evaluation.run_eval import evaluate_during_training
 
         ec = self.config.eval
@@ -65,3 +65,4 @@ class DuringTraining:
         floor = record.get(f"{self.metric}_floor")
         self.console.print(f"eval at {images:,} images: {self.metric} {value:.4g}" + (f" (floor {floor:.4g})" if floor is not None else "")
                            + (" - new best, saved to checkpoints/best" if is_best else ""))
+        return record

@@ -98,7 +98,7 @@ class Hooks:
 
     log: Callable[[TrainingState, dict], None]
     checkpoint: Callable[[TrainingState], None]
-    evaluate: Callable[[TrainingState], None]
+    evaluate: Callable[[TrainingState], dict | None]
     grid: Callable[[TrainingState], None]
 
 
@@ -226,17 +226,20 @@ def write_checkpoint(state: TrainingState) -> None:
     accelerator.wait_for_everyone()
 
 
-def evaluate_ema(state: TrainingState) -> None:
-    """Evaluation during training of the EMA weights at the checkpoint just written (the main process's)."""
+def evaluate_ema(state: TrainingState) -> dict | None:
+    """Evaluation during training of the EMA weights at the checkpoint just written; its record on the main
+    process (None on the others)."""
     t = state.trainee
     device = t.device
+    record = None
     with t.ema_full.gathered(t.ema.net, device) as ema_net:
         if state.evaluator is not None:
             # A private RNG stream: evaluating must not move the training's random numbers (resume = no stop).
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                state.evaluator(t.denoiser.with_net(ema_net), state.images,
-                                state.run_dir / "checkpoints" / f"ckpt-{state.images:09d}", state.log)
+                record = state.evaluator(t.denoiser.with_net(ema_net), state.images,
+                                         state.run_dir / "checkpoints" / f"ckpt-{state.images:09d}", state.log)
     t.accelerator.wait_for_everyone()
+    return record
 
 
 def write_grid(state: TrainingState) -> None:
