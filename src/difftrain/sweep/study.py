@@ -262,7 +262,7 @@ def run_trial(out: Path, spec: SweepSpec, study, trial, *, resumed: bool, consol
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return f"trial {trial.number}: pruned at {p.images:,} images"
     except (UserError, torch.OutOfMemoryError, RuntimeError, ValueError, OSError) as e:
-        reason = ("out of memory: " if isinstance(e, torch.OutOfMemoryError) else "") + (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = ("out of memory: " if isinstance(e, torch.OutOfMemoryError) else "") + (" ".join(str(e).split()) or type(e).__name__)
         if run_dir.is_dir():
             atomic.write_text(run_dir / "failure.txt", traceback.format_exc())
         trial.set_user_attr("fail_reason", reason[:500])
