@@ -226,3 +226,21 @@ def test_lr_range_test_writes_its_plot_and_suggestion(tmp_path, digits_dir):
     record = json.loads((out / "lr-range.json").read_text())
     assert (out / "lr-range.png").is_file() and record["lrs"] == sorted(record["lrs"])
     assert result.stdout.strip() == f"optim.lr={record['lr']:.3g}"
+
+
+def test_several_objectives_give_the_pareto_front(tmp_path, digits_dir):
+    out = tmp_path / "sweep"
+    space = tmp_path / "sweep.yaml"
+    space.write_text(yaml.safe_dump({"objective": ["fid", "nfe"], "sampler": "random",
+                                     "params": {"sample.steps": {"choices": [2, 4]}}}))
+    result = difftrain(*_sweep_args(digits_dir, out, 2, "--space", space, "--seed", 1))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objectives"] == ["fid", "nfe"] and summary["directions"] == ["minimize", "minimize"]
+    rows = {r["trial"]: r for r in summary["trials"]}
+    # nfe is Heun's 2 x steps - 1; the front holds every trial that no other beats on both objectives.
+    assert all(r["values"][1] == 2 * r["params"]["sample.steps"] - 1 for r in rows.values())
+    dominated = {a for a in rows for b in rows if a != b and all(x <= y for x, y in zip(rows[b]["values"], rows[a]["values"]))
+                 and rows[b]["values"] != rows[a]["values"]}
+    assert sorted(summary["best"]) == sorted(set(rows) - dominated)
+    assert (out / "pareto.png").is_file() and "Pareto front" in result.stdout
