@@ -21,6 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Train, sample and evaluate diffusion models end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
 app.add_typer(data_app, name="data")
+rate_app = typer.Typer(no_args_is_help=True, help="Human ratings in the browser: runs compared in pairs, real or "
+                       "generated (HYPE), faithfulness; rankings with 95% intervals (docs/rate.md).")
+app.add_typer(rate_app, name="rate")
 console = Console(stderr=True)
 out = Console()
 
@@ -871,6 +874,97 @@ def _lr_range(preset, config, args, data, out_dir, steps, progress) -> None:
                   + (f", diverged at {result['diverged_at']:.3g}" if result["diverged_at"] else "")
                   + f"; suggested optim.lr={result['lr']:.3g} (plot: {out_dir / 'lr-range.png'})")
     out.print(f"optim.lr={result['lr']:.3g}")
+
+
+@rate_app.command("create", context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+                  epilog="Examples: `difftrain rate create --runs runs/a runs/b runs/c --real data/mnist --n 200 --out ratings/study1`  \n"
+                         "`difftrain rate create --runs runs/cap --prompts prompts.txt --likert --out ratings/cap`")
+def rate_create(
+    ctx: typer.Context,
+    runs: List[Path] = typer.Option(..., "--runs", help="The runs to rate (two or more to rank them): `--runs A B C`."),
+    out_dir: Path = typer.Option(..., "--out", help="A new folder for the study."),
+    real: Optional[Path] = typer.Option(None, help="Prepared dataset of real items (default: the first run's dataset)."),
+    n: int = typer.Option(200, help="Samples drawn from each run (as many real items are drawn per run)."),
+    raters: int = typer.Option(5, help="Raters: one private link each (`rate serve` prints them)."),
+    per_rater: int = typer.Option(100, "--per-rater", help="Trials each rater is asked (attention checks included)."),
+    prompts: Optional[Path] = typer.Option(None, help="Captioned runs: a text file, one prompt per line, to draw from."),
+    likert: bool = typer.Option(False, help="Also ask how faithful each sample is to its class or prompt (1-5)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: each run's sample.steps)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance (default: each run's sample.guidance)."),
+    seed: int = typer.Option(0, help="Seed of the samples, the real items drawn and the trials shared by all raters."),
+) -> None:
+    """Sample the runs and write a rating study: pairs of runs on the same class or prompt, real-or-generated
+    judgements, attention checks; one token per rater."""
+    from difftrain.rating.create import create_study
+
+    extra = [Path(a) for a in ctx.args]
+    if any(str(a).startswith("-") for a in extra):
+        raise UserError(f"unknown option {next(a for a in extra if str(a).startswith('-'))}; see `difftrain rate create --help`")
+    with Progress(console=console, transient=True) as bar:
+        record = create_study(out_dir, [*runs, *extra], real=real, n=n, raters=raters, per_rater=per_rater,
+                              prompts=_read_prompts(prompts) if prompts else None, likert=likert, steps=steps,
+                              guidance=guidance, seed=seed, say=console.print,
+                              progress=lambda name, total: _advance(bar, f"sample {name}", total))
+    console.print(f"{sum(record['trials'].values())} trials ({', '.join(f'{v} {k}' for k, v in record['trials'].items() if v)}), "
+                  f"{raters} raters; next: `difftrain rate serve {out_dir}`")
+    out.print(str(out_dir))
+
+
+def _advance(bar: Progress, what: str, total: int):
+    task = bar.add_task(what, total=total)
+    return lambda k: bar.advance(task, k)
+
+
+@rate_app.command("serve", epilog="Example: `difftrain rate serve ratings/study1 --port 8000` (`--host 0.0.0.0` to reach it from other machines)")
+def rate_serve(
+    study: Path = typer.Argument(..., help="A study folder made by `difftrain rate create`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port."),
+    add_raters: int = typer.Option(0, "--add-raters", min=0, help="First add this many raters (new links)."),
+    quota: Optional[int] = typer.Option(None, min=1, help="Trials per rater (default: the study's --per-rater)."),
+) -> None:
+    """Serve the rating page; prints one private link per rater. Stop with Ctrl-C: every acknowledged vote is kept."""
+    from difftrain.rating import store
+    from difftrain.rating.serve import links, serve
+
+    db = store.connect(study)
+    if add_raters:
+        store.add_raters(study, db, add_raters)
+    db.close()
+    for name, link in links(study, host, port):
+        out.print(f"{name}: {link}", soft_wrap=True)
+    console.print(f"serving {study} on http://{host}:{port} (Ctrl-C stops; then `difftrain rate results {study}`)")
+    serve(study, host, port, quota)
+
+
+@rate_app.command("results", epilog="Example: `difftrain rate results ratings/study1` (writes results.md, results.json, "
+                  "ranking.png, win-rates.png; each run's human-ratings.json for its report)")
+def rate_results(
+    study: Path = typer.Argument(..., help="A study folder made by `difftrain rate create`."),
+    min_attention: float = typer.Option(0.8, "--min-attention", min=0, max=1, help="Raters below this share of correct "
+                                        "attention checks are excluded (and listed)."),
+    rounds: int = typer.Option(1000, min=100, help="Bootstrap rounds of the 95% intervals."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rank the runs (Bradley-Terry with bootstrap 95% intervals), HYPE error rates, rater agreement and attention."""
+    from difftrain.rating.results import write_results
+
+    r = write_results(study, min_attention=min_attention, rounds=rounds)
+    if as_json:
+        out.print_json(json.dumps(r))
+        return
+    table = Table(title=f"{r['votes_kept']} of {r['votes']} votes kept")
+    for column in ("rank", "run", "score [95%]", "HYPE error [95%]"):
+        table.add_column(column)
+    for name in r["runs"]:
+        b = next((x for x in r["bradley_terry"] if x["run"] == name), None)
+        h = r["hype"].get(name)
+        table.add_row(str(b["rank"]) if b else "-", name, f"{b['score']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]" if b else "-",
+                      f"{h['error_rate']:.2f} [{h['low']:.2f}, {h['high']:.2f}]" if h else "-")
+    out.print(table)
+    if r["excluded_raters"]:
+        console.print(f"excluded (attention below {min_attention:.0%}): {', '.join(r['excluded_raters'])}")
+    out.print(str(study / "results.md"))
 
 
 @app.command("config", epilog="Example: `difftrain config --preset digits`")

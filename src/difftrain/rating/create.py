@@ -1,0 +1,151 @@
+"""`difftrain rate create`: a rating study folder from runs and real data.
+
+    ratings/study1/
+        study.json     what was asked (runs, real data, n, sampler), for a reader
+        ratings.db     items, trials, raters (token hashes), assignments and votes (store.py)
+        raters.json    the raters' tokens (mode 600): `rate serve` prints one link each
+        items/         one PNG per item under a random name, so nothing a rater can see names its source
+        samples/       each run's samples as `difftrain sample` writes them
+
+Trials, all drawn from the same conditions so that a choice compares models, not classes:
+    pair        two runs' samples of the same class or prompt: "which is the better image of a 3?"
+    real_fake   one image, real or generated (HYPE): "is this image real or generated?"
+    attention   a real image against noise, asked as a pair: a rater who picks the noise is not paying attention
+    likert      (--likert) one generated image with its class or prompt: "how faithful is it, 1-5?"
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from difftrain import atomic
+from difftrain.errors import UserError
+from difftrain.rating import store
+
+SHARED_FRACTION = 0.1  # of the pair trials, shown to every rater so that agreement between raters can be measured
+
+
+def _names(runs: list[Path]) -> list[str]:
+    names = [r.resolve().name for r in runs]
+    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names, 1)]
+
+
+def _item(db, study: Path, modality, data: np.ndarray, source: str, condition: str | None) -> int:
+    file = f"items/{secrets.token_hex(8)}.png"
+    modality.save_preview(data[None], study / file)
+    return db.execute("INSERT INTO items (file, source, condition) VALUES (?, ?, ?)", (file, source, condition)).lastrowid
+
+
+def _scrambled(item: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A real item's values in random places: noise with the item's own range and type, for any kind of data."""
+    flat = item.reshape(-1).copy()
+    rng.shuffle(flat)
+    return flat.reshape(item.shape)
+
+
+def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: int = 200, raters: int = 5, per_rater: int = 100,
+                 prompts: list[str] | None = None, likert: bool = False, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, say: Callable[[str], None] = print,
+                 progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
+    """Sample `n` items from each run, draw `n` real items, write the trials; returns study.json's record."""
+    from difftrain.data import load_dataset
+    from difftrain.evaluation.run_eval import sample_run
+    from difftrain.store.run import open_run
+
+    if not runs:
+        raise UserError("--runs: give at least one run (two or more to compare them)")
+    if n < 2:
+        raise UserError(f"--n {n}: give at least 2 samples per run")
+    if per_rater < 1:
+        raise UserError(f"--per-rater {per_rater}: each rater needs at least one trial")
+    if raters < 1:
+        raise UserError(f"--raters {raters}: at least one rater is needed")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists and is not empty: choose a new folder for the study")
+    opened = [open_run(r) for r in runs]
+    first = opened[0]
+    for r, path in zip(opened[1:], runs[1:]):
+        if not r.modality.same_data(first.modality):
+            raise UserError(f"{path} generates {r.modality.spec_summary()}, {runs[0]} {first.modality.spec_summary()}: "
+                            "the runs of a study must make the same kind of data")
+        if r.class_names != first.class_names:
+            raise UserError(f"{path} has classes {r.class_names}, {runs[0]} {first.class_names}: compare runs "
+                            "trained on the same classes")
+    captioned = [r.captioned for r in opened]
+    if any(captioned) and not all(captioned):
+        raise UserError("some runs follow captions and some do not: compare runs with the same conditioning")
+    if captioned[0] and not prompts:
+        raise UserError("these runs follow captions: give --prompts FILE (one prompt per line) to draw them from")
+    if prompts and not captioned[0]:
+        raise UserError("--prompts is for runs trained on captioned images; these runs are conditioned on "
+                        + ("classes" if first.num_classes else "nothing"))
+    real = Path(real) if real else Path(first.dataset["path"])
+    data = load_dataset(real)
+    if not data.modality.same_data(first.modality):
+        raise UserError(f"--real {real} holds {data.modality.spec_summary()}, the runs make "
+                        f"{first.modality.spec_summary()}: give the runs' prepared dataset")
+    rng = np.random.default_rng(seed)
+    names = _names(runs)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "items").mkdir()
+    (out / "samples").mkdir()
+    db = store.connect(out, create=True)
+    db.execute("BEGIN IMMEDIATE")
+
+    # Generated items, keyed by their condition: the class name, the prompt, or None (unconditional).
+    generated: dict[str, dict[str | None, list[int]]] = {}
+    for run_dir, run, name in zip(runs, opened, names):
+        say(f"sampling {n} items from {run_dir} ({name})")
+        spec = run.sampling_spec(seed, steps=steps, guidance=guidance)
+        result = sample_run(run_dir, n, spec, out / "samples" / f"{name}.npz", prompts=prompts,
+                            progress=progress(name, n) if progress else None, warn=say)
+        labels = result["labels"]
+        by_condition = generated.setdefault(name, {})
+        for i, item in enumerate(result["images"]):
+            condition = (prompts[i % len(prompts)] if prompts else
+                         run.class_names[labels[i]] if labels is not None else None)
+            by_condition.setdefault(condition, []).append(_item(db, out, run.modality, item, name, condition))
+
+    # As many real items as generated ones, so that "real" and "generated" are equally likely answers (HYPE).
+    wanted = n * len(runs)
+    say(f"drawing {wanted} real items from {real}")
+    pool, pool_labels = (data.test_data, data.test_labels) if len(data.test_data) >= wanted else (data.train_data, data.train_labels)
+    pick = rng.choice(len(pool), min(wanted, len(pool)), replace=False)
+    real_items, attention_items = [], []
+    for i in pick:
+        condition = data.class_names[pool_labels[i]] if pool_labels is not None and not prompts else None
+        real_items.append(_item(db, out, data.modality, pool[i], "real", condition))
+        attention_items.append((real_items[-1], condition, pool[i]))
+
+    trials: list[tuple] = []
+    for a, b in itertools.combinations(names, 2):
+        for condition in generated[a]:
+            trials += [("pair", x, y, condition) for x, y in zip(generated[a][condition], generated[b].get(condition, []))]
+    trials += [("real_fake", x, None, None) for name in names for items in generated[name].values() for x in items]
+    trials += [("real_fake", x, None, None) for x in real_items]
+    for item, condition, values in attention_items[: max(4, n // 10)]:
+        trials.append(("attention", item, _item(db, out, data.modality, _scrambled(values, rng), "noise", condition), condition))
+    if likert:
+        trials += [("likert", x, None, c) for name in names for c, items in generated[name].items() if c for x in items]
+    pairs = [i for i, t in enumerate(trials) if t[0] == "pair"]
+    shared = set(rng.choice(pairs, min(len(pairs), max(5, round(SHARED_FRACTION * len(pairs)))), replace=False).tolist()) if pairs else set()
+    db.executemany("INSERT INTO trials (kind, a, b, condition, shared) VALUES (?, ?, ?, ?, ?)",
+                   [(*t, int(i in shared)) for i, t in enumerate(trials)])
+    record = {"runs": [str(r.resolve()) for r in runs], "names": names, "real": str(real.resolve()), "n": n,
+              "prompts": prompts, "likert": likert, "per_rater": per_rater, "seed": seed, "sampling": {"steps": steps, "guidance": guidance},
+              "kind": first.modality.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "trials": {kind: sum(t[0] == kind for t in trials) for kind in store.KINDS}}
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in record.items()])
+    db.execute("COMMIT")
+    store.add_raters(out, db, raters)
+    db.close()
+    atomic.write_json(out / "study.json", record)
+    return record
