@@ -36,12 +36,13 @@ def question(kind: str, condition: str | None, prompts: bool) -> str:
     return f"Which image better matches “{condition}”?" if prompts else f"Which is the better image of “{condition}”?"
 
 
-def _pick(db: sqlite3.Connection, rater: int, where: str) -> int | None:
-    """An unseen trial matching `where`: the least seen by all raters, at random among those."""
+def _pick(db: sqlite3.Connection, rater: int, where: str, most_seen: bool = False) -> int | None:
+    """An unseen trial matching `where`: the least seen by all raters (the most seen: shared trials, so that raters
+    overlap), at random among those."""
     row = db.execute(
         f"""SELECT t.id FROM trials t LEFT JOIN (SELECT trial, COUNT(*) AS seen FROM assignments GROUP BY trial) s
             ON s.trial = t.id WHERE {where} AND t.id NOT IN (SELECT trial FROM assignments WHERE rater = ?)
-            ORDER BY COALESCE(s.seen, 0), RANDOM() LIMIT 1""", (rater,)).fetchone()
+            ORDER BY COALESCE(s.seen, 0) {'DESC' if most_seen else 'ASC'}, RANDOM() LIMIT 1""", (rater,)).fetchone()
     return row[0] if row else None
 
 
@@ -70,7 +71,7 @@ def _assign(db: sqlite3.Connection, rater: int, quota: int) -> tuple[int, int, i
     if position % ATTENTION_EVERY == ATTENTION_EVERY - 1:
         trial = _pick(db, rater, "t.kind = 'attention'")
     elif position % SHARED_EVERY == 2:
-        trial = _pick(db, rater, "t.shared = 1")
+        trial = _pick(db, rater, "t.shared = 1", most_seen=True)
     if trial is None:
         trial = _pick(db, rater, "t.kind != 'attention' AND t.shared = 0") or _pick(db, rater, "1")
     if trial is None:

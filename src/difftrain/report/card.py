@@ -119,6 +119,28 @@ def _starting_point(run_dir: Path, fc) -> list[str]:
     return parts
 
 
+def _human_ratings(h: dict | None) -> list[str]:
+    """`difftrain rate results` wrote human-ratings.json: this run's rank, HYPE error and faithfulness in that study."""
+    if not h:
+        return []
+    lines = ["## Human ratings", "", f"From the rating study `{h['study']}` ({h['votes_kept']} votes kept; "
+             f"`difftrain rate results` there has the full table).", ""]
+    rows = []
+    if h.get("ranking"):
+        b = h["ranking"]
+        rows.append(("Bradley-Terry rank", f"{b['rank']} of {h['of']}: score {b['score']:+.3f} "
+                     f"(95% interval [{b['low']:+.3f}, {b['high']:+.3f}], {b['votes']} votes; log-odds, mean 0)"))
+        rows += [(f"against {o['run']}", f"score {o['score']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]") for o in h.get("others", [])]
+    if h.get("hype"):
+        x = h["hype"]
+        rows.append(("HYPE error rate (0.5: people cannot tell)", f"{x['error_rate']:.3f} [{x['low']:.3f}, {x['high']:.3f}]; "
+                     f"generated judged real {x['fooled']:.3f}"))
+    if h.get("likert"):
+        x = h["likert"]
+        rows.append(("faithfulness, 1-5", f"{x['mean']:.2f} [{x['low']:.2f}, {x['high']:.2f}] ({x['ratings']} ratings)"))
+    return lines + [_table(rows), ""] if rows else []
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -183,6 +205,7 @@ def write_report(run_dir: str | Path) -> Path:
     elif final:
         parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,
                              cfg.eval.best_metric)
+    parts += _human_ratings(_read_json(run_dir / "human-ratings.json"))
     parts += ["## Reproduce", "", "```", f"difftrain train --config {run_dir / 'config.yaml'} --out NEW_RUN",
               f"difftrain eval {run_dir}" if run.is_autoencoder else f"difftrain sample {run_dir} --n 100 --out samples.npz",
               "```", "",
