@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory, digits_dir):
 
 
 def test_every_verb_has_help_with_an_example():
-    for verb in (["train"], ["sample"], ["eval"], ["export"], ["synth"], ["demo"], ["config"], ["doctor"], ["sweep"], ["data", "prepare"], ["data", "info"]):
+    for verb in (["train"], ["sample"], ["eval"], ["export"], ["synth"], ["demo"], ["config"], ["doctor"], ["sweep"], ["rate", "create"], ["rate", "serve"], ["rate", "results"], ["data", "prepare"], ["data", "info"]):
         result = cli(*verb, "--help")
         assert "Example" in result.output, verb
 

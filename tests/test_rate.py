@@ -11,9 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +19,16 @@ import pytest
 
 from difftrain.config import load_config
 from difftrain.errors import UserError
-from difftrain.rating import stats
-from difftrain.rating.create import create_study
-from difftrain.rating.results import write_results
+from difftrain.rate import stats
+from difftrain.rate.create import create_study
+from difftrain.rate.results import write_results
 from tests.conftest import tiny_overrides
 from tests.test_cli import difftrain
 
 fastapi = pytest.importorskip("fastapi", reason="difftrain rate serves with FastAPI: pip install -e '.[dev]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from difftrain.rating.serve import make_app  # noqa: E402
+from difftrain.rate.serve import make_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +70,7 @@ def tokens(study: Path) -> list[str]:
 
 def source_of(study: Path, token: str, position: int, slot: int) -> str:
     """What a rater cannot know: the source of an item they are shown (the tests' oracle, read from the database)."""
-    from difftrain.rating.store import token_hash
+    from difftrain.rate.store import token_hash
 
     db = sqlite3.connect(study / "ratings.db")
     a, b, swap = db.execute("""SELECT t.a, t.b, a.swap FROM assignments a JOIN trials t ON t.id = a.trial JOIN raters r
@@ -227,6 +225,9 @@ def test_results_rank_runs_exclude_careless_raters_and_reach_the_report(study, r
     rate_all(client, study, good, prefers(["long", "short"]))
     rate_all(client, study, also_good, prefers(["long", "short"]))
     rate_all(client, study, bad, inattentive)
+    from difftrain.report.card import write_report
+
+    assert "## Human ratings" not in write_report(runs[0]).read_text()  # as `difftrain train` leaves it
     result = difftrain("rate", "results", study, "--rounds", 200)
     assert result.returncode == 0, result.stderr
     r = json.loads((study / "results.json").read_text())
@@ -247,9 +248,7 @@ def test_results_rank_runs_exclude_careless_raters_and_reach_the_report(study, r
     assert "long" in result.stdout and "rater-3" in said(result)
     ratings = json.loads((runs[0] / "human-ratings.json").read_text())
     assert ratings["ranking"]["rank"] == 1 and ratings["of"] == 2
-    from difftrain.report.card import write_report
-
-    assert "## Human ratings" in write_report(runs[0]).read_text()
+    assert "## Human ratings" in (runs[0] / "README.md").read_text()
 
 
 def test_results_before_any_vote_say_what_to_do(study):
@@ -367,43 +366,15 @@ def test_a_killed_server_restarts_with_every_acknowledged_vote(study):
 
 
 def test_fifty_concurrent_raters_lose_and_duplicate_no_vote(study):
-    """50 raters at once on the loopback interface, 10 trials each; every acknowledged vote stored exactly once."""
-    import httpx
-
-    port = _free_port()
-    server = _serve(study, port, "--add-raters", "47", "--quota", "10")
-    base = f"http://127.0.0.1:{port}"
-    latencies, acknowledged = [], []
-    lock = threading.Lock()
-
-    def rater(token: str) -> None:
-        with httpx.Client(base_url=base, timeout=30, headers={"X-Rater-Token": token}) as client:
-            while True:
-                trial = client.get("/api/next").json()
-                if trial["done"]:
-                    return
-                start = time.perf_counter()
-                response = client.post("/api/vote", json={"position": trial["position"], "answer": trial["answers"][0]})
-                with lock:
-                    latencies.append(time.perf_counter() - start)
-                    if response.status_code == 200:
-                        acknowledged.append((token, trial["position"]))
-
-    try:
-        everyone = tokens(study)
-        assert len(everyone) == 50
-        with ThreadPoolExecutor(50) as pool:
-            list(pool.map(rater, everyone, timeout=300))
-    finally:
-        server.terminate()
-        server.wait()
-    db = sqlite3.connect(study / "ratings.db")
-    stored = db.execute("SELECT COUNT(*), COUNT(DISTINCT rater || ':' || position) FROM votes").fetchone()
-    assert len(acknowledged) == len(set(acknowledged)) == 500 and stored == (500, 500)
-    per_rater = db.execute("SELECT COUNT(DISTINCT trial) FROM assignments GROUP BY rater").fetchall()
-    assert per_rater == [(10,)] * 50
-    print(f"\n50 raters x 10 votes: p50 {np.percentile(latencies, 50) * 1000:.0f} ms, "
-          f"p95 {np.percentile(latencies, 95) * 1000:.0f} ms per vote")
+    """benchmarks/rate_load.py: 50 raters at once on the loopback interface, 10 trials each."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rate_load.py"
+    result = subprocess.run([sys.executable, str(script), "--study", str(study), "--raters", "50", "--votes", "10"],
+                            capture_output=True, text=True, timeout=600, cwd=script.parent)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert (record["acknowledged"], record["refused"], record["stored"], record["duplicates"], record["lost"]) == (500, 0, 500, 0, 0)
+    assert record["trials_per_rater"] == [10] and record["latency_ms"]["p95"] > 0
+    assert not (study / "raters.json").read_text().count("rater-4")  # the study itself is left as it was
 
 
 def _chromium() -> str | None:

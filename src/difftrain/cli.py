@@ -895,7 +895,7 @@ def rate_create(
 ) -> None:
     """Sample the runs and write a rating study: pairs of runs on the same class or prompt, real-or-generated
     judgements, attention checks; one token per rater."""
-    from difftrain.rating.create import create_study
+    from difftrain.rate.create import create_study
 
     extra = [Path(a) for a in ctx.args]
     if any(str(a).startswith("-") for a in extra):
@@ -924,8 +924,8 @@ def rate_serve(
     quota: Optional[int] = typer.Option(None, min=1, help="Trials per rater (default: the study's --per-rater)."),
 ) -> None:
     """Serve the rating page; prints one private link per rater. Stop with Ctrl-C: every acknowledged vote is kept."""
-    from difftrain.rating import store
-    from difftrain.rating.serve import links, serve
+    from difftrain.rate import store
+    from difftrain.rate.serve import links, serve
 
     db = store.connect(study)
     if add_raters:
@@ -947,7 +947,7 @@ def rate_results(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Rank the runs (Bradley-Terry with bootstrap 95% intervals), HYPE error rates, rater agreement and attention."""
-    from difftrain.rating.results import write_results
+    from difftrain.rate.results import write_results
 
     r = write_results(study, min_attention=min_attention, rounds=rounds)
     if as_json:

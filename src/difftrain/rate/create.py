@@ -27,7 +27,7 @@ import numpy as np
 
 from difftrain import atomic
 from difftrain.errors import UserError
-from difftrain.rating import store
+from difftrain.rate import store
 
 SHARED_FRACTION = 0.1  # of the pair trials, shown to every rater so that agreement between raters can be measured
 

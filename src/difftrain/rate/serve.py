@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from difftrain.rating import store
-from difftrain.rating.page import PAGE
+from difftrain.rate import store
+from difftrain.rate.page import PAGE
 
 ATTENTION_EVERY = 10  # positions 9, 19, 29, ...
 SHARED_EVERY = 10  # positions 2, 12, 22, ...

@@ -7,7 +7,7 @@ Raters whose attention checks fall below `min_attention` are excluded (and repor
     the mean 1-5 faithfulness per run (--likert studies),
     agreement between raters on the trials they share.
 Written as results.json, results.md, ranking.png and win-rates.png in the study, and as human-ratings.json in each
-run, which `difftrain report` shows.
+run, whose report (README.md) gains a "Human ratings" section.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ import numpy as np
 
 from difftrain import atomic
 from difftrain.errors import UserError
-from difftrain.rating import stats, store
+from difftrain.rate import stats, store
+
+
+FEW_VOTES = 50  # below this many votes for a run, percentile bootstrap intervals are too narrow to trust
 
 
 def _votes(db: sqlite3.Connection) -> list[dict]:
@@ -132,7 +135,12 @@ def _markdown(r: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {b['rank']} | {b['run']} | {b['score']:+.3f} | [{b['low']:+.3f}, {b['high']:+.3f}] | {b['votes']} |"
                   for b in r["bradley_terry"]]
-        lines += ["", f"Scores are {r['scale']}.", "", "![ranking](ranking.png) ![win rates](win-rates.png)", ""]
+        lines += ["", f"Scores are {r['scale']}."]
+        few = [b["run"] for b in r["bradley_terry"] if b["votes"] < FEW_VOTES]
+        if few:
+            lines += ["", f"**Few votes** for {', '.join(few)} (under {FEW_VOTES}): the bootstrap intervals understate the "
+                      "uncertainty there (all votes one way give an interval of width 0). Collect more votes."]
+        lines += ["", "![ranking](ranking.png) ![win rates](win-rates.png)", ""]
     if r["hype"]:
         lines += ["## Real or generated (HYPE error rate: 0.5 = people cannot tell)", "",
                   "| run | error rate | 95% interval | generated judged real | real judged generated | judgements |",
@@ -171,7 +179,8 @@ def _plots(r: dict, study: Path) -> list[Path]:
         ax.set_yticks(y, [b["run"] for b in ranked])
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("Bradley-Terry score (log-odds), 95% bootstrap interval")
-        ax.set_title(f"Human ranking ({r['votes_kept']} votes)")
+        ax.set_title(f"Ranking by the raters ({r['votes_kept']} votes kept)")
+        fig.tight_layout()
         written.append(atomic.write_figure(fig, study / "ranking.png"))
         plt.close(fig)
         names = list(r["win_rate"])
@@ -185,6 +194,7 @@ def _plots(r: dict, study: Path) -> list[Path]:
                 if not np.isnan(matrix[i, j]):
                     ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center")
         ax.set_title("share of votes the row won against the column")
+        fig.tight_layout()
         written.append(atomic.write_figure(fig, study / "win-rates.png"))
         plt.close(fig)
     return written
@@ -207,4 +217,8 @@ def write_results(study: Path, **options) -> dict:
                 "study": r["study"], "run": name, "of": len(r["runs"]), "ranking": ranks.get(name), "hype": r["hype"].get(name),
                 "likert": r["likert"].get(name), "votes_kept": r["votes_kept"], "scale": r["scale"], "written": r["written"],
                 "others": [b for b in r["bradley_terry"] if b["run"] != name]})
+            if (Path(run) / "README.md").is_file():  # the run's report, written by train and eval, shows it too
+                from difftrain.report.card import write_report
+
+                write_report(run)
     return r
