@@ -425,3 +425,39 @@ def test_rate_create_takes_the_runs_after_one_flag(runs, tmp_path):
     assert "next: `difftrain rate serve" in said(result)
     bad = difftrain("rate", "create", "--runs", *runs, "--frobnicate", "--out", tmp_path / "s2")
     assert bad.returncode == 2 and "frobnicate" in said(bad)
+
+
+def test_faithfulness_ratings_average_per_run(runs, tmp_path):
+    out = tmp_path / "study"
+    record = create_study(out, runs, n=4, raters=1, per_rater=200, likert=True, say=lambda m: None)
+    assert record["trials"]["likert"] == 8
+    client = TestClient(make_app(out))
+    token = tokens(out)[0]
+    marks = {"long": "5", "short": "2"}
+
+    def choose(trial, sources):
+        if trial["kind"] == "likert":
+            assert trial["answers"] == ["1", "2", "3", "4", "5"] and "How well does this image match" in trial["question"]
+            return marks[sources[0]]
+        return prefers(["long", "short"])(trial, sources)
+
+    seen = rate_all(client, out, token, choose)
+    assert sum(t["kind"] == "likert" for t in seen) == 8
+    r = write_results(out, rounds=100)
+    assert {n: x["mean"] for n, x in r["likert"].items()} == {"long": 5.0, "short": 2.0}
+    assert r["likert"]["long"]["ratings"] == 4 and "## Faithfulness (1-5)" in (out / "results.md").read_text()
+
+
+def test_one_run_is_rated_real_or_generated(runs, tmp_path):
+    """`make demo` leaves one run: its study has no pairs to rank, only HYPE's real-or-generated judgements."""
+    out = tmp_path / "study"
+    record = create_study(out, runs[:1], n=6, raters=1, per_rater=200, say=lambda m: None)
+    assert record["trials"]["pair"] == 0 and record["trials"]["real_fake"] == 12
+    client = TestClient(make_app(out))
+    token = tokens(out)[0]
+    rate_all(client, out, token, lambda trial, sources: "real" if trial["kind"] == "real_fake" else
+             ("left", "right")[sources.index("real")])  # fooled by every generated image
+    r = write_results(out, rounds=100)
+    assert r["bradley_terry"] == [] and r["hype"]["long"]["fooled"] == 1.0
+    assert r["hype"]["long"]["error_rate"] == pytest.approx(0.5)  # all generated judged real, no real judged generated
+    assert not (out / "ranking.png").exists() and "Real or generated" in (out / "results.md").read_text()
