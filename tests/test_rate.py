@@ -356,6 +356,8 @@ def test_a_killed_server_restarts_with_every_acknowledged_vote(study):
     assert f"?t={token}" in links and links.count("http://127.0.0.1:") == 3
     server = _serve(study, port)
     try:
+        again = difftrain("rate", "serve", study, "--port", port)
+        assert again.returncode == 2 and f"--port {port}" in said(again) and "choose another --port" in said(again)
         after = httpx.get(f"{base}/api/next", params={"t": token}).json()
         assert after == pending and after["answered"] == 7
     finally:

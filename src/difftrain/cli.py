@@ -925,9 +925,10 @@ def rate_serve(
 ) -> None:
     """Serve the rating page; prints one private link per rater. Stop with Ctrl-C: every acknowledged vote is kept."""
     from difftrain.rate import store
-    from difftrain.rate.serve import links, serve
+    from difftrain.rate.serve import check_port, links, serve
 
     db = store.connect(study)
+    check_port(host, port)
     if add_raters:
         store.add_raters(study, db, add_raters)
     db.close()

@@ -94,58 +94,59 @@ def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: in
     rng = np.random.default_rng(seed)
     names = _names(runs)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "items").mkdir()
-    (out / "samples").mkdir()
-    db = store.connect(out, create=True)
-    db.execute("BEGIN IMMEDIATE")
+    # Built beside --out and renamed into place when complete: an interrupted create leaves no half-made study.
+    with atomic.atomic_directory(out, overwrite=True) as tmp:  # --out is absent or an empty folder
+        (tmp / "items").mkdir()
+        (tmp / "samples").mkdir()
+        db = store.connect(tmp, create=True)
+        db.execute("BEGIN IMMEDIATE")
 
-    # Generated items, keyed by their condition: the class name, the prompt, or None (unconditional).
-    generated: dict[str, dict[str | None, list[int]]] = {}
-    for run_dir, run, name in zip(runs, opened, names):
-        say(f"sampling {n} items from {run_dir} ({name})")
-        spec = run.sampling_spec(seed, steps=steps, guidance=guidance)
-        result = sample_run(run_dir, n, spec, out / "samples" / f"{name}.npz", prompts=prompts,
-                            progress=progress(name, n) if progress else None, warn=say)
-        labels = result["labels"]
-        by_condition = generated.setdefault(name, {})
-        for i, item in enumerate(result["images"]):
-            condition = (prompts[i % len(prompts)] if prompts else
-                         run.class_names[labels[i]] if labels is not None else None)
-            by_condition.setdefault(condition, []).append(_item(db, out, run.modality, item, name, condition))
+        # Generated items, keyed by their condition: the class name, the prompt, or None (unconditional).
+        generated: dict[str, dict[str | None, list[int]]] = {}
+        for run_dir, run, name in zip(runs, opened, names):
+            say(f"sampling {n} items from {run_dir} ({name})")
+            spec = run.sampling_spec(seed, steps=steps, guidance=guidance)
+            result = sample_run(run_dir, n, spec, tmp / "samples" / f"{name}.npz", prompts=prompts,
+                                progress=progress(name, n) if progress else None, warn=say)
+            labels = result["labels"]
+            by_condition = generated.setdefault(name, {})
+            for i, item in enumerate(result["images"]):
+                condition = (prompts[i % len(prompts)] if prompts else
+                             run.class_names[labels[i]] if labels is not None else None)
+                by_condition.setdefault(condition, []).append(_item(db, tmp, run.modality, item, name, condition))
 
-    # As many real items as generated ones, so that "real" and "generated" are equally likely answers (HYPE).
-    wanted = n * len(runs)
-    say(f"drawing {wanted} real items from {real}")
-    pool, pool_labels = (data.test_data, data.test_labels) if len(data.test_data) >= wanted else (data.train_data, data.train_labels)
-    pick = rng.choice(len(pool), min(wanted, len(pool)), replace=False)
-    real_items, attention_items = [], []
-    for i in pick:
-        condition = data.class_names[pool_labels[i]] if pool_labels is not None and not prompts else None
-        real_items.append(_item(db, out, data.modality, pool[i], "real", condition))
-        attention_items.append((real_items[-1], condition, pool[i]))
+        # As many real items as generated ones, so that "real" and "generated" are equally likely answers (HYPE).
+        wanted = n * len(runs)
+        say(f"drawing {wanted} real items from {real}")
+        pool, pool_labels = (data.test_data, data.test_labels) if len(data.test_data) >= wanted else (data.train_data, data.train_labels)
+        pick = rng.choice(len(pool), min(wanted, len(pool)), replace=False)
+        real_items, attention_items = [], []
+        for i in pick:
+            condition = data.class_names[pool_labels[i]] if pool_labels is not None and not prompts else None
+            real_items.append(_item(db, tmp, data.modality, pool[i], "real", condition))
+            attention_items.append((real_items[-1], condition, pool[i]))
 
-    trials: list[tuple] = []
-    for a, b in itertools.combinations(names, 2):
-        for condition in generated[a]:
-            trials += [("pair", x, y, condition) for x, y in zip(generated[a][condition], generated[b].get(condition, []))]
-    trials += [("real_fake", x, None, None) for name in names for items in generated[name].values() for x in items]
-    trials += [("real_fake", x, None, None) for x in real_items]
-    for item, condition, values in attention_items[: max(4, n // 10)]:
-        trials.append(("attention", item, _item(db, out, data.modality, _scrambled(values, rng), "noise", condition), condition))
-    if likert:
-        trials += [("likert", x, None, c) for name in names for c, items in generated[name].items() if c for x in items]
-    pairs = [i for i, t in enumerate(trials) if t[0] == "pair"]
-    shared = set(rng.choice(pairs, min(len(pairs), max(5, round(SHARED_FRACTION * len(pairs)))), replace=False).tolist()) if pairs else set()
-    db.executemany("INSERT INTO trials (kind, a, b, condition, shared) VALUES (?, ?, ?, ?, ?)",
-                   [(*t, int(i in shared)) for i, t in enumerate(trials)])
-    record = {"runs": [str(r.resolve()) for r in runs], "names": names, "real": str(real.resolve()), "n": n,
-              "prompts": prompts, "likert": likert, "per_rater": per_rater, "seed": seed, "sampling": {"steps": steps, "guidance": guidance},
-              "kind": first.modality.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "trials": {kind: sum(t[0] == kind for t in trials) for kind in store.KINDS}}
-    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in record.items()])
-    db.execute("COMMIT")
-    store.add_raters(out, db, raters)
-    db.close()
-    atomic.write_json(out / "study.json", record)
+        trials: list[tuple] = []
+        for a, b in itertools.combinations(names, 2):
+            for condition in generated[a]:
+                trials += [("pair", x, y, condition) for x, y in zip(generated[a][condition], generated[b].get(condition, []))]
+        trials += [("real_fake", x, None, None) for name in names for items in generated[name].values() for x in items]
+        trials += [("real_fake", x, None, None) for x in real_items]
+        for item, condition, values in attention_items[: max(4, n // 10)]:
+            trials.append(("attention", item, _item(db, tmp, data.modality, _scrambled(values, rng), "noise", condition), condition))
+        if likert:
+            trials += [("likert", x, None, c) for name in names for c, items in generated[name].items() if c for x in items]
+        pairs = [i for i, t in enumerate(trials) if t[0] == "pair"]
+        shared = set(rng.choice(pairs, min(len(pairs), max(5, round(SHARED_FRACTION * len(pairs)))), replace=False).tolist()) if pairs else set()
+        db.executemany("INSERT INTO trials (kind, a, b, condition, shared) VALUES (?, ?, ?, ?, ?)",
+                       [(*t, int(i in shared)) for i, t in enumerate(trials)])
+        record = {"runs": [str(r.resolve()) for r in runs], "names": names, "real": str(real.resolve()), "n": n,
+                  "prompts": prompts, "likert": likert, "per_rater": per_rater, "seed": seed, "sampling": {"steps": steps, "guidance": guidance},
+                  "kind": first.modality.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "trials": {kind: sum(t[0] == kind for t in trials) for kind in store.KINDS}}
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in record.items()])
+        db.execute("COMMIT")
+        store.add_raters(tmp, db, raters)
+        db.close()
+        atomic.write_json(tmp / "study.json", record)
     return record

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from difftrain.errors import UserError
 from difftrain.rate import store
 from difftrain.rate.page import PAGE
 
@@ -193,6 +194,17 @@ def links(study: Path, host: str, port: int) -> list[tuple[str, str]]:
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return [(r["name"], f"http://{shown}:{port}/?t={r['token']}") for r in json.loads((study / "raters.json").read_text())]
+
+
+def check_port(host: str, port: int) -> None:
+    """A clear error before the links are printed, not uvicorn's log line after."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(f"--port {port} on {host}: {e.strerror or e}; choose another --port (or stop what uses it)") from None
 
 
 def serve(study: Path, host: str = "127.0.0.1", port: int = 8000, quota: int | None = None) -> None:
