@@ -233,9 +233,11 @@ def test_several_objectives_give_the_pareto_front(tmp_path, digits_dir):
     space = tmp_path / "sweep.yaml"
     space.write_text(yaml.safe_dump({"objective": ["fid", "nfe"], "sampler": "random",
                                      "params": {"sample.steps": {"choices": [2, 4]}}}))
-    result = difftrain(*_sweep_args(digits_dir, out, 2, "--space", space, "--seed", 1))
+    # A budget that is not a whole number of batches: training (and its last evaluation) ends at 112 images.
+    result = difftrain(*_sweep_args(digits_dir, out, 2, "--space", space, "--seed", 1, "--budget-images", 100))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
+    assert [(r["state"], r["images"]) for r in summary["trials"]] == [("complete", 112)] * 2
     assert summary["objectives"] == ["fid", "nfe"] and summary["directions"] == ["minimize", "minimize"]
     rows = {r["trial"]: r for r in summary["trials"]}
     # nfe is Heun's 2 x steps - 1; the front holds every trial that no other beats on both objectives.

@@ -26,7 +26,7 @@ class Summary:
 
 
 def _images(frozen) -> int:
-    """Training images an unfinished trial ran: what its run logged, or its last report."""
+    """Training images a trial ran: what its run logged, or its last report."""
     steps = sorted(frozen.intermediate_values)
     run_dir = frozen.user_attrs.get("run_dir")
     logged = 0
@@ -60,7 +60,7 @@ def summarize(out: Path) -> Summary:
     for t in sorted(trials, key=key):
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"trial": t.number, "state": t.state.name.lower(), "values": t.values, "last_reported": last,
-                     "images": _images(t) if t.state.name != "COMPLETE" else spec.budget_images,
+                     "images": _images(t),
                      "params": {k: _decoded(v) for k, v in t.params.items()}, "run_dir": t.user_attrs.get("run_dir"),
                      "reason": t.user_attrs.get("fail_reason")})
     best = [t.number for t in study.best_trials] if complete else []

@@ -211,8 +211,9 @@ def _pruning_hooks(config: Config, trial, metric: str | None):
     return hooks
 
 
-def _final_values(run_dir: Path, config: Config, space: Space, seconds: float) -> list[float]:
-    """The objectives at the end of a trial: its last evaluation during training, and its costs."""
+def _final_values(run_dir: Path, config: Config, space: Space, images: int, seconds: float) -> list[float]:
+    """The objectives at the end of a trial: its evaluation at the end of training (at `images`, the budget rounded up
+    to whole batches), and its costs."""
     from difftrain.sampling import SamplingSpec
 
     final: dict[str, Any] = {}
@@ -221,9 +222,9 @@ def _final_values(run_dir: Path, config: Config, space: Space, seconds: float) -
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("during_training") and record.get("images") == config.train.duration_images:
+        if record.get("during_training") and record.get("images") == images:
             final = record
-    costs = {"train_images": config.train.duration_images, "train_seconds": seconds,
+    costs = {"train_images": images, "train_seconds": seconds,
              "nfe": SamplingSpec.from_config(config.sample).network_evaluations}
     values = []
     for name in space.objectives:
@@ -257,7 +258,7 @@ def run_trial(out: Path, spec: SweepSpec, study, trial, *, resumed: bool, consol
         metric = space.metrics[0] if len(space.objectives) == 1 and space.metrics else None
         state = setup(config, run_dir, resume=True, progress=progress, console=console)
         result = run_training(state, _pruning_hooks(config, trial, metric), progress=progress)
-        values = _final_values(run_dir, config, space, result.seconds)
+        values = _final_values(run_dir, config, space, result.images, result.seconds)
     except _Pruned as p:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return f"trial {trial.number}: pruned at {p.images:,} images"
