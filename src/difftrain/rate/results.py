@@ -78,9 +78,10 @@ def summarize(study: Path, *, min_attention: float = 0.8, rounds: int = 1000, se
         mine = [v for v in votes if v["rater"] == rater]
         checks = [v["chosen"] == "real" for v in mine if v["kind"] == "attention"]
         accuracy = float(np.mean(checks)) if checks else None
+        times = [v["ms"] / 1000 for v in mine if v["ms"] is not None]
         per_rater[name] = {"votes": len(mine), "attention_checks": len(checks), "attention": accuracy,
                            "excluded": accuracy is not None and accuracy < min_attention,
-                           "median_seconds": float(np.median([v["ms"] for v in mine if v["ms"] is not None]) / 1000) if mine else None}
+                           "median_seconds": float(np.median(times)) if times else None}
     kept = [v for v in votes if not per_rater[v["name"]]["excluded"]]
 
     index = {n: i for i, n in enumerate(names)}
