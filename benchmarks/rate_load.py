@@ -86,7 +86,9 @@ def main() -> None:
         server.wait()
     seconds = time.perf_counter() - start
     db = sqlite3.connect(work / "ratings.db")
-    stored, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT rater || ':' || position) FROM votes").fetchone()
+    # Duplicates: two votes of one rater on one trial (the primary key already stops two on one position).
+    stored, distinct = db.execute("""SELECT COUNT(*), COUNT(DISTINCT v.rater || ':' || a.trial) FROM votes v
+                                     JOIN assignments a ON a.rater = v.rater AND a.position = v.position""").fetchone()
     rater_of = {h: i for i, h in db.execute("SELECT id, token_hash FROM raters")}
     kept = set(db.execute("SELECT rater, position FROM votes").fetchall())
     lost = sum((rater_of[token_hash(t)], p) not in kept for t, p in set(acknowledged))

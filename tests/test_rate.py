@@ -28,7 +28,7 @@ from tests.test_cli import difftrain
 fastapi = pytest.importorskip("fastapi", reason="difftrain rate serves with FastAPI: pip install -e '.[dev]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from difftrain.rate.serve import make_app  # noqa: E402
+from difftrain.rate.serve import make_app, special_positions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,9 @@ def inattentive(trial, sources):
 
 def test_create_writes_items_trials_and_private_tokens(made_study, runs):
     record = json.loads((made_study / "study.json").read_text())
-    # 12 samples a run over 10 classes pair up by class; 24 generated and 24 real judged; at least 4 attention checks.
-    assert record["trials"] == {"pair": 12, "attention": 4, "real_fake": 48, "likert": 0}
+    # Of 12 samples a run, 6 pair up by class, 6 are judged real or generated beside as many real items; 4 attention
+    # checks, on real items of their own.
+    assert record["trials"] == {"pair": 6, "attention": 4, "real_fake": 24, "likert": 0}
     db = sqlite3.connect(made_study / "ratings.db")
     pairs = db.execute("""SELECT ia.source, ib.source, ia.condition, ib.condition, t.condition FROM trials t
                           JOIN items ia ON ia.id = t.a JOIN items ib ON ib.id = t.b WHERE t.kind = 'pair'""").fetchall()
@@ -130,7 +131,10 @@ def test_create_writes_items_trials_and_private_tokens(made_study, runs):
     attention = db.execute("""SELECT ia.source, ib.source FROM trials t JOIN items ia ON ia.id = t.a JOIN items ib
                               ON ib.id = t.b WHERE t.kind = 'attention'""").fetchall()
     assert set(attention) == {("real", "noise")}
-    assert db.execute("SELECT COUNT(*) FROM trials WHERE shared = 1").fetchone()[0] == 5
+    assert db.execute("SELECT COUNT(*) FROM trials WHERE shared = 1").fetchone()[0] == 2  # one per 10 trials of a rater
+    uses = db.execute("SELECT COUNT(*), COUNT(DISTINCT item) FROM (SELECT a AS item FROM trials UNION ALL "
+                      "SELECT b FROM trials WHERE b IS NOT NULL)").fetchone()
+    assert uses[0] == uses[1]  # with two runs no image is in two trials
     files = [f for (f,) in db.execute("SELECT file FROM items")]
     assert all((made_study / f).is_file() for f in files) and not any(r.name in f for f in files for r in runs)
     # Tokens live only in raters.json, readable by its owner; the database keeps their hashes.
@@ -208,7 +212,13 @@ def test_a_rater_sees_each_trial_once_with_sides_balanced_and_attention_checks(s
                                        "WHERE r.name = 'rater-1' ORDER BY position")]
     assert len(set(trials)) == 20
     kinds = dict(db.execute("SELECT id, kind FROM trials"))
-    assert [kinds[trials[p]] for p in (9, 19)] == ["attention", "attention"]
+    rater = db.execute("SELECT id FROM raters WHERE name = 'rater-1'").fetchone()[0]
+    checks = [special_positions(rater, block)[0] for block in (0, 1)]
+    assert [p for p, t in enumerate(trials) if kinds[t] == "attention"] == checks
+    # No image twice (two runs; the items judged real or generated are in no other trial): a remembered image would
+    # give away whether it is real.
+    shown = [i for (a, b) in db.execute("SELECT t.a, t.b FROM assignments x JOIN trials t ON t.id = x.trial") for i in (a, b) if i]
+    assert len(shown) == len(set(shown))
     # Attention checks look like pairs; sides are balanced over every two-item trial.
     assert all(t["kind"] in ("pair", "real_fake") for t in seen)
     swaps = [s for (s,) in db.execute("SELECT a.swap FROM assignments a JOIN trials t ON t.id = a.trial WHERE t.b IS NOT NULL")]
@@ -432,7 +442,7 @@ def test_rate_create_takes_the_runs_after_one_flag(runs, tmp_path):
 def test_faithfulness_ratings_average_per_run(runs, tmp_path):
     out = tmp_path / "study"
     record = create_study(out, runs, n=4, raters=1, per_rater=200, likert=True, say=lambda m: None)
-    assert record["trials"]["likert"] == 8
+    assert record["trials"]["likert"] == 4  # the pairs' half of the samples: 2 a run
     client = TestClient(make_app(out))
     token = tokens(out)[0]
     marks = {"long": "5", "short": "2"}
@@ -444,17 +454,17 @@ def test_faithfulness_ratings_average_per_run(runs, tmp_path):
         return prefers(["long", "short"])(trial, sources)
 
     seen = rate_all(client, out, token, choose)
-    assert sum(t["kind"] == "likert" for t in seen) == 8
+    assert sum(t["kind"] == "likert" for t in seen) == 4
     r = write_results(out, rounds=100)
     assert {n: x["mean"] for n, x in r["likert"].items()} == {"long": 5.0, "short": 2.0}
-    assert r["likert"]["long"]["ratings"] == 4 and "## Faithfulness (1-5)" in (out / "results.md").read_text()
+    assert r["likert"]["long"]["ratings"] == 2 and "## Faithfulness (1-5)" in (out / "results.md").read_text()
 
 
 def test_one_run_is_rated_real_or_generated(runs, tmp_path):
     """`make demo` leaves one run: its study has no pairs to rank, only HYPE's real-or-generated judgements."""
     out = tmp_path / "study"
     record = create_study(out, runs[:1], n=6, raters=1, per_rater=200, say=lambda m: None)
-    assert record["trials"]["pair"] == 0 and record["trials"]["real_fake"] == 12
+    assert record["trials"]["pair"] == 0 and record["trials"]["real_fake"] == 6
     client = TestClient(make_app(out))
     token = tokens(out)[0]
     rate_all(client, out, token, lambda trial, sources: "real" if trial["kind"] == "real_fake" else

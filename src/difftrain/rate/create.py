@@ -29,11 +29,12 @@ from difftrain import atomic
 from difftrain.errors import UserError
 from difftrain.rate import store
 
-SHARED_FRACTION = 0.1  # of the pair trials, shown to every rater so that agreement between raters can be measured
+RESERVED = ("real", "noise")  # the sources of real items and attention checks' noise: no run is named so
 
 
 def _names(runs: list[Path]) -> list[str]:
     names = [r.resolve().name for r in runs]
+    names = [f"{n}-run" if n in RESERVED else n for n in names]
     return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names, 1)]
 
 
@@ -83,6 +84,8 @@ def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: in
         raise UserError("some runs follow captions and some do not: compare runs with the same conditioning")
     if captioned[0] and not prompts:
         raise UserError("these runs follow captions: give --prompts FILE (one prompt per line) to draw them from")
+    if likert and not (captioned[0] or first.num_classes):
+        raise UserError("--likert asks how well a sample matches its class or prompt; these runs are unconditional")
     if prompts and not captioned[0]:
         raise UserError("--prompts is for runs trained on captioned images; these runs are conditioned on "
                         + ("classes" if first.num_classes else "nothing"))
@@ -91,6 +94,9 @@ def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: in
     if not data.modality.same_data(first.modality):
         raise UserError(f"--real {real} holds {data.modality.spec_summary()}, the runs make "
                         f"{first.modality.spec_summary()}: give the runs' prepared dataset")
+    if first.num_classes and not prompts and data.class_names != first.class_names:
+        raise UserError(f"--real {real} has classes {data.class_names}, the runs {first.class_names}: give the runs' "
+                        "prepared dataset (its classes name the pairs' and attention checks' questions)")
     rng = np.random.default_rng(seed)
     names = _names(runs)
 
@@ -101,8 +107,11 @@ def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: in
         db = store.connect(tmp, create=True)
         db.execute("BEGIN IMMEDIATE")
 
-        # Generated items, keyed by their condition: the class name, the prompt, or None (unconditional).
+        # Generated items: the first half of each run's samples for pairs (and faithfulness), keyed by their condition
+        # (the class name, the prompt, or None), the second half judged real or generated. A rater never sees an image
+        # twice (serve.py), and apart these pools do not compete for a rater's trials.
         generated: dict[str, dict[str | None, list[int]]] = {}
+        judged: list[int] = []
         for run_dir, run, name in zip(runs, opened, names):
             say(f"sampling {n} items from {run_dir} ({name})")
             spec = run.sampling_spec(seed, steps=steps, guidance=guidance)
@@ -113,31 +122,43 @@ def create_study(out: Path, runs: list[Path], *, real: Path | None = None, n: in
             for i, item in enumerate(result["images"]):
                 condition = (prompts[i % len(prompts)] if prompts else
                              run.class_names[labels[i]] if labels is not None else None)
-                by_condition.setdefault(condition, []).append(_item(db, tmp, run.modality, item, name, condition))
+                made = _item(db, tmp, run.modality, item, name, condition)
+                if i < n // 2:
+                    by_condition.setdefault(condition, []).append(made)
+                else:
+                    judged.append(made)
 
-        # As many real items as generated ones, so that "real" and "generated" are equally likely answers (HYPE).
-        wanted = n * len(runs)
+        # As many real items as generated ones are judged, so that "real" and "generated" are equally likely answers
+        # (HYPE); more for the attention checks: enough for one in every 10 trials of a rater (serve.py).
+        checks = max(4, -(-per_rater // 10))
+        wanted = len(judged) + checks
         say(f"drawing {wanted} real items from {real}")
-        pool, pool_labels = (data.test_data, data.test_labels) if len(data.test_data) >= wanted else (data.train_data, data.train_labels)
-        pick = rng.choice(len(pool), min(wanted, len(pool)), replace=False)
+        # Held-out items first, then training items if there are too few.
+        pool = np.concatenate([data.test_data, data.train_data])
+        pool_labels = (np.concatenate([data.test_labels, data.train_labels]) if data.test_labels is not None
+                       and data.train_labels is not None else None)
+        held_out = len(data.test_data)
+        order = np.concatenate([rng.permutation(held_out), held_out + rng.permutation(len(data.train_data))])
         real_items, attention_items = [], []
-        for i in pick:
-            condition = data.class_names[pool_labels[i]] if pool_labels is not None and not prompts else None
-            real_items.append(_item(db, tmp, data.modality, pool[i], "real", condition))
+        for k, i in enumerate(order[:wanted]):
+            # A captioned study's attention check asks about a prompt, as its pairs do.
+            condition = (prompts[k % len(prompts)] if prompts else
+                         data.class_names[pool_labels[i]] if pool_labels is not None else None)
+            real_items.append(_item(db, tmp, data.modality, pool[i], "real", None if prompts else condition))
             attention_items.append((real_items[-1], condition, pool[i]))
 
         trials: list[tuple] = []
         for a, b in itertools.combinations(names, 2):
             for condition in generated[a]:
                 trials += [("pair", x, y, condition) for x, y in zip(generated[a][condition], generated[b].get(condition, []))]
-        trials += [("real_fake", x, None, None) for name in names for items in generated[name].values() for x in items]
-        trials += [("real_fake", x, None, None) for x in real_items]
-        for item, condition, values in attention_items[: max(4, n // 10)]:
+        trials += [("real_fake", x, None, None) for x in judged + real_items[:len(judged)]]
+        for item, condition, values in attention_items[len(judged):]:
             trials.append(("attention", item, _item(db, tmp, data.modality, _scrambled(values, rng), "noise", condition), condition))
         if likert:
             trials += [("likert", x, None, c) for name in names for c, items in generated[name].items() if c for x in items]
         pairs = [i for i, t in enumerate(trials) if t[0] == "pair"]
-        shared = set(rng.choice(pairs, min(len(pairs), max(5, round(SHARED_FRACTION * len(pairs)))), replace=False).tolist()) if pairs else set()
+        # As many shared pairs as a rater has shared positions (one in every 10), so that every rater sees them all.
+        shared = set(rng.choice(pairs, min(len(pairs), max(1, per_rater // 10)), replace=False).tolist()) if pairs else set()
         db.executemany("INSERT INTO trials (kind, a, b, condition, shared) VALUES (?, ?, ?, ?, ?)",
                        [(*t, int(i in shared)) for i, t in enumerate(trials)])
         record = {"runs": [str(r.resolve()) for r in runs], "names": names, "real": str(real.resolve()), "n": n,

@@ -110,6 +110,7 @@ async function answer(choice) {
     show(await api("/api/next"));
   } catch (e) {
     say(e.message + " (try again)");
+    try { show(await api("/api/next")); } catch (_) {}  // the vote may have landed: show what is open now
   } finally { busy = false; }
 }
 

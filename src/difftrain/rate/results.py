@@ -175,8 +175,9 @@ def _plots(r: dict, study: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 0.5 * len(ranked) + 1.5))
         y = np.arange(len(ranked))
         scores = np.array([b["score"] for b in ranked])
-        ax.errorbar(scores, y, xerr=[scores - [b["low"] for b in ranked], np.array([b["high"] for b in ranked]) - scores],
-                    fmt="o", capsize=4)
+        below = np.clip(scores - [b["low"] for b in ranked], 0, None)  # a percentile interval may miss its estimate
+        above = np.clip(np.array([b["high"] for b in ranked]) - scores, 0, None)
+        ax.errorbar(scores, y, xerr=[below, above], fmt="o", capsize=4)
         ax.set_yticks(y, [b["run"] for b in ranked])
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("Bradley-Terry score (log-odds), 95% bootstrap interval")

@@ -4,10 +4,11 @@ Every API call carries the rater's token (the `t` query parameter of their link,
 token, no access, and a token reaches only its own trials. The API never says where an item came from: a trial is
 served as its question, its answers and URLs of its items by position in the rater's own sequence.
 
-Trials are handed out one at a time, as the rater asks: the trial the fewest raters have seen yet, one the rater has
-not seen, in random order, its two sides balanced for each rater (as many sources on the left as on the right).
-Every 10th is an attention check (a real item against noise) and every 10th from the 3rd one of the trials shared
-by all raters (for their agreement). A vote is committed before it is acknowledged.
+Trials are handed out one at a time, as the rater asks: the trial the fewest raters have seen yet that this rater has
+not, at random among those (an image judged real or generated is in no other trial: create.py), its two sides
+balanced for each rater (as many first items on the left as on the right). In every block of 10 positions, one at
+a random place is an attention check (a real item against noise) and another one of the trials shared by all raters
+(for their agreement). A vote is committed before it is acknowledged.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from difftrain.errors import UserError
 from difftrain.rate import store
 from difftrain.rate.page import PAGE
 
-ATTENTION_EVERY = 10  # positions 9, 19, 29, ...
-SHARED_EVERY = 10  # positions 2, 12, 22, ...
+BLOCK = 10  # positions per block: one attention check and one shared trial in each, at random places
+
+
+def special_positions(rater: int, block: int) -> tuple[int, int]:
+    """The positions of the attention check and of the shared trial in a rater's block: fixed per rater and block
+    (a reload changes nothing), unpredictable to the rater."""
+    attention, shared = random.Random(f"{rater}:{block}").sample(range(BLOCK), 2)
+    return block * BLOCK + attention, block * BLOCK + shared
 
 
 def question(kind: str, condition: str | None, prompts: bool) -> str:
@@ -38,8 +45,8 @@ def question(kind: str, condition: str | None, prompts: bool) -> str:
 
 
 def _pick(db: sqlite3.Connection, rater: int, where: str, most_seen: bool = False) -> int | None:
-    """An unseen trial matching `where`: the least seen by all raters (the most seen: shared trials, so that raters
-    overlap), at random among those."""
+    """A trial matching `where` that the rater has not seen: the least seen by all raters (the most seen: shared
+    trials, so that raters overlap), at random among those."""
     row = db.execute(
         f"""SELECT t.id FROM trials t LEFT JOIN (SELECT trial, COUNT(*) AS seen FROM assignments GROUP BY trial) s
             ON s.trial = t.id WHERE {where} AND t.id NOT IN (SELECT trial FROM assignments WHERE rater = ?)
@@ -69,9 +76,10 @@ def _assign(db: sqlite3.Connection, rater: int, quota: int) -> tuple[int, int, i
     if position >= quota:
         return None
     trial = None
-    if position % ATTENTION_EVERY == ATTENTION_EVERY - 1:
+    attention, shared = special_positions(rater, position // BLOCK)
+    if position == attention:
         trial = _pick(db, rater, "t.kind = 'attention'")
-    elif position % SHARED_EVERY == 2:
+    elif position == shared:
         trial = _pick(db, rater, "t.shared = 1", most_seen=True)
     if trial is None:
         trial = _pick(db, rater, "t.kind != 'attention' AND t.shared = 0") or _pick(db, rater, "1")
@@ -97,7 +105,7 @@ class Vote(BaseModel):
 
 def make_app(study: Path, quota: int | None = None):
     """The FastAPI app of one study."""
-    from fastapi import FastAPI, Header, HTTPException, Query
+    from fastapi import FastAPI, Header, HTTPException, Path as PathParam, Query
     from fastapi.responses import HTMLResponse, Response
 
     study = Path(study)
@@ -143,7 +151,7 @@ def make_app(study: Path, quota: int | None = None):
             db.close()
 
     @app.get("/api/item/{position}/{slot}")
-    def item(position: int, slot: int, t: str | None = Query(None, max_length=100),
+    def item(position: int = PathParam(ge=0, le=1_000_000), slot: int = PathParam(ge=0, le=1), t: str | None = Query(None, max_length=100),
              x_rater_token: str | None = Header(None, max_length=100)):
         db = connection()
         try:
@@ -189,11 +197,18 @@ def make_app(study: Path, quota: int | None = None):
 
 
 def links(study: Path, host: str, port: int) -> list[tuple[str, str]]:
-    """(rater name, link) for each rater of raters.json."""
+    """(rater name, link) for each rater of raters.json; on every interface, the links name this machine."""
     import json
+    import socket
 
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return [(r["name"], f"http://{shown}:{port}/?t={r['token']}") for r in json.loads((study / "raters.json").read_text())]
+    try:
+        raters = json.loads((study / "raters.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{study / 'raters.json'} cannot be read ({e}): add new raters with `difftrain rate serve "
+                        f"{study} --add-raters N`") from None
+    shown = socket.getfqdn() if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return [(r["name"], f"http://{shown}:{port}/?t={r['token']}") for r in raters]
 
 
 def check_port(host: str, port: int) -> None:
@@ -201,7 +216,7 @@ def check_port(host: str, port: int) -> None:
     import socket
 
     try:
-        with socket.create_server((host, port)):
+        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
             pass
     except OSError as e:
         raise UserError(f"--port {port} on {host}: {e.strerror or e}; choose another --port (or stop what uses it)") from None

@@ -67,7 +67,7 @@ def add_raters(study: Path, db: sqlite3.Connection, count: int) -> list[dict]:
     """`count` new raters with fresh tokens; raters.json (mode 600) gains them."""
     tokens_file = study / "raters.json"
     raters = json.loads(tokens_file.read_text()) if tokens_file.is_file() else []
-    first = len(raters) + 1
+    first = db.execute("SELECT COUNT(*) FROM raters").fetchone()[0] + 1
     new = [{"name": f"rater-{first + i}", "token": secrets.token_urlsafe(18)} for i in range(count)]
     db.execute("BEGIN IMMEDIATE")
     db.executemany("INSERT INTO raters (name, token_hash) VALUES (?, ?)", [(r["name"], token_hash(r["token"])) for r in new])
