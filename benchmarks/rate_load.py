@@ -1,6 +1,7 @@
 """`difftrain rate serve` under load: many raters at once on the loopback interface. Prints one JSON line.
 
-Starts the server on a copy of a study (the study itself is left as it was), adds raters until there are `--raters`,
+Starts the server on a copy of a study without its votes (the study itself is left as it was), adds raters until there
+are `--raters`,
 and lets each answer `--votes` trials as fast as the server allows, all at once. Then counts what the database holds:
 every acknowledged vote must be stored exactly once. Latency is per vote (POST /api/vote), acknowledgement included.
 
@@ -61,6 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rate-load-")) / "study"
     shutil.copytree(args.study, work)
+    with sqlite3.connect(work / "ratings.db") as db:  # every rater starts afresh on the copy
+        db.execute("DELETE FROM votes")
+        db.execute("DELETE FROM assignments")
+    db.close()
     existing = len(json.loads((work / "raters.json").read_text()))
     port = free_port()
     server = start_server(work, port, "--add-raters", str(max(0, args.raters - existing)), "--quota", str(args.votes))
