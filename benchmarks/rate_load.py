@@ -37,10 +37,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(study: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_server(study: Path, port: int, *extra: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """`difftrain rate serve` in a process of its own, once it answers (tests/test_rate.py uses it too)."""
     server = subprocess.Popen([sys.executable, "-m", "difftrain", "rate", "serve", str(study), "--port", str(port), *extra],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -48,10 +48,10 @@ def start_server(study: Path, port: int, *extra: str) -> subprocess.Popen:
             return server
         except httpx.TransportError:
             if server.poll() is not None:
-                sys.exit(f"rate serve stopped:\n{server.stderr.read()}")
+                raise RuntimeError(f"rate serve stopped:\n{server.stderr.read()}") from None
             time.sleep(0.2)
     server.kill()
-    sys.exit("rate serve did not answer within 60 s")
+    raise RuntimeError("rate serve did not answer within 60 s")
 
 
 def main() -> None:

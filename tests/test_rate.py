@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,10 @@ fastapi = pytest.importorskip("fastapi", reason="difftrain rate serves with Fast
 from fastapi.testclient import TestClient  # noqa: E402
 
 from difftrain.rate.serve import make_app, special_positions  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from rate_load import free_port, start_server  # noqa: E402  (benchmarks/rate_load.py: the server under load)
 
 
 @pytest.fixture(scope="module")
@@ -318,36 +319,14 @@ def test_agreement_counts_rater_pairs_and_the_majority():
 
 # --- the real server ----------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(study: Path, port: int, *extra) -> subprocess.Popen:
-    """`difftrain rate serve` in a process of its own, once it answers."""
-    import httpx
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "difftrain", "rate", "serve", str(study), "--port", str(port), *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return server
-        except httpx.TransportError:
-            if server.poll() is not None:
-                raise AssertionError(server.stderr.read())
-            time.sleep(0.2)
-    server.kill()
-    raise AssertionError("rate serve did not answer within 60 s")
+    return start_server(study, port, *extra, stdout=subprocess.PIPE)
 
 
 def test_a_killed_server_restarts_with_every_acknowledged_vote(study):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     server = _serve(study, port)
     base = f"http://127.0.0.1:{port}"
     token = tokens(study)[0]
@@ -379,7 +358,7 @@ def test_a_killed_server_restarts_with_every_acknowledged_vote(study):
 
 def test_fifty_concurrent_raters_lose_and_duplicate_no_vote(study):
     """benchmarks/rate_load.py: 50 raters at once on the loopback interface, 10 trials each."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rate_load.py"
+    script = BENCHMARKS / "rate_load.py"
     result = subprocess.run([sys.executable, str(script), "--study", str(study), "--raters", "50", "--votes", "10"],
                             capture_output=True, text=True, timeout=600, cwd=script.parent)
     assert result.returncode == 0, result.stderr
@@ -396,7 +375,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="no chromium installed (Debian: apt-get install chromium; .ci/run does)")
 def test_a_rater_finishes_a_study_in_a_real_browser(study, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
-    port = _free_port()
+    port = free_port()
     server = _serve(study, port, "--quota", "12")
     token = tokens(study)[0]
     try:
