@@ -452,3 +452,24 @@ def test_one_run_is_rated_real_or_generated(runs, tmp_path):
     assert r["bradley_terry"] == [] and r["hype"]["long"]["fooled"] == 1.0
     assert r["hype"]["long"]["error_rate"] == pytest.approx(0.5)  # all generated judged real, no real judged generated
     assert not (out / "ranking.png").exists() and "Real or generated" in (out / "results.md").read_text()
+
+
+def test_captioned_runs_are_rated_on_prompts(pairs_dir, tmp_path):
+    from tests.test_text_to_image import caption_run
+
+    runs = [tmp_path / "cap-a", tmp_path / "cap-b"]
+    for run in runs:
+        result = difftrain(*caption_run(pairs_dir, run))
+        assert result.returncode == 0, result.stderr
+    prompts = ["a 3 to the left of a 7", "a 1 to the left of a 2"]
+    with pytest.raises(UserError, match="give --prompts FILE"):
+        create_study(tmp_path / "none", runs, n=4, say=lambda m: None)
+    out = tmp_path / "study"
+    record = create_study(out, runs, n=4, raters=1, per_rater=30, prompts=prompts, steps=2, say=lambda m: None)
+    assert record["trials"]["pair"] == 2 and record["prompts"] == prompts
+    client = TestClient(make_app(out))
+    seen = rate_all(client, out, tokens(out)[0], prefers(["cap-a", "cap-b"]))
+    # Pairs and attention checks alike ask about a prompt.
+    two = [t for t in seen if len(t["items"]) == 2]
+    assert len(two) == 2 + record["trials"]["attention"]
+    assert {t["question"] for t in two} <= {f"Which image better matches “{p}”?" for p in prompts}
