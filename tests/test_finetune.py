@@ -16,7 +16,7 @@ from difftrain.errors import UserError
 from difftrain.modalities import modality_for
 from difftrain.models import build_network
 from difftrain.pretrained.source import Pretrained, open_pretrained
-from difftrain.pretrained.transfer import class_rows, label_space, transfer_weights
+from difftrain.pretrained.transfer import CHARACTER_ROWS, caption_positions, character_rows, class_rows, label_space, transfer_weights
 from difftrain.store.run import open_run
 from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
@@ -59,6 +59,18 @@ def test_an_unconditional_source_gets_a_zero_embedding_and_a_foreign_one_a_mean_
     out, note = class_rows(foreign, names, torch.zeros(3, 2))
     assert torch.equal(out[:2], rows[:2]) and torch.equal(out[2], torch.tensor([2.0, 4.0]))  # by index; null = mean
     assert "matched by index" in note and "1 source row(s) beyond your classes dropped" in note
+
+
+def test_caption_characters_are_matched_by_character_and_new_ones_start_at_the_mean():
+    rows = torch.arange(12.0).view(4, 3)  # "a", "b", "c", then the padding ""
+    src = Pretrained("captions", {CHARACTER_ROWS: rows}, {}, None, None, False, caption_characters=["a", "b", "c", ""])
+    out, note = character_rows(src, ["b", "z", ""], torch.zeros(3, 3))
+    assert torch.equal(out[0], rows[1]) and torch.equal(out[2], rows[3]) and torch.equal(out[1], rows.mean(0))
+    assert note == "2 characters kept, 1 new ('z') starting at the mean of the source's"
+    longer, note = caption_positions(torch.ones(2, 3), torch.zeros(4, 3))
+    assert torch.equal(longer, torch.tensor([[1.0] * 3] * 2 + [[0.0] * 3] * 2)) and "at most 4 characters" in note
+    assert torch.equal(caption_positions(torch.ones(5, 3), torch.zeros(4, 3))[0], torch.ones(4, 3))
+    assert caption_positions(torch.ones(4, 3), torch.zeros(4, 3))[1] == ""  # the same length: nothing to say
 
 
 TINY = modality_for({"kind": "image", "shape": [2, 2, 1]})  # the 2x2 grey images of the replay tests
@@ -140,6 +152,30 @@ def old_run(tmp_path_factory, split_digits):
     run = tmp_path_factory.mktemp("runs") / "old"
     cli("train", "--out", run, "--no-progress", *tiny_overrides(split_digits[0], **{"train.duration_steps": 6}))
     return run
+
+
+DIT = {"model.arch": "dit", "model.dit.width": 32, "model.dit.depth": 1, "model.dit.heads": 2, "model.dit.embedding_dim": 16}
+
+
+def test_a_dit_run_fine_tunes_with_lora_on_new_classes_and_starts_as_its_source(tmp_path, split_digits):
+    old, new = split_digits
+    source = tmp_path / "dit"
+    cli("train", "--out", source, "--no-progress", *tiny_overrides(old, **DIT))
+    tuned = tmp_path / "tuned"
+    # One step at a learning rate ~1e-11 (a warm-up of 10^9 images): LoRA's zero start keeps the source's network.
+    cli("train", "--init", source, "--out", tuned, "--no-progress", *fine_tune_overrides(
+        new, **{"finetune.lora_rank": 4, "train.duration_steps": 1, "optim.warmup_images": 10**9}))
+    init = json.loads((tuned / "init.json").read_text())
+    assert not (init["missing"] or init["unexpected"] or init["reshaped"])
+    assert init["classes"].startswith("5 kept, 5 new (5, 6, 7, 8, 9)") and 0 < init["trainable_parameters"] < init["parameters"]
+    before, after = (open_run(r) for r in (source, tuned))
+    assert after.config.model.arch == "dit" and after.class_names == list("0123456789")
+    x, sigma, labels = torch.randn(5, 1, 8, 8), torch.full((5,), 0.3), torch.arange(5)
+    with torch.no_grad():
+        a = before.denoiser(before.checkpoint())(x, sigma, {"label": labels})
+        b = after.denoiser(after.checkpoint())(x, sigma, {"label": labels})
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()  # the old classes 0-4, rows kept by name
+    cli("sample", tuned, "--n", "2", "--class", "7", "--steps", "2", "--out", tmp_path / "s.npz")
 
 
 def test_prepare_keeps_the_named_classes_relabelled(split_digits):

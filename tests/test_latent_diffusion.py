@@ -264,6 +264,28 @@ def test_init_from_an_exported_folder_starts_as_its_source_and_lora_fine_tunes_i
     assert images.shape == (1, 8, 16, 1) and np.isfinite(images).all()
 
 
+def test_init_from_a_text_to_image_run_starts_as_its_source(pairs_dir, latent_unet_run, tmp_path):
+    from difftrain.evaluation.run_eval import sample_run
+
+    start = tmp_path / "start"
+    cli(*caption_run(pairs_dir, start, "--init", latent_unet_run, "--no-progress",
+                     **{"train.duration_steps": 1, "optim.warmup_images": 10**9}))
+    init = json.loads((start / "init.json").read_text())
+    assert init["matched"] > 0 and not (init["missing"] or init["unexpected"] or init["reshaped"])
+    characters = open_run(latent_unet_run).modality.captions.vocab_size
+    assert init["captions"] == f"{characters} characters kept"  # the same data: every character, the same length
+    forgetting = json.loads((start / "forgetting.json").read_text())  # the source's held-out captions, as the run reads them
+    assert forgetting["old_before"]["label_agreement"] >= 0 and "fid" in forgetting["old_after"]
+    source, config = open_run(latent_unet_run).config, open_run(start).config
+    assert config.model.arch == "unet" and config.model.latent == source.model.latent
+    assert config.model.latent_scale == pytest.approx(open_run(latent_unet_run).modality.scale)
+    prompts = ["a 3 to the left of a 7", "1 then 2"]
+    spec = open_run(latent_unet_run).sampling_spec(5, steps=4, guidance=2.0)
+    before = sample_run(latent_unet_run, 4, spec, tmp_path / "a.npz", prompts=prompts)["images"]
+    after = sample_run(start, 4, spec, tmp_path / "b.npz", prompts=prompts)["images"]
+    assert np.abs(before.astype(int) - after.astype(int)).max() <= 1
+
+
 def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, digits_dir, latent_unet_run, autoencoder_run, tmp_path):
     exported = tmp_path / "exported"
     cli("export", latent_unet_run, "--out", exported)
@@ -274,7 +296,6 @@ def test_init_from_a_folder_refuses_what_contradicts_it(pairs_dir, digits_dir, l
          "model.latent="),
         (caption_run(pairs_dir, tmp_path / "c", "--init", exported, **{"model.unet.layers_per_block": 2}),
          "model.unet.layers_per_block=2 contradicts --init"),
-        (caption_run(pairs_dir, tmp_path / "d", "--init", latent_unet_run), "export it as a pipeline folder first"),
         (["train", "--preset", "digits", "--out", tmp_path / "e", "--init", exported, *tiny_overrides(digits_dir)],
          "is a text-to-image model, and this run reads no captions"),
     ]

@@ -157,6 +157,31 @@ def test_train_on_captions_and_sample_from_a_prompt(pairs_dir, tmp_path):
     assert bad.returncode == 2 and "give numbers separated by commas" in " ".join(bad.stderr.split())
 
 
+def test_a_captioned_dit_run_fine_tunes_on_captions_with_new_characters_and_another_size(pairs_dir, tmp_path):
+    source = tmp_path / "cap"
+    cli(*caption_run(pairs_dir, source, "--no-progress"))
+    src = tmp_path / "src"
+    write_folder(src, [f"img{i}.png" for i in range(20)])  # 8x8 images, where the source drew 8x16
+    (src / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"img{i}.png", "text": f"Z{i % 3}"}) + "\n"
+                                                for i in range(20)))
+    prepare_dataset(src, tmp_path / "data", captions=src / "metadata.jsonl", test_fraction=0.2, progress=False)
+    tuned = tmp_path / "tuned"
+    result = cli(*caption_run(tmp_path / "data", tuned, "--init", source, "--no-progress", **{"finetune.lora_rank": 2}))
+    # The old captions' other characters have no rows in this model: forgetting is not scored, and the run says why.
+    assert "forgetting not measured: the old data's captions hold" in " ".join(result.output.split())
+    init = json.loads((tuned / "init.json").read_text())
+    assert not (init["missing"] or init["unexpected"] or init["reshaped"])
+    # "0", "1", "2" and the padding keep their rows, "Z" starts at their mean; captions are 2 characters long now.
+    assert init["captions"].startswith("4 characters kept, 1 new ('Z')") and "at most 2 characters" in init["captions"]
+    assert 0 < init["trainable_parameters"] < init["parameters"]
+    cli("sample", tuned, "--prompt", "Z1", "--n", "2", "--steps", "2", "--out", tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["images"].shape == (2, 8, 8, 1)
+    plain = difftrain("train", "--out", tmp_path / "p", "--init", source, *tiny_overrides(tmp_path / "data", **{
+        "model.conditional": "false"}))
+    assert plain.returncode == 2 and "is a text-to-image model, and this run reads no captions" in " ".join(plain.stderr.split())
+
+
 def test_a_captioned_unet_hears_its_caption_through_cross_attention():
     from difftrain.config import UNetConfig
     from difftrain.models.unet_captions import build_captioned_unet

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,8 @@ class DataConfig(Section):
 
 class UNetConfig(Section):
     """model.arch=unet: diffusers' UNet2DModel, for images."""
+
+    class_rows: ClassVar[str] = "class_embedding"  # the module of the class-embedding rows (fine-tuning trains new ones)
 
     channels: list[int] = Field([64, 128, 128], description="Output channels of each UNet resolution level (one level per entry).")
     attention: list[bool] = Field([False, True, False], description="Self-attention at each resolution level.")
@@ -134,6 +136,8 @@ class Transformer1DConfig(Section):
 
 class DiTConfig(Section):
     """model.arch=dit: a patch transformer with adaLN-Zero conditioning (DiT, Peebles & Xie 2023), for images (C, H, W)."""
+
+    class_rows: ClassVar[str] = "label_embedding"  # the module of the class-embedding rows (fine-tuning trains new ones)
 
     width: int = Field(256, ge=8, description="Token width (divisible by model.dit.heads and by 4: half the position features per axis, in cosine and sine pairs).")
     depth: int = Field(6, ge=1, description="Transformer blocks.")

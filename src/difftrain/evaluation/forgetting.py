@@ -27,8 +27,24 @@ def _score(run: Run, checkpoint_path: Path, ds: PreparedDataset, extractor, conf
     denoiser = run.denoiser(open_checkpoint(checkpoint_path), device=device)
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
     record = evaluate_denoiser(denoiser, ds, extractor, config, n=config.eval.n_samples, metrics=metrics,
-                               to_model=to_model, device=device)
+                               to_model=to_model, device=device, modality=run.modality)
     return {"checkpoint": str(checkpoint_path), **record}
+
+
+def _unread_captions(run: Run, old_ds: PreparedDataset) -> str | None:
+    """Why this captioned run cannot read the old data's held-out captions (None: it can, or it reads none)."""
+    if not run.captioned or old_ds.test_captions is None:
+        return None
+    texts = old_ds.modality.captions.decode(old_ds.test_captions)
+    unread = sorted(set("".join(texts)) - set(run.modality.captions.tokenizer.vocab))
+    if unread:
+        return (f"the old data's captions hold {', '.join(map(repr, unread[:10]))}, which the new data's captions lack, "
+                "so this model cannot read them (fine-tune on captions that use them to measure it)")
+    longest = max(map(len, texts))
+    if longest > run.modality.captions.length:
+        return (f"the old data's captions run to {longest} characters, longer than the new data's "
+                f"{run.modality.captions.length}, so this model cannot read them")
+    return None
 
 
 def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *, device="cpu",
@@ -50,6 +66,12 @@ def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *
         console.print(f"[yellow]warning:[/] forgetting not measured: {old_path} or {init['checkpoint']} is gone")
         return None
     old_ds = load_dataset(old_path)
+    unread = _unread_captions(run, old_ds)
+    if not unread and tuple(old_ds.modality.shape) != tuple(run.modality.shape):
+        unread = f"the old data's items are {tuple(old_ds.modality.shape)}, this model draws {tuple(run.modality.shape)}"
+    if unread:
+        console.print(f"[yellow]warning:[/] forgetting not measured: {unread}")
+        return None
     config = run.config
     labelled = run.num_classes and old_ds.num_classes and new_ds.num_classes
     metrics = [m for m in config.eval.metrics if m in ("fid", "kid", "pr", "cas") and (m != "cas" or labelled)]

@@ -367,9 +367,11 @@ def evaluate_samples_file(samples: str | Path, data: str | Path, *, metrics: lis
 
 
 def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: FeatureExtractor | None, config, *, n: int,
-                      metrics: list[str], to_model: list[int] | None, device) -> dict[str, Any]:
+                      metrics: list[str], to_model: list[int] | None, device, modality=None) -> dict[str, Any]:
     """Score a denoiser against `ds` with the config's sampler; `to_model` gives the model's label of each
-    of the data's classes (None: unconditional)."""
+    of the data's classes (None: unconditional); `modality`, the model's when it is not the data's (another run's
+    data: the model's latent space and caption characters)."""
+    modality = modality or ds.modality
     ec = config.eval
     spec = SamplingSpec.from_config(config.sample, seed=config.train.seed)
     counts = (ds.manifest.get("class_counts") or {}).get("train") if ds.modality.proportional_classes else None
@@ -377,9 +379,11 @@ def evaluate_denoiser(denoiser: Denoiser, ds: PreparedDataset, extractor: Featur
     condition = None if labels is None else np.asarray(to_model)[labels]
     if takes_captions(denoiser.net):  # a captioned model: the held-out captions, in turn
         order = np.arange(n) % len(ds.test_captions)
-        condition, labels = ds.test_captions[order], None if ds.test_labels is None else ds.test_labels[order]
+        rows = ds.test_captions if modality is ds.modality else \
+            modality.captions.encode(ds.modality.captions.decode(ds.test_captions))
+        condition, labels = rows[order], None if ds.test_labels is None else ds.test_labels[order]
     with torch.inference_mode():
-        samples = generate(denoiser, ds.modality, n, condition, spec, batch_size=config.sample.batch_size, device=device)
+        samples = generate(denoiser, modality, n, condition, spec, batch_size=config.sample.batch_size, device=device)
     record = {**spec_meta(spec), **score(samples, labels, ds, extractor, metrics, ec, config.train.seed, network=config.model)}
     if "nll" in metrics:
         record.update(likelihood(denoiser, ds, to_model, ec, device, config.train.seed))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusers import UNet2DModel
+
 from difftrain import __version__
 from difftrain.errors import UserError
 from difftrain.pretrained.diffusers_format import write_pipeline
-from difftrain.pretrained.source import transferable
 from difftrain.pretrained.stable_diffusion import write_text_to_image
 from difftrain.store.run import open_run
 
@@ -22,8 +23,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "lates
         raise UserError(f"{run_dir} diffuses in an autoencoder's latent space, and the stock pipelines that difftrain "
                         "exports to (DDPMPipeline, ConsistencyModelPipeline) have no VAE: only caption-conditioned latent "
                         "runs export, as a StableDiffusionPipeline")
-    unet = transferable(run.denoiser(ckpt).net, f"difftrain export {run_dir}")
-    return write_pipeline(unet, run.config.diffusion, Path(out), _info(run, run_dir, ckpt), overwrite=overwrite)
+    net = run.denoiser(ckpt).net
+    if not isinstance(net.core(), UNet2DModel):
+        raise UserError(f"difftrain export {run_dir}: its {type(net).__name__} network has no stock diffusers pipeline "
+                        "(UNet runs export); fine-tune it further with `difftrain train --init RUN`")
+    return write_pipeline(net.core(), run.config.diffusion, Path(out), _info(run, run_dir, ckpt), overwrite=overwrite)
 
 
 def _info(run, run_dir, ckpt) -> dict:

@@ -1,8 +1,10 @@
-"""What `train --init SOURCE` starts from: a difftrain run or checkpoint, a diffusers UNet2DModel folder, or a text-to-image
-pipeline folder (Stable Diffusion's layout: unet, vae, text_encoder, tokenizer, scheduler).
+"""What `train --init SOURCE` starts from: a difftrain run or checkpoint (a UNet or a DiT, class-conditional or
+captioned), a diffusers UNet2DModel folder, or a text-to-image pipeline folder (Stable Diffusion's layout: unet, vae,
+text_encoder, tokenizer, scheduler).
 
 Every source becomes the same thing: the weights of the network's transferable part (its core), the model settings and
-formulation they were trained with, and the names of their class-embedding rows. A text-to-image folder's UNet is
+formulation they were trained with, and the names of their class-embedding rows (and, for a run's own caption encoder,
+the characters of its embedding rows). A text-to-image folder's UNet is
 fine-tuned in its own VAE's latent space (model.latent, at its scaling_factor), reading prompts with its own text
 encoder, frozen (model.text_encoder).
 """
@@ -17,12 +19,15 @@ import torch
 
 from difftrain.config import Config, validate_config
 from difftrain.errors import UserError
+from difftrain.models import architecture
 from difftrain.models.unet import model_fields
 from difftrain.store.run import Run, source_run
 from difftrain.store.checkpoint import Checkpoint, open_checkpoint, resolve_checkpoint
 
 # The UNet settings that define the network's weights; training choices (dropout, labels) stay the user's.
 ARCHITECTURE = ("channels", "attention", "layers_per_block", "attention_head_dim", "norm_groups", "unet_options")
+# A network section's settings that are training choices; the rest define a run's weights.
+TRAINING_CHOICES = ("dropout",)
 # The diffusion settings that define what the network predicts; a fine-tune must keep them.
 FORMULATION = ("formulation", "prediction", "sigma_data", "beta_schedule", "beta_start", "beta_end", "num_timesteps")
 
@@ -37,11 +42,12 @@ class Pretrained:
     has_null_label: bool  # its last class-embedding row is difftrain's "no label" row
     checkpoint: Checkpoint | None = None  # the difftrain checkpoint it comes from
     notes: list[str] = field(default_factory=list)
+    caption_characters: list[str] | None = None  # a run's own caption encoder: the character of each embedding row
 
     @property
     def captioned(self) -> bool:
         """A text-to-image model: it reads prompts."""
-        return bool(self.model.get("text_encoder"))
+        return bool(self.model.get("text_encoder")) or self.caption_characters is not None
 
     def check_prompts(self, captioned: bool) -> None:
         """Refuse a text-to-image source for a model that reads no captions, and the reverse."""
@@ -50,31 +56,25 @@ class Pretrained:
                             "none, or model.conditional=false): prepare captioned images (data prepare --captions FILE)")
         if captioned and not self.captioned:
             raise UserError(f"--init {self.origin} does not read prompts, and this data is captioned: start from a "
-                            "text-to-image pipeline folder, or from scratch")
+                            "text-to-image run or pipeline folder, or from scratch")
 
 
 def transferable(net: torch.nn.Module, what: str, source: Pretrained | None = None) -> torch.nn.Module:
-    """The part of a network whose weights move between runs and diffusers folders; refused for networks without one,
-    and for a `source` that reads prompts when the network does not (or the reverse)."""
+    """The part of a network whose weights move between runs and folders (an image network's core); refused for other
+    networks, and for a `source` that reads prompts when the network does not (or the reverse)."""
     from diffusers import UNet2DModel
 
+    from difftrain.models.dit import DiT
     from difftrain.models.unet_captions import CaptionedUNet
 
     core = net.core()
     if source is not None:
-        source.check_prompts(isinstance(core, CaptionedUNet))
-    if not isinstance(core, (UNet2DModel, CaptionedUNet)):
+        source.check_prompts(getattr(core, "captions", None) is not None)
+    if not isinstance(core, (UNet2DModel, CaptionedUNet, DiT)):
         raise UserError(f"{what}: its {type(net).__name__} network cannot be loaded into another network yet "
-                        "(starting from weights works for UNet runs, diffusers UNet2DModel folders and text-to-image "
-                        "pipeline folders)")
-    if isinstance(core, CaptionedUNet) and source is None:
-        raise UserError(_CAPTIONED_RUN.format(what=what))
+                        "(starting from weights works for image runs (UNet, DiT), diffusers UNet2DModel folders and "
+                        "text-to-image pipeline folders)")
     return core
-
-
-# A run's caption encoder reads its own data's characters; an exported folder carries encoder and tokenizer together.
-_CAPTIONED_RUN = ("{what} is a text-to-image run; export it as a pipeline folder first (`difftrain export RUN --out "
-                  "FOLDER`, for latent UNet runs) and start from that folder")
 
 
 def open_pretrained(source: str | Path, warn=print) -> Pretrained:
@@ -88,8 +88,6 @@ def open_pretrained(source: str | Path, warn=print) -> Pretrained:
     is_checkpoint = (path / "info.json").is_file()
     run = source_run(path)
     if run is not None:
-        if run.captioned:
-            raise UserError(_CAPTIONED_RUN.format(what=f"--init {source}"))
         return _from_run(run, open_checkpoint(path) if is_checkpoint else resolve_checkpoint(run.path, "latest", warn))
     if is_checkpoint:
         raise UserError(f"--init {source}: a checkpoint must sit in its run folder (RUN/checkpoints/NAME) to know its network")
@@ -103,18 +101,23 @@ def open_pretrained(source: str | Path, warn=print) -> Pretrained:
 
 def _from_run(run: Run, checkpoint: Checkpoint) -> Pretrained:
     # The EMA weights, as sampling uses them; a LoRA run's adapters are merged in by run.denoiser.
-    unet = transferable(run.denoiser(checkpoint).net, f"--init {run.path}")
-    model = run.config.model.unet.model_dump()
+    core = transferable(run.denoiser(checkpoint).net, f"--init {run.path}")
+    model = run.config.model
+    arch = architecture(model, run.modality)
+    settings = {k: v for k, v in model.section(arch).model_dump().items() if k not in TRAINING_CHOICES}
+    own_captions = run.captioned and not model.text_encoder  # (a frozen text model reads prompts by its own tokenizer)
     return Pretrained(
         origin=f"run {run.path} ({checkpoint.path.name}, {checkpoint.images:,} images)",
-        weights={k: v.clone() for k, v in unet.state_dict().items()},
-        model={"arch": "unet", "unet": {k: model[k] for k in ARCHITECTURE},
-               # A latent model keeps its latent space and the scale it was trained at.
-               **({"latent": run.config.model.latent, "latent_scale": run.modality.scale} if run.config.model.latent else {})},
+        weights={k: v.clone() for k, v in core.state_dict().items()},
+        model={"arch": arch, arch: settings,
+               # A latent model keeps its latent space and the scale it was trained at; a captioned one its text model.
+               **({"latent": model.latent, "latent_scale": run.modality.scale} if model.latent else {}),
+               **({"text_encoder": model.text_encoder} if run.captioned and model.text_encoder else {})},
         diffusion=run.config.diffusion.model_dump(),
         class_names=list(run.dataset["class_names"] or []) if run.num_classes else None,
         has_null_label=bool(run.num_classes),
         checkpoint=checkpoint,
+        caption_characters=list(run.modality.captions.tokenizer.vocab) if own_captions else None,
     )
 
 

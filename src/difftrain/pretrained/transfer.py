@@ -6,6 +6,10 @@ class's embedding row starts as a copy of the "no label" row: the new class begi
 source's unconditional model and moves from there. A model without class embedding that
 becomes conditional gets a zero embedding, so at the start every label gives exactly the
 source's output.
+
+A run's own caption encoder has one embedding row per character of its captions; the new data's
+characters are matched by character too, and one the source never read starts at the mean of
+the source's rows. Caption positions beyond the source's caption length keep their initial values.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import torch
 from difftrain.errors import UserError
 from difftrain.pretrained.source import Pretrained
 
-CLASS_ROWS = "class_embedding.weight"
+CLASS_ROWS = ("class_embedding.weight", "label_embedding.weight")  # (UNet2DModel's, DiT's) one per class, then "no label"
+CHARACTER_ROWS = "captions.embed.weight"  # a run's caption encoder: one per character of its captions
+CAPTION_POSITIONS = "captions.position"  # (caption length, width)
 
 
 def label_space(source: Pretrained | None, *datasets: list[str]) -> list[str]:
@@ -35,6 +41,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the source, not in the network: dropped
     reshaped: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, source shape, network shape): dropped
     classes: str = ""  # how the class embedding was carried over
+    captions: str = ""  # how the caption encoder's characters and positions were carried over
 
     @property
     def complete(self) -> bool:
@@ -51,16 +58,20 @@ class LoadReport:
             out.append(f"  ... and {more} more")
         if self.classes:
             out.append(f"classes: {self.classes}")
+        if self.captions:
+            out.append(f"captions: {self.captions}")
         return out
 
     def as_dict(self) -> dict:
         return {"matched": len(self.matched), "missing": self.missing, "unexpected": self.unexpected,
-                "reshaped": [[n, list(a), list(b)] for n, a, b in self.reshaped], "classes": self.classes}
+                "reshaped": [[n, list(a), list(b)] for n, a, b in self.reshaped], "classes": self.classes,
+                "captions": self.captions}
 
 
-def class_rows(source: Pretrained, model_classes: list[str], target: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """The network's class-embedding rows (one per model class, then "no label") made from the source's."""
-    rows = source.weights.get(CLASS_ROWS)
+def class_rows(source: Pretrained, model_classes: list[str], target: torch.Tensor,
+               name: str = CLASS_ROWS[0]) -> tuple[torch.Tensor, str]:
+    """The network's class-embedding rows `name` (one per model class, then "no label") made from the source's."""
+    rows = source.weights.get(name)
     if rows is None:
         return torch.zeros_like(target), "the source is unconditional: a zero class embedding, so every label starts as the source"
     if rows.shape[1:] != target.shape[1:]:
@@ -88,15 +99,51 @@ def class_rows(source: Pretrained, model_classes: list[str], target: torch.Tenso
     return out, note
 
 
-def transfer_weights(unet: torch.nn.Module, source: Pretrained, model_classes: list[str], allow_partial: bool = False) -> LoadReport:
-    """Load `source` into `unet` (a UNet2DModel) where names and shapes agree; refuse to drop weights silently."""
+def character_rows(source: Pretrained, characters: list[str], target: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The caption encoder's embedding rows for the model's `characters` (padding included, as ""), from the source's
+    rows of the same characters; a character the source never read starts at the mean of its rows."""
+    rows = source.weights[CHARACTER_ROWS]
+    if rows.shape[1:] != target.shape[1:]:
+        return rows, "the source's caption encoder has another width (reported as shape-mismatched)"
+    index = {c: i for i, c in enumerate(source.caption_characters)}
+    out = rows.to(target.dtype).mean(0).expand_as(target).clone()
+    for i, c in enumerate(characters):
+        if c in index:
+            out[i] = rows[index[c]]
+    new = [c for c in characters if c not in index]
+    return out, f"{len(characters) - len(new)} characters kept" + (
+        f", {len(new)} new ({''.join(new)!r}) starting at the mean of the source's" if new else "")
+
+
+def caption_positions(rows: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The source's position rows for the model's caption length: cut, or followed by the target's initial rows."""
+    if rows.shape[1:] != target.shape[1:] or rows.shape[0] == target.shape[0]:
+        return rows, ""
+    out = target.clone()
+    n = min(len(rows), len(target))
+    out[:n] = rows[:n]
+    return out, f"captions of at most {len(target)} characters (the source read {len(rows)})"
+
+
+def transfer_weights(unet: torch.nn.Module, source: Pretrained, model_classes: list[str], allow_partial: bool = False,
+                     characters: list[str] | None = None) -> LoadReport:
+    """Load `source` into `unet` (the network's core) where names and shapes agree; refuse to drop weights silently.
+    `characters` are the model's caption characters, when its own caption encoder reads them."""
     target = unet.state_dict()
     weights = dict(source.weights)
     if hasattr(unet, "_fix_state_dict_keys_on_load"):  # diffusers' renames of old attention weights (query -> to_q, ...)
         unet._fix_state_dict_keys_on_load(weights)
     report = LoadReport()
-    if CLASS_ROWS in target:
-        weights[CLASS_ROWS], report.classes = class_rows(source, model_classes, target[CLASS_ROWS])
+    class_name = next((name for name in CLASS_ROWS if name in target), None)
+    if class_name:
+        weights[class_name], report.classes = class_rows(source, model_classes, target[class_name], class_name)
+    rebuilt = {class_name} if report.classes else set()
+    if CHARACTER_ROWS in target and CHARACTER_ROWS in weights and source.caption_characters and characters:
+        weights[CHARACTER_ROWS], report.captions = character_rows(source, characters, target[CHARACTER_ROWS])
+        rebuilt.add(CHARACTER_ROWS)
+        if CAPTION_POSITIONS in weights and CAPTION_POSITIONS in target:
+            weights[CAPTION_POSITIONS], lengths = caption_positions(weights[CAPTION_POSITIONS], target[CAPTION_POSITIONS])
+            report.captions += f"; {lengths}" if lengths else ""
     usable = {}
     for name, tensor in weights.items():
         if name not in target:
@@ -105,13 +152,14 @@ def transfer_weights(unet: torch.nn.Module, source: Pretrained, model_classes: l
             report.reshaped.append((name, tuple(tensor.shape), tuple(target[name].shape)))
         else:
             usable[name] = tensor
-            if name != CLASS_ROWS or not report.classes:
+            if name not in rebuilt:
                 report.matched.append(name)
     report.missing = [name for name in target if name not in weights]
     if not report.complete and not allow_partial:
-        if CLASS_ROWS in report.unexpected:
-            report.unexpected[report.unexpected.index(CLASS_ROWS)] += (" (the source is class-conditional, this run is not: "
-                                                                       "its data has no labels or model.conditional=false)")
+        for name in CLASS_ROWS:
+            if name in report.unexpected:
+                report.unexpected[report.unexpected.index(name)] += (" (the source is class-conditional, this run is "
+                                                                     "not: its data has no labels or model.conditional=false)")
         raise UserError(f"--init {source.origin} does not fit this network:\n  " + "\n  ".join(report.lines()) +
                         "\nUse the source's network and data shape, or pass --allow-partial "
                         "(finetune.allow_partial=true) to start anyway with only the matched weights.")

@@ -69,9 +69,10 @@ def starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, exis
         model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
     new_classes = (source is not None and not source.captioned and config.model.conditional
                    and len(model_classes) > len(source.class_names or []))  # (a captioned model has no class rows)
-    if new_classes and (fc.lora_rank or fc.train_only) and "class_embedding" not in fc.train_only:
+    rows = config.model.section(source.model["arch"]).class_rows if new_classes else None
+    if new_classes and (fc.lora_rank or fc.train_only) and rows not in fc.train_only:
         # New classes need their embedding rows trained, even when the rest is frozen or adapted.
-        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, "class_embedding"]})})
+        config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, rows]})})
     return config, source, replay, model_classes
 
 

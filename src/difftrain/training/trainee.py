@@ -104,7 +104,9 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
     net = build_network(config.model, modality, num_classes)
     init_report = None
     if source is not None and existing is None:
-        init_report = transfer_weights(transferable(net, f"--init {fc.init}", source), source, model_classes, fc.allow_partial)
+        captions = modality.captions
+        init_report = transfer_weights(transferable(net, f"--init {fc.init}", source), source, model_classes, fc.allow_partial,
+                                       characters=None if captions is None else captions.tokenizer.vocab)
     net = adapt_network(net, fc)
     trainable, total = parameter_counts(net)
     net = apply_memory_format(net, tc, device.type)
