@@ -56,14 +56,16 @@ def test_bad_masks_are_user_errors():
         iou(np.zeros((1, 2, 2)), np.zeros((1, 2, 3)), 3)
     images = np.zeros((4, 8, 8, 1), np.uint8)
     with pytest.raises(UserError, match="must be \\(N, H, W\\)"):
-        fit_segmenter(images, np.zeros((4, 8, 7), np.uint8), 3, steps=1)
+        fit_segmenter(images, np.zeros((4, 8, 7), np.uint8), 3, validation=(images, np.zeros((4, 8, 8), np.uint8)), max_steps=1)
     with pytest.raises(UserError, match="mask value 5 is not a class index 0..2"):
-        fit_segmenter(images, np.full((4, 8, 8), 5, np.uint8), 3, steps=1)
+        fit_segmenter(images, np.full((4, 8, 8), 5, np.uint8), 3, validation=(images, np.zeros((4, 8, 8), np.uint8)), max_steps=1)
 
 
 def test_segmenter_learns_digit_masks_on_held_out_images(digit_pairs):
     images, masks = digit_pairs
-    model = fit_segmenter(images[:1400], masks[:1400], 11, steps=150, seed=0)
+    model, converged = fit_segmenter(images[:1300], masks[:1300], 11, validation=(images[1300:1400], masks[1300:1400]),
+                                     max_steps=200, seed=0)
+    assert converged.best_step <= converged.steps <= 200 and [s for s, _ in converged.history][:2] == [50, 100]
     pred = predict_masks(model, images[1400:])
     assert pred.dtype == np.uint8 and pred.shape == masks[1400:].shape
     result = iou(pred, masks[1400:], 11)
@@ -75,7 +77,8 @@ def test_fitting_is_deterministic_and_leaves_the_global_rng_alone(digit_pairs):
     images, masks = digit_pairs[0][:200], digit_pairs[1][:200]
 
     def weights(seed: int) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in fit_segmenter(images, masks, 11, steps=5, seed=seed, batch=16).parameters()]
+        model, _ = fit_segmenter(images, masks, 11, validation=(images[:20], masks[:20]), max_steps=5, seed=seed, batch=16)
+        return [p.detach().clone() for p in model.parameters()]
 
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -87,7 +90,21 @@ def test_fitting_is_deterministic_and_leaves_the_global_rng_alone(digit_pairs):
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
 
 
-def test_segmentation_utility_scores_every_arm_with_the_same_steps(digit_pairs):
+def test_augmented_masks_move_with_their_images():
+    from difftrain.modalities.segmenter import augment_pairs
+
+    x = torch.full((4, 1, 14, 14), -1.0)
+    x[:, :, 4:10, 4:10] = 1.0  # a white square on black
+    y = torch.zeros(4, 14, 14, dtype=torch.long)
+    y[:, 4:10, 4:10] = 3  # labelled class 3 on background
+    images, masks = augment_pairs(x, y, torch.Generator().manual_seed(0))
+    assert set(masks.unique().tolist()) <= {0, 3} and masks.dtype == torch.long  # classes stay classes
+    # Where the moved mask says 3 the moved image is bright, and where it says background, dark.
+    assert images[:, 0][masks == 3].mean() > 0.5 and images[:, 0][masks == 0].mean() < -0.5
+    assert not torch.equal(masks[0], masks[1])  # each pair moves its own way
+
+
+def test_segmentation_utility_scores_every_arm_with_the_same_recipe(digit_pairs):
     images, masks = digit_pairs
     real_train, real_test = (images[:600], masks[:600]), (images[1400:], masks[1400:])
     # "Synthetic" pairs whose masks are all background: a segmenter trained only on them cannot find digits.
@@ -96,8 +113,9 @@ def test_segmentation_utility_scores_every_arm_with_the_same_steps(digit_pairs):
     result = segmentation_utility(real_train, real_test, blank, 11, seeds=(0, 1), steps=80,
                                   class_names=["background", *map(str, range(10))], progress=lambda a, s: calls.append((a, s)))
     assert calls == [(arm, s) for arm in ("real", "synthetic", "real+synthetic") for s in (0, 1)]
-    assert result["steps"] == 80 and "80 optimizer steps" in result["fairness"]
-    assert result["counts"] == {"real_train": 600, "synthetic": 300, "real_test": len(real_test[0])}
+    assert result["steps"] == 80 and "stopping early on the same 60 real validation pairs" in result["fairness"]
+    assert result["counts"] == {"real_train": 540, "real_validation": 60, "synthetic": 300, "real_test": len(real_test[0])}
+    assert result["judge_real_score"] == result["arms"]["real"]["miou_mean"]
     for arm in result["arms"].values():
         assert len(arm["miou_per_seed"]) == 2 and arm["miou_std"] >= 0
         assert list(arm["per_class_iou"]) == result["class_names"]

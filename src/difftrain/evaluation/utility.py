@@ -1,8 +1,9 @@
-"""Is synthetic data worth having? One classifier recipe trained on real, synthetic and real+synthetic images.
+"""Is synthetic data worth having? One judge trained on real, synthetic and real+synthetic images.
 
-Every arm is tested on the same real held-out images. Fairness rule: every arm trains the same network for
-the same number of optimizer steps of the same batch size with the same seeds, so a gain comes from the
-data, not from more compute (a bigger training set would otherwise get more steps per epoch).
+Every arm is tested on the same real held-out images. Fairness rule: every arm trains the same recipe (the modality's
+`fit_downstream`: for images a ResNet with augmentation, to convergence with early stopping) with the same seeds, and
+stops early on the same real validation images, held back from the real training images for every arm (a stratified
+10%, drawn anew for each seed). Arms are paired by seed, so the verdict is a paired test (evaluation/arms.py).
 The segmentation counterpart is modalities/segmenter.segmentation_utility.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from difftrain.errors import UserError
-from difftrain.evaluation.arms import seed_summary, step_budget, verdict
+from difftrain.evaluation.arms import seed_summary, verdict
 
 Labelled = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), int labels (N,)
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)  # of the synthetic set, for the accuracy-against-size curve
@@ -45,15 +46,30 @@ def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return perm[np.argsort(rank, kind="stable")]
 
 
+def validation_split(labels: np.ndarray, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: a stratified `fraction` of every class with two or more items held back (at least
+    one of each), the rest to train on."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) > 1:
+            held.append(members[:max(1, round(fraction * len(members)))])
+    validation = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(labels)), validation), validation
+
+
 def classification_utility(real_train: Labelled, real_test: Labelled, synth: Labelled, num_classes: int, *, modality,
-                           seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None, batch: int = 128,
+                           seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None,
                            fractions: tuple[float, ...] = FRACTIONS,
                            progress: Callable[[str], None] | None = None) -> dict:
-    """Accuracy on the real test images of fit_classifier trained on real, synthetic and real+synthetic images,
-    mean and std over `seeds`, and against the synthetic set's size (nested, class-balanced `fractions` of it).
+    """Accuracy on the real test images of the modality's judge (`fit_downstream`) trained on real, synthetic and
+    real+synthetic images, per seed, mean and std over `seeds`, and against the synthetic set's size (nested,
+    class-balanced `fractions` of it).
 
-    `steps` None: 20 epochs of the real training images, for every arm. "synthetic_helps": real+synthetic
-    beats real by more than the larger seed std of the two arms (None with one seed). `progress(stage)` is called before each training.
+    `steps`: the most optimizer steps of any training (None: the judge's own cap; early stopping ends it first).
+    "synthetic_helps": real+synthetic beats real in a paired t-test over the seeds (arms.verdict).
+    `progress(stage)` is called before each training.
     """
     real_test = _check(real_test, num_classes, "real test images", np.asarray(real_test[0]).shape[1:], modality)
     shape = real_test[0].shape[1:]
@@ -65,23 +81,30 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         raise UserError(f"classification utility: steps must be at least 1 (got {steps})")
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise UserError(f"classification utility: fractions of the synthetic set must be in (0, 1], got {list(fractions)}")
-    steps = steps or step_budget(len(real_train[0]), 20, batch)
+    splits = {seed: validation_split(real_train[1], seed) for seed in seeds}
+    if any(not len(validation) for _, validation in splits.values()):
+        raise UserError("classification utility: no class has two real training images, so none can be held back "
+                        "to stop training on; give more real training images")
 
-    def score(arm: str, images: np.ndarray, labels: np.ndarray) -> dict:
-        values = []
+    def score(arm: str, part: Labelled | None, with_real: bool) -> dict:
+        values, trainings = [], []
         for seed in seeds:
+            train, validation = splits[seed]
+            parts = ([(real_train[0][train], real_train[1][train])] if with_real else []) + ([part] if part else [])
+            images, labels = (np.concatenate(p) for p in zip(*parts))
             if progress is not None:
                 progress(f"{arm}, seed {seed}")
-            model = modality.fit_classifier(images, labels, num_classes, epochs=20, steps=steps, seed=seed, batch=batch)
+            model, training = modality.fit_downstream(images, labels, num_classes, seed=seed, max_steps=steps,
+                                                      validation=(real_train[0][validation], real_train[1][validation]))
             values.append(model.accuracy(*real_test))
-        return {**seed_summary("accuracy", values), "images": len(images)}
+            trainings.append(training)
+        return {**seed_summary("accuracy", values), "images": len(images), "training": trainings}
 
     def synthetic_arms(part: Labelled) -> dict:
-        both = (np.concatenate([real_train[0], part[0]]), np.concatenate([real_train[1], part[1]]))
-        return {"synthetic": score(f"synthetic ({len(part[0])})", *part),
-                "real+synthetic": score(f"real+synthetic ({len(part[0])} synthetic)", *both)}
+        return {"synthetic": score(f"synthetic ({len(part[0])})", part, with_real=False),
+                "real+synthetic": score(f"real+synthetic ({len(part[0])} synthetic)", part, with_real=True)}
 
-    results = {"real": score("real", *real_train), **synthetic_arms(synth)}
+    results = {"real": score("real", None, with_real=True), **synthetic_arms(synth)}
     order = balanced_order(synth[1], seeds[0])
     curve = []
     for fraction in sorted(set(fractions)):
@@ -89,12 +112,16 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         arms = results if n == len(order) else synthetic_arms((synth[0][order[:n]], synth[1][order[:n]]))
         point = {arm: {k: arms[arm][k] for k in ("accuracy_mean", "accuracy_std")} for arm in ("synthetic", "real+synthetic")}
         curve.append({"fraction": fraction, "synthetic_images": n, **point})
+    validation = len(splits[seeds[0]][1])
     return {
-        "task": "classification", "model": modality.classifier_name, "items": f"{modality.item}s",
+        "task": "classification", "model": modality.downstream_name or modality.classifier_name, "items": f"{modality.item}s",
         "metric": "accuracy", "metric_name": "accuracy", "num_classes": num_classes, "seeds": list(seeds), "steps": steps,
-        "batch": batch, "counts": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
-        "fairness": (f"every arm trains the same classifier recipe for the same {steps} optimizer steps of batch {batch} "
-                     f"with the same seeds; only the training {modality.item}s differ; all are tested on the same real held-out "
+        "counts": {"real_train": len(real_train[0]) - validation, "real_validation": validation,
+                   "synthetic": len(synth[0]), "real_test": len(real_test[0])},
+        "judge_real_score": results["real"]["accuracy_mean"],
+        "fairness": (f"every arm trains the same judge with the same seeds, stopping early on the same {validation} real "
+                     f"validation {modality.item}s held back from the real training {modality.item}s (drawn anew per "
+                     f"seed); only the training {modality.item}s differ; all are tested on the same real held-out "
                      f"{modality.item}s"),
         "arms": results,
         "size_curve": curve,

@@ -322,6 +322,16 @@ class Modality(ABC):
         """The same classifier recipe trained on any labelled items (CAS: on samples, and on real items of the same count);
         `steps` optimizer steps of `batch` items, when given, instead of `epochs` (equal compute for every arm)."""
 
+    downstream_name: ClassVar[str] = ""  # the utility reports' classifier, for reports ("": the classifier_name)
+
+    def fit_downstream(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None
+                       ) -> tuple[Classifier, dict[str, Any]]:
+        """The utility reports' classifier (the judge of synthetic data) trained on labelled items, and what its
+        training did. Kinds with a neural judge stop early on `validation` (real held-back items); the default is
+        `fit_classifier`'s recipe, for `max_steps` steps (None: 20 epochs), which does not look at `validation`."""
+        return self.fit_classifier(data, labels, num_classes, epochs=20, seed=seed, steps=max_steps), {}
+
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:
         """Further sample metrics of this kind of data, each a function of a sample set scored against `reference`
         (the held-out data); the suite prints each next to its floor."""

@@ -192,6 +192,7 @@ class ImageModality(Modality):
         return np.stack([self.read_item(out, entry) for entry in entries])
 
     classifier_name = "small CNN (modalities/image_classifier.py)"
+    downstream_name = "ResNet judge (modalities/image_judge.py): 3 residual stages, augmentation, early stopping"
     synth_what = "images"
     synth_globs = ("*.png",)
 
@@ -238,6 +239,14 @@ class ImageModality(Modality):
         from difftrain.modalities.image_classifier import fit_classifier
 
         return _TorchClassifier(fit_classifier(data, labels, num_classes, epochs=epochs, seed=seed, steps=steps, batch=batch))
+
+    def fit_downstream(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None
+                       ) -> tuple[Classifier, dict[str, Any]]:
+        from difftrain.modalities.image_judge import fit_judge
+
+        model, converged = fit_judge(data, labels, num_classes, validation=validation, seed=seed, max_steps=max_steps)
+        return _TorchClassifier(model), converged.as_dict()
 
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:
         # Uniform dequantization (Theis et al. 2016): pixel k becomes (k + u) / 127.5 - 1, u ~ U[0, 1); the

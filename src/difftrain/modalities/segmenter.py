@@ -6,6 +6,7 @@ real+synthetic pairs and tested on real pairs says whether generated pairs are w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -14,8 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from difftrain.errors import UserError
-from difftrain.evaluation.arms import seed_summary, step_budget, verdict
+from difftrain.evaluation.arms import seed_summary, verdict
+from difftrain.evaluation.convergence import Converged, train_to_convergence
 from difftrain.modalities import image
+from difftrain.modalities.image_judge import random_grid, resample
 
 Pairs = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), uint8 masks (N, H, W) of class indices
 
@@ -72,44 +75,55 @@ def _check_pairs(pairs: Pairs, num_mask_classes: int, what: str) -> Pairs:
     return images, masks.astype(np.uint8)
 
 
-def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, *, steps: int | None = None, epochs: int = 20,
-                  seed: int = 0, batch: int = 64, device: torch.device | str = "cpu") -> SmallSegmenter:
-    """Train a SmallSegmenter on uint8 (N, H, W, C) images and (N, H, W) class-index masks; the seed fixes everything.
+def augment_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's augmentation (image_judge.random_grid) applied alike to images (N, C, H, W) and their class-index
+    masks (N, H, W); a mask is resampled by nearest neighbour (classes stay classes), background coming in from outside."""
+    grid = random_grid(x, generator)
+    # Masks shift up by one so that the zero padding becomes class 0, the background.
+    masks = F.grid_sample((y + 1).unsqueeze(1).float(), grid, mode="nearest", align_corners=False, padding_mode="zeros")
+    return resample(x, grid), (masks.squeeze(1).long() - 1).clamp(min=0)
 
-    `steps` optimizer steps of `batch` pairs (None: `epochs` passes over the pairs), per-pixel cross-entropy.
+
+def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, *, validation: Pairs,
+                  max_steps: int | None = None, seed: int = 0, batch: int = 64, device: torch.device | str = "cpu"
+                  ) -> tuple[SmallSegmenter, Converged]:
+    """Train a SmallSegmenter on uint8 (N, H, W, C) images and (N, H, W) class-index masks, with augmentation, until
+    its mIoU on the `validation` pairs stops improving (evaluation/convergence.py); the seed fixes everything.
+
+    Checked once per epoch (at least every 50 steps); `max_steps` None: the larger of 60 epochs and 3,000 steps.
     """
     images, masks = _check_pairs((images, masks), num_mask_classes, "segmenter training pairs")
-    if not len(images):
-        raise UserError("segmenter training pairs: there are none; give at least one image + mask pair")
-    if steps is not None and steps < 1:
-        raise UserError(f"segmenter steps must be at least 1 (got {steps})")
+    validation = _check_pairs(validation, num_mask_classes, "segmenter validation pairs")
+    if not len(images) or not len(validation[0]):
+        raise UserError("segmenter: it needs training and validation pairs; give at least two image + mask pairs")
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"segmenter steps must be at least 1 (got {max_steps})")
     device = torch.device(device)
-    steps = steps or step_budget(len(images), epochs, batch)
+    epoch = max(1, math.ceil(len(images) / batch))
+    max_steps = max_steps or max(60 * epoch, 3000)
     # A private RNG stream, as in fit_classifier: training a segmenter must not move anyone else's random numbers.
     # Only the CPU generator draws here (weights are made on the CPU), so only it is seeded and restored.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         model = SmallSegmenter(images.shape[3], num_mask_classes).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
         x_all = image.to_model(torch.from_numpy(images)).to(device)
         y_all = torch.from_numpy(masks).long().to(device)
         gen = torch.Generator().manual_seed(seed)
-        # Shift by up to 1/16 of the size (none for 8x8 digits, where a pixel is a stroke), as the classifier does.
-        pad = images.shape[2] // 16
-        model.train()
-        for _ in range(steps):
+
+        def step() -> None:
             idx = torch.randint(len(x_all), (batch,), generator=gen).to(device)
-            dx, dy = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
-            # The same shift for image and mask keeps every pixel's label on its pixel.
-            x = torch.roll(x_all[idx], shifts=(dy, dx), dims=(2, 3))
-            y = torch.roll(y_all[idx], shifts=(dy, dx), dims=(1, 2))
+            x, y = augment_pairs(x_all[idx], y_all[idx], gen)
             loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+            optimizer.step()
+
+        def validate() -> float:
+            return iou(predict_masks(model, validation[0]), validation[1], num_mask_classes)["miou"]
+
+        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=min(max(epoch, 50), max_steps))
+    return model, converged
 
 
 @torch.no_grad()
@@ -164,9 +178,10 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
                          progress: Callable[[str, int], None] | None = None) -> dict:
     """mIoU on the real test pairs of one segmenter recipe trained on real, synthetic and real+synthetic pairs.
 
-    Fairness: every arm trains for the same number of optimizer steps of the same batch size with the same
-    seeds (None: 20 epochs of the real training pairs), so the arms differ only in the pairs they learn from.
-    "synthetic_helps": real+synthetic beats real by more than the larger of the two arms' seed std (None with one seed).
+    Fairness: every arm trains the same recipe to convergence with the same seeds, stopping early on the same real
+    validation pairs (10% of the real training pairs, drawn anew for each seed, held back from every arm), so the arms
+    differ only in the pairs they learn from. `steps`: the most optimizer steps of any training (None: the recipe's cap).
+    "synthetic_helps": real+synthetic beats real in a paired t-test over the seeds (arms.verdict).
     `progress(arm, seed)` is called before each training.
     """
     real_train = _check_pairs(real_train, num_mask_classes, "real training pairs")
@@ -178,6 +193,8 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
         if pairs[0].shape[1:] != real_test[0].shape[1:]:
             raise UserError(f"segmentation utility: {what} are (H, W, C) = {pairs[0].shape[1:]} but the real test pairs are "
                             f"{real_test[0].shape[1:]}; synthesize pairs from a model trained on this dataset")
+    if len(real_train[0]) < 2:
+        raise UserError("segmentation utility: one real training pair cannot be split into training and validation; give more")
     if not seeds:
         raise UserError("segmentation utility: give at least one seed")
     class_names = list(class_names) if class_names else [str(c) for c in range(num_mask_classes)]
@@ -185,25 +202,33 @@ def segmentation_utility(real_train: Pairs, real_test: Pairs, synth: Pairs, num_
         raise UserError(f"segmentation utility: {len(class_names)} class names for {num_mask_classes} mask classes")
     if steps is not None and steps < 1:
         raise UserError(f"segmentation utility: steps must be at least 1 (got {steps})")
-    steps = steps or step_budget(len(real_train[0]), 20, batch)
-    arms = {"real": real_train, "synthetic": synth,
-            "real+synthetic": (np.concatenate([real_train[0], synth[0]]), np.concatenate([real_train[1], synth[1]]))}
+    held = max(1, round(0.1 * len(real_train[0])))
     results = {}
-    for arm, (images, masks) in arms.items():
-        scores = []
+    for arm in ("real", "synthetic", "real+synthetic"):
+        scores, trainings = [], []
         for seed in seeds:
+            order = np.random.default_rng(seed).permutation(len(real_train[0]))
+            train, validation = order[held:], order[:held]
+            real = (real_train[0][train], real_train[1][train])
+            images, masks = {"real": real, "synthetic": synth,
+                             "real+synthetic": tuple(np.concatenate(p) for p in zip(real, synth))}[arm]
             if progress is not None:
                 progress(arm, seed)
-            model = fit_segmenter(images, masks, num_mask_classes, steps=steps, seed=seed, batch=batch, device=device)
+            model, converged = fit_segmenter(images, masks, num_mask_classes, validation=(real_train[0][validation],
+                                             real_train[1][validation]), max_steps=steps, seed=seed, batch=batch, device=device)
             scores.append(iou(predict_masks(model, real_test[0]), real_test[1], num_mask_classes))
-        results[arm] = _arm_summary(scores, class_names)
+            trainings.append(converged.as_dict())
+        results[arm] = {**_arm_summary(scores, class_names), "training": trainings}
     return {
-        "task": "segmentation", "model": "segmenter (modalities/segmenter.py)", "items": "pairs", "metric": "miou",
-        "metric_name": "mIoU", "num_mask_classes": num_mask_classes, "class_names": class_names, "seeds": list(seeds),
-        "steps": steps, "batch": batch,
-        "counts": {"real_train": len(real_train[0]), "synthetic": len(synth[0]), "real_test": len(real_test[0])},
-        "fairness": (f"every arm trains the same segmenter recipe for the same {steps} optimizer steps of batch {batch} with the "
-                     "same seeds; only the training pairs differ; all are tested on the same real test pairs"),
+        "task": "segmentation", "model": "segmenter (modalities/segmenter.py): a small U-Net, augmentation, early stopping",
+        "items": "pairs", "metric": "miou", "metric_name": "mIoU", "num_mask_classes": num_mask_classes,
+        "class_names": class_names, "seeds": list(seeds), "steps": steps, "batch": batch,
+        "counts": {"real_train": len(real_train[0]) - held, "real_validation": held, "synthetic": len(synth[0]),
+                   "real_test": len(real_test[0])},
+        "judge_real_score": results["real"]["miou_mean"],
+        "fairness": (f"every arm trains the same segmenter recipe with the same seeds, stopping early on the same {held} real "
+                     "validation pairs held back from the real training pairs (drawn anew per seed); only the training "
+                     "pairs differ; all are tested on the same real test pairs"),
         "arms": results,
         **verdict(results, "miou", "mIoU", len(seeds)),
     }

@@ -89,18 +89,22 @@ def _mean_std(arm: dict, metric: str) -> str:
 def _utility_markdown(u: dict) -> list[str]:
     metric, name, counts, items = u["metric"], u["metric_name"], u["counts"], u["items"]
     fairness = u["fairness"][0].upper() + u["fairness"][1:]
-    lines = [f"{fairness} ({u['model']}; seeds {', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real "
+    lines = [f"{fairness} (seeds {', '.join(map(str, u['seeds']))}; {name} on {counts['real_test']} real "
              f"held-out {items}, mean ± std over seeds).", "",
              f"| trained on | {items} | {name} |", "|---|---:|---:|"]
     sizes = {"real": counts["real_train"], "synthetic": counts["synthetic"],
              "real+synthetic": counts["real_train"] + counts["synthetic"]}
     for arm in ("real", "synthetic", "real+synthetic"):
         lines.append(f"| {arm.replace('+', ' + ')} | {sizes[arm]} | {_mean_std(u['arms'][arm], metric)} |")
-    real, both = u["arms"]["real"], u["arms"]["real+synthetic"]
-    std = max(real[f"{metric}_std"], both[f"{metric}_std"])
-    verdict = {True: "helps", False: "does not help", None: "has no verdict (one seed shows no spread)"}[u["synthetic_helps"]]
+    real = u["arms"]["real"]
+    lines += ["", f"**The judge** ({u['model']}) scores {real[f'{metric}_mean']:.4f} {name} trained on the real "
+                  f"{items} alone: a weak judge (far below what the task allows) makes any verdict below weak too."]
+    verdict = {True: "helps", False: "does not help significantly", None: "has no verdict (one seed: nothing to pair)"}[
+        u["synthetic_helps"]]
+    interval = "" if u.get("gain_ci95") is None else \
+        f", 95% interval [{u['gain_ci95'][0]:+.4f}, {u['gain_ci95'][1]:+.4f}], paired t-test p = {u['gain_p_value']:.3g}"
     lines += ["", f"**Adding the synthetic data {verdict}**: its gain over real alone is {u['real_plus_synthetic_gain']:+.4f} "
-                  f"({name}), against a seed std of {std:.4f} ({u['synthetic_helps_rule']})."]
+                  f"({name}){interval} ({u['synthetic_helps_rule']})."]
     if u.get("size_curve"):
         lines += ["", f"{name.capitalize()} against the synthetic set's size:", "",
                   f"| synthetic {items} | fraction | synthetic only | real + synthetic |", "|---:|---:|---:|---:|"]
