@@ -6,8 +6,9 @@
        training images, into OUT/run
     3. synthesize --pairs pairs from it with `difftrain synth` (library call) into OUT/synth, balanced over the
        digits, with --filter, --sampler and --steps
-    4. segmentation_utility: the same small segmenter trained for the same number of steps on real, synthetic
-       and real+synthetic pairs, mIoU on the real test pairs, mean and std over --seeds
+    4. segmentation_utility: the same small U-Net trained to convergence (early stopping on real validation pairs
+       held back from the real training pairs) on real, synthetic and real+synthetic pairs, mIoU on the real test
+       pairs, mean and std over --seeds, and the paired test of the gain
 
 Finished steps are reused when rerun with the same --out. Prints one JSON line (also written to
 OUT/segmentation_utility.json).
@@ -67,7 +68,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=6000, help="synthetic pairs to make")
     p.add_argument("--seeds", default="0,1,2", help="segmenter seeds, comma-separated")
     p.add_argument("--segmenter-steps", type=int, default=None,
-                   help="optimizer steps of each segmenter (default: 20 epochs of the real pairs; ~0.4 s a step on a CPU core)")
+                   help="the most optimizer steps of each segmenter (default: the recipe's cap; early stopping ends it first)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--sampler", default=None, help="sampler of `difftrain synth` (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")

@@ -6,9 +6,10 @@
        into OUT/run (an interrupted run resumes; a finished one is reused)
     3. `difftrain synth` --per-class images of every digit from it into OUT/synth (--filter, --sampler, --steps;
        an interrupted one continues)
-    4. write_report (synth/report.py) into OUT/report: the same classifier trained for the same number of steps on
-       real (the subset), synthetic, and real+synthetic images, tested on the whole real test split, with the
-       accuracy against the synthetic set's size; and the privacy numbers (DCR against the subset, memorization)
+    4. write_report (synth/report.py) into OUT/report: the judge (a ResNet trained to convergence, early stopping on
+       real validation images held back from the subset) trained on real (the subset), synthetic, and real+synthetic
+       images, tested on the whole real test split, with the paired test over seeds and the accuracy against the
+       synthetic set's size; and the privacy numbers (DCR against the subset, memorization)
 
 Prints one JSON line. --dataset digits swaps MNIST for the built-in digits as a quick smoke test: there the
 fraction is taken of the whole set (train and test alike), which is split 80/20.
@@ -94,7 +95,7 @@ def main() -> None:
     p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     p.add_argument("--utility-steps", type=int, default=None,
-                   help="classifier steps per arm (default: 20 epochs of the real subset)")
+                   help="the most steps of any judge training (default: the judge's cap; early stopping ends it first)")
     p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -136,7 +137,9 @@ def main() -> None:
         "synth_totals": manifest["totals"],
         "accuracy": {arm: {k: r[k] for k in ("accuracy_mean", "accuracy_std")} for arm, r in u["arms"].items()},
         "size_curve": u["size_curve"], "classifier_steps": u["steps"],
-        "real_plus_synthetic_gain": u["real_plus_synthetic_gain"], "synthetic_helps": u["synthetic_helps"],
+        "judge_real_score": u["judge_real_score"], "real_plus_synthetic_gain": u["real_plus_synthetic_gain"],
+        "gain_ci95": u["gain_ci95"], "gain_p_value": u["gain_p_value"], "synthetic_helps": u["synthetic_helps"],
+        "judge_training": {arm: r["training"] for arm, r in u["arms"].items()},
         "privacy": {k: priv[k] for k in ("synthetic_dcr", "held_out_dcr", "fraction_below_held_out_p5", "exact_copies",
                                          "memorized_fraction")},
         "report": str((out / "report" / "report.json").resolve()),

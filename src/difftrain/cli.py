@@ -508,7 +508,8 @@ def _device(name: str) -> str:
                              "`difftrain eval runs/digits --checkpoints all --sampler dpmpp_2m --steps 5,10,20,50 --metrics fid,kid,pr`  \n"
                              "`difftrain eval --samples other_tool.npz --data data/digits --json`  \n"
                              "`difftrain eval runs/cap --prompts prompts.txt --guidance 1,2,4` (a guidance sweep)  \n"
-                             "`difftrain eval runs/vae` (an autoencoder: PSNR, SSIM, rFID)")
+                             "`difftrain eval runs/vae` (an autoencoder: PSNR, SSIM, rFID)  \n"
+                             "`difftrain eval runs/mnist --ema-length 0.03,0.05,0.08,0.12` (post-hoc EMA)")
 def evaluate(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or pass --samples and --data instead)."),
     samples: Optional[Path] = typer.Option(None, help="Evaluate this samples file (.npz: images uint8 (N,H,W,C) or points float32 (N,D), optional labels) instead of a run."),
@@ -525,6 +526,10 @@ def evaluate(
                                            "is the caption of training images of one class."),
     temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
                                                 "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
+    ema_length: Optional[str] = typer.Option(None, "--ema-length", help="Post-hoc EMA: score each checkpoint at these "
+                                             "EMA lengths (sigma_rel, a comma list such as 0.03,0.05,0.08,0.12), "
+                                             "reconstructed from a run trained with train.posthoc_ema; the best is kept "
+                                             "in RUN/posthoc/best.json, each as RUN/posthoc/ckpt-...-ema-LENGTH/."),
     seed: int = typer.Option(0, help="Seed of the noise and of the real-image subset of the floors."),
     extractor: Optional[str] = typer.Option(None, help="Feature space: domain, inception or a TorchScript file (default: eval.extractor)."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Local file of the standard FID Inception-v3 weights."),
@@ -547,7 +552,8 @@ def evaluate(
             raise UserError("--samples FILE needs --data DIR (a prepared dataset) and no run directory")
         # These make samples; a samples file already holds them.
         ignored = [name for name, value in (("--checkpoints", checkpoints != "latest"), ("--sampler", sampler), ("--steps", steps),
-                                            ("--n", n), ("--guidance", guidance), ("--temperature", temperature)) if value]
+                                            ("--n", n), ("--guidance", guidance), ("--temperature", temperature),
+                                            ("--ema-length", ema_length)) if value]
         if ignored:
             raise UserError(f"{', '.join(ignored)}: these choose how a run is sampled; a --samples file is scored as it is")
         if not main:
@@ -562,6 +568,7 @@ def evaluate(
 
         step_list = _int_list(steps, "--steps") if steps else None
         guidances = _float_list(guidance, "--guidance") if guidance else None
+        ema_lengths = _float_list(ema_length, "--ema-length") if ema_length else None
         with Progress(console=console, transient=True, disable=not main) as bar:
             # Images this process sampled, over all checkpoints and step counts.
             task = bar.add_task("sampling (then scoring)", total=None)
@@ -570,7 +577,7 @@ def evaluate(
                                    metrics=metrics, seed=seed, extractor=extractor, inception_weights=inception_weights,
                                    data=data, nll_images=nll_images, device=dev, progress=lambda k: bar.advance(task, k),
                                    warn=_warn, say=lambda message: console.print(message),
-                                   prompts=None if prompts is None else _read_prompts(prompts))
+                                   prompts=None if prompts is None else _read_prompts(prompts), ema_lengths=ema_lengths)
         if not main:
             return  # the main process writes the report and prints
         if state.num_processes > 1:
@@ -621,6 +628,7 @@ def _eval_rows(records: list[dict], shown: dict, cell) -> Table:
     for r in records:
         images = f"{r['images']:,}" if isinstance(r.get("images"), int) else "-"
         guided = f"\ng={r['guidance']:g}" if isinstance(r.get("guidance"), (int, float)) else ""
+        guided += f"\nEMA {r['ema_length']:g}" if r.get("ema_length") is not None else ""
         table.add_column(f"{images}\n{r.get('sampler', '-')}\n{r.get('steps', '-')} steps{guided}\nn={r.get('n_samples')}", justify="right")
     for n_samples in floors:
         table.add_column(f"floor\nreal\ndata\nn={n_samples}", justify="right", style="dim")

@@ -312,6 +312,8 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="'auto' picks a GPU when there is one.")
     ema_halflife_images: int = Field(500_000, ge=1, description="EMA half-life in training images (Karras et al. 2022).")
     ema_rampup: float | None = Field(0.05, gt=0, description="Cap the EMA half-life at this fraction of images seen (None disables).")
+    posthoc_ema: list[float] = Field([], description="Post-hoc EMA (EDM2): relative lengths (sigma_rel, below 0.2887) of the power-function EMAs kept beside the EMA and snapshotted into RUN/posthoc/, from which `difftrain eval --ema-length` reconstructs any length after training; e.g. [0.05, 0.10]. Empty: off.")
+    posthoc_every_images: int | None = Field(None, ge=1, description="Snapshot the post-hoc EMAs every this many images (None: every 1/16 of the training length), and at every checkpoint.")
     seed: int = Field(0, description="Seed for weights, data order and noise.")
     log_every_images: int = Field(2_000, ge=1, description="Log loss and speed to metrics.jsonl/TensorBoard every this many images.")
     grid_every_images: int = Field(20_000, ge=0, description="Write a PNG sample grid every this many images (0: only at the end).")
@@ -334,6 +336,10 @@ class TrainConfig(Section):
             raise ValueError("set train.duration_images or train.duration_steps: training needs a length")
         if self.batch_size % self.accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.accumulation={self.accumulation}")
+        bad = [s for s in self.posthoc_ema if not 0 < s < (1 / 12) ** 0.5]
+        if bad or len(set(self.posthoc_ema)) != len(self.posthoc_ema):
+            raise ValueError(f"train.posthoc_ema={self.posthoc_ema}: give distinct relative lengths in (0, 0.2887), "
+                             "e.g. [0.05, 0.10] (0.2887 is the average of the whole training)")
         return self
 
     @property
@@ -502,7 +508,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"unet": {"channels": [32, 64, 128], "attention": [False, False, True], "layers_per_block": 1}},
         "optim": {"lr": 2e-3, "warmup_images": 10_000},
         "train": {"batch_size": 128, "duration_images": 200_000, "ema_halflife_images": 20_000,
-                  "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000},
+                  "log_every_images": 5_120, "grid_every_images": 50_000, "checkpoint_every_images": 50_000,
+                  "posthoc_ema": [0.05, 0.10]},  # (EDM2's two profiles: `eval --ema-length` picks the length later)
         "eval": {"n_samples": 2000, "every_images": 50_000, "during_n": 500},
     },
 }

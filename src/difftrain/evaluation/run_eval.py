@@ -29,6 +29,7 @@ from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import SamplingSpec, class_labels, generate, read_samples, spec_meta, write_samples
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.store.metrics_log import MetricsLog
+from difftrain.store.posthoc_ema import reconstructed_checkpoint, record_best
 
 
 def _quiet(message: str) -> None:
@@ -211,13 +212,16 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
                  guidance: float | list[float] | None = None, temperature: float | None = None, n: int | None = None, metrics: list[str] | str | None = None, seed: int = 0,
                  extractor: str | None = None, inception_weights: str | None = None, data: str | Path | None = None,
                  nll_images: int | None = None, device: str = "cpu", progress=None, warn=print,
-                 say: Callable[[str], None] = print, prompts: list[str] | None = None) -> list[dict[str, Any]]:
+                 say: Callable[[str], None] = print, prompts: list[str] | None = None,
+                 ema_lengths: list[float] | None = None) -> list[dict[str, Any]]:
     """Score every chosen checkpoint at every step count; append the records to metrics.jsonl. `say` hears what a long
     step (the text judge's training) is doing.
 
     `data` scores against another prepared dataset than the run's own (RUN/dataset.json), e.g. after moving it.
     A captioned run samples for the held-out captions, or for `prompts`; their images' classes, where the dataset knows
     them, score prompt following (`label_agreement`, the dataset's classifier, beside its floor on the real images).
+    `ema_lengths` (post-hoc EMA, store/posthoc_ema.py): each checkpoint is scored at each of these EMA lengths instead,
+    reconstructed from the run's snapshots; the best by FID (else KID) is kept in RUN/posthoc/best.json.
     Under a multi-process launch every process calls it: each samples its share (and scores its share of the
     likelihood's images), the main process scores, writes the files and the log, and all return its records.
     """
@@ -235,6 +239,14 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=g, temperature=temperature)
              for s in (steps or [None]) for g in guidances]
     chosen = select_checkpoints(run, checkpoints, warn)
+    lengths = {id(ckpt): None for ckpt in chosen}  # each evaluated checkpoint's post-hoc EMA length (None: the run's EMA)
+    if ema_lengths:
+        made = on_main_process(lambda: [[str(reconstructed_checkpoint(run_dir, length, ckpt.images)) for length in ema_lengths]
+                                        for ckpt in chosen])
+        folders = from_main_process(made)
+        chosen_lengths = [(open_checkpoint(Path(folder)), length) for row in folders for folder, length in zip(row, ema_lengths)]
+        chosen = [ckpt for ckpt, _ in chosen_lengths]
+        lengths = {id(ckpt): length for ckpt, length in chosen_lengths}
     if data is None and not Path(run.dataset["path"]).is_dir():
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
                         "pass its new place with --data DIR")
@@ -257,7 +269,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     records = []
     try:
         for ckpt in chosen:
-            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed}
+            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed,
+                    **({"ema_length": lengths[id(ckpt)]} if lengths[id(ckpt)] is not None else {})}
             nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
                              across_processes=True) if "nll" in metrics else {}
             tasks = on_main_process(lambda: observed_tasks(run.denoiser(ckpt, device=device), ds, run.config, metrics,
@@ -287,6 +300,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         from difftrain.evaluation.plots import plot_run
 
         plot_run(run_dir)
+        headline = next((m for m in ("fid", "kid") if m in metrics), None)  # (lower is better)
+        if ema_lengths and headline:
+            record_best(run_dir, records, headline)
     return from_main_process(records)
 
 

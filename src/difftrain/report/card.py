@@ -10,6 +10,7 @@ import yaml
 
 from difftrain import __version__, atomic
 from difftrain.models import architecture, build_network
+from difftrain.store.posthoc_ema import read_best
 from difftrain.store.run import open_run
 from difftrain.store.metrics_log import read_metrics
 
@@ -141,6 +142,19 @@ def _human_ratings(h: dict | None) -> list[str]:
     return lines + [_table(rows), ""] if rows else []
 
 
+def _posthoc_ema(run_dir: Path) -> list[str]:
+    """`eval --ema-length` wrote RUN/posthoc/best.json: the EMA lengths tried and the best."""
+    best = read_best(run_dir)
+    if not best:
+        return []
+    metric = best["metric"].upper()
+    rows = [(f"EMA length {r['ema_length']:g}" + (" (best)" if r["ema_length"] == best["best_ema_length"] else ""),
+             f"{metric} {_fmt(r[best['metric']])} at {r['images']:,} images") for r in best["sweep"]]
+    return ["## Post-hoc EMA", "", f"EMA lengths (sigma_rel) reconstructed after training from the stored profiles "
+            f"(`difftrain eval RUN --ema-length ...`); the best, {best['best_ema_length']:g}, is the checkpoint folder "
+            f"`{_link(best['checkpoint'], run_dir)}`.", "", _table(rows), ""]
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -199,12 +213,13 @@ def write_report(run_dir: str | Path) -> Path:
         if len(grids) > 1:
             parts += ["Over training: " + ", ".join(f"[{int(g.stem.split('-')[-1]):,}](samples/{g.name})" for g in grids), ""]
     parts += _starting_point(run_dir, cfg.finetune)
-    final = [r for r in evals if not r.get("during_training")]
+    final = [r for r in evals if not r.get("during_training") and r.get("ema_length") is None]
     if final and run.is_autoencoder:
         parts += _reconstruction(final[-1])
     elif final:
         parts += _evaluation(run_dir, final[-1], [r for r in evals if r.get("during_training")], cfg.eval.every_images,
                              cfg.eval.best_metric)
+    parts += _posthoc_ema(run_dir)
     parts += _human_ratings(_read_json(run_dir / "human-ratings.json"))
     parts += ["## Reproduce", "", "```", f"difftrain train --config {run_dir / 'config.yaml'} --out NEW_RUN",
               f"difftrain eval {run_dir}" if run.is_autoencoder else f"difftrain sample {run_dir} --n 100 --out samples.npz",

@@ -4,6 +4,7 @@
         model.safetensors            network weights
         ema.safetensors              EMA weights (what sampling uses)
         state.pt                     optimizer + RNG state, read with weights_only=True
+        posthoc-ema.safetensors      the post-hoc EMA's profiles (train.posthoc_ema), when kept
         info.json                    step, images seen, sha256 of each file above
     checkpoints/best/                a copy of the best checkpoint by the evaluation during
         best.json                    training (never pruned), with the record that chose it
@@ -26,6 +27,7 @@ from difftrain.errors import UserError
 from difftrain.hashing import sha256_file
 
 FILES = ("model.safetensors", "ema.safetensors", "state.pt")
+POSTHOC = "posthoc-ema.safetensors"  # with train.posthoc_ema: the power-function EMAs, for an exact resume
 
 
 class CheckpointError(UserError):
@@ -43,6 +45,11 @@ class Checkpoint:
 
     def weights(self, ema: bool = True) -> dict[str, torch.Tensor]:
         return _read_safetensors(self.path / ("ema.safetensors" if ema else "model.safetensors"))
+
+    def posthoc_weights(self) -> dict[str, torch.Tensor]:
+        """Post-hoc EMA's profiles at this checkpoint ("SIGMA/name" keys; store/posthoc_ema.py), or none."""
+        file = self.path / POSTHOC
+        return _read_safetensors(file) if file.is_file() else {}
 
     def training_state(self) -> dict[str, Any]:
         file = self.path / "state.pt"
@@ -64,16 +71,21 @@ def _tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, *, weights: dict[str, torch.Tensor], ema_weights: dict[str, torch.Tensor], state: dict[str, Any],
-                    step: int, images_seen: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
+                    step: int, images_seen: int, keep: int, extra: dict[str, Any] | None = None,
+                    posthoc_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder atomically (the network's and the EMA's state dicts, the training
-    state), then prune all but the newest `keep`."""
+    state, the post-hoc EMA's profiles when kept), then prune all but the newest `keep`."""
     final = Path(run_dir) / "checkpoints" / f"ckpt-{images_seen:09d}"
     with atomic.atomic_directory(final, overwrite=True) as tmp:
         save_file(_tensors(weights), tmp / "model.safetensors")
         save_file(_tensors(ema_weights), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
+        files = FILES
+        if posthoc_weights:
+            save_file(_tensors(posthoc_weights), tmp / POSTHOC)
+            files = (*FILES, POSTHOC)
         info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
-                **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in FILES}}
+                **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in files}}
         atomic.write_json(tmp / "info.json", info)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -106,11 +106,11 @@ def _utility_markdown(u: dict) -> list[str]:
     lines += ["", f"**Adding the synthetic data {verdict}**: its gain over real alone is {u['real_plus_synthetic_gain']:+.4f} "
                   f"({name}){interval} ({u['synthetic_helps_rule']})."]
     if u.get("size_curve"):
-        lines += ["", f"{name.capitalize()} against the synthetic set's size:", "",
+        lines += ["", f"{name.capitalize()} against the synthetic set's size (seed {u['size_curve'][0]['seed']}):", "",
                   f"| synthetic {items} | fraction | synthetic only | real + synthetic |", "|---:|---:|---:|---:|"]
         for point in u["size_curve"]:
-            lines.append(f"| {point['synthetic_images']} | {point['fraction']:g} | {_mean_std(point['synthetic'], metric)} | "
-                         f"{_mean_std(point['real+synthetic'], metric)} |")
+            lines.append(f"| {point['synthetic_images']} | {point['fraction']:g} | {point['synthetic'][metric]:.4f} | "
+                         f"{point['real+synthetic'][metric]:.4f} |")
     return lines
 
 

@@ -6,6 +6,7 @@ import copy
 
 import torch
 
+from difftrain.store.posthoc_ema import exponent, power_beta
 from difftrain.training.sharding import local_shard
 
 
@@ -39,3 +40,19 @@ class EMA:
             torch._foreach_add_(ema_params, diffs)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
+
+
+class PowerEMAs:
+    """Post-hoc EMA's stored profiles (store/posthoc_ema.py): one frozen copy of the network per sigma_rel, updated as
+    a power-function EMA (EDM2), its decay growing with the images seen."""
+
+    def __init__(self, net: torch.nn.Module, sigmas: list[float]):
+        for sigma in sigmas:
+            exponent(sigma)  # (refused here, before training, if out of range)
+        self.sigmas = list(sigmas)
+        self.emas = [EMA(net) for _ in sigmas]
+
+    def update(self, net: torch.nn.Module, images: int, batch: int, applied: torch.Tensor | None) -> None:
+        """The update after a step of `batch` images that brought the count to `images`."""
+        for sigma, ema in zip(self.sigmas, self.emas):
+            ema.update(net, power_beta(sigma, images, batch), applied)

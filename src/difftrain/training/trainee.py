@@ -26,8 +26,9 @@ from difftrain.models.lora import parameter_counts
 from difftrain.pretrained.source import Pretrained, transferable
 from difftrain.pretrained.transfer import LoadReport, transfer_weights
 from difftrain.store.checkpoint import Checkpoint
+from difftrain.store.posthoc_ema import profile_key
 from difftrain.store.run import adapt_network, denoiser_of, load_weights
-from difftrain.training.ema import EMA
+from difftrain.training.ema import EMA, PowerEMAs
 from difftrain.training.optim import build_optimizer, skips_on_device
 from difftrain.training.performance import (apply_memory_format, attention_kernel, begin_graph_step, compile_network,
                                              resolve_precision)
@@ -78,6 +79,7 @@ class Trainee:
     total: int
     sharded: bool  # FSDP, as the launch said when the trainee was built (accelerate's state may not keep saying so)
     init_report: LoadReport | None = None  # the --init load, when the network started from a source
+    posthoc: PowerEMAs | None = None  # post-hoc EMA's stored profiles (train.posthoc_ema)
 
     @property
     def device(self) -> torch.device:
@@ -111,6 +113,7 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
     trainable, total = parameter_counts(net)
     net = apply_memory_format(net, tc, device.type)
     ema = EMA(net)
+    posthoc = PowerEMAs(net, tc.posthoc_ema) if tc.posthoc_ema else None
     net = compile_network(net, tc, device.type, world)
     optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], config.optim)
     # One noise stream for the whole global batch, identical on every process: each takes
@@ -124,6 +127,15 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
         config_file = existing.path.parent.parent / "config.yaml"
         load_weights(net, existing.weights(ema=False), existing.path, config_file)
         load_weights(ema.net, existing.weights(ema=True), existing.path, config_file)
+        if posthoc is not None:
+            profiles = existing.posthoc_weights()
+            for sigma, profile in zip(posthoc.sigmas, posthoc.emas):
+                if not any(k.startswith(profile_key(sigma, "")) for k in profiles):
+                    raise UserError(f"{existing.path} holds no post-hoc EMA of sigma_rel {sigma:g}: resume with the "
+                                    f"run's own train.posthoc_ema (see {config_file})")
+                prefix = profile_key(sigma, "")
+                load_weights(profile.net, {k[len(prefix):]: v for k, v in profiles.items() if k.startswith(prefix)},
+                             existing.path, config_file)
         state = existing.training_state()
         if not sharded:  # a sharded optimizer takes its state after `prepare` has sharded it
             load_optimizer_state(optimizer, by_position(state["optimizer"], net))
@@ -136,12 +148,17 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
         ema.net = shard_like(ema.net, accelerator)
         if existing is not None:
             load_sharded_optimizer_state(raw_net, getattr(optimizer, "optimizer", optimizer), state["optimizer"])
+        for profile in posthoc.emas if posthoc else []:
+            profile.net = shard_like(profile.net, accelerator)
     else:  # (sharding placed the EMA's shards where the network's are, on the CPU when offloading)
         ema.net.to(device)
+        for profile in posthoc.emas if posthoc else []:
+            profile.net.to(device)
     if accelerator.scaler is not None and "grad_scaler" in state:  # fp16: the loss scale it had reached
         accelerator.scaler.load_state_dict(state["grad_scaler"])
     trainee = Trainee(config, accelerator, net, raw_net, ema, ema_full, optimizer, denoiser_of(config, modality, net),
-                      conditions_of(config, modality, raw_net), noise_gen, batches_of(device), trainable, total, sharded, init_report)
+                      conditions_of(config, modality, raw_net), noise_gen, batches_of(device), trainable, total, sharded, init_report,
+                      posthoc)
     return trainee, state
 
 

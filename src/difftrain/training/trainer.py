@@ -30,6 +30,7 @@ from difftrain.store.latent import latent_dataset, latents_cache
 from difftrain.store.metrics_log import MetricsLog
 from difftrain.store.run import label_map, resolve_dataset, save_run_info, with_data_defaults
 from difftrain.training.during_training import DuringTraining
+from difftrain.store.posthoc_ema import drop_snapshots_after, profile_key, write_snapshot
 from difftrain.training.ema import ema_beta
 from difftrain.training.optim import learning_rate
 from difftrain.training.resume_state import process_rng
@@ -180,6 +181,8 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                           console, evaluator, total_images(config.train))
     if existing is not None:
         state.step, state.images, state.nonfinite = existing.info["step"], existing.images, resumed.get("nonfinite_steps", 0)
+        if main:  # a continuation after the checkpoint (a crash's) left snapshots this run will take again
+            drop_snapshots_after(run_dir, existing.images)
         if main:
             console.print(f"resuming from {existing.path} ({state.images:,} images, step {state.step})")
     # Only now, with the checkpoint known to fit, does the run's folder change.
@@ -214,6 +217,7 @@ def write_checkpoint(state: TrainingState) -> None:
     rng = process_rng(accelerator)  # every process's own generators, gathered to all
     # Under FSDP these gather the shards (collectives); otherwise the main process's own.
     weights, ema_weights = full_weights(t.raw_net, t.sharded), full_weights(t.ema.net, t.sharded)
+    profiles = write_posthoc_snapshots(state)
     optim_state = optimizer_state(t.raw_net, getattr(t.optimizer, "optimizer", t.optimizer), t.sharded)
     if state.main:
         saved = {"optimizer": optim_state, "noise_rng": t.noise_gen.get_state().cpu(), **rng,
@@ -222,8 +226,22 @@ def write_checkpoint(state: TrainingState) -> None:
             saved["grad_scaler"] = accelerator.scaler.state_dict()
         save_checkpoint(state.run_dir, weights=weights, ema_weights=ema_weights, state=saved, step=state.step,
                         images_seen=state.images, keep=state.config.train.keep_checkpoints,
-                        extra={"sample_shape": list(state.dataset.sample_shape), "num_classes": state.num_classes})
+                        extra={"sample_shape": list(state.dataset.sample_shape), "num_classes": state.num_classes},
+                        posthoc_weights=profiles)
     accelerator.wait_for_everyone()
+
+
+def write_posthoc_snapshots(state: TrainingState) -> dict[str, torch.Tensor]:
+    """RUN/posthoc/ema-SIGMA-IMAGES.safetensors for each post-hoc EMA profile (gathered under FSDP, written by the
+    main process); returns them all, keyed as a checkpoint keeps them."""
+    t = state.trainee
+    profiles = {}
+    for sigma, profile in zip(t.posthoc.sigmas, t.posthoc.emas) if t.posthoc is not None else []:
+        weights = full_weights(profile.net, t.sharded)
+        if state.main:
+            write_snapshot(state.run_dir, sigma, state.images, weights)
+            profiles |= {profile_key(sigma, name): tensor for name, tensor in weights.items()}
+    return profiles
 
 
 def evaluate_ema(state: TrainingState) -> dict | None:
@@ -324,6 +342,8 @@ def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = Tr
                 # A NaN/Inf never reached the weights (the optimizer skipped the update): the EMA skips it too.
                 t.ema.update(t.raw_net, ema_beta(tc.batch_size, state.images + tc.batch_size, tc.ema_halflife_images,
                                                  tc.ema_rampup), applied)
+                if t.posthoc is not None:
+                    t.posthoc.update(t.raw_net, state.images + tc.batch_size, tc.batch_size, applied)
                 state.window_loss += torch.where(applied, step_loss.double(), 0.0)
                 state.window_n += applied
                 state.skipped += ~applied
@@ -352,6 +372,8 @@ def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = Tr
                     window_start, window_images = now, state.images
                     _stop_if_stuck(state)
                 bar.update(task, completed=min(state.images, state.goal))
+                if t.posthoc is not None and _due(state.images, prev, tc.posthoc_every_images or max(1, state.goal // 16)):
+                    write_posthoc_snapshots(state)
                 evaluate_now = _due(state.images, prev, config.eval.every_images) and state.images < state.goal
                 if (_due(state.images, prev, tc.checkpoint_every_images) or evaluate_now) and state.images < state.goal:
                     _stop_if_stuck(state)  # never save a run that stopped learning as if it were fine
