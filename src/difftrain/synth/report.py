@@ -40,8 +40,8 @@ def write_report(out_dir: str | Path, real: PreparedDataset, synth_images: np.nd
     """Score synthetic data (the real dataset's kind; privacy on the modality's `privacy_view`) against the real dataset and write
     OUT/report.json, dcr.png and closest-pairs.png; returns the summary that report.json holds.
 
-    Utility is trained with seeds seed..seed+repeats-1 for `steps` optimizer steps per arm (None: 20 epochs of the
-    real training set); `progress(stage)` is called before each long step.
+    Utility's judges train with seeds seed..seed+repeats-1, to convergence (`steps`: the most steps of any training;
+    None: the judge's own cap); `progress(stage)` is called before each long step.
     """
     out_dir = Path(out_dir)
     synth_images = np.asarray(synth_images)
