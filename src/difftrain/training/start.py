@@ -18,7 +18,7 @@ from difftrain.store.checkpoint import Checkpoint, checkpoint_images, latest_che
 from difftrain.store.run import replay_path
 
 RUN_FILES = {"config.yaml", "dataset.json", "checkpoints", "samples", "eval", "metrics.jsonl", "tensorboard", "README.md", "data",
-             "autoencoder.safetensors", "latents"}  # (the last two: latent diffusion, store/latent.py)
+             "autoencoder.safetensors", "latents", "posthoc"}  # (latent diffusion, store/latent.py; post-hoc EMA)
 
 
 def resumable_checkpoint(run_dir: Path, resume: bool, console: Console) -> Checkpoint | None:

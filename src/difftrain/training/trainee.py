@@ -130,12 +130,12 @@ def build_trainee(config: Config, accelerator: Accelerator, modality, num_classe
         if posthoc is not None:
             profiles = existing.posthoc_weights()
             for sigma, profile in zip(posthoc.sigmas, posthoc.emas):
-                if not any(k.startswith(profile_key(sigma, "")) for k in profiles):
+                prefix = profile_key(sigma, "")
+                kept = {k[len(prefix):]: v for k, v in profiles.items() if k.startswith(prefix)}
+                if not kept:
                     raise UserError(f"{existing.path} holds no post-hoc EMA of sigma_rel {sigma:g}: resume with the "
                                     f"run's own train.posthoc_ema (see {config_file})")
-                prefix = profile_key(sigma, "")
-                load_weights(profile.net, {k[len(prefix):]: v for k, v in profiles.items() if k.startswith(prefix)},
-                             existing.path, config_file)
+                load_weights(profile.net, kept, existing.path, config_file)
         state = existing.training_state()
         if not sharded:  # a sharded optimizer takes its state after `prepare` has sharded it
             load_optimizer_state(optimizer, by_position(state["optimizer"], net))
