@@ -9,6 +9,7 @@ loss from synthetic data is measured with models trained as well as their data a
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,15 @@ class Converged:
 
     def as_dict(self) -> dict:
         return {"steps": self.steps, "best_step": self.best_step, "best_validation": self.best_score, "stopped": self.stopped}
+
+
+def check_schedule(items: int, batch: int, max_steps: int | None = None) -> tuple[int, int]:
+    """(max_steps, every) of the judges' recipe for `items` training items in batches of `batch`: a check once an
+    epoch, but at least 50 steps apart (a small set is not checked after every step), and a cap that early stopping
+    ends long before (None: the larger of 60 epochs and 3,000 steps)."""
+    epoch = max(1, math.ceil(items / batch))
+    max_steps = max_steps or max(60 * epoch, 3000)
+    return max_steps, min(max(epoch, 50), max_steps)
 
 
 def train_to_convergence(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None],

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from difftrain.evaluation.convergence import Converged, train_to_convergence
+from difftrain.evaluation.convergence import Converged, check_schedule, train_to_convergence
 from difftrain.modalities import image
 
 
@@ -75,12 +75,9 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
     """Train a ResNetJudge on uint8 (N, H, W, C) images until its accuracy on `validation` (ties broken by the
     cross-entropy) stops improving.
 
-    Checked once per epoch (at least every 50 steps, so a small set is not checked after every step); `max_steps` None:
-    the larger of 60 epochs and 3,000 steps, a cap that early stopping ends long before. The seed fixes everything.
+    Checked and capped as `check_schedule` says (`max_steps` None: the recipe's cap). The seed fixes everything.
     """
-    epoch = max(1, math.ceil(len(images) / batch))
-    max_steps = max_steps or max(60 * epoch, 3000)
-    every = min(max(epoch, 50), max_steps)
+    max_steps, every = check_schedule(len(images), batch, max_steps)
     with torch.random.fork_rng(devices=[]):  # a private stream: nothing else's random numbers move
         torch.manual_seed(seed)
         model = ResNetJudge(images.shape[3], num_classes, width)

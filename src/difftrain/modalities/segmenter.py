@@ -6,7 +6,6 @@ real+synthetic pairs and tested on real pairs says whether generated pairs are w
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +15,7 @@ from torch.nn import functional as F
 
 from difftrain.errors import UserError
 from difftrain.evaluation.arms import seed_summary, verdict
-from difftrain.evaluation.convergence import Converged, train_to_convergence
+from difftrain.evaluation.convergence import Converged, check_schedule, train_to_convergence
 from difftrain.modalities import image
 from difftrain.modalities.image_judge import random_grid, resample
 
@@ -90,7 +89,7 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, 
     """Train a SmallSegmenter on uint8 (N, H, W, C) images and (N, H, W) class-index masks, with augmentation, until
     its mIoU on the `validation` pairs stops improving (evaluation/convergence.py); the seed fixes everything.
 
-    Checked once per epoch (at least every 50 steps); `max_steps` None: the larger of 60 epochs and 3,000 steps.
+    Checked and capped as `check_schedule` says (`max_steps` None: the recipe's cap).
     """
     images, masks = _check_pairs((images, masks), num_mask_classes, "segmenter training pairs")
     validation = _check_pairs(validation, num_mask_classes, "segmenter validation pairs")
@@ -99,8 +98,7 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, 
     if max_steps is not None and max_steps < 1:
         raise UserError(f"segmenter steps must be at least 1 (got {max_steps})")
     device = torch.device(device)
-    epoch = max(1, math.ceil(len(images) / batch))
-    max_steps = max_steps or max(60 * epoch, 3000)
+    max_steps, every = check_schedule(len(images), batch, max_steps)
     # A private RNG stream, as in fit_classifier: training a segmenter must not move anyone else's random numbers.
     # Only the CPU generator draws here (weights are made on the CPU), so only it is seeded and restored.
     with torch.random.fork_rng(devices=[]):
@@ -122,7 +120,7 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, 
         def validate() -> float:
             return iou(predict_masks(model, validation[0]), validation[1], num_mask_classes)["miou"]
 
-        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=min(max(epoch, 50), max_steps))
+        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every)
     return model, converged
 
 
