@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,8 +29,6 @@ class DataConfig(Section):
 
 class UNetConfig(Section):
     """model.arch=unet: diffusers' UNet2DModel, for images."""
-
-    class_rows: ClassVar[str] = "class_embedding"  # the module of the class-embedding rows (fine-tuning trains new ones)
 
     channels: list[int] = Field([64, 128, 128], description="Output channels of each UNet resolution level (one level per entry).")
     attention: list[bool] = Field([False, True, False], description="Self-attention at each resolution level.")
@@ -136,8 +134,6 @@ class Transformer1DConfig(Section):
 
 class DiTConfig(Section):
     """model.arch=dit: a patch transformer with adaLN-Zero conditioning (DiT, Peebles & Xie 2023), for images (C, H, W)."""
-
-    class_rows: ClassVar[str] = "label_embedding"  # the module of the class-embedding rows (fine-tuning trains new ones)
 
     width: int = Field(256, ge=8, description="Token width (divisible by model.dit.heads and by 4: half the position features per axis, in cosine and sine pairs).")
     depth: int = Field(6, ge=1, description="Transformer blocks.")
@@ -299,6 +295,10 @@ class OptimConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this value (0 disables).")
 
 
+# Post-hoc EMA's longest relative length: a plain average of the whole training (gamma = 0).
+POSTHOC_MAX_SIGMA_REL = (1 / 12) ** 0.5
+
+
 class TrainConfig(Section):
     batch_size: int = Field(128, ge=1, description="Images per optimizer step (all micro-batches and processes together).")
     accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradient accumulation).")
@@ -336,7 +336,7 @@ class TrainConfig(Section):
             raise ValueError("set train.duration_images or train.duration_steps: training needs a length")
         if self.batch_size % self.accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.accumulation={self.accumulation}")
-        bad = [s for s in self.posthoc_ema if not 0 < s < (1 / 12) ** 0.5]
+        bad = [s for s in self.posthoc_ema if not 0 < s < POSTHOC_MAX_SIGMA_REL]
         if bad or len(set(self.posthoc_ema)) != len(self.posthoc_ema):
             raise ValueError(f"train.posthoc_ema={self.posthoc_ema}: give distinct relative lengths in (0, 0.2887), "
                              "e.g. [0.05, 0.10] (0.2887 is the average of the whole training)")

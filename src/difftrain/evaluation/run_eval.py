@@ -238,15 +238,12 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     guidances = guidance if isinstance(guidance, list) else [guidance]
     specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=g, temperature=temperature)
              for s in (steps or [None]) for g in guidances]
-    chosen = select_checkpoints(run, checkpoints, warn)
-    lengths = {id(ckpt): None for ckpt in chosen}  # each evaluated checkpoint's post-hoc EMA length (None: the run's EMA)
+    # Each checkpoint to score, with its post-hoc EMA length (None: the run's own EMA).
+    chosen = [(ckpt, None) for ckpt in select_checkpoints(run, checkpoints, warn)]
     if ema_lengths:
-        made = on_main_process(lambda: [[str(reconstructed_checkpoint(run_dir, length, ckpt.images)) for length in ema_lengths]
-                                        for ckpt in chosen])
-        folders = from_main_process(made)
-        chosen_lengths = [(open_checkpoint(Path(folder)), length) for row in folders for folder, length in zip(row, ema_lengths)]
-        chosen = [ckpt for ckpt, _ in chosen_lengths]
-        lengths = {id(ckpt): length for ckpt, length in chosen_lengths}
+        made = on_main_process(lambda: [(str(reconstructed_checkpoint(run_dir, length, ckpt.images)), length)
+                                        for ckpt, _ in chosen for length in ema_lengths])
+        chosen = [(open_checkpoint(Path(folder)), length) for folder, length in from_main_process(made)]
     if data is None and not Path(run.dataset["path"]).is_dir():
         raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
                         "pass its new place with --data DIR")
@@ -255,7 +252,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
         raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
                         f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
     if run.is_autoencoder:
-        return evaluate_autoencoder(run, ds, chosen, metrics, ec, extractor, inception_weights, device, warn)
+        return evaluate_autoencoder(run, ds, [ckpt for ckpt, _ in chosen], metrics, ec, extractor, inception_weights, device, warn)
     if run.config.model.latent:  # latent diffusion: the data's images through the run's autoencoder
         ds = ds.seen_as(modality_for({**ds.modality.spec, "latent": run.modality.spec["latent"]}))
     to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
@@ -268,9 +265,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     log = MetricsLog(run_dir, enabled=main)
     records = []
     try:
-        for ckpt in chosen:
+        for ckpt, length in chosen:
             base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed,
-                    **({"ema_length": lengths[id(ckpt)]} if lengths[id(ckpt)] is not None else {})}
+                    **({"ema_length": length} if length is not None else {})}
             nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
                              across_processes=True) if "nll" in metrics else {}
             tasks = on_main_process(lambda: observed_tasks(run.denoiser(ckpt, device=device), ds, run.config, metrics,

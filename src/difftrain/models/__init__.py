@@ -61,6 +61,9 @@ def _build_autoencoder(cfg, shape, num_classes):
 
 # Networks with a caption encoder and cross-attention (text-to-image).
 CAPTIONED = ("unet", "dit")
+# The module of each image network's class-embedding rows (one per class, then "no label"): fine-tuning matches them
+# by class name, and trains the rows of new classes even when the rest is frozen.
+CLASS_ROWS = {"unet": "class_embedding", "dit": "label_embedding"}
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"unet": _build_unet, "dit": _build_dit, "mlp": _build_mlp,
                                                        "unet1d": _build_unet1d, "transformer1d": _build_transformer1d,
                                                        "token_transformer": _build_token_transformer,

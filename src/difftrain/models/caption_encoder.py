@@ -11,6 +11,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+# A network's caption encoder is its `captions` module: its embedding rows (one per character of the data's captions)
+# and its positions, which fine-tuning matches by character (pretrained/transfer.py).
+CHARACTER_ROWS, CAPTION_POSITIONS = "captions.embed.weight", "captions.position"
+
+
 class CaptionEncoder(nn.Module):
     def __init__(self, vocab: int, length: int, pad_id: int, width: int, depth: int, heads: int):
         super().__init__()

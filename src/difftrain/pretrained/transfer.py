@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 
 from difftrain.errors import UserError
+from difftrain.models import CLASS_ROWS as CLASS_ROW_MODULES
+from difftrain.models.caption_encoder import CAPTION_POSITIONS, CHARACTER_ROWS
 from difftrain.pretrained.source import Pretrained
 
-CLASS_ROWS = ("class_embedding.weight", "label_embedding.weight")  # (UNet2DModel's, DiT's) one per class, then "no label"
-CHARACTER_ROWS = "captions.embed.weight"  # a run's caption encoder: one per character of its captions
-CAPTION_POSITIONS = "captions.position"  # (caption length, width)
+CLASS_ROWS = tuple(f"{module}.weight" for module in CLASS_ROW_MODULES.values())
 
 
 def label_space(source: Pretrained | None, *datasets: list[str]) -> list[str]:

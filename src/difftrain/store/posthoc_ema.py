@@ -22,19 +22,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from difftrain import atomic
+from difftrain.config import POSTHOC_MAX_SIGMA_REL
 from difftrain.errors import UserError
 from difftrain.hashing import sha256_file
 
 FOLDER = "posthoc"
 SNAPSHOT = re.compile(r"ema-(?P<sigma>\d\.\d{4})-(?P<images>\d{9})\.safetensors")
-MAX_SIGMA_REL = (1 / 12) ** 0.5  # sigma_rel of gamma = 0 (a uniform average of all training): no longer one exists
 
 
 def exponent(sigma_rel: float) -> float:
     """gamma of a power-function EMA of relative length sigma_rel: the root of sigma_rel^2 = (gamma + 1) /
     ((gamma + 2)^2 (gamma + 3)), i.e. of gamma^3 + 7 gamma^2 + (16 - s) gamma + (12 - s) with s = sigma_rel^-2."""
-    if not 0 < sigma_rel < MAX_SIGMA_REL:
-        raise UserError(f"an EMA length (sigma_rel) of {sigma_rel:g} is outside (0, {MAX_SIGMA_REL:.4f}): EDM2 uses "
+    if not 0 < sigma_rel < POSTHOC_MAX_SIGMA_REL:
+        raise UserError(f"an EMA length (sigma_rel) of {sigma_rel:g} is outside (0, {POSTHOC_MAX_SIGMA_REL:.4f}): EDM2 uses "
                         "0.05 to 0.15")
     s = sigma_rel ** -2
     return float(np.roots([1, 7, 16 - s, 12 - s]).real.max())
@@ -101,14 +101,15 @@ def reconstruct(run_dir: Path, sigma_rel: float, images: int) -> tuple[dict[str,
                         "EMA needs the run trained with train.posthoc_ema (e.g. [0.05, 0.10]) and at least two snapshots")
     x = coefficients([at for _, at, _ in found], [s for s, _, _ in found], images, sigma_rel)
     weights: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for coefficient, (_, _, path) in zip(x, found):
         for name, tensor in load_file(path).items():
+            dtypes[name] = tensor.dtype
             if not tensor.is_floating_point():  # (counters and the like: the latest snapshot's)
                 weights[name] = tensor
                 continue
             weights[name] = weights.get(name, torch.zeros_like(tensor, dtype=torch.float64)) + coefficient * tensor.double()
-    reference = load_file(found[-1][2])
-    weights = {k: v.to(reference[k].dtype) for k, v in weights.items()}
+    weights = {k: v.to(dtypes[k]) for k, v in weights.items()}
     return weights, {"sigma_rel": sigma_rel, "images": images, "snapshots": len(found),
                      "coefficients": [float(c) for c in x], "largest_coefficient": float(np.abs(x).max())}
 

@@ -12,6 +12,7 @@ from difftrain import atomic
 from difftrain.config import Config
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.errors import UserError
+from difftrain.models import CLASS_ROWS
 from difftrain.pretrained.source import Pretrained, config_for_source, open_pretrained
 from difftrain.pretrained.transfer import LoadReport, label_space
 from difftrain.store.checkpoint import Checkpoint, checkpoint_images, latest_checkpoint, list_checkpoints
@@ -69,7 +70,7 @@ def starting_point(config: Config, dataset: PreparedDataset, run_dir: Path, exis
         model_classes = label_space(source, dataset.class_names, *([replay.class_names] if replay else []))
     new_classes = (source is not None and not source.captioned and config.model.conditional
                    and len(model_classes) > len(source.class_names or []))  # (a captioned model has no class rows)
-    rows = config.model.section(source.model["arch"]).class_rows if new_classes else None
+    rows = CLASS_ROWS[source.model["arch"]] if new_classes else None
     if new_classes and (fc.lora_rank or fc.train_only) and rows not in fc.train_only:
         # New classes need their embedding rows trained, even when the rest is frozen or adapted.
         config = config.model_copy(update={"finetune": fc.model_copy(update={"train_only": [*fc.train_only, rows]})})

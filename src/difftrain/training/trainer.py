@@ -77,6 +77,7 @@ class TrainingState:
     step: int = 0
     images: int = 0
     nonfinite: int = 0  # non-finite steps counted so far (read from the device at each log)
+    snapshot_images: int = -1  # when the post-hoc EMA snapshots were last written (a checkpoint at once writes none again)
     # Summed on the device and read only when logged: nothing in a step waits for the device.
     window_loss: torch.Tensor | None = None
     window_n: torch.Tensor | None = None
@@ -239,8 +240,10 @@ def write_posthoc_snapshots(state: TrainingState) -> dict[str, torch.Tensor]:
     for sigma, profile in zip(t.posthoc.sigmas, t.posthoc.emas) if t.posthoc is not None else []:
         weights = full_weights(profile.net, t.sharded)
         if state.main:
-            write_snapshot(state.run_dir, sigma, state.images, weights)
+            if state.snapshot_images != state.images:
+                write_snapshot(state.run_dir, sigma, state.images, weights)
             profiles |= {profile_key(sigma, name): tensor for name, tensor in weights.items()}
+    state.snapshot_images = state.images
     return profiles
 
 
