@@ -11,8 +11,10 @@
        images, tested on the whole real test split, with the paired test over seeds and the accuracy against the
        synthetic set's size; and the privacy numbers (DCR against the subset, memorization)
 
-Prints one JSON line. --dataset digits swaps MNIST for the built-in digits as a quick smoke test: there the
-fraction is taken of the whole set (train and test alike), which is split 80/20.
+Prints one JSON line. --dataset digits swaps MNIST for the built-in digits, split 80/20: the fraction is taken of the
+training 80% and every arm is tested on the whole held-out 20% (360 images). --optimize-for utility lets `synth` choose
+the guidance, checkpoint, confidence filter and count (at most --per-class) by its search on held-back training images
+(synth/search.py) before it writes the set the report scores.
 
 Run:
     python benchmarks/synth_utility.py --mnist ../shared/data/mnist --out /tmp/synth-utility \
@@ -54,7 +56,18 @@ def prepared(source: str | Path, out: Path, **options) -> PreparedDataset:
 def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
     """A stratified fraction of the training split, with the whole test split as its held-out images."""
     if args.dataset == "digits":
-        return prepared("digits", out / "train", limit=round(args.fraction * 1797), test_fraction=0.2)
+        whole = prepared("digits", out / "all", test_fraction=0.2)
+        folder = out / "all-train-png"  # the training 80% as an image folder, so the subset comes from it alone
+        if not folder.is_dir():
+            from PIL import Image
+
+            partial = folder.with_name(folder.name + ".partial")
+            for i, (image, label) in enumerate(zip(whole.train_data, whole.train_labels)):
+                (partial / whole.class_names[label]).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image[..., 0]).save(partial / whole.class_names[label] / f"{i:04d}.png")
+            partial.rename(folder)
+        subset = prepared(folder, out / "train", limit=round(args.fraction * len(whole.train_data)), test_fraction=0.0)
+        return dataclasses.replace(subset, test_data=whole.test_data, test_labels=whole.test_labels)
     mnist = Path(args.mnist or "")
     files = {split: next(iter(sorted(mnist.glob(f"{prefix}-images-idx3-ubyte*"))), None)
              for split, prefix in (("train", "train"), ("test", "t10k"))}
@@ -68,7 +81,7 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
 
 
 def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int, filters: str, sampler: str | None,
-               steps: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
+               steps: int | None, optimize_for: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
     """`difftrain synth` of the run into `out` (an interrupted one continues): its images, labels and manifest."""
     run = open_run(run_dir)
     if not run.num_classes:
@@ -76,7 +89,8 @@ def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int,
     spec = run.sampling_spec(seed, sampler=sampler, steps=steps)
     # The report is written below, against the whole MNIST test split (the run's data has none).
     manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
-                     warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+                     optimize_for=optimize_for, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+                     report_progress=lambda stage: print(stage, file=sys.stderr, flush=True))
     images = run.modality.synth_read(out, manifest["files"])
     labels = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
     return images, labels, manifest
@@ -92,6 +106,7 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=600, help="synthetic images per class")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--filter", default="memorization,dedup", help="difftrain synth's --filter")
+    p.add_argument("--optimize-for", default=None, choices=["utility"], help="difftrain synth's --optimize-for")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     p.add_argument("--utility-steps", type=int, default=None,
@@ -121,7 +136,7 @@ def main() -> None:
     start = time.perf_counter()
     device = str(common.pick_device(args.device))
     images, labels, manifest = synthesize(out / "run", out / "synth", args.per_class, device, args.seed, args.filter,
-                                          args.sampler, args.steps)
+                                          args.sampler, args.steps, args.optimize_for)
     seconds["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -135,6 +150,8 @@ def main() -> None:
         "benchmark": "synth_utility", "settings": vars(args), "seconds": seconds,
         "real_train_images": len(real.train_data), "real_test_images": len(real.test_data), "synthetic_images": len(images),
         "synth_totals": manifest["totals"],
+        "synth_settings": {key: manifest[key] for key in ("guidance", "checkpoint", "per_class", "filters")},
+        "search": manifest["search"] and {key: manifest["search"][key] for key in ("real_only", "trials", "chosen", "helps")},
         "accuracy": {arm: {k: r[k] for k in ("accuracy_mean", "accuracy_std")} for arm, r in u["arms"].items()},
         "size_curve": u["size_curve"], "classifier_steps": u["steps"],
         "judge_real_score": u["judge_real_score"], "real_plus_synthetic_gain": u["real_plus_synthetic_gain"],

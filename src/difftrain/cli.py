@@ -430,11 +430,14 @@ def synth(
                                           "training images, ratio R = 1/3), dedup[:D] (duplicates closer than pixel L2 D; default "
                                           "0.02 x sqrt(pixel values)), confidence[:T] (the domain classifier's probability of the "
                                           "class below T = 0.9). Rejected samples are replaced."),
-    checkpoint: str = typer.Option("latest", help="'latest', 'best' or a checkpoint folder."),
+    checkpoint: Optional[str] = typer.Option(None, help="'latest' (the default), 'best' or a checkpoint folder."),
     seed: int = typer.Option(0, help="Seed of the noise."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Samples per batch (default: the run's sample.batch_size)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     processes: int = typer.Option(1, "--processes", min=1, help=PROCESSES_HELP),
+    optimize_for: Optional[str] = typer.Option(None, "--optimize-for", help="utility: first choose the guidance, checkpoint, "
+                                               "confidence filter and count per class (at most --per-class) by a "
+                                               "classifier's accuracy on real training images held back (docs/synth.md)."),
     overwrite: bool = typer.Option(False, help="Start --out again (only a folder written by `difftrain synth` is replaced)."),
     report: bool = typer.Option(True, help="Write the utility and privacy report (needs the run's training data)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's summary as JSON."),
@@ -445,6 +448,8 @@ def synth(
     from difftrain.store.run import open_run
     from difftrain.synth.generate import synthesize
 
+    if optimize_for is not None and guidance is not None:
+        raise UserError("--optimize-for utility chooses the guidance: leave --guidance out")
     spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
     state, dev = _join_launch(device)
     try:
@@ -453,8 +458,9 @@ def synth(
             manifest = synthesize(run, out_dir, per_class=per_class, n=n, spec=spec, filters=filters, checkpoint=checkpoint,
                                   classes=[c.strip() for c in classes.split(",")] if classes else None,
                                   batch_size=batch_size, device=dev, overwrite=overwrite, report=report,
+                                  optimize_for=optimize_for,
                                   progress=lambda kept, total: bar.update(task, completed=kept, total=total),
-                                  report_progress=lambda stage: bar.update(task, description=f"report: {stage}"), warn=_warn)
+                                  report_progress=lambda stage: bar.update(task, description=stage), warn=_warn)
     except KeyboardInterrupt:
         if state.is_main_process:
             console.print(f"[yellow]interrupted[/]: the files written so far stay; run the same command again to continue {out_dir}")
@@ -465,12 +471,19 @@ def synth(
 
 def _print_synth(manifest: dict, out_dir: Path, num_processes: int, as_json: bool) -> None:
     if as_json:
-        summary = {key: manifest[key] for key in ("totals", "counts", "filters", "checkpoint", "report")}
+        summary = {key: manifest[key] for key in ("totals", "counts", "filters", "checkpoint", "search", "report")}
         print(json.dumps({"out": str(out_dir), **summary}, indent=2))
         return
     totals = manifest["totals"]
     removed = ", ".join(f"{name} {count}" for name, count in totals["removed"].items())
     shared = f", in {num_processes} processes" if num_processes > 1 else ""
+    if manifest["search"]:
+        search, chosen = manifest["search"], manifest["search"]["chosen"]
+        confidence = "off" if chosen["confidence"] is None else f"{chosen['confidence']:g}"
+        console.print(f"chosen for utility: guidance {chosen['guidance']:g}, {Path(chosen['checkpoint']).name}, confidence "
+                      f"filter {confidence}, {chosen['per_class']} per class: held-back accuracy "
+                      f"{search['chosen_trial']['accuracy']:.4f} against {search['real_only']['accuracy']:.4f} for the real "
+                      f"images alone ({len(search['trials'])} trials; README.md lists them)")
     console.print(f"kept {totals['kept']} of {totals['generated']} samples" + (f" (removed: {removed})" if removed else "")
                   + f"{shared}, from {manifest['checkpoint']}")
     out.print(str(out_dir))

@@ -35,6 +35,8 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
         lines.append(f"| {name} | {label} | {c['requested']} | {c['kept']} | {c['shortfall']} |")
     for note in modality.synth_notes():
         lines += ["", note]
+    if m.get("search"):
+        lines += ["", *search_markdown(m["search"], item)]
     lines += ["", "## Filters", ""]
     if m["filters"]:
         lines += ["In this order; a sample counts for the first filter that removed it.", "",
@@ -61,3 +63,28 @@ def dataset_card(m: dict, report: dict | None = None) -> str:
 
         lines += ["", report_markdown(report).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def search_markdown(search: dict, item: str) -> list[str]:
+    """The section on how `--optimize-for utility` chose the settings: every trial beside the real-only baseline."""
+    selection, chosen = search["selection"], search["chosen"]
+    lines = ["## How the settings were chosen (`--optimize-for utility`)", "",
+             f"The judge ({search['judge']}) trained on {selection['real_training_items']} real training {item}s alone and "
+             f"with each candidate synthetic set, stopping early on {selection['stopping_items']} others, and was scored on "
+             f"{selection['items']} more held back from both (a stratified {selection['share']:g} of the run's training "
+             f"{item}s, seed {selection['seed']}); ties go to the lower cross-entropy. One setting at a time, each stage "
+             "starting from the best so far.", "",
+             "| stage | checkpoint | guidance | confidence filter | per class | synthetic | accuracy | cross-entropy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for t in [search["real_only"], *search["trials"]]:
+        chosen_mark = " **(chosen)**" if t is not search["real_only"] and all(t[k] == chosen[k] for k in chosen) else ""
+        confidence = "off" if t["confidence"] is None else f"{t['confidence']:g}"
+        cells = ("–", "–", "–", "0") if t["per_class"] == 0 else (
+            f"`{Path(t['checkpoint']).name}`", f"{t['guidance']:g}", confidence, str(t["per_class"]))
+        lines.append(f"| {t['stage']}{chosen_mark} | " + " | ".join(cells) +
+                     f" | {t['synthetic_items']} | {t['accuracy']:.4f} | {t['cross_entropy']:.4f} |")
+    verdict = ("beat" if search["helps"] else "did not beat")
+    lines += ["", f"On the held-back {item}s the chosen set {verdict} the real {item}s alone "
+                  f"({search['chosen_trial']['accuracy']:.4f} against {search['real_only']['accuracy']:.4f}). "
+                  "The report below measures it again on the test split, which the search never saw."]
+    return lines

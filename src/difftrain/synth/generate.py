@@ -9,6 +9,8 @@ batch order, writes the files and the progress state, and tells the others what 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +23,7 @@ from difftrain.errors import UserError
 from difftrain.store.run import Run, open_run
 from difftrain.sampling import SamplingSpec, class_quotas, generate
 from difftrain.synth import state
-from difftrain.synth.filters import FilterSpec, Judge, parse_filters
+from difftrain.synth.filters import ORDER, FilterSpec, Judge, parse_filters
 from difftrain.synth.plan import round_sizes, round_slots, shortfall
 from difftrain.synth.writer import check_class_name
 
@@ -201,15 +203,17 @@ def _checkpoint_settings(run: Run, which: str, ema: bool, warn) -> tuple[Any, di
 
 def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | None = None, n: int | None = None,
                classes: list[str] | None = None, spec: SamplingSpec | None = None, filters: str | list[FilterSpec] | None = None,
-               checkpoint: str = "latest", ema: bool = True, batch_size: int | None = None, device: str = "cpu",
-               overwrite: bool = False, report: bool = True, progress: Callable[[int, int], None] | None = None,
-               report_progress: Callable[[str], None] | None = None, report_options: dict[str, Any] | None = None,
-               warn=print) -> dict[str, Any]:
+               checkpoint: str | None = None, ema: bool = True, batch_size: int | None = None, device: str = "cpu",
+               overwrite: bool = False, report: bool = True, optimize_for: str | None = None,
+               progress: Callable[[int, int], None] | None = None, report_progress: Callable[[str], None] | None = None,
+               report_options: dict[str, Any] | None = None, warn=print) -> dict[str, Any]:
     """Write a synthetic dataset of the run into `out_dir` and return its manifest (see docs/synth.md).
 
     `per_class` images of each of `classes` (default: all) for a class-conditional run, `n` for an unconditional one;
-    `spec` the sampler (default: the run's); `filters` a --filter string or specs. Running it again continues an
-    interrupted dataset. `progress(kept, requested)` is called after every batch; `report_options` go to
+    `spec` the sampler (default: the run's); `filters` a --filter string or specs; `checkpoint` 'latest' (None), 'best'
+    or a folder. `optimize_for="utility"` first chooses the guidance, the checkpoint, a confidence filter and the count
+    per class (at most `per_class`) by a search on held-back real items (synth/search.py), kept in OUT so that running
+    it again reuses it. Running it again continues an interrupted dataset. `progress(kept, requested)` is called after every batch; `report_options` go to
     synth/report.write_report (e.g. steps, repeats). Under a multi-process launch every
     process calls it and draws its share; only the main process writes.
     """
@@ -228,12 +232,22 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
     batch_size = batch_size or run.config.sample.batch_size
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    ckpt, weights = _checkpoint_settings(run, checkpoint, ema, warn)
+    search = None
+    if optimize_for is not None:
+        search = _optimize(run, out, optimize_for, names, per_class, spec, specs, checkpoint, ema, batch_size, device,
+                           overwrite, report_progress or (lambda stage: None))
+        chosen, overwrite = search["chosen"], False
+        spec, checkpoint = dataclasses.replace(spec, guidance=chosen["guidance"]), chosen["checkpoint"]
+        if chosen["confidence"] is not None:
+            specs = sorted([*specs, FilterSpec("confidence", chosen["confidence"])], key=lambda s: ORDER.index(s.name))
+        per_class, targets = chosen["per_class"], [chosen["per_class"]] * len(names)
+    ckpt, weights = _checkpoint_settings(run, checkpoint or "latest", ema, warn)
     settings = {"run": str(run.path.resolve()), **weights, "sampler": spec.sampler, "steps": spec.steps,
                 "schedule": spec.schedule, "guidance": spec.guidance, "seed": spec.seed,
                 "classes": None if names == [None] else names, "per_class": per_class, "n": n,
                 "filters": [s.describe() for s in specs], "batch_size": batch_size,
-                "device": torch.device(device).type}  # CPU and GPU kernels round differently: no mixing in one dataset
+                "device": torch.device(device).type,  # CPU and GPU kernels round differently: no mixing in one dataset
+                "optimized_for": optimize_for}
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
 
     def start() -> Synthesis:
@@ -254,8 +268,57 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
         samples = generate(denoiser, run.modality, len(wave.slots), labels, spec, batch_size=batch_size, device=device,
                            across_processes=True, first_batch=wave.first_batch)
         on_main_process(lambda: job.take(wave, samples))  # noqa: B023 - called at once, in this iteration
-    return from_main_process(on_main_process(lambda: finish(job, settings, ckpt, spec, report=report, warn=warn,
+    return from_main_process(on_main_process(lambda: finish(job, settings, ckpt, spec, report=report, warn=warn, search=search,
                                                             report_progress=report_progress, report_options=report_options)))
+
+
+OPTIMIZE_FOR = ("utility",)
+
+
+def _optimize(run: Run, out: Path, goal: str, names: list[str | None], per_class: int | None, spec: SamplingSpec,
+              specs: list[FilterSpec], checkpoint: str | None, ema: bool, batch_size: int, device: str, overwrite: bool,
+              progress: Callable[[str], None]) -> dict[str, Any]:
+    """--optimize-for: the search's result (synth/search.py), from OUT when it was made with the same request."""
+    from difftrain.hashing import sha256_file
+    from difftrain.synth.search import COUNTS, GUIDANCE, SELECTION, THRESHOLDS, checkpoint_candidates, search_utility
+
+    if goal not in OPTIMIZE_FOR:
+        raise UserError(f"--optimize-for {goal}: choose {', '.join(OPTIMIZE_FOR)}")
+    if processes()[1] > 1:
+        raise UserError("--optimize-for utility searches in one process: leave --processes out")
+    if not run.num_classes or run.modality.synth_task != "classification" or names == [None]:
+        raise UserError(f"--optimize-for utility chooses settings by a classifier's accuracy; {run.path} is not a "
+                        "class-conditional classification model: leave --optimize-for out")
+    if per_class is None:
+        raise UserError("--optimize-for utility needs --per-class N: the most items of each class it may write")
+    if checkpoint is not None:
+        raise UserError("--optimize-for utility chooses the checkpoint: leave --checkpoint out")
+    if not ema:
+        raise UserError("--optimize-for utility samples the EMA weights")
+    if any(s.name == "confidence" for s in specs):
+        raise UserError("--optimize-for utility chooses the confidence filter: leave confidence out of --filter")
+    dataset = _training_data(run, "--optimize-for utility")
+    if not dataset.num_classes:
+        raise UserError(f"--optimize-for utility needs labelled training data; {dataset.path} has no labels")
+    missing = [c for c in names if c not in dataset.class_names]
+    if missing:
+        raise UserError(f"--optimize-for utility: {dataset.path} has no items of class(es) {', '.join(missing)} to judge "
+                        "by: leave those classes out of --classes")
+    if overwrite:
+        state.start_again(out)
+    request = {"run": str(run.path.resolve()), "classes": names, "per_class": per_class, "sampler": spec.sampler,
+               "steps": spec.steps, "schedule": spec.schedule, "seed": spec.seed, "batch_size": batch_size,
+               "device": torch.device(device).type,
+               "weights": {str(p): sha256_file(p / "ema.safetensors") for p in checkpoint_candidates(run)},
+               "grid": {"guidance": GUIDANCE, "confidence": THRESHOLDS, "counts": COUNTS, "selection": SELECTION}}
+    request = json.loads(json.dumps(request))  # as read back from the file (tuples as lists)
+    found = state.read_search(out, request)
+    if found is not None:
+        progress("search: reusing the earlier search in OUT")
+        return found
+    result = search_utility(run, dataset, names, per_class, spec, batch_size=batch_size, device=device, progress=progress)
+    state.write_search(out, request, result)
+    return result
 
 
 def _judge(run: Run, specs: list[FilterSpec], names: list[str | None]) -> Judge:

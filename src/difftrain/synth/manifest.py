@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 
-def build_manifest(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec) -> dict[str, Any]:
+def build_manifest(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec,
+                   search: dict[str, Any] | None = None) -> dict[str, Any]:
     run = job.run
     removed = Counter(r["filter"] for r in job.rejected)
     short = shortfall(job.targets, job.kept)
@@ -56,6 +57,7 @@ def build_manifest(job: "Synthesis", settings: dict[str, Any], ckpt, spec: Sampl
                    "removed": {f["name"]: removed[f["name"]] for f in settings["filters"]}, "surplus": job.surplus,
                    "shortfall": {"all" if name is None else name: missing for name, missing in zip(job.classes, short)}},
         "counts": counts,
+        "search": search,  # --optimize-for: what was tried and chosen (synth/search.py)
         "report": None,
         "files": job.files,
         "rejected": job.rejected,
@@ -89,18 +91,20 @@ def _report(job: "Synthesis", seed: int, report_progress, warn, options: dict[st
     if not len(images):
         warn(f"no report: none of the kept samples is of a class of {path}")
         return None
-    return write_report(job.out, real, images, labels, seed=seed, progress=report_progress, **options)
+    progress = None if report_progress is None else (lambda stage: report_progress(f"report: {stage}"))
+    return write_report(job.out, real, images, labels, seed=seed, progress=progress, **options)
 
 
 def finish(job: "Synthesis", settings: dict[str, Any], ckpt, spec: SamplingSpec, *, report: bool = True,
-           report_progress=None, report_options: dict[str, Any] | None = None, warn=print) -> dict[str, Any]:
+           search: dict[str, Any] | None = None, report_progress=None, report_options: dict[str, Any] | None = None,
+           warn=print) -> dict[str, Any]:
     """Write labels.csv, the modality's own files (mask_classes.txt, points.csv), manifest.json and README.md, then the
     report (and both again with it);
     return the manifest. The dataset is complete and described before the report, which may fail or be stopped."""
     from difftrain.synth.card import dataset_card
 
     out = job.out
-    manifest = build_manifest(job, settings, ckpt, spec)
+    manifest = build_manifest(job, settings, ckpt, spec, search)
     for row in (c for c in manifest["counts"] if c["shortfall"]):
         warn(f"{'class ' + row['class'] if row['class'] is not None else 'the run'}: kept {row['kept']} of {row['requested']} "
              f"after {row['generated']} samples ({MAX_ATTEMPTS}x the request); the filters rejected the rest "

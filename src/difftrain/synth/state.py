@@ -2,6 +2,7 @@
 
     OUT/.synth/settings.json          what was asked; continuing needs the same
     OUT/.synth/batches/000012.json    one record per processed batch (its kept files, its rejections), written after its files
+    OUT/.synth/search.json            --optimize-for utility: what the search tried and chose, with what it was asked
 
 Running the same command again replays the records and draws only the batches that have none, so an
 interrupted run ends with the files of an uninterrupted one.
@@ -18,6 +19,7 @@ from difftrain import atomic
 from difftrain.errors import UserError
 
 STATE = ".synth"
+SEARCH = "search.json"
 KIND = "difftrain-synthetic-dataset"  # manifest.json "kind": marks a folder `synth` may replace
 
 # The option that sets each setting, for the error that refuses a resume with other settings.
@@ -25,11 +27,11 @@ OPTIONS = {"run": "RUN", "checkpoint": "--checkpoint", "weights_sha256": "--chec
            "weights": "the weights (EMA or raw)", "sampler": "--sampler", "steps": "--steps",
            "schedule": "the run's sample.schedule", "guidance": "--guidance", "seed": "--seed", "classes": "--classes",
            "per_class": "--per-class", "n": "--n", "filters": "--filter", "batch_size": "--batch-size",
-           "device": "--device (CPU and GPU draw different numbers)"}
+           "device": "--device (CPU and GPU draw different numbers)", "optimized_for": "--optimize-for"}
 
 
 def is_synth_folder(out: Path) -> bool:
-    if (out / STATE / "settings.json").is_file():
+    if (out / STATE / "settings.json").is_file() or (out / STATE / SEARCH).is_file():
         return True
     try:
         return json.loads((out / "manifest.json").read_text()).get("kind") == KIND
@@ -42,32 +44,60 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
 
 
-def open_state(out: Path, settings: dict[str, Any], overwrite: bool = False) -> list[dict[str, Any]]:
-    """Start OUT, or continue it with the same settings; the batch records written so far, in batch order."""
-    out = Path(out)
+def _check_out(out: Path) -> bool:
+    """Whether OUT holds anything; refuses a file, and a folder that `synth` did not write."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the synthetic dataset")
     if out.is_dir() and any(out.iterdir()):
         if not is_synth_folder(out):
             raise UserError(f"--out {out} exists and is not a folder written by `difftrain synth`, so nothing in it is "
                             "replaced or added to; choose another --out")
-        if overwrite:
-            shutil.rmtree(out)
-        elif not (out / STATE / "settings.json").is_file():
-            raise UserError(f"--out {out} holds a synthetic dataset without its progress state ({STATE}/): pass --overwrite "
-                            "to make it again, or choose another --out")
-        else:
+        return True
+    return False
+
+
+def start_again(out: Path) -> None:
+    """--overwrite: remove OUT when `synth` wrote it (refused otherwise)."""
+    if _check_out(Path(out)):
+        shutil.rmtree(out)
+
+
+def open_state(out: Path, settings: dict[str, Any], overwrite: bool = False) -> list[dict[str, Any]]:
+    """Start OUT, or continue it with the same settings; the batch records written so far, in batch order."""
+    out = Path(out)
+    if overwrite:
+        start_again(out)
+    started = out / STATE / "settings.json"
+    if _check_out(out):
+        if started.is_file():
             try:
-                old = json.loads((out / STATE / "settings.json").read_text())
+                old = json.loads(started.read_text())
             except (OSError, ValueError) as e:
-                raise UserError(f"cannot read {out / STATE / 'settings.json'} ({e}): pass --overwrite to start {out} again") from None
+                raise UserError(f"cannot read {started} ({e}): pass --overwrite to start {out} again") from None
             differ = _differences(old, settings)
             if differ:
                 raise UserError(f"--out {out} was started with other settings ({'; '.join(differ)}): to continue it, run the "
                                 "same command as before; pass --overwrite to start it again with these; or choose another --out")
             return read_records(out)
-    atomic.write_json(out / STATE / "settings.json", settings)
+        if not (out / STATE / SEARCH).is_file():  # a search alone is a start with nothing drawn yet
+            raise UserError(f"--out {out} holds a synthetic dataset without its progress state ({STATE}/): pass --overwrite "
+                            "to make it again, or choose another --out")
+    atomic.write_json(started, settings)
     return []
+
+
+def read_search(out: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The search's result kept in OUT when it was asked the same `request`, else None."""
+    try:
+        kept = json.loads((Path(out) / STATE / SEARCH).read_text())
+    except (OSError, ValueError):
+        return None
+    return kept.get("result") if kept.get("request") == request else None
+
+
+def write_search(out: Path, request: dict[str, Any], result: dict[str, Any]) -> None:
+    _check_out(Path(out))
+    atomic.write_json(Path(out) / STATE / SEARCH, {"request": request, "result": result})
 
 
 def record_file(out: Path, batch: int) -> Path:
