@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from difftrain.config import ModelConfig, UNetConfig, load_config
 from difftrain.data import prepare_dataset
-from difftrain.data.loader import ArrayBatches, ReplayBatches
+from difftrain.data.loader import ArrayBatches, MixedBatches
 from difftrain.errors import UserError
 from difftrain.modalities import modality_for
 from difftrain.models import build_network
@@ -114,7 +114,7 @@ def test_replay_stream_follows_its_rule():
 
     new = ArrayBatches(np.arange(13 * 4, dtype=np.uint8).reshape(13, 2, 2, 1), np.arange(13), TINY, seed=1, device=torch.device("cpu"))
     old = ArrayBatches(np.arange(7 * 4, dtype=np.uint8).reshape(7, 2, 2, 1) + 100, np.arange(7) + 50, TINY, seed=2, device=torch.device("cpu"))
-    x, y = ReplayBatches(new, old, 0.3).batch(17, 40)
+    x, y = MixedBatches(new, old, 0.3).batch(17, 40)
     for i, q in enumerate(range(17, 57)):
         before = math.floor(q * 0.3)
         source, position = (old, before) if math.floor((q + 1) * 0.3) > before else (new, q - before)
@@ -125,7 +125,7 @@ def test_replay_stream_follows_its_rule():
 def test_replay_mixes_an_exact_fraction_whatever_the_batch_cut():
     new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10), TINY, seed=0, device=torch.device("cpu"))
     old = ArrayBatches(np.full((7, 2, 2, 1), 255, np.uint8), np.arange(7) + 100, TINY, seed=0, device=torch.device("cpu"))
-    mixed = ReplayBatches(new, old, 0.25)
+    mixed = MixedBatches(new, old, 0.25)
     x, y = mixed.batch(0, 40)
     assert set(y[y < 100].tolist()) == set(range(10))
     assert int((y >= 100).sum()) == 10  # a quarter of the stream is old data
@@ -330,7 +330,7 @@ def test_replayed_and_new_labels_reach_the_model_as_its_own_classes():
     device = torch.device("cpu")
     new = ArrayBatches(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10) % 5, TINY, seed=0, device=device, to_model=[5, 6, 7, 8, 9])
     old = ArrayBatches(np.full((10, 2, 2, 1), 255, np.uint8), np.arange(10) % 5, TINY, seed=0, device=device, to_model=[0, 1, 2, 3, 4])
-    x, y = ReplayBatches(new, old, 0.5).batch(0, 20)
+    x, y = MixedBatches(new, old, 0.5).batch(0, 20)
     assert set(y[x[:, 0, 0, 0] > 0].tolist()) == {0, 1, 2, 3, 4}  # old images carry old classes
     assert set(y[x[:, 0, 0, 0] < 0].tolist()) == {5, 6, 7, 8, 9}
 

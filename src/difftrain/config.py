@@ -25,6 +25,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: str | None = Field("digits", description="Prepared dataset folder, or a built-in dataset name ('digits') prepared into the run.")
+    unlabelled: str | None = Field(None, description="A prepared dataset of more items of the same kind and shape whose labels, if any, are not used: a data.unlabelled_share of every batch comes from it under the 'no label' condition, so a class-conditional model learns what the items look like from all of them and the classes from the labelled ones.")
+    unlabelled_share: float = Field(0.5, gt=0, lt=1, description="Share of every batch drawn from data.unlabelled.")
 
 
 class UNetConfig(Section):

@@ -112,8 +112,9 @@ class ArrayBatches:
         return self._take(idx.to(device), flips.to(device) if self.hflip else None)
 
 
-class ReplayBatches:
-    """A stream mixing new data with a replayed fraction f of old data, for continual learning.
+class MixedBatches:
+    """A stream mixing new data with a fraction f of old data: replay against forgetting (finetune.replay), unlabelled
+    items beside labelled ones (data.unlabelled).
 
     Position q is old data when floor((q+1)f) > floor(qf), so every stretch of the stream holds
     the fraction f (to one image) however it is cut into batches. Before q lie floor(qf) old
@@ -128,7 +129,7 @@ class ReplayBatches:
         if (new.labels is None) != (old.labels is None):
             raise UserError("the replayed data and the new data must both have labels or both have none")
         self.new, self.old, self.fraction = new, old, fraction
-        self.sample_shape = new.sample_shape
+        self.sample_shape, self.labels = new.sample_shape, new.labels  # (labels: whether the batches carry any)
         self.modality = new.modality  # train_step draws noise of its model shape
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:

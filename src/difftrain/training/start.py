@@ -86,3 +86,24 @@ def record_start(run_dir: Path, init: str, source: Pretrained, report: LoadRepor
         "source": init, "origin": source.origin, "notes": source.notes,
         "checkpoint": str(source.checkpoint.path.resolve()) if source.checkpoint else None,
         **report.as_dict(), "trainable_parameters": trainable, "parameters": total})
+
+
+def unlabelled_data(config: Config, dataset: PreparedDataset) -> PreparedDataset | None:
+    """data.unlabelled, checked against the training data: items of the same kind and shape, for a class-conditional
+    model (they are drawn under its 'no label' condition)."""
+    path = config.data.unlabelled
+    if not path:
+        return None
+    if not (config.model.conditional and dataset.num_classes) or dataset.train_captions is not None:
+        what = "captioned" if dataset.train_captions is not None else "not class-conditional"
+        raise UserError(f"data.unlabelled={path} adds items under the 'no label' condition of a class-conditional model; "
+                        f"this run is {what}: leave data.unlabelled out, or put those items into data.path")
+    if not (Path(path) / "manifest.json").is_file():
+        raise UserError(f"data.unlabelled={path} is not a prepared dataset: prepare it first "
+                        f"(`difftrain data prepare SOURCE --out {path}`)")
+    extra = load_dataset(path)
+    if extra.modality.kind != dataset.modality.kind or extra.sample_shape != dataset.sample_shape:
+        raise UserError(f"data.unlabelled={path} holds {extra.modality.kind} items of shape {extra.sample_shape}, the "
+                        f"training data {dataset.modality.kind} items of shape {dataset.sample_shape}: give items of the "
+                        "same kind and shape")
+    return extra

@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor
 
 from difftrain.conditioning import Conditions, conditions_of_network
 from difftrain.config import Config, TrainConfig
-from difftrain.data.loader import ArrayBatches, ReplayBatches
+from difftrain.data.loader import ArrayBatches, MixedBatches
 from difftrain.diffusion import Denoiser
 from difftrain.distributed import WAIT_FOR_MAIN, leave_at_exit
 from difftrain.errors import UserError
@@ -74,7 +74,7 @@ class Trainee:
     denoiser: Denoiser
     conditioner: Conditions
     noise_gen: torch.Generator
-    batches: ArrayBatches | ReplayBatches
+    batches: ArrayBatches | MixedBatches
     trainable: int
     total: int
     sharded: bool  # FSDP, as the launch said when the trainee was built (accelerate's state may not keep saying so)

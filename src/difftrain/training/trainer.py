@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from difftrain.conditioning import takes_captions
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
-from difftrain.data.loader import ArrayBatches, ReplayBatches
+from difftrain.data.loader import ArrayBatches, MixedBatches
 from difftrain.errors import UserError
 from difftrain.training.memory import PeakMemory
 from difftrain.pretrained.source import Pretrained
@@ -35,7 +35,7 @@ from difftrain.training.ema import ema_beta
 from difftrain.training.optim import learning_rate
 from difftrain.training.resume_state import process_rng
 from difftrain.training.sharding import full_weights, is_sharded, optimizer_state, shard_size, sharded_config
-from difftrain.training.start import record_start, resumable_checkpoint, starting_point
+from difftrain.training.start import record_start, resumable_checkpoint, starting_point, unlabelled_data
 from difftrain.training.trainee import Trainee, build_trainee, check_batch, make_accelerator
 
 
@@ -132,6 +132,7 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     if dataset.num_classes == 0 and not captioned and config.model.conditional:
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, label_space = starting_point(config, dataset, run_dir, existing, source, console)
+    unlabelled = unlabelled_data(config, dataset)
     if config.model.latent:  # latent diffusion: the images seen through an autoencoder's latent space
         config, dataset = latent_dataset(config, dataset, run_dir, resume=existing is not None, device=accelerator.device,
                                          console=console)
@@ -163,18 +164,23 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     def conditions(ds: PreparedDataset):  # what the batches carry beside the items: caption rows, labels or nothing
         return ds.train_captions if captioned else ds.train_labels if num_classes else None
 
-    def batches_of(device: torch.device) -> ArrayBatches | ReplayBatches:
+    def batches_of(device: torch.device) -> ArrayBatches | MixedBatches:
         # (latent images: batches of latents, encoded once)
         items, view = dataset.modality.batch_view(dataset.train_data, latents_cache(run_dir, "train"), device)
         batches = ArrayBatches(items, conditions(dataset), view,
                                seed=config.train.seed, device=device, to_model=data_labels, hflip=config.train.hflip)
-        if replay is None:
-            return batches
-        items, view = dataset.modality.batch_view(replay.train_data, latents_cache(run_dir, "replay"), device)
-        old = ArrayBatches(items, conditions(replay), view,
-                           seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
-                           to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
-        return ReplayBatches(batches, old, config.finetune.replay)
+        if replay is not None:
+            items, view = dataset.modality.batch_view(replay.train_data, latents_cache(run_dir, "replay"), device)
+            old = ArrayBatches(items, conditions(replay), view,
+                               seed=config.train.seed + 1, device=device, hflip=config.train.hflip,
+                               to_model=label_map(replay.class_names, model_classes, f"the replayed data {replay.path}") if num_classes else None)
+            batches = MixedBatches(batches, old, config.finetune.replay)
+        if unlabelled is not None:
+            items, view = dataset.modality.batch_view(unlabelled.train_data, latents_cache(run_dir, "unlabelled"), device)
+            no_label = np.full(len(items), num_classes, np.int64)  # the network's extra "no label" row
+            more = ArrayBatches(items, no_label, view, seed=config.train.seed + 2, device=device, hflip=config.train.hflip)
+            batches = MixedBatches(batches, more, config.data.unlabelled_share)
+        return batches
 
     trainee, resumed = build_trainee(config, accelerator, dataset.modality, num_classes, batches_of, source=source,
                                      model_classes=label_space, existing=existing, warn=warn)
