@@ -11,6 +11,9 @@
        images, tested on the whole real test split, with the paired test over seeds and the accuracy against the
        synthetic set's size; and the privacy numbers (DCR against the subset, memorization)
 
+--unlabelled-all trains the generator on the labelled fraction and, under the no-label condition (data.unlabelled),
+on every image of the training split: labels for the few, images for all.
+
 Prints one JSON line. --dataset digits swaps MNIST for the built-in digits, split 80/20: the fraction is taken of the
 training 80% and every arm is tested on the whole held-out 20% (360 images). --optimize-for utility lets `synth` choose
 the guidance, checkpoint, confidence filter and count (at most --per-class) by its search on held-back training images
@@ -67,6 +70,8 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
                 Image.fromarray(image[..., 0]).save(partial / whole.class_names[label] / f"{i:04d}.png")
             partial.rename(folder)
         subset = prepared(folder, out / "train", limit=round(args.fraction * len(whole.train_data)), test_fraction=0.0)
+        if args.unlabelled_all:
+            prepared(folder, out / "all-train", test_fraction=0.0)
         return dataclasses.replace(subset, test_data=whole.test_data, test_labels=whole.test_labels)
     mnist = Path(args.mnist or "")
     files = {split: next(iter(sorted(mnist.glob(f"{prefix}-images-idx3-ubyte*"))), None)
@@ -77,6 +82,8 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
     n_train = len(open_source(files["train"]).train)
     subset = prepared(files["train"], out / "train", limit=round(args.fraction * n_train), test_fraction=0.0)
     test = prepared(files["test"], out / "test", test_fraction=0.0)
+    if args.unlabelled_all:
+        prepared(files["train"], out / "all-train", test_fraction=0.0)
     return dataclasses.replace(subset, test_data=test.train_data, test_labels=test.train_labels)
 
 
@@ -107,6 +114,8 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--filter", default="memorization,dedup", help="difftrain synth's --filter")
     p.add_argument("--optimize-for", default=None, choices=["utility"], help="difftrain synth's --optimize-for")
+    p.add_argument("--unlabelled-all", action="store_true",
+                   help="train the generator with every image of the training split as data.unlabelled (their labels unused)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     p.add_argument("--utility-steps", type=int, default=None,
@@ -128,6 +137,8 @@ def main() -> None:
     start = time.perf_counter()
     settings = [f"data.path={out / 'data' / 'train'}", f"train.duration_images={args.train_images}", "eval.every_images=0",
                 f"train.device={args.device}", f"train.seed={args.seed}"]
+    if args.unlabelled_all:  # labels for the few, images for all
+        settings.append(f"data.unlabelled={out / 'data' / 'all-train'}")
     config = load_config(args.dataset, overrides=settings)
     if not any(int(c.name.removeprefix("ckpt-")) >= args.train_images for c in (out / "run" / "checkpoints").glob("ckpt-*")):
         train(config, out / "run", resume=True, progress=sys.stderr.isatty())  # an interrupted run continues

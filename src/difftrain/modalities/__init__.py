@@ -80,7 +80,10 @@ def prepare(source, out, *, kind: str | None = None, **options: Any):
         raise UserError(f"{', '.join(flags)} do not apply to {cls.kind} ({source}): "
                         f"{'; '.join(f'{f} is for {takers(k)}' for f, k in zip(flags, foreign))}. Leave them out, or "
                         "pass the --kind they belong to")
-    return cls.prepare(source, out, expect_kind=kind, **options)
+    from difftrain.folder_lock import folder_lock
+
+    with folder_lock(out, "--out"):  # two prepares of one folder: the second is refused, naming the first
+        return cls.prepare(source, out, expect_kind=kind, **options)
 
 
 def run_modality(summary: dict[str, Any]) -> Modality:

@@ -20,6 +20,7 @@ import torch
 
 from difftrain.distributed import from_main_process, is_main_process, on_main_process, processes
 from difftrain.errors import UserError
+from difftrain.folder_lock import folder_lock
 from difftrain.store.run import Run, open_run
 from difftrain.sampling import SamplingSpec, class_quotas, generate
 from difftrain.synth import state
@@ -213,63 +214,67 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
     `spec` the sampler (default: the run's); `filters` a --filter string or specs; `checkpoint` 'latest' (None), 'best'
     or a folder. `optimize_for="utility"` first chooses the guidance, the checkpoint, a confidence filter and the count
     per class (at most `per_class`) by a search on held-back real items (synth/search.py), kept in OUT so that running
-    it again reuses it. Running it again continues an interrupted dataset. `progress(kept, requested)` is called after every batch; `report_options` go to
-    synth/report.write_report (e.g. steps, repeats). Under a multi-process launch every
-    process calls it and draws its share; only the main process writes.
+    it again reuses it. Running it again continues an interrupted dataset. `progress(kept, requested)` is called after
+    every batch; `report_options` go to synth/report.write_report (e.g. steps, repeats). Under a multi-process launch
+    every process calls it and draws its share; only the main process writes. A second command on the same OUT is
+    refused while this one holds it (folder_lock.py).
     """
-    from difftrain.synth.manifest import finish
+    with folder_lock(out_dir, "--out"):  # one writer of OUT at a time
+        from difftrain.synth.manifest import finish
 
-    main = is_main_process()
-    warn = warn if main else _quiet
-    out = Path(out_dir)
-    run = open_run(run_dir)
-    spec = spec or run.sampling_spec()
-    spec.check()
-    names, targets = requested_classes(run, per_class, n, classes)
-    if spec.guidance != 1 and not run.num_classes:
-        raise UserError(f"--guidance {spec.guidance:g} needs a class-conditional model; {run.path} is unconditional (use 1)")
-    specs = parse_filters(filters, run.modality.dedup_distance()) if filters is None or isinstance(filters, str) else list(filters)
-    batch_size = batch_size or run.config.sample.batch_size
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    search = None
-    if optimize_for is not None:
-        search = _optimize(run, out, optimize_for, names, per_class, spec, specs, checkpoint, ema, batch_size, device,
-                           overwrite, report_progress or (lambda stage: None))
-        chosen, overwrite = search["chosen"], False
-        spec, checkpoint = dataclasses.replace(spec, guidance=chosen["guidance"]), chosen["checkpoint"]
-        if chosen["confidence"] is not None:
-            specs = sorted([*specs, FilterSpec("confidence", chosen["confidence"])], key=lambda s: ORDER.index(s.name))
-        per_class, targets = chosen["per_class"], [chosen["per_class"]] * len(names)
-    ckpt, weights = _checkpoint_settings(run, checkpoint or "latest", ema, warn)
-    settings = {"run": str(run.path.resolve()), **weights, "sampler": spec.sampler, "steps": spec.steps,
-                "schedule": spec.schedule, "guidance": spec.guidance, "seed": spec.seed,
-                "classes": None if names == [None] else names, "per_class": per_class, "n": n,
-                "filters": [s.describe() for s in specs], "batch_size": batch_size,
-                "device": torch.device(device).type,  # CPU and GPU kernels round differently: no mixing in one dataset
-                "optimized_for": optimize_for}
-    denoiser = run.denoiser(ckpt, ema=ema, device=device)
+        main = is_main_process()
+        warn = warn if main else _quiet
+        out = Path(out_dir)
+        run = open_run(run_dir)
+        spec = spec or run.sampling_spec()
+        spec.check()
+        names, targets = requested_classes(run, per_class, n, classes)
+        if spec.guidance != 1 and not run.num_classes:
+            raise UserError(f"--guidance {spec.guidance:g} needs a class-conditional model; {run.path} is unconditional (use 1)")
+        specs = (parse_filters(filters, run.modality.dedup_distance()) if filters is None or isinstance(filters, str)
+                 else list(filters))
+        batch_size = batch_size or run.config.sample.batch_size
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+        search = None
+        if optimize_for is not None:
+            search = _optimize(run, out, optimize_for, names, per_class, spec, specs, checkpoint, ema, batch_size, device,
+                               overwrite, report_progress or (lambda stage: None))
+            chosen, overwrite = search["chosen"], False
+            spec, checkpoint = dataclasses.replace(spec, guidance=chosen["guidance"]), chosen["checkpoint"]
+            if chosen["confidence"] is not None:
+                specs = sorted([*specs, FilterSpec("confidence", chosen["confidence"])], key=lambda s: ORDER.index(s.name))
+            per_class, targets = chosen["per_class"], [chosen["per_class"]] * len(names)
+        ckpt, weights = _checkpoint_settings(run, checkpoint or "latest", ema, warn)
+        settings = {"run": str(run.path.resolve()), **weights, "sampler": spec.sampler, "steps": spec.steps,
+                    "schedule": spec.schedule, "guidance": spec.guidance, "seed": spec.seed,
+                    "classes": None if names == [None] else names, "per_class": per_class, "n": n,
+                    "filters": [s.describe() for s in specs], "batch_size": batch_size,
+                    "device": torch.device(device).type,  # CPU and GPU kernels round differently: no mixing in one dataset
+                    "optimized_for": optimize_for}
+        denoiser = run.denoiser(ckpt, ema=ema, device=device)
 
-    def start() -> Synthesis:
-        judge = _judge(run, specs, names)  # before OUT is started: a filter that cannot run leaves no trace
-        job = Synthesis(out, run, names, targets, batch_size, judge, progress)
-        job.replay(state.open_state(out, settings, overwrite))
-        job.report_progress()
-        return job
+        def start() -> Synthesis:
+            judge = _judge(run, specs, names)  # before OUT is started: a filter that cannot run leaves no trace
+            job = Synthesis(out, run, names, targets, batch_size, judge, progress)
+            job.replay(state.open_state(out, settings, overwrite))
+            job.report_progress()
+            return job
 
-    job = on_main_process(start)
-    world = processes()[1]
-    model_labels = None if names == [None] else np.asarray([run.class_names.index(c) for c in names], dtype=np.int64)
-    while True:
-        wave = from_main_process(on_main_process(lambda: job.next_wave(world)))
-        if wave is None:
-            break
-        labels = None if model_labels is None else model_labels[wave.slots]
-        samples = generate(denoiser, run.modality, len(wave.slots), labels, spec, batch_size=batch_size, device=device,
-                           across_processes=True, first_batch=wave.first_batch)
-        on_main_process(lambda: job.take(wave, samples))  # noqa: B023 - called at once, in this iteration
-    return from_main_process(on_main_process(lambda: finish(job, settings, ckpt, spec, report=report, warn=warn, search=search,
-                                                            report_progress=report_progress, report_options=report_options)))
+        job = on_main_process(start)
+        world = processes()[1]
+        model_labels = None if names == [None] else np.asarray([run.class_names.index(c) for c in names], dtype=np.int64)
+        while True:
+            wave = from_main_process(on_main_process(lambda: job.next_wave(world)))
+            if wave is None:
+                break
+            labels = None if model_labels is None else model_labels[wave.slots]
+            samples = generate(denoiser, run.modality, len(wave.slots), labels, spec, batch_size=batch_size, device=device,
+                               across_processes=True, first_batch=wave.first_batch)
+            on_main_process(lambda: job.take(wave, samples))  # noqa: B023 - called at once, in this iteration
+        return from_main_process(on_main_process(lambda: finish(
+            job, settings, ckpt, spec, report=report, warn=warn, search=search, report_progress=report_progress,
+            report_options=report_options)))
 
 
 OPTIMIZE_FOR = ("utility",)

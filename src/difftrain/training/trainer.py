@@ -22,6 +22,7 @@ from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, MixedBatches
 from difftrain.errors import UserError
+from difftrain.folder_lock import folder_lock
 from difftrain.training.memory import PeakMemory
 from difftrain.pretrained.source import Pretrained
 from difftrain.sampling import SamplingSpec, generate
@@ -420,6 +421,8 @@ def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = Tr
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: PreparedDataset | None = None, stop_at_step: int | None = None,
           console: Console | None = None, source: Pretrained | None = None) -> TrainResult:
-    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted."""
-    state = setup(config, run_dir, resume=resume, progress=progress, dataset=dataset, console=console, source=source)
-    return run(state, progress=progress, stop_at_step=stop_at_step)
+    """Train the configured model into `run_dir`; `stop_at_step` stops early as if interrupted. A second command on
+    the same run is refused while this one holds it (folder_lock.py)."""
+    with folder_lock(run_dir, "--out"):
+        state = setup(config, run_dir, resume=resume, progress=progress, dataset=dataset, console=console, source=source)
+        return run(state, progress=progress, stop_at_step=stop_at_step)
