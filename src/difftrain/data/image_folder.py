@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,32 @@ class ImageFolder:
     rejected: list[dict[str, str]]  # {"path", "reason"} for files that are not images
 
 
-def visible_files(folder: Path) -> list[Path]:
-    # Hidden files and folders (.DS_Store, .git/, editor swap files) are never data.
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+def visible_files(folder: Path, rejected: list[dict[str, str]], root: Path | None = None) -> list[Path]:
+    """The files under `folder`, sorted; hidden files and folders (.DS_Store, .git/, editor swap files) are never
+    data. A link is read only when it points to a file inside `root` (default `folder`): a link out of it, to a folder
+    or to nothing goes to `rejected` (paths relative to `root`) and is never opened."""
+    root = root or folder
+    inside = root.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # (followlinks=False: a linked folder is listed, not entered)
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in [d for d in dirnames if (here / d).is_symlink()]:
+            dirnames.remove(name)
+            rejected.append({"path": (here / name).relative_to(root).as_posix(),
+                             "reason": "a link to a folder, not followed: copy the folder in, or link its files"})
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = here / name
+            if path.is_symlink():
+                target = path.resolve()
+                reason = ("a link to nothing (broken)" if not target.exists()
+                          else "a link to a file outside the source folder, not followed" if not target.is_relative_to(inside)
+                          else None)
+                if reason:
+                    rejected.append({"path": path.relative_to(root).as_posix(), "reason": reason})
+                    continue
+            found.append(path)
+    return sorted(found)
 
 
 def scan_image_folder(root: Path) -> ImageFolder:
@@ -36,7 +56,7 @@ def scan_image_folder(root: Path) -> ImageFolder:
     """
     rejected: list[dict[str, str]] = []
     candidates: dict[str, list[str]] = {}  # class name ("" for the root itself) -> image files
-    for path in visible_files(root):
+    for path in visible_files(root, rejected):
         rel = path.relative_to(root)
         suffix = path.suffix.lower()
         if suffix not in IMAGE_EXTENSIONS:

@@ -43,7 +43,7 @@ def is_segmentation_folder(root: Path) -> bool:
 def _by_stem(root: Path, sub: str, extensions: frozenset[str], what: str, rejected: list[dict[str, str]]) -> dict[str, str]:
     """{name without extension: path relative to root} of the files in root/sub; others go to `rejected`."""
     found: dict[str, str] = {}
-    for path in visible_files(root / sub):
+    for path in visible_files(root / sub, rejected, root):
         rel = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         if suffix not in extensions:
