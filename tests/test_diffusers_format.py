@@ -287,6 +287,31 @@ def test_read_pickled_bin_weights(tmp_path):
     assert all(torch.equal(found.weights[k], v) for k, v in net.unet.state_dict().items())
 
 
+class Payload:
+    """What a hostile .bin carries: unpickling it would call os.system (here: create a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_bin_that_runs_code_is_refused_without_running_it(tmp_path):
+    net = tiny_net(0)
+    folder = tmp_path / "unet"
+    net.unet.save_pretrained(folder, safe_serialization=False)
+    marker = tmp_path / "pwned"
+    weights = dict(net.unet.state_dict())
+    weights["payload"] = Payload(marker)
+    torch.save(weights, folder / "diffusion_pytorch_model.bin")
+    with pytest.raises(UserError, match="cannot read .*diffusion_pytorch_model.bin"):
+        read_diffusers(folder)
+    assert not marker.exists()  # weights_only: the payload never ran
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     return write_pipeline(tiny_net(0).unet, VP_EPS, tmp_path_factory.mktemp("x") / "export", {})
