@@ -231,3 +231,18 @@ def test_resume_sets_aside_damaged_newer_checkpoints(tmp_path, tiny_config):
     train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"duration_steps": 5})}), run, progress=False, resume=True)
     assert (run / "checkpoints" / f"damaged-{newest.name}").is_dir()
     assert latest_checkpoint(run).info["step"] == 5
+
+
+def test_a_nonfinite_evaluation_never_becomes_the_best_checkpoint():
+    """A diverged model samples NaN images and scores NaN (or inf): checkpoints/best must keep the last good one."""
+    from types import SimpleNamespace
+
+    from difftrain.training.during_training import DuringTraining
+
+    better = DuringTraining.better
+    for metric in ("fid", "cas"):
+        assert not better(SimpleNamespace(best=None, metric=metric), float("nan"))
+        assert not better(SimpleNamespace(best=None, metric=metric), float("inf"))
+        assert not better(SimpleNamespace(best=0.5, metric=metric), float("nan"))
+    assert not better(SimpleNamespace(best=0.5, metric="fid"), float("inf"))
+    assert better(SimpleNamespace(best=0.5, metric="fid"), 0.4) and better(SimpleNamespace(best=0.5, metric="cas"), 0.6)
