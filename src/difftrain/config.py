@@ -8,6 +8,7 @@ saved in every run as `config.yaml`.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,8 +20,9 @@ from difftrain.errors import UserError
 
 
 class Section(BaseModel):
-    # Unknown keys are typos: refuse them instead of silently ignoring them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are typos: refuse them instead of silently ignoring them. A number where text is wanted is the
+    # text (data.path=2024 names the folder "2024": YAML reads the override as a number).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class DataConfig(Section):
@@ -528,18 +530,22 @@ def validate_config(raw: dict[str, Any], origin: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {key}: {err['msg']}")
-        raise UserError(f"invalid config ({origin}):\n" + "\n".join(lines) + "\nSee `difftrain config` for every setting and its description.") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {' '.join(err['msg'].split())}" for err in e.errors())
+        raise UserError(f"invalid config ({origin}): {problems} (`difftrain config` lists every setting and its "
+                        "description)") from None
+
+
+OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into its key path and its YAML-parsed value."""
     if "=" not in text:
-        raise UserError(f"override '{text}' is not of the form key=value (e.g. train.batch_size=64)")
+        raise UserError(f"override {text!r} is not of the form key=value (e.g. train.batch_size=64)")
     key, value = text.split("=", 1)
+    if not OVERRIDE_KEY.fullmatch(key.strip()):
+        raise UserError(f"override {text!r}: {key.strip()!r} is not a setting's name (dotted words, e.g. "
+                        "train.batch_size); `difftrain config` lists them")
     try:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
@@ -561,9 +567,9 @@ def load_config(preset: str | None = None, file: str | Path | None = None, overr
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML: {e}") from None
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            raise UserError(f"config file {path} is not valid YAML in UTF-8: {' '.join(str(e).split())}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping of sections (data, model, train, ...)")
         raw = _merge(raw, loaded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -205,15 +206,21 @@ def read_samples(path: str | Path, modality) -> tuple[np.ndarray, np.ndarray | N
     """The samples, labels and meta of a samples file of the modality's data (another tool's included)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"{path} holds one bare array, not a samples file: save it with np.savez(path, "
+                            f"{modality.samples_key}=..., labels=...)")
+        with loaded as f:
             if modality.samples_key not in f.files:
                 raise UserError(f"{path} holds no `{modality.samples_key}` array (it has {', '.join(f.files) or 'nothing'}): "
                                 f"a samples file of {modality.kind} data keeps its samples under that name")
             samples = f[modality.samples_key]
             labels = f["labels"] if "labels" in f.files else None
             meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot read samples file {path}: {e}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # (a truncated or foreign file)
+        raise UserError(f"cannot read samples file {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: its `meta` must be a JSON object (difftrain writes one), not {type(meta).__name__}")
     modality.check_samples(samples, str(path))
     if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(samples),)):
         raise UserError(f"{path}: `labels` must be {len(samples)} integers (int64 (N,)), got {labels.dtype} {labels.shape}")
