@@ -1,0 +1,20 @@
+"""Kill -9 at random points of `train` and `synth`, then the same command again: every checkpoint loads, the resumed
+run ends bit for bit where an uninterrupted one does, and the resumed synth writes exactly the uninterrupted files.
+The harness is benchmarks/kill_points.py, whose full run (20 points per verb) is in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kill_points import measure  # noqa: E402
+
+
+def test_train_and_synth_survive_kill_9_at_random_points(tmp_path):
+    results = measure(tmp_path, points=3, seed=1, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for verb in ("train", "synth"):
+        outcome = results[verb]
+        assert outcome["problems"] == [] and outcome["survived"] == 3, (verb, outcome)
+        assert outcome["killed"] >= 2, (verb, outcome)  # the points fell inside the runs, not after them
