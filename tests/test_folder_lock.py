@@ -91,3 +91,19 @@ def test_only_the_main_process_of_a_launch_takes_the_lock(tmp_path, holder, monk
     monkeypatch.setenv("RANK", "1")
     with folder_lock(tmp_path / "run"):
         time.sleep(0)  # no error: rank 1 writes nothing of its own
+
+
+def test_leftovers_of_a_killed_writer_go_and_nothing_else(tmp_path):
+    from difftrain import atomic
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".ckpt-000000064.k2j4_9xa.tmp").mkdir(parents=True)  # atomic_directory's temporary
+    (run / "checkpoints" / ".ckpt-000000064.k2j4_9xa.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / ".metrics.jsonl.abcd1234.tmp").write_text("{")  # atomic_file's
+    (run / "checkpoints" / ".ckpt-000000032.old").mkdir()  # the folder an overwrite was replacing
+    (tmp_path / ".run.zz99aa11.tmp").mkdir()  # beside: a prepare's half-written folder
+    (run / ".notes.tmp").write_text("mine")  # not a name atomic writes make: a user's
+    (tmp_path / ".run.lock").write_text("{}")
+    removed = atomic.remove_leftovers(run)
+    assert len(removed) == 4
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(".*")) == [".run.lock", "run/.notes.tmp"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,3 +103,21 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp|\..+\.old")  # mkstemp / mkdtemp names above, and the replaced folder
+
+
+def remove_leftovers(folder: str | os.PathLike, inside: bool = True) -> list[Path]:
+    """Delete the temporaries that a killed writer left beside `folder` and (with `inside`) anywhere under it. Call it
+    only on a folder known to be ours while holding it (folder_lock.py), when no write of it can be under way."""
+    folder = Path(folder)
+    found = [p for p in folder.parent.glob(f".{folder.name}.*") if LEFTOVER.fullmatch(p.name)]
+    if inside and folder.is_dir():
+        found += [p for p in folder.rglob(".*") if LEFTOVER.fullmatch(p.name)]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found

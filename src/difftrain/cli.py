@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -1088,9 +1089,23 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        rank = os.environ.get("RANK", "0")  # under a multi-process launch each process reports its own
-        console.print(f"[red]error{'' if rank == '0' else f' (process {rank})'}:[/] {e}", highlight=False)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        # A full disk, a read-only or forbidden folder: atomic writes left the last complete files as they were.
+        where = f" {e.filename}" if e.filename else ""
+        _fail(f"cannot write{where}: {e.strerror}. What was complete before is intact: free space (or make the folder "
+              "writable, or choose another --out), then run the same command again (a training with --resume)")
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _fail(message: str) -> None:
+    rank = os.environ.get("RANK", "0")  # under a multi-process launch each process reports its own
+    console.print(f"[red]error{'' if rank == '0' else f' (process {rank})'}:[/] {message}", highlight=False)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

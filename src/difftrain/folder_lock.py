@@ -3,7 +3,9 @@
 The lock of FOLDER is the file .FOLDER.lock beside it (so neither rewriting nor replacing the folder touches it), held
 with flock: the kernel drops it when its holder exits, crashes or is killed, so a crashed holder never leaves the folder
 stuck. The file holds the holder's process id, host, command and start, for the error a second command gets. Under a
-multi-process launch only the main process (RANK 0) takes it: the others write nothing of their own.
+multi-process launch only the main process (RANK 0) takes it: the others write nothing of their own. Holding it, a
+verb removes the temporaries of atomic writes that a killed holder left, once it knows the folder is its own
+(atomic.remove_leftovers).
 """
 
 from __future__ import annotations

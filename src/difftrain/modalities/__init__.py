@@ -80,9 +80,11 @@ def prepare(source, out, *, kind: str | None = None, **options: Any):
         raise UserError(f"{', '.join(flags)} do not apply to {cls.kind} ({source}): "
                         f"{'; '.join(f'{f} is for {takers(k)}' for f, k in zip(flags, foreign))}. Leave them out, or "
                         "pass the --kind they belong to")
+    from difftrain.atomic import remove_leftovers
     from difftrain.folder_lock import folder_lock
 
     with folder_lock(out, "--out"):  # two prepares of one folder: the second is refused, naming the first
+        remove_leftovers(out, inside=False)  # the half-written folder of a killed prepare, beside OUT
         return cls.prepare(source, out, expect_kind=kind, **options)
 
 

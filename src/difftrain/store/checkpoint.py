@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from difftrain import __version__, atomic
@@ -76,17 +77,29 @@ def save_checkpoint(run_dir: Path, *, weights: dict[str, torch.Tensor], ema_weig
     """Write a checkpoint folder atomically (the network's and the EMA's state dicts, the training
     state, the post-hoc EMA's profiles when kept), then prune all but the newest `keep`."""
     final = Path(run_dir) / "checkpoints" / f"ckpt-{images_seen:09d}"
-    with atomic.atomic_directory(final, overwrite=True) as tmp:
-        save_file(_tensors(weights), tmp / "model.safetensors")
-        save_file(_tensors(ema_weights), tmp / "ema.safetensors")
-        torch.save(state, tmp / "state.pt")
-        files = FILES
-        if posthoc_weights:
-            save_file(_tensors(posthoc_weights), tmp / POSTHOC)
-            files = (*FILES, POSTHOC)
-        info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
-                **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in files}}
-        atomic.write_json(tmp / "info.json", info)
+    try:
+        with atomic.atomic_directory(final, overwrite=True) as tmp:
+            save_file(_tensors(weights), tmp / "model.safetensors")
+            save_file(_tensors(ema_weights), tmp / "ema.safetensors")
+            torch.save(state, tmp / "state.pt")
+            files = FILES
+            if posthoc_weights:
+                save_file(_tensors(posthoc_weights), tmp / POSTHOC)
+                files = (*FILES, POSTHOC)
+            info = {"step": step, "images_seen": images_seen, "time": time.time(), "difftrain_version": __version__,
+                    **(extra or {}), "sha256": {name: sha256_file(tmp / name) for name in files}}
+            atomic.write_json(tmp / "info.json", info)
+    except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, a read-only folder (torch.save: RuntimeError)
+        earlier = [c for c in list_checkpoints(run_dir) if c != final]
+        needed = (sum(f.stat().st_size for f in earlier[-1].iterdir()) if earlier else  # the last one's size, else
+                  2 * sum(t.numel() * t.element_size() for d in (weights, ema_weights) for t in d.values()))  # + Adam's
+        free = shutil.disk_usage(final.parent).free
+        # torch.save says only "unexpected pos" on a full disk: the free space tells what happened.
+        why = (f"the disk is full: {free / 2**20:.1f} MiB free, a checkpoint needs about {needed / 2**20:.1f} MiB"
+               if free < needed else " ".join(str(e).split()))
+        raise CheckpointError(f"cannot write the checkpoint {final} ({why}); the earlier checkpoints are intact and "
+                              f"nothing half-written is left: free space (or make the folder writable), then "
+                              f"`difftrain train --out {run_dir} --resume`") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from difftrain import atomic
 from difftrain.distributed import from_main_process, is_main_process, on_main_process, processes
 from difftrain.errors import UserError
 from difftrain.folder_lock import folder_lock
@@ -257,7 +258,9 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
         def start() -> Synthesis:
             judge = _judge(run, specs, names)  # before OUT is started: a filter that cannot run leaves no trace
             job = Synthesis(out, run, names, targets, batch_size, judge, progress)
-            job.replay(state.open_state(out, settings, overwrite))
+            records = state.open_state(out, settings, overwrite)
+            atomic.remove_leftovers(out)  # OUT is ours (checked): half-written files of a killed run are never read
+            job.replay(records)
             job.report_progress()
             return job
 

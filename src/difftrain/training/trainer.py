@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from difftrain import atomic
 from difftrain.conditioning import takes_captions
 from difftrain.config import Config, TrainConfig
 from difftrain.data import PreparedDataset, load_dataset
@@ -124,6 +125,8 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     check_batch(tc, world)
 
     existing = resumable_checkpoint(run_dir, resume, console) if main or resume else None
+    if main and run_dir.is_dir():  # a run folder (checked above): half-written files of a killed run are never read
+        atomic.remove_leftovers(run_dir)
     if dataset is None:
         # One process prepares a built-in dataset; the others wait for it, then all load it.
         path = resolve_dataset(config, run_dir, progress=progress and main, prepare_here=main)
