@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from difftrain.data import prepare_dataset
@@ -83,3 +84,19 @@ def test_links_out_of_a_segmentation_folder_are_not_followed(tmp_path):
     assert len(ds.train_data) == 3
     rejected = {r["path"] for r in ds.manifest["rejected"] if "outside the source folder" in r["reason"]}
     assert rejected == {"images/3.png", "masks/3.png"}
+
+
+def test_class_names_cannot_lead_synth_out_of_its_folder(tmp_path, digits_dir):
+    """A run whose classes were named by hostile data (labels.csv, a crafted dataset.json) cannot write outside --out."""
+    from difftrain.errors import UserError
+    from difftrain.synth.generate import synthesize
+    from tests.test_synth import FAST, train_tiny
+
+    run = train_tiny(tmp_path / "run", digits_dir)
+    info = json.loads((run / "dataset.json").read_text())
+    for hostile in ("../../escape", "..", ".hidden", "a/b", "c\\d"):
+        info["class_names"][0] = hostile
+        (run / "dataset.json").write_text(json.dumps(info))
+        with pytest.raises(UserError, match="cannot name a folder"):
+            synthesize(run, tmp_path / "out", per_class=1, spec=FAST, report=False)
+        assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
