@@ -60,9 +60,9 @@ def timed_reference(args: list[str], folder: Path, env: dict[str, str]) -> tuple
     return appeared if appeared is not None else 0.0, total
 
 
-def killed_then_finished(args: list[str], again: list[str], delay: float, env: dict[str, str]) -> bool:
-    """Start `args`, SIGKILL it after `delay` s (unless it ended before), then run `again` to the end; whether it
-    was killed."""
+def killed_then_finished(args: list[str], again: list[str], delay: float, env: dict[str, str]) -> tuple[bool, list[str]]:
+    """Start `args`, SIGKILL it after `delay` s (unless it ended before), then run `again` to the end: (whether it was
+    killed, the problem when running it again failed)."""
     process = difftrain(*args, env=env)
     try:
         process.wait(timeout=delay)
@@ -71,8 +71,11 @@ def killed_then_finished(args: list[str], again: list[str], delay: float, env: d
         process.send_signal(signal.SIGKILL)
         process.wait()
         killed = True
-    finish(difftrain(*again, env=env), " ".join(again))
-    return killed
+    try:
+        finish(difftrain(*again, env=env), "the command run again")
+    except RuntimeError as e:
+        return killed, [" ".join(str(e).split())]
+    return killed, []
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -138,8 +141,9 @@ def measure(out: Path, points: int, seed: int, env: dict[str, str]) -> dict:
     for i in range(points):
         run = out / f"train-{i}"
         delay = rng.uniform(*window)
-        outcome["killed"] += killed_then_finished(train(run), [*train(run), "--resume"], delay, env)
-        problems = check_train(out / "train-ref", run)
+        killed, problems = killed_then_finished(train(run), [*train(run), "--resume"], delay, env)
+        outcome["killed"] += killed
+        problems = problems or check_train(out / "train-ref", run)
         outcome["survived"] += not problems
         outcome["problems"] += [f"point {i} ({delay:.2f} s): {p}" for p in problems]
     results["train"] = outcome
@@ -151,8 +155,9 @@ def measure(out: Path, points: int, seed: int, env: dict[str, str]) -> dict:
     for i in range(points):
         folder = out / f"synth-{i}"
         delay = rng.uniform(*window)
-        outcome["killed"] += killed_then_finished(synth(folder), synth(folder), delay, env)
-        problems = check_synth(out / "synth-ref", folder)
+        killed, problems = killed_then_finished(synth(folder), synth(folder), delay, env)
+        outcome["killed"] += killed
+        problems = problems or check_synth(out / "synth-ref", folder)
         outcome["survived"] += not problems
         outcome["problems"] += [f"point {i} ({delay:.2f} s): {p}" for p in problems]
     results["synth"] = outcome

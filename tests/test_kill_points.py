@@ -18,3 +18,17 @@ def test_train_and_synth_survive_kill_9_at_random_points(tmp_path):
         outcome = results[verb]
         assert outcome["problems"] == [] and outcome["survived"] == 3, (verb, outcome)
         assert outcome["killed"] >= 2, (verb, outcome)  # the points fell inside the runs, not after them
+
+
+def test_resuming_a_run_killed_before_its_first_save_starts_it(tmp_path, digits_dir):
+    """Found by the kill points: killed in its first seconds, a run has no folder yet, and `--resume` must not fail."""
+    import subprocess
+
+    from tests.conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "difftrain", "train", "--out", str(run), "--resume",
+                             *tiny_overrides(digits_dir)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "holds no run to resume yet" in " ".join(result.stderr.split()) and (run / "config.yaml").is_file()

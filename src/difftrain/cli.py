@@ -228,7 +228,12 @@ def train(
     flags = [f"finetune.replay={replay}"] * (replay is not None) + ["finetune.allow_partial=true"] * allow_partial
     # Absolute, so that a run started elsewhere still finds them.
     flags += [f"model.{key}={Path(value).resolve()}" for key, value in (("latent", latent), ("text_encoder", text_encoder)) if value]
-    cfg = _config(preset, config, [*ctx.args, *flags], data, base=read_config(out_dir / "config.yaml") if resume else None)
+    base = None
+    if resume and ((out_dir / "config.yaml").is_file() or (out_dir / "checkpoints").is_dir()):
+        base = read_config(out_dir / "config.yaml")
+    elif resume:  # stopped before its first save (a kill in its first seconds): nothing to continue, so start it
+        _warn(f"{out_dir} holds no run to resume yet (it was stopped before it saved anything): starting it")
+    cfg = _config(preset, config, [*ctx.args, *flags], data, base=base)
     several = processes > 1 or "LOCAL_RANK" in os.environ
     if out_dir is None and several:
         raise UserError("training in several processes needs --out RUN, so that every process writes the same run")

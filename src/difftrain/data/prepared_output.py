@@ -4,6 +4,7 @@ splits and limits, and the atomic write of arrays + manifest.json."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,14 @@ def pick_stratified(strata: np.ndarray, k: int, rng: np.random.Generator) -> np.
     return np.sort(np.concatenate(picked))
 
 
-def write_prepared(out: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any], overwrite: bool) -> None:
+def write_prepared(out: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any], overwrite: bool,
+                   streamed: Callable[[Path], None] | None = None) -> None:
+    """`arrays` as NAME.npy and `manifest` into `out`, atomically; `streamed(folder)` first writes the large arrays
+    itself (and may add to the manifest what it measured on the way)."""
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
+            if streamed is not None:
+                streamed(tmp)
             for name, array in arrays.items():
                 np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             write_json(tmp / MANIFEST, manifest)

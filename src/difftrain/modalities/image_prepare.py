@@ -7,7 +7,9 @@ writes the result.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from difftrain.data.dataset import FORMAT_VERSION, PreparedDataset, load_dataset
 from difftrain.data.prepared_output import check_out_folder, pick_stratified, write_prepared
 from difftrain.data.images import FITS, BadImage, conform_image, to_channels
 from difftrain.data.masks import fit_mask
+from difftrain.data.row_store import RowStore
 from difftrain.data.sources import Sample, Source, open_source
 from difftrain.errors import UserError
 from difftrain.modalities.captions import CaptionTokens, attach_captions, caption_spec, read_captions
@@ -101,14 +104,24 @@ def _read_sample(
     return image, fit_mask(mask, resolution, fit)
 
 
+@dataclass
+class Read:
+    """What reading the samples kept: their indices, their pixels (and masks) in scratch files, the rejections."""
+
+    kept: list[int]
+    pixels: RowStore  # (H, W, channels or 3): grey images repeated, until every image is known
+    masks: RowStore | None
+    rejected: list[dict[str, str]]
+    colour: bool  # some image has colour
+    mask_values: set[int]  # the mask indices found
+
+
 def _read(
-    samples: list[Sample], *, channels: int | None, resolution: int | None, fit: str, progress: bool
-) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None], list[dict[str, str]]]:
-    """Read, validate and convert every sample: (indices kept, their pixels, their masks, rejections)."""
-    kept: list[int] = []
-    pixels: list[np.ndarray] = []
-    masks: list[np.ndarray | None] = []
-    rejected: list[dict[str, str]] = []
+    samples: list[Sample], scratch: Path, *, channels: int | None, resolution: int | None, fit: str, progress: bool
+) -> Read:
+    """Read, validate and convert every sample into scratch files (one image in memory at a time)."""
+    read = Read([], RowStore(scratch / "pixels"), None, [], False, set())
+    first: tuple[int, int] | None = None
     console = Console(stderr=True)  # stdout stays clean for --json output
     for i, sample in enumerate(
         track(samples, description="Reading images", disable=not progress, console=console)
@@ -116,18 +129,27 @@ def _read(
         try:
             image, mask = _read_sample(sample, channels=channels, resolution=resolution, fit=fit)
         except BadImage as e:
-            rejected.append({"path": e.path or sample.name, "reason": e.reason})
+            read.rejected.append({"path": e.path or sample.name, "reason": e.reason})
             continue
-        if pixels and image.shape[:2] != pixels[0].shape[:2]:
-            (h0, w0), (h, w) = pixels[0].shape[:2], image.shape[:2]
+        if first is not None and image.shape[:2] != first:
+            (h0, w0), (h, w) = first, image.shape[:2]
             raise UserError(
-                f"images differ in size ({samples[kept[0]].name} is {w0}x{h0}, {sample.name} is {w}x{h}); "
+                f"images differ in size ({samples[read.kept[0]].name} is {w0}x{h0}, {sample.name} is {w}x{h}); "
                 "set a square size to resize them all to, e.g. --resolution 64."
             )
-        kept.append(i)
-        pixels.append(image)
-        masks.append(mask)
-    return kept, pixels, masks, rejected
+        first = image.shape[:2]
+        read.colour |= image.shape[-1] == 3
+        read.kept.append(i)
+        read.pixels.append(to_channels(image, channels or 3))
+        if mask is not None:
+            if read.masks is None:
+                read.masks = RowStore(scratch / "masks")
+            read.masks.append(mask)
+            read.mask_values.update(np.unique(mask).tolist())
+    read.pixels.finish()
+    if read.masks is not None:
+        read.masks.finish()
+    return read
 
 
 def _rejection_list(rejected: list[dict[str, str]]) -> str:
@@ -136,16 +158,25 @@ def _rejection_list(rejected: list[dict[str, str]]) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
-def _channel_stats(images: np.ndarray) -> dict[str, list[float]]:
-    """Per-channel mean and std of `images` scaled to [0, 1], exact, from 256-bin histograms."""
-    values = np.arange(256) / 255
-    mean, std = [], []
-    for c in range(images.shape[-1]):
-        hist = np.bincount(images[..., c].ravel(), minlength=256) / images[..., c].size
-        m = float(hist @ values)
-        mean.append(m)
-        std.append(float(np.sqrt(hist @ (values - m) ** 2)))
-    return {"mean": mean, "std": std}
+class ChannelStats:
+    """Per-channel mean and std of images scaled to [0, 1], exact, from 256-bin histograms added chunk by chunk."""
+
+    def __init__(self, channels: int):
+        self.hist = np.zeros((channels, 256), np.int64)
+
+    def add(self, images: np.ndarray) -> None:
+        for c in range(self.hist.shape[0]):
+            self.hist[c] += np.bincount(images[..., c].ravel(), minlength=256)
+
+    def summary(self) -> dict[str, list[float]]:
+        values = np.arange(256) / 255
+        mean, std = [], []
+        for counts in self.hist:
+            share = counts / max(1, counts.sum())
+            m = float(share @ values)
+            mean.append(m)
+            std.append(float(np.sqrt(share @ (values - m) ** 2)))
+        return {"mean": mean, "std": std}
 
 
 def _test_mask(
@@ -166,43 +197,30 @@ def _test_mask(
     return is_test
 
 
-def _pixel_fractions(masks: np.ndarray, num_mask_classes: int) -> list[float]:
-    """The share of all mask pixels in each class (zeros for an empty split)."""
-    counts = np.bincount(masks.ravel(), minlength=num_mask_classes)
-    return [round(float(c / max(1, masks.size)), 6) for c in counts]
-
-
 def _manifest(
     src: Source,
-    arrays: dict[str, np.ndarray],
+    shape: tuple[int, ...],
+    counts: dict[str, int],
+    labels: dict[str, np.ndarray] | None,
     rejected: list[dict[str, str]],
     options: dict[str, Any],
-    mask_classes: list[str] | None,
 ) -> dict[str, Any]:
-    train, test = arrays["train_images"], arrays["test_images"]
+    """The manifest but for what the arrays' streaming measures (channel_stats, the mask classes' pixel fractions)."""
     num_classes = len(src.class_names) if src.class_names is not None else None
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "kind": "image" if mask_classes is None else "segmentation",  # ImageModality.kind, SegmentationModality.kind
-        "shape": list(train.shape[1:]),  # of train_images.npy: for segmentation the image alone, masks beside it
+        "kind": "image",  # ImageModality.kind; a segmentation dataset says so once its masks are written
+        "shape": list(shape),  # of train_images.npy: for segmentation the image alone, masks beside it
         "dtype": "uint8",
-        "count": {"train": len(train), "test": len(test)},
+        "count": counts,
         "num_classes": num_classes,
         "class_names": src.class_names,
     }
-    if num_classes is not None:
-        manifest["class_counts"] = {
-            split: np.bincount(arrays[f"{split}_labels"], minlength=num_classes).tolist()
-            for split in ("train", "test")
-        }
-    if mask_classes is not None:
-        manifest["mask_classes"] = mask_classes
-        manifest["mask_pixel_fractions"] = {
-            split: _pixel_fractions(arrays[f"{split}_masks"], len(mask_classes)) for split in ("train", "test")
-        }
+    if labels is not None:
+        manifest["class_counts"] = {split: np.bincount(labels[split], minlength=num_classes).tolist()
+                                    for split in ("train", "test")}
     return manifest | {
         "source": {"path": src.path, "kind": src.kind, "sha256": src.digest.hexdigest()},
-        "channel_stats": _channel_stats(train),
         "provenance": src.provenance,
         "rejected": rejected,
         "options": options,
@@ -270,11 +288,26 @@ def prepare_dataset(
 
     train, test = _apply_limit(src, limit, rng)
     samples = train + (test or [])
-    kept, pixels, masks, read_rejected = _read(
-        samples, channels=channels, resolution=resolution, fit=fit, progress=progress
-    )
-    rejected = src.rejected + read_rejected
-    if not pixels:
+    # The pixels wait in a scratch folder beside `out` (named as atomic writes name theirs, so a killed prepare's is
+    # removed by the next one): memory holds one image, then one chunk, however large the source.
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        read = _read(samples, scratch, channels=channels, resolution=resolution, fit=fit, progress=progress)
+        _write(src, out, samples, read, len(train), test is not None, channels=channels, captions=captions,
+               options={"resolution": resolution, "channels": channels, "fit": fit, "limit": limit, "classes": classes,
+                        "test_fraction": test_fraction, "seed": seed},
+               rng=rng, strict=strict, overwrite=overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return load_dataset(out)
+
+
+def _write(src: Source, out: Path, samples: list[Sample], read: Read, n_train: int, own_split: bool, *,
+           channels: int | None, captions, options: dict[str, Any], rng: np.random.Generator, strict: bool,
+           overwrite: bool) -> None:
+    """Split what was read and write the prepared dataset, its large arrays streamed from the scratch files."""
+    rejected = src.rejected + read.rejected
+    if not read.kept:
         raise UserError(
             f"no usable images in {src.path} ({_rejection_list(rejected) or 'no image files found'})."
         )
@@ -283,47 +316,55 @@ def prepare_dataset(
             f"{len(rejected)} input(s) in {src.path} rejected in strict mode: {_rejection_list(rejected)}. "
             "Fix or remove them, or prepare without --strict to skip them."
         )
-
     # With channels=None, grey images join colour ones as RGB (a folder mixing both).
-    wanted = channels or max(p.shape[-1] for p in pixels)
-    images = np.stack([to_channels(p, wanted) for p in pixels])
+    wanted = channels or (3 if read.colour else 1)
+    kept = read.kept
     labels = np.array([samples[i].label for i in kept], np.int64) if src.class_names is not None else None
-    is_test = _test_mask(kept, len(train), labels, test is not None, test_fraction, rng)
+    is_test = _test_mask(kept, n_train, labels, own_split, options["test_fraction"], rng)
     if is_test.all():
         raise UserError(f"no usable training images in {src.path}; every usable image is in its test split.")
 
-    arrays = {"train_images": images[~is_test], "test_images": images[is_test]}
+    arrays: dict[str, np.ndarray] = {}
     if labels is not None:
         arrays |= {"train_labels": labels[~is_test], "test_labels": labels[is_test]}
     mask_classes = None
-    if src.kind == "mask-pairs":
-        all_masks = np.stack(masks)
+    if read.masks is not None:
         # Without mask_classes.txt, the classes are the indices up to the largest one found.
-        mask_classes = src.mask_classes or [str(k) for k in range(int(all_masks.max()) + 1)]
-        unused = len(mask_classes) - len(np.unique(all_masks))
+        mask_classes = src.mask_classes or [str(k) for k in range(max(read.mask_values) + 1)]
+        unused = len(mask_classes) - len(read.mask_values)
         if not src.mask_classes and len(mask_classes) > 16 and unused > len(mask_classes) // 2:
             # A "void" or "ignore" label such as 255 would give the model 256 mask channels, most of them never used.
             raise UserError(f"the masks in {src.path} use index {len(mask_classes) - 1} but {unused} of the indices below it "
                             "never occur (a 'void' label such as 255?): give the classes in mask_classes.txt, one name per "
                             "line, and map void pixels to one of them (e.g. 0, background)")
-        arrays |= {"train_masks": all_masks[~is_test], "test_masks": all_masks[is_test]}
-    options = {
-        "resolution": resolution,
-        "channels": channels,
-        "fit": fit,
-        "limit": limit,
-        "classes": classes,
-        "test_fraction": test_fraction,
-        "seed": seed,
-    }
     if samples[kept[0]].caption is not None:
         texts = np.array([samples[i].caption for i in kept], dtype=object)
         spec = caption_spec(list(texts[~is_test]), list(texts))
         rows = CaptionTokens(spec).encode(list(texts))
         arrays |= {"train_captions": rows[~is_test], "test_captions": rows[is_test]}
         options["captions"] = None if captions is None else str(Path(captions).expanduser().resolve())
-    manifest = _manifest(src, arrays, rejected, options, mask_classes)
+    counts = {"train": int((~is_test).sum()), "test": int(is_test.sum())}
+    manifest = _manifest(src, (*read.pixels.shape[:2], wanted), counts,
+                         None if labels is None else {"train": labels[~is_test], "test": labels[is_test]}, rejected, options)
     if "train_captions" in arrays:
         manifest["captions"] = spec
-    write_prepared(out, arrays, manifest, overwrite)
-    return load_dataset(out)
+
+    def streamed(folder: Path) -> None:
+        stats = ChannelStats(wanted)
+        read.pixels.split({False: folder / "train_images.npy", True: folder / "test_images.npy"}, is_test,
+                          convert=lambda x: x[..., :wanted], visit=lambda rows, test: stats.add(rows[~test]))
+        manifest["channel_stats"] = stats.summary()
+        if read.masks is not None:
+            pixels = np.zeros((2, len(mask_classes)), np.int64)  # per split: train, test
+
+            def count(masks: np.ndarray, test: np.ndarray) -> None:
+                for side in (0, 1):
+                    pixels[side] += np.bincount(masks[test == bool(side)].ravel(), minlength=len(mask_classes))
+
+            read.masks.split({False: folder / "train_masks.npy", True: folder / "test_masks.npy"}, is_test, visit=count)
+            manifest["kind"] = "segmentation"  # SegmentationModality.kind
+            manifest["mask_classes"] = mask_classes
+            manifest["mask_pixel_fractions"] = {split: [round(float(c / max(1, pixels[side].sum())), 6) for c in pixels[side]]
+                                                for side, split in enumerate(("train", "test"))}
+
+    write_prepared(out, arrays, manifest, overwrite, streamed=streamed)
