@@ -391,3 +391,26 @@ def test_load_missing_or_broken(tmp_path):
     (out / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
         load_dataset(out)
+
+
+def test_a_large_image_split_stays_on_disk_and_trains_from_it(tmp_path, digits_dir, monkeypatch):
+    """Above MAP_ABOVE_BYTES a split is memory-mapped (bounded memory); training then streams its batches from it."""
+    from difftrain.config import load_config
+    from difftrain.data.loader import ArrayBatches
+    from difftrain.modalities import image
+    from difftrain.training.trainer import train
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.setattr(image, "MAP_ABOVE_BYTES", 50_000)  # the digits: train split 92 kB, test split 23 kB
+    ds = load_dataset(digits_dir)
+    assert isinstance(ds.train_data, np.memmap) and not isinstance(ds.test_data, np.memmap)
+    streamed = []
+    real_init = ArrayBatches.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        streamed.append(self.streamed)
+
+    monkeypatch.setattr(ArrayBatches, "__init__", spy)
+    result = train(load_config(overrides=tiny_overrides(digits_dir)), tmp_path / "run", progress=False)
+    assert result.images == 64 and streamed == [True]

@@ -81,6 +81,10 @@ def read_png(path: Path) -> np.ndarray:
                         "pass --overwrite to start again") from None
 
 
+
+MAP_ABOVE_BYTES = 512 * 2**20  # image splits larger than this are memory-mapped, not read into memory
+
+
 class _TorchClassifier(Classifier):
     """The small image classifier (modalities/image_classifier.py) behind the Classifier protocol."""
 
@@ -136,7 +140,9 @@ class ImageModality(Modality):
         return c, h, w
 
     def load_split(self, folder: Path, split: str, count: int, broken: Callable[[str], UserError]) -> np.ndarray:
-        images = load_array(folder, f"{split}_images.npy", broken)
+        # A large split stays on disk, memory-mapped: training batches then read their own rows (data/loader.py).
+        file = folder / f"{split}_images.npy"
+        images = load_array(folder, file.name, broken, mmap=file.is_file() and file.stat().st_size > MAP_ABOVE_BYTES)
         expected = (count, *self.spec["shape"])
         if images.dtype != np.uint8 or images.shape != expected:
             raise broken(f"{split}_images.npy holds {images.dtype} {images.shape}; the manifest says uint8 {expected}")
