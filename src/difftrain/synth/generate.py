@@ -93,6 +93,18 @@ def _training_data(run: Run, needed_by: str):
     return ds
 
 
+def _labelled_training_data(run: Run, names: list[str | None], needed_by: str):
+    """The run's training data, which must have labels and items of every requested class (a classifier learns them)."""
+    ds = _training_data(run, needed_by)
+    if not ds.num_classes:
+        raise UserError(f"{needed_by} needs labelled training data; {ds.path} has no labels: leave it out")
+    missing = [c for c in names if c not in ds.class_names]
+    if missing:
+        raise UserError(f"{needed_by}: {ds.path} has no items of class(es) {', '.join(missing)} for a classifier to learn: "
+                        "leave it out, or those classes out of --classes")
+    return ds
+
+
 class Synthesis:
     """The main process's side: what is kept so far, the round plan, judging, writing and recording each batch."""
 
@@ -305,13 +317,7 @@ def _optimize(run: Run, out: Path, goal: str, names: list[str | None], per_class
         raise UserError("--optimize-for utility samples the EMA weights")
     if any(s.name == "confidence" for s in specs):
         raise UserError("--optimize-for utility chooses the confidence filter: leave confidence out of --filter")
-    dataset = _training_data(run, "--optimize-for utility")
-    if not dataset.num_classes:
-        raise UserError(f"--optimize-for utility needs labelled training data; {dataset.path} has no labels")
-    missing = [c for c in names if c not in dataset.class_names]
-    if missing:
-        raise UserError(f"--optimize-for utility: {dataset.path} has no items of class(es) {', '.join(missing)} to judge "
-                        "by: leave those classes out of --classes")
+    dataset = _labelled_training_data(run, names, "--optimize-for utility")
     if overwrite:
         state.start_again(out)
     request = {"run": str(run.path.resolve()), "classes": names, "per_class": per_class, "sampler": spec.sampler,
@@ -337,13 +343,7 @@ def _judge(run: Run, specs: list[FilterSpec], names: list[str | None]) -> Judge:
         if not run.num_classes:
             raise UserError(f"--filter confidence needs a class-conditional model; {run.path} is unconditional: "
                             "leave confidence out")
-        ds = _training_data(run, "--filter confidence")
-        if not ds.num_classes:
-            raise UserError(f"--filter confidence needs labelled training data; {ds.path} has no labels: leave confidence out")
-        missing = [c for c in names if c not in ds.class_names]
-        if missing:
-            raise UserError(f"--filter confidence: {ds.path} has no images of class(es) {', '.join(missing)} for its classifier "
-                            "to learn: leave confidence out, or those classes out of --classes")
+        ds = _labelled_training_data(run, names, "--filter confidence")
         classifier, meta = ds.modality.domain_classifier(ds, epochs=run.config.eval.classifier_epochs)
         classifier_labels = [ds.class_names.index(c) for c in names]
         info["confidence"] = {"classifier": meta["name"], "classifier_sha256": meta["weights_sha256"],
