@@ -1,12 +1,15 @@
-"""Kill -9 at random points of `train` and `synth`, then run the same command again: does every output survive?
+"""Kill -9 at random points of `train`, `synth`, `data prepare` and `sample`, then run the same command again: does
+every output survive?
 
 For each verb an uninterrupted reference runs first (its wall time sets the window). Then, at each point, the command
-is started, killed with SIGKILL after a delay drawn uniformly from the time its output folder appeared to the end of the
-reference, and run again to the end (`train --resume`, the same `synth` command). A point survives when
+is started, killed with SIGKILL after a delay drawn uniformly over the reference's wall time, and run again to the end
+(`train --resume`; the same command for the others). A point survives when
 
     train   every checkpoint loads (hashes match), the last one's weights and EMA equal the reference's bit for bit,
             metrics.jsonl holds the reference's records (timings aside), and no file is left that the reference lacks
     synth   the folder holds exactly the reference's files, byte for byte (manifest.json's `created` aside)
+    data prepare  the same arrays and manifest (`created` aside), nothing half-written left beside the folder
+    sample  the same samples file, byte for byte, nothing half-written beside it
 
 Prints one JSON line: per verb, points tried, survived, and what differed where one did not.
 
@@ -28,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 TINY = ["model.unet.channels=[16,32]", "model.unet.attention=[false,true]", "model.unet.layers_per_block=1",
         "model.unet.norm_groups=8", "model.unet.attention_head_dim=8", "train.batch_size=16", "train.mixed_precision=no",
         "train.compile=off", "train.duration_steps=40", "train.log_every_images=16", "train.grid_every_images=320",
@@ -47,17 +52,12 @@ def finish(process: subprocess.Popen, what: str) -> None:
         raise RuntimeError(f"{what} failed ({process.returncode}): {err[-2000:]}")
 
 
-def timed_reference(args: list[str], folder: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(seconds until `folder` appeared, seconds to the end) of an uninterrupted run."""
-    start, appeared = time.perf_counter(), None
-    process = difftrain(*args, env=env)
-    while process.poll() is None:
-        if appeared is None and folder.exists():
-            appeared = time.perf_counter() - start
-        time.sleep(0.01)
-    finish(process, " ".join(args))
-    total = time.perf_counter() - start
-    return appeared if appeared is not None else 0.0, total
+def timed_reference(args: list[str], output: Path, env: dict[str, str]) -> tuple[float, float]:
+    """The window of kill points of an uninterrupted run into `output`: (0, its seconds), from its start (imports and
+    checks included: a kill there found a bug) to its end."""
+    start = time.perf_counter()
+    finish(difftrain(*args, env=env), " ".join(args))
+    return 0.0, time.perf_counter() - start
 
 
 def killed_then_finished(args: list[str], again: list[str], delay: float, env: dict[str, str]) -> tuple[bool, list[str]]:
@@ -127,40 +127,82 @@ def check_synth(reference: Path, out: Path) -> list[str]:
     return problems
 
 
-def measure(out: Path, points: int, seed: int, env: dict[str, str]) -> dict:
-    """Kill points of train then synth on the built-in digits; the counts and every problem found."""
+def check_prepared(reference: Path, out: Path) -> list[str]:
+    """The same arrays and manifest (`created` aside), and nothing half-written beside the folder."""
+    problems = [f"{p} differs" for p, digest in files(reference).items()
+                if p != "manifest.json" and files(out).get(p) != digest]
+    ref, got = (json.loads((f / "manifest.json").read_text()) for f in (reference, out))
+    if {k: v for k, v in ref.items() if k != "created"} != {k: v for k, v in got.items() if k != "created"}:
+        problems.append("manifest.json differs (beyond `created`)")
+    strays = [p.name for p in out.parent.glob(f".{out.name}.*") if not p.name.endswith(".lock")]
+    return problems + [f"left beside it: {name}" for name in strays]
+
+
+def check_samples(reference: Path, out: Path) -> list[str]:
+    """The same arrays and meta (`created` aside), nothing half-written beside the file."""
+    with np.load(reference) as a, np.load(out) as b:
+        problems = [f"{out.name}: {key} differs" for key in a.files if key != "meta" and not np.array_equal(a[key], b[key])]
+        meta = [{k: v for k, v in json.loads(str(f["meta"])).items() if k != "created"} for f in (a, b)]
+    problems += [f"{out.name}: meta differs"] if meta[0] != meta[1] else []
+    return problems + [f"left: {p.name}" for p in out.parent.glob(f".{out.name}.*")]
+
+
+def image_source(out: Path, count: int = 3000) -> Path:
+    """A folder of `count` small PNGs in 10 classes: long enough to prepare that a kill lands inside it."""
+    from PIL import Image
+
+    folder = out / "source"
+    if not (folder / ".complete").is_file():
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            (folder / str(i % 10)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)).save(folder / str(i % 10) / f"{i:05d}.png")
+        (folder / ".complete").touch()
+    return folder
+
+
+def verbs(out: Path, data: Path) -> dict[str, tuple]:
+    """Per verb: (the command for an output, the command that continues it, the check against the reference)."""
+    train = lambda run: ["train", "--out", str(run), f"data.path={data}", *TINY]  # noqa: E731
+    synth = lambda folder: ["synth", str(out / "train-ref"), "--out", str(folder), "--per-class", "6",  # noqa: E731
+                            "--batch-size", "8", "--sampler", "euler", "--steps", "4", "--filter", "memorization,dedup",
+                            "--no-report"]
+    prepare = lambda folder: ["data", "prepare", str(image_source(out)), "--out", str(folder), "--overwrite"]  # noqa: E731
+    sample = lambda file: ["sample", str(out / "train-ref"), "--n", "3000", "--out", str(file)]  # noqa: E731
+    return {"train": (train, lambda run: [*train(run), "--resume"], check_train),
+            "synth": (synth, synth, check_synth),
+            "data prepare": (prepare, prepare, check_prepared),
+            "sample": (sample, sample, check_samples)}
+
+
+def measure(out: Path, points: int, seed: int, env: dict[str, str], only: list[str] | None = None) -> dict:
+    """Kill points of each verb (train first: the others read its reference run); the counts and every problem."""
     rng = random.Random(seed)
     data = out / "digits"
     if not (data / "manifest.json").is_file():
         finish(difftrain("data", "prepare", "digits", "--out", str(data), env=env), "data prepare")
+    table = verbs(out, data)
+    train_ref = out / "train-ref"
+    train_window = None if train_ref.exists() else timed_reference(table["train"][0](train_ref), train_ref, env)
     results = {}
-
-    train = lambda run: ["train", "--out", str(run), f"data.path={data}", *TINY]  # noqa: E731
-    window = timed_reference(train(out / "train-ref"), out / "train-ref", env)
-    outcome = {"points": points, "killed": 0, "survived": 0, "problems": [], "window_seconds": window}
-    for i in range(points):
-        run = out / f"train-{i}"
-        delay = rng.uniform(*window)
-        killed, problems = killed_then_finished(train(run), [*train(run), "--resume"], delay, env)
-        outcome["killed"] += killed
-        problems = problems or check_train(out / "train-ref", run)
-        outcome["survived"] += not problems
-        outcome["problems"] += [f"point {i} ({delay:.2f} s): {p}" for p in problems]
-    results["train"] = outcome
-
-    synth = lambda folder: ["synth", str(out / "train-ref"), "--out", str(folder), "--per-class", "6", "--batch-size", "8",  # noqa: E731
-                            "--sampler", "euler", "--steps", "4", "--filter", "memorization,dedup", "--no-report"]
-    window = timed_reference(synth(out / "synth-ref"), out / "synth-ref", env)
-    outcome = {"points": points, "killed": 0, "survived": 0, "problems": [], "window_seconds": window}
-    for i in range(points):
-        folder = out / f"synth-{i}"
-        delay = rng.uniform(*window)
-        killed, problems = killed_then_finished(synth(folder), synth(folder), delay, env)
-        outcome["killed"] += killed
-        problems = problems or check_synth(out / "synth-ref", folder)
-        outcome["survived"] += not problems
-        outcome["problems"] += [f"point {i} ({delay:.2f} s): {p}" for p in problems]
-    results["synth"] = outcome
+    for verb in only or list(table):
+        command, again, check = table[verb]
+        name = verb.replace(" ", "-")
+        reference = out / f"{name}-ref"
+        if verb == "train":
+            window = train_window or timed_reference(command(out / "train-timing"), out / "train-timing", env)
+        else:
+            window = timed_reference(command(reference), reference, env)
+        outcome = {"points": points, "killed": 0, "survived": 0, "problems": [], "window_seconds": window}
+        for i in range(points):
+            target = out / f"{name}-{i}"
+            delay = rng.uniform(*window)
+            killed, problems = killed_then_finished(command(target), again(target), delay, env)
+            outcome["killed"] += killed
+            problems = problems or check(reference, target)
+            outcome["survived"] += not problems
+            outcome["problems"] += [f"point {i} ({delay:.2f} s): {p}" for p in problems]
+        results[verb] = outcome
     return results
 
 
@@ -170,10 +212,11 @@ def main() -> None:
     p.add_argument("--points", type=int, default=20, help="kill points per verb")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of each difftrain process")
+    p.add_argument("--verbs", nargs="+", default=None, help="only these (train, synth, 'data prepare', sample)")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    results = measure(Path(args.out), args.points, args.seed, env)
+    results = measure(Path(args.out), args.points, args.seed, env, args.verbs)
     print(json.dumps({"benchmark": "kill_points", "settings": vars(args), "seconds": time.perf_counter() - start,
                       **results}))
 

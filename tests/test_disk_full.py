@@ -77,3 +77,21 @@ def test_a_really_full_disk_is_one_clear_error(tmp_path, digits_dir):
         assert hidden(disk / "run") == []
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_read_only_folder_is_one_clear_error(tmp_path, digits_dir):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True)
+    if shutil.which("mount") is None or mounted.returncode != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (or CAP_SYS_ADMIN); root also writes through chmod, so no "
+                    "permission bits can stand in for it")
+    try:
+        for args in (["train", "--out", str(disk / "run"), *tiny_overrides(digits_dir)],
+                     ["data", "prepare", "digits", "--out", str(disk / "data")]):
+            result = subprocess.run([sys.executable, "-m", "difftrain", *args], capture_output=True, text=True, timeout=300)
+            said = " ".join(result.stderr.split())
+            assert result.returncode == 2 and "Read-only file system" in said and "Traceback" not in said, result.stderr
+            assert str(disk) in said  # the folder is named
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
