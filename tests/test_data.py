@@ -414,3 +414,33 @@ def test_a_large_image_split_stays_on_disk_and_trains_from_it(tmp_path, digits_d
     monkeypatch.setattr(ArrayBatches, "__init__", spy)
     result = train(load_config(overrides=tiny_overrides(digits_dir)), tmp_path / "run", progress=False)
     assert result.images == 64 and streamed == [True]
+
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def test_class_names_name_the_classes_everywhere_after(tmp_path):
+    from difftrain.config import load_config
+    from difftrain.errors import UserError
+    from difftrain.sampling import SamplingSpec
+    from difftrain.store.run import open_run
+    from difftrain.synth.generate import synthesize
+    from difftrain.training.trainer import train
+    from tests.conftest import tiny_overrides
+
+    ds = prepare_dataset("digits", tmp_path / "named", class_names=",".join(NAMES), progress=False)
+    assert ds.class_names == NAMES and ds.manifest["options"]["class_names"] == NAMES
+    (tmp_path / "names.txt").write_text("\n".join(["low", "high"]) + "\n")
+    two = prepare_dataset("digits", tmp_path / "two", classes=["0", "1"], class_names=tmp_path / "names.txt", progress=False)
+    assert two.class_names == ["low", "high"] and set(two.train_labels.tolist()) == {0, 1}
+
+    run = tmp_path / "run"
+    train(load_config(overrides=tiny_overrides(tmp_path / "named")), run, progress=False)
+    assert open_run(run).class_names == NAMES
+    m = synthesize(run, tmp_path / "synth", per_class=1, classes=["seven"], spec=SamplingSpec("euler", 2), report=False)
+    assert [f["file"].split("/")[0] for f in m["files"]] == ["seven"]
+    for bad, message in [("a,b", "gives 2 names, but .* has 10 classes"), (",".join(["x"] * 10), "given twice"),
+                         (",".join(["../up", *NAMES[1:]]), "cannot name a folder")]:
+        with pytest.raises(UserError, match=message):
+            prepare_dataset("digits", tmp_path / "bad", class_names=bad, progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -81,6 +81,9 @@ def data_prepare(
     fit: Optional[str] = typer.Option(None, help="Images: how to make them square, 'crop' (center crop, default) or 'pad'."),
     limit: Optional[int] = typer.Option(None, help="Use at most this many images."),
     classes: Optional[str] = typer.Option(None, help="Keep only these classes, comma-separated names (e.g. 0,1,2,3,4); relabelled in this order."),
+    class_names: Optional[str] = typer.Option(None, "--class-names", help="Images: names for the classes, in label "
+                                              "order (after --classes): comma-separated, or a file with one per line; "
+                                              "used in grids, reports, --class, synth folders and exports."),
     captions: Optional[Path] = typer.Option(None, help="Images: a JSON-lines file of {\"file_name\", \"text\"} (Hugging Face "
                                             "imagefolder's metadata.jsonl): each image's caption, for text-to-image."),
     test_fraction: Optional[float] = typer.Option(None, help="Fraction held out for evaluation (default 0.1; tables 0.2); "
@@ -94,7 +97,7 @@ def data_prepare(
     from difftrain.modalities import prepare
 
     given = dict(resolution=resolution, channels=channels, fit=fit, limit=limit, label_column=label_column, n=n,
-                 classes=[c.strip() for c in classes.split(",")] if classes else None,
+                 classes=[c.strip() for c in classes.split(",")] if classes else None, class_names=class_names,
                  columns=[c.strip() for c in columns.split(",")] if columns else None,
                  window=window, stride=stride, time_column=time_column, id_column=id_column, scaling=scaling,
                  allow_missing=allow_missing, target=target, types=types, test_file=test_file, test_fraction=test_fraction,

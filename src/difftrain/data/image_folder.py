@@ -20,6 +20,11 @@ class ImageFolder:
     rejected: list[dict[str, str]]  # {"path", "reason"} for files that are not images
 
 
+def is_folder_name(name: str) -> bool:
+    """Whether `name` can name a class folder: one visible path component (no separator, not '.' or '..')."""
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0\n")
+
+
 def visible_files(folder: Path, rejected: list[dict[str, str]], root: Path | None = None) -> list[Path]:
     """The files under `folder`, sorted; hidden files and folders (.DS_Store, .git/, editor swap files) are never
     data. A link is read only when it points to a file inside `root` (default `folder`): a link out of it, to a folder

@@ -101,7 +101,7 @@ class ImageModality(Modality):
     """uint8 images (H, W, C); spec: {"kind": "image", "shape": [H, W, C]}."""
 
     kind = "image"
-    prepare_options = frozenset({"resolution", "channels", "fit", "classes", "captions"})
+    prepare_options = frozenset({"resolution", "channels", "fit", "classes", "class_names", "captions"})
     spec_keys = ("kind", "shape", "captions")
     default_arch = "unet"
     samples_key = "images"

@@ -21,6 +21,7 @@ from rich.progress import track
 import difftrain
 from difftrain.data.dataset import FORMAT_VERSION, PreparedDataset, load_dataset
 from difftrain.data.prepared_output import check_out_folder, pick_stratified, write_prepared
+from difftrain.data.image_folder import is_folder_name
 from difftrain.data.images import FITS, BadImage, conform_image, to_channels
 from difftrain.data.masks import fit_mask
 from difftrain.data.row_store import RowStore
@@ -86,6 +87,31 @@ def _keep_classes(src: Source, classes: list[str]) -> Source:
         return [replace(s, label=new_label[s.label]) for s in samples if s.label in new_label]
 
     return replace(src, class_names=list(classes), train=keep(src.train), test=keep(src.test))
+
+
+def _named_classes(src: Source, names: list[str] | str | Path) -> Source:
+    """`src` with its classes (label 0 first) named `names`: a list, comma-separated text, or a file of one name per
+    line. The names title grids and reports, choose classes in `sample --class` and `synth --classes`, and name the
+    folders `synth` writes, so each must be one visible path component."""
+    if isinstance(names, (str, Path)) and Path(names).is_file():
+        try:
+            names = [line.strip() for line in Path(names).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--class-names {names}: unreadable ({e}); give one name per line in UTF-8") from None
+    elif isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    names = list(names)
+    if src.class_names is None:
+        raise UserError(f"--class-names: {src.path} has no classes to name (it is unlabelled)")
+    if len(names) != len(src.class_names):
+        raise UserError(f"--class-names gives {len(names)} names, but {src.path} has {len(src.class_names)} classes "
+                        f"({', '.join(src.class_names)}): give one name for each, in that order")
+    bad = [n for n in names if not is_folder_name(n)]
+    if bad or len(set(names)) != len(names):
+        problem = f"{bad[0]!r} cannot name a folder" if bad else "a name is given twice"
+        raise UserError(f"--class-names: {problem}; each class needs its own name, without / or \\ and not starting "
+                        "with '.'")
+    return replace(src, class_names=names)
 
 
 def _read_sample(
@@ -255,6 +281,7 @@ def prepare_dataset(
     fit: str = "crop",  # "crop": fill the square, cut the overflow; "pad": fit inside, pad with black
     limit: int | None = None,  # read at most this many images (stratified random subset)
     classes: list[str] | None = None,  # keep only these classes (by name), relabelled in this order
+    class_names: list[str] | str | Path | None = None,  # names for the classes (after `classes`): a list, or a file
     test_fraction: float = 0.1,  # held-out share when the source has no test split of its own
     seed: int = 0,  # drives the limit subset and the split
     strict: bool = False,  # fail if any input is rejected instead of skipping it
@@ -281,6 +308,8 @@ def prepare_dataset(
                         + f"; pass --kind {found} or leave --kind out")
     if classes:
         src = _keep_classes(src, classes)
+    if class_names is not None:
+        src = _named_classes(src, class_names)
     out = check_out_folder(Path(out), src.folder, overwrite)
     if captions is not None:
         src = _with_captions(src, captions)
@@ -295,6 +324,7 @@ def prepare_dataset(
         read = _read(samples, scratch, channels=channels, resolution=resolution, fit=fit, progress=progress)
         _write(src, out, samples, read, len(train), test is not None, channels=channels, captions=captions,
                options={"resolution": resolution, "channels": channels, "fit": fit, "limit": limit, "classes": classes,
+                        "class_names": None if class_names is None else src.class_names,
                         "test_fraction": test_fraction, "seed": seed},
                rng=rng, strict=strict, overwrite=overwrite)
     finally:

@@ -14,12 +14,13 @@ import io
 from pathlib import Path
 
 from difftrain import atomic
+from difftrain.data.image_folder import is_folder_name
 from difftrain.errors import UserError
 
 
 def check_class_name(name: str) -> None:
     """A class name becomes a folder and part of file names: it must be one visible path component."""
-    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in '/\\\0'):
+    if not is_folder_name(name):
         raise UserError(f"class {name!r} cannot name a folder of the synthetic dataset; leave it out with --classes")
 
 
