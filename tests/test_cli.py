@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 import pytest
 from typer.testing import CliRunner
 
@@ -78,6 +79,16 @@ def test_eval_logs_and_reports(trained_run):
     assert (trained_run / "eval" / "memorization-ckpt-000000128-heun-4-g1-n100-s0.png").is_file()
     report = (trained_run / "README.md").read_text()
     assert "## Evaluation" in report and "floor" in report and "samples/grid-" in report and "eval/memorization-" in report
+    # The model card's front matter, as the Hugging Face Hub reads it: the final evaluation in its model-index.
+    assert report.startswith("---\n")
+    card = yaml.safe_load(report.split("---\n")[1])
+    assert card["library_name"] == "difftrain" and card["license"] == "cc-by-4.0"  # the digits' provenance says CC BY 4.0
+    assert card["datasets"] == ["digits"] and card["pipeline_tag"] == "unconditional-image-generation"
+    assert {"difftrain", "image", "class-conditional"} <= set(card["tags"]) and "fid" in card["metrics"]
+    [result] = card["model-index"][0]["results"]
+    fid = next(m for m in result["metrics"] if m["type"] == "fid")
+    assert fid["value"] == record["fid"] and fid["args"]["real_data_floor"] == record["fid_floor"]
+    assert "100 samples, heun 4 steps" in fid["name"]
 
 
 def test_eval_sweeps_steps_and_checkpoints_and_plots(trained_run, tmp_path):

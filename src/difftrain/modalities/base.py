@@ -71,6 +71,7 @@ class Modality(ABC):
     default_arch: ClassVar[str]  # model.arch when the config leaves it to the data
     samples_key: ClassVar[str]  # the array's name in a samples .npz
     item: ClassVar[str] = "item"  # what one sample is called in messages ("image", "point")
+    hub_pipeline_tag: ClassVar[str | None] = None  # the Hugging Face Hub's task for a model of this data (model cards)
     distance_name: ClassVar[str] = "L2"  # what `neighbour_view`'s Euclidean distance is, for reports
     spec_keys: ClassVar[tuple[str, ...]] = ("kind", "shape")  # what the spec keeps of a manifest
     distance_unit: ClassVar[float] = 1.0  # neighbour distances are divided by it (pixels: 255, so values in [0, 1])

@@ -101,6 +101,7 @@ class ImageModality(Modality):
     """uint8 images (H, W, C); spec: {"kind": "image", "shape": [H, W, C]}."""
 
     kind = "image"
+    hub_pipeline_tag = "unconditional-image-generation"
     prepare_options = frozenset({"resolution", "channels", "fit", "classes", "class_names", "captions"})
     spec_keys = ("kind", "shape", "captions")
     default_arch = "unet"

@@ -31,6 +31,7 @@ class TextModality(Modality):
     plain corpus), "corpus": the built-in corpus's name (None for a file), whose own checks the evaluation adds}."""
 
     kind = "text"
+    hub_pipeline_tag = "text-generation"
     prepare_options = frozenset({"tokenizer", "block", "field", "label_field"})
     default_arch = "token_transformer"
     samples_key = "tokens"

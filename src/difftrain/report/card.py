@@ -10,6 +10,7 @@ import yaml
 
 from difftrain import __version__, atomic
 from difftrain.models import architecture, build_network
+from difftrain.report.front_matter import front_matter
 from difftrain.store.posthoc_ema import read_best
 from difftrain.store.run import open_run
 from difftrain.store.metrics_log import read_metrics
@@ -228,5 +229,5 @@ def write_report(run_dir: str | Path) -> Path:
               yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "</details>", "",
               f"_Report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._", ""]
     path = run_dir / "README.md"
-    atomic.write_text(path, "\n".join(parts))
+    atomic.write_text(path, front_matter(run, final[-1] if final else None) + "\n" + "\n".join(parts))
     return path
