@@ -11,10 +11,10 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from difftrain.progress import Progress
 from difftrain.errors import UserError
 from difftrain.config import PRESETS
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -22,6 +25,7 @@ from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
 from difftrain.hashing import sha256_file
+from difftrain.progress import Progress
 
 FEATURES = 64
 
@@ -76,10 +80,12 @@ def accuracy(model: SmallClassifier, images: np.ndarray, labels: np.ndarray) -> 
 
 
 def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int = 20, seed: int = 0,
-                   batch: int = 128, steps: int | None = None) -> SmallClassifier:
+                   batch: int = 128, steps: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> SmallClassifier:
     """Train a SmallClassifier on uint8 (N, H, W, C) images; the seed fixes everything.
 
     `steps` (optimizer steps) overrides `epochs`, so training sets of different sizes get the same compute.
+    `progress(done, steps)` is called every 10 steps.
     """
     # A private RNG stream: evaluating during training must not move the trainer's random numbers.
     with torch.random.fork_rng(devices=[]):
@@ -92,7 +98,9 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         steps = step_budget(len(x_all), epochs, batch) if steps is None else steps
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
         model.train()
-        for _ in range(steps):
+        for done in range(steps):
+            if progress is not None and done % 10 == 0:
+                progress(done, steps)
             idx = torch.randint(len(x_all), (batch,), generator=gen)
             x = x_all[idx]
             # Shift by up to 1/16 of the size (none for 8x8 digits, where a pixel is a stroke) so
@@ -114,13 +122,15 @@ def _needs_labels(ds) -> None:
                         "(use eval.extractor=inception or a TorchScript file for unlabelled data)")
 
 
-def train_classifier(ds, epochs: int = 20, seed: int = 0, batch: int = 128) -> tuple[SmallClassifier, float]:
+def train_classifier(ds, epochs: int = 20, seed: int = 0, batch: int = 128,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[SmallClassifier, float]:
     """Train on the train split less the floor pool; return the classifier and its held-out accuracy."""
     from difftrain.evaluation.reference import classifier_pool
 
     _needs_labels(ds)
     idx = classifier_pool(ds)
-    model = fit_classifier(ds.train_data[idx], ds.train_labels[idx], ds.num_classes, epochs=epochs, seed=seed, batch=batch)
+    model = fit_classifier(ds.train_data[idx], ds.train_labels[idx], ds.num_classes, epochs=epochs, seed=seed, batch=batch,
+                           progress=progress)
     return model, accuracy(model, ds.test_data, ds.test_labels)
 
 
@@ -136,7 +146,15 @@ def load_or_train_classifier(ds, epochs: int = 20, seed: int = 0) -> tuple[Small
     if weights.is_file() and meta_file.is_file():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(meta_file.read_text())
-    model, test_accuracy = train_classifier(ds, epochs, seed)
+    # Minutes on a large dataset, before anything else can be scored: say what it is, once per dataset, with progress.
+    console = Console(stderr=True)
+    console.print(f"training the evaluation's feature classifier on the images of {ds.path} ({epochs} epochs; once per "
+                  f"dataset, cached in {folder})", highlight=False)
+    with Progress(TextColumn("feature classifier"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("feature classifier", total=None)
+        model, test_accuracy = train_classifier(ds, epochs, seed,
+                                                progress=lambda done, steps: bar.update(task, completed=done, total=steps))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     meta = {"name": "difftrain-small-classifier", "test_accuracy": test_accuracy, "epochs": epochs, "seed": seed}
     try:

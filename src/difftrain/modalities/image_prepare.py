@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import track
 
 import difftrain
+from difftrain.progress import track
 from difftrain.data.dataset import FORMAT_VERSION, PreparedDataset, load_dataset
 from difftrain.data.prepared_output import check_out_folder, pick_stratified, write_prepared
 from difftrain.data.image_folder import is_folder_name

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from safetensors.torch import save_file
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
+from difftrain.progress import Progress
 from difftrain import atomic
 from difftrain.config import Config
 from difftrain.data import PreparedDataset

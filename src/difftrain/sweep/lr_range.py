@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
+from difftrain.progress import Progress
 from difftrain import atomic
 from difftrain.config import Config
 

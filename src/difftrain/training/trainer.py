@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from difftrain.progress import Progress
 from difftrain import atomic
 from difftrain.conditioning import takes_captions
-from difftrain.config import Config, TrainConfig
+from difftrain.config import Config, TrainConfig, save_config
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.data.loader import ArrayBatches, MixedBatches
 from difftrain.errors import UserError
@@ -137,6 +138,12 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         config = config.model_copy(update={"model": config.model.model_copy(update={"conditional": False})})
     config, source, replay, label_space = starting_point(config, dataset, run_dir, existing, source, console)
     unlabelled = unlabelled_data(config, dataset)
+    if main and existing is None:
+        # A new run exists from here, its folder and config.yaml, before the slow steps (latent codes, the evaluation's
+        # feature classifier, the network): `ls` and TensorBoard see it at once. The full record follows them.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        console.print(f"run {run_dir}: config.yaml written; preparing to train")
     if config.model.latent:  # latent diffusion: the images seen through an autoencoder's latent space
         config, dataset = latent_dataset(config, dataset, run_dir, resume=existing is not None, device=accelerator.device,
                                          console=console)
