@@ -33,3 +33,26 @@ def test_resuming_a_run_killed_before_its_first_save_starts_it(tmp_path, digits_
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "holds no run to resume yet" in " ".join(result.stderr.split()) and (run / "config.yaml").is_file()
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_only_the_run_that_follows(tmp_path, digits_dir):
+    """Found by the kill points: the killed run's log lines stayed in metrics.jsonl when the rerun started from nothing."""
+    import json
+
+    from difftrain.config import load_config
+    from difftrain.training.trainer import train
+    from tests.conftest import tiny_overrides
+
+    config = load_config(overrides=tiny_overrides(digits_dir))
+    train(config, tmp_path / "clean", progress=False)
+    killed = tmp_path / "killed"
+    train(config, killed, progress=False, stop_at_step=2)  # as if killed: two steps logged ...
+    for ckpt in (killed / "checkpoints").glob("ckpt-*"):  # ... and no checkpoint written yet
+        __import__("shutil").rmtree(ckpt)
+    train(config, killed, resume=True, progress=False)
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "peak_memory_bytes")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(killed) == records(tmp_path / "clean")

@@ -11,8 +11,9 @@ from difftrain import atomic
 
 
 class MetricsLog:
-    """`resume_at`: the images of the checkpoint a run resumes from. What was logged after it (by a run that crashed
-    later) is dropped from metrics.jsonl and TensorBoard, so the log tells the story of the weights that are there."""
+    """`resume_at`: the images of the checkpoint a run starts from (0: none). What was logged after it (by a run that
+    crashed later) is dropped from metrics.jsonl and TensorBoard, so the log tells the story of the weights that are
+    there."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, resume_at: int | None = None):
         self.enabled = enabled

@@ -217,8 +217,9 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                           f"{config.train.micro_batch // world} images per process per micro-batch")
         if trainee.sharded:
             console.print(f"FSDP: each process holds {shard_size(trainee.raw_net):,} of the network's {trainee.total:,} weights")
-    # A resumed run's log continues from its checkpoint: records of steps after it (a crash's) are dropped.
-    state.log = MetricsLog(run_dir, enabled=main, resume_at=state.images if existing is not None else None)
+    # A run's log continues from its checkpoint: records of steps after it (a crash's) are dropped, and all of a run
+    # killed before its first checkpoint, which starts again from nothing (found by benchmarks/kill_points.py).
+    state.log = MetricsLog(run_dir, enabled=main, resume_at=state.images)
     device = accelerator.device
     state.window_loss = torch.zeros((), dtype=torch.float64, device=device)
     state.window_n = torch.zeros((), dtype=torch.long, device=device)
