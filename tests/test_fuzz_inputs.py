@@ -187,3 +187,43 @@ def test_a_number_given_for_a_text_setting_is_that_text():
     assert load_config(overrides=["data.path=2024"]).data.path == "2024"
     with pytest.raises(UserError, match=r"'train\.batch size' is not a setting's name"):
         load_config(overrides=["train.batch size=3"])
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.binary(max_size=200), st.builds(lambda v, cut: png(v)[:cut], st.integers(0, 255),
+                                                             st.integers(0, 120))), min_size=1, max_size=3))
+def test_mask_pairs_of_random_bytes_prepare_or_fail_clearly(tmp_path_factory, masks):
+    root = tmp_path_factory.mktemp("pairs")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i in range(2):
+        (root / "images" / f"good{i}.png").write_bytes(png(100 * i))
+        (root / "masks" / f"good{i}.png").write_bytes(png(i))
+    for i, blob in enumerate(masks):
+        (root / "images" / f"fuzz{i}.png").write_bytes(png(50))
+        (root / "masks" / f"fuzz{i}.png").write_bytes(blob)
+    before = snapshot(root)
+    ds = only_user_errors(lambda: prepare_dataset(root, tmp_path_factory.mktemp("o") / "p", test_fraction=0.0,
+                                                  progress=False))
+    if ds is not None:
+        assert len(ds.train_data) + len(ds.manifest["rejected"]) == 2 + len(masks)
+    assert snapshot(root) == before
+
+
+def test_huge_declared_sizes_and_absurd_counts_are_one_clear_error(tmp_path, digits_dir):
+    """An IDX header declaring 2**31 images, and requests for 10**12 samples: refused at once, nothing allocated."""
+    from difftrain.evaluation.run_eval import sample_run
+    from difftrain.synth.generate import synthesize
+    from tests.test_synth import train_tiny
+
+    header = bytes([0, 0, 8, 3]) + (2**31 - 1).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + bytes(784 * 3))
+    with pytest.raises(UserError):
+        prepare_dataset(tmp_path / "train-images-idx3-ubyte", tmp_path / "idx", progress=False)
+    run = train_tiny(tmp_path / "run", digits_dir)
+    spec = __import__("difftrain.sampling", fromlist=["SamplingSpec"]).SamplingSpec("euler", 2)
+    with pytest.raises(UserError, match=r"--n 1,000,000,000,000: the samples alone take .* GiB, more than half"):
+        sample_run(run, 10**12, spec, tmp_path / "s.npz")
+    with pytest.raises(UserError, match=r"--per-class .* more than half this machine's memory"):
+        synthesize(run, tmp_path / "synth", per_class=10**11, spec=spec, report=False)
+    assert not (tmp_path / "synth").exists() and not (tmp_path / "s.npz").exists()

@@ -324,7 +324,10 @@ def sample(
     from difftrain.evaluation.run_eval import sample_run
     from difftrain.store.run import open_run
 
+    from difftrain.sampling import check_fits_in_memory
+
     r = open_run(run)
+    check_fits_in_memory(n, r.modality)
     keep = None
     if where:
         if class_label is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,6 +91,16 @@ def class_labels(n: int, num_classes: int, counts: list[int] | None = None) -> n
 
 
 @torch.no_grad()
+def check_fits_in_memory(n: int, modality, what: str = "--n") -> None:
+    """Refuse a request whose samples alone would take more than half this machine's memory (an absurd count would
+    otherwise allocate until the machine swaps): one clear line instead of a hang."""
+    need = n * int(np.prod(modality.shape)) * np.dtype(modality.dtype).itemsize
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise UserError(f"{what} {n:,}: the samples alone take {need / 2**30:,.1f} GiB, more than half this machine's "
+                        f"memory ({have / 2**30:,.1f} GiB); draw fewer at a time (several commands with other --seed values)")
+
+
 def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, spec: SamplingSpec, *, batch_size: int = 500,
              device: torch.device | str = "cpu", progress=None, across_processes: bool = False, first_batch: int = 0,
              known: np.ndarray | None = None) -> np.ndarray:
@@ -105,6 +116,7 @@ def generate(denoiser: Denoiser, modality, n: int, labels: np.ndarray | None, sp
     (forecasting, imputation): the known values are its condition and are kept as they are in the samples.
     """
     spec.check()
+    check_fits_in_memory(n, modality)
     if labels is None and known is None and spec.guidance != 1:
         raise UserError(f"guidance {spec.guidance:g} needs a class-conditional model; this one is unconditional (use guidance 1)")
     device = torch.device(device)

@@ -26,7 +26,8 @@ from difftrain.errors import UserError
 from difftrain.evaluation.suite import MODEL_METRICS, check_samples, evaluate_samples, parse_metrics
 from difftrain.modalities import FeatureExtractor, modality_for
 from difftrain.store.run import Run, label_map, open_run
-from difftrain.sampling import SamplingSpec, class_labels, generate, read_samples, spec_meta, write_samples
+from difftrain.sampling import (SamplingSpec, check_fits_in_memory, class_labels, generate, read_samples, spec_meta,
+                                write_samples)
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
 from difftrain.store.metrics_log import MetricsLog
 from difftrain.store.posthoc_ema import reconstructed_checkpoint, record_best
@@ -51,6 +52,7 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     drawn in rounds until there are n: exact samples of the model's conditional, at the cost of the rejected draws.
     `prompts`: a captioned model's captions, sample i drawn for prompts[i % len(prompts)].
     """
+    check_fits_in_memory(n, open_run(run_dir).modality)
     warn = warn if is_main_process() else _quiet
     run = open_run(run_dir)
     ckpt = run.checkpoint(checkpoint, warn)

@@ -23,7 +23,7 @@ from difftrain.distributed import from_main_process, is_main_process, on_main_pr
 from difftrain.errors import UserError
 from difftrain.folder_lock import folder_lock
 from difftrain.store.run import Run, open_run
-from difftrain.sampling import SamplingSpec, class_quotas, generate
+from difftrain.sampling import SamplingSpec, check_fits_in_memory, class_quotas, generate
 from difftrain.synth import state
 from difftrain.synth.filters import ORDER, FilterSpec, Judge, parse_filters
 from difftrain.synth.plan import round_sizes, round_slots, shortfall
@@ -242,6 +242,7 @@ def synthesize(run_dir: str | Path, out_dir: str | Path, *, per_class: int | Non
         spec = spec or run.sampling_spec()
         spec.check()
         names, targets = requested_classes(run, per_class, n, classes)
+        check_fits_in_memory(sum(targets), run.modality, "--per-class" if per_class is not None else "--n")  # kept in memory
         if spec.guidance != 1 and not run.num_classes:
             raise UserError(f"--guidance {spec.guidance:g} needs a class-conditional model; {run.path} is unconditional (use 1)")
         specs = (parse_filters(filters, run.modality.dedup_distance()) if filters is None or isinstance(filters, str)
