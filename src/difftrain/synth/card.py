@@ -83,7 +83,7 @@ def search_markdown(search: dict, item: str) -> list[str]:
             f"`{Path(t['checkpoint']).name}`", f"{t['guidance']:g}", confidence, str(t["per_class"]))
         lines.append(f"| {t['stage']}{chosen_mark} | " + " | ".join(cells) +
                      f" | {t['synthetic_items']} | {t['accuracy']:.4f} | {t['cross_entropy']:.4f} |")
-    verdict = ("beat" if search["helps"] else "did not beat")
+    verdict = "beat" if search["helps"] else "did not beat (in accuracy)"
     lines += ["", f"On the held-back {item}s the chosen set {verdict} the real {item}s alone "
                   f"({search['chosen_trial']['accuracy']:.4f} against {search['real_only']['accuracy']:.4f}). "
                   "The report below measures it again on the test split, which the search never saw."]

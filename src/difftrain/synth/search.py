@@ -183,5 +183,6 @@ def search_utility(run, dataset, names: list[str], per_class: int, spec: Samplin
         "trials": [t.describe() for t in trials],
         "chosen": chosen.candidate.describe(),
         "chosen_trial": chosen.describe(),
-        "helps": chosen.key > baseline.key,
+        # Accuracy alone: a lower cross-entropy with the same accuracy (more items, sharper predictions) is no help.
+        "helps": chosen.accuracy > baseline.accuracy,
     }
