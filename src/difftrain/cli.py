@@ -1001,6 +1001,35 @@ def rate_results(
     out.print(str(study / "results.md"))
 
 
+@app.command("runs", epilog="Examples: `difftrain runs`  \n`difftrain runs experiments/ --json`")
+def list_runs(
+    folder: Path = typer.Argument(Path("runs"), help="The folder that holds the runs (searched at any depth)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """List the runs under FOLDER: their data, preset, images trained of the goal, best evaluation beside its
+    real-data floor, and state (running, with its process; finished; resumable; stopped before any checkpoint)."""
+    from rich import box
+
+    from difftrain.report.runs import find_runs, run_row
+
+    rows = [run_row(path, folder) for path in find_runs(folder)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no runs under {folder} (a run is a folder with config.yaml and dataset.json)")
+        return
+    table = Table("run", "data", "preset", "images", "best evaluation (floor)", "state", box=box.SIMPLE_HEAD)
+    for r in rows:
+        if "images" not in r:
+            table.add_row(r["run"], "", "", "", "", r["state"])
+            continue
+        best = "-" if r["best"] is None else f"{r['metric']} {r['best']:.4g}" + (
+            f" ({r['floor']:.4g})" if isinstance(r["floor"], (int, float)) else "")
+        table.add_row(r["run"], r["data"], r["preset"] or "-", f"{r['images']:,} / {r['goal']:,}", best, r["state"])
+    out.print(table)
+
+
 @app.command("config", epilog="Example: `difftrain config --preset digits`")
 def show_config(
     preset: Optional[str] = typer.Option(None, help="Show this preset's values."),

@@ -416,6 +416,7 @@ class FinetuneConfig(Section):
 
 
 class Config(Section):
+    preset: str | None = Field(None, description="The preset these settings started from (a record kept by --preset, for `difftrain runs`; it changes nothing itself).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
@@ -561,7 +562,7 @@ def load_config(preset: str | None = None, file: str | Path | None = None, overr
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-        raw = _merge(raw, preset_values)
+        raw = _merge(raw, preset_values) | {"preset": preset}
     if file:
         path = Path(file)
         if not path.is_file():

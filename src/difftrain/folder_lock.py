@@ -72,3 +72,19 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # still holding it: nobody else can have taken this file
         os.close(fd)
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """Who holds FOLDER's lock now ("process 123 on host ..."), or None when nobody does."""
+    path = lock_path(Path(folder))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken and given back at once: nobody held it
+    except BlockingIOError:
+        return _holder(path)
+    finally:
+        os.close(fd)
+    return None
