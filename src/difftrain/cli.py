@@ -1030,6 +1030,31 @@ def list_runs(
     out.print(table)
 
 
+@app.command("compare", epilog="Example: `difftrain compare runs/digits runs/digits-vp --out compare/`")
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Two or more run directories."),
+    out_dir: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.md, compare.json, compare.png, samples.png."),
+) -> None:
+    """Put runs side by side: their latest evaluations in one table and one plot, each metric beside its floor, only
+    when like for like (same features, sample count, sampler; otherwise a note says what differs), and their latest
+    samples in one picture."""
+    from rich import box
+
+    from difftrain.evaluation.plots import PLOTTED
+    from difftrain.report.compare import metric_cell, write_comparison
+
+    c = write_comparison(runs, out_dir)
+    for note in c["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    if c["metrics"]:
+        scored = [r for r in c["runs"] if r["evaluation"]]
+        table = Table("metric (floor)", *[r["name"] for r in scored], box=box.SIMPLE_HEAD)
+        for key in c["metrics"]:
+            table.add_row(PLOTTED[key], *[metric_cell(r["evaluation"], key) for r in scored])
+        out.print(table)
+    out.print(str(out_dir / "compare.md"))
+
+
 @app.command("config", epilog="Example: `difftrain config --preset digits`")
 def show_config(
     preset: Optional[str] = typer.Option(None, help="Show this preset's values."),
