@@ -21,6 +21,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp make private files (0600) and folders (0700); what we write gets the usual permissions instead,
+# so that a run, a dataset or a report is as readable by others as any file the user makes.
+FILE_MODE, FOLDER_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -33,6 +44,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
@@ -89,6 +101,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
                 with open(file, "rb+") as f:
                     os.fsync(f.fileno())
         _fsync_dir(tmp)
+        os.chmod(tmp, FOLDER_MODE)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)

@@ -1030,6 +1030,23 @@ def list_runs(
     out.print(table)
 
 
+@app.command("report", epilog="Example: `difftrain report runs/digits --html`, then open runs/digits/report.html")
+def report(
+    run: Path = typer.Argument(..., help="Run directory."),
+    html: bool = typer.Option(False, "--html", help="Also write RUN/report.html: one self-contained page (pictures "
+                              "inlined) that opens offline in a browser."),
+) -> None:
+    """Write the run's report again from its files: RUN/README.md (a model card the Hugging Face Hub reads), and with
+    --html a page to share."""
+    from difftrain.report.card import write_report
+
+    out.print(str(write_report(run)))
+    if html:
+        from difftrain.report.html import write_html
+
+        out.print(str(write_html(run)))
+
+
 @app.command("compare", epilog="Example: `difftrain compare runs/digits runs/digits-vp --out compare/`")
 def compare(
     runs: List[Path] = typer.Argument(..., help="Two or more run directories."),
