@@ -60,3 +60,13 @@ def test_runs_that_are_not_like_for_like_get_a_note_instead_of_numbers(two_runs,
     assert not (tmp_path / "cmp" / "compare.png").exists()
     with pytest.raises(UserError, match="at least two runs"):
         CliRunner().invoke(app, ["compare", str(a)], catch_exceptions=False)
+
+
+def test_a_plot_of_one_point_has_axes_from_zero(tmp_path, monkeypatch):
+    from difftrain.evaluation import plots
+
+    seen = []
+    monkeypatch.setattr(plots.atomic, "write_figure", lambda fig, path: seen.append(fig) or path)
+    plots._figure({"fid": {"heun": [(55040, 0.3)]}}, {"fid": {"floor": 0.22}}, "training images", tmp_path / "p.png")
+    ax = seen[0].axes[0]
+    assert ax.get_xlim() == (0, 110080) and ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 0.3

@@ -38,6 +38,14 @@ def _figure(series: dict[str, dict[str, list[tuple[float, float]]]], floors: dic
         ax.set_xlabel(xlabel)
         if log_x:
             ax.set_xscale("log")
+        xs = {x for points in series[key].values() for x, _ in points}
+        ys = [y for points in series[key].values() for _, y in points] + list(floors.get(key, {}).values())
+        if len(xs) == 1:  # one point: an axis from zero, not a sliver around it with an offset label
+            (x,) = xs
+            if not log_x:
+                ax.set_xlim(0, 2 * x if x > 0 else 1)
+            if min(ys) >= 0:
+                ax.set_ylim(0, max(ys) * 1.6 or 1)  # (headroom for the legend)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
