@@ -1,5 +1,5 @@
-"""Kill -9 at random points of `train`, `synth`, `data prepare` and `sample`, then run the same command again: does
-every output survive?
+"""Kill -9 at random points of `train`, `synth`, `data prepare`, `sample` and `eval`, then run the same command again:
+does every output survive?
 
 For each verb an uninterrupted reference runs first (its wall time sets the window). Then, at each point, the command
 is started, killed with SIGKILL after a delay drawn uniformly over the reference's wall time, and run again to the end
@@ -10,6 +10,7 @@ is started, killed with SIGKILL after a delay drawn uniformly over the reference
     synth   the folder holds exactly the reference's files, byte for byte (manifest.json's `created` aside)
     data prepare  the same arrays and manifest (`created` aside), nothing half-written left beside the folder
     sample  the same samples file, byte for byte, nothing half-written beside it
+    eval    the run's evaluation records (timings aside) and eval/ files, as many as an uninterrupted evaluation's
 
 Prints one JSON line: per verb, points tried, survived, and what differed where one did not.
 
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,18 +163,41 @@ def image_source(out: Path, count: int = 3000) -> Path:
     return folder
 
 
+def check_evaluated(reference: Path, run: Path) -> list[str]:
+    """The same evaluation records (timings and the run's own path aside) and files under eval/ (a samples file's
+    `created` aside), as many as the uninterrupted run's."""
+    def evaluations(folder: Path) -> list[str]:
+        return [json.dumps(r, sort_keys=True).replace(str(folder.resolve()), "RUN") for r in records(folder)]
+
+    problems = [] if evaluations(run) == evaluations(reference) else ["metrics.jsonl differs from the uninterrupted run's"]
+    ref, got = files(reference / "eval"), files(run / "eval")
+    for name in ref:
+        if name not in got:
+            problems.append(f"eval/{name} is missing")
+        elif name.endswith(".npz"):
+            problems += check_samples(reference / "eval" / name, run / "eval" / name)
+        elif got[name] != ref[name]:
+            problems.append(f"eval/{name} differs")
+    problems += [f"stray eval/{name}" for name in got if name not in ref]
+    return problems + [f"left: {p.name}" for p in run.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
 def verbs(out: Path, data: Path) -> dict[str, tuple]:
-    """Per verb: (the command for an output, the command that continues it, the check against the reference)."""
+    """Per verb: (the command for an output, the command that continues it, the check against the reference, what
+    makes a fresh output to run it on, or None)."""
     train = lambda run: ["train", "--out", str(run), f"data.path={data}", *TINY]  # noqa: E731
     synth = lambda folder: ["synth", str(out / "train-ref"), "--out", str(folder), "--per-class", "6",  # noqa: E731
                             "--batch-size", "8", "--sampler", "euler", "--steps", "4", "--filter", "memorization,dedup",
                             "--no-report"]
     prepare = lambda folder: ["data", "prepare", str(image_source(out)), "--out", str(folder), "--overwrite"]  # noqa: E731
     sample = lambda file: ["sample", str(out / "train-ref"), "--n", "3000", "--out", str(file)]  # noqa: E731
-    return {"train": (train, lambda run: [*train(run), "--resume"], check_train),
-            "synth": (synth, synth, check_synth),
-            "data prepare": (prepare, prepare, check_prepared),
-            "sample": (sample, sample, check_samples)}
+    evaluate = lambda run: ["eval", str(run), "--n", "300", "--metrics", "fid,kid,pr"]  # noqa: E731
+    copy_run = lambda run: shutil.copytree(out / "train-ref", run)  # noqa: E731 - eval writes into the run it scores
+    return {"train": (train, lambda run: [*train(run), "--resume"], check_train, None),
+            "synth": (synth, synth, check_synth, None),
+            "data prepare": (prepare, prepare, check_prepared, None),
+            "sample": (sample, sample, check_samples, None),
+            "eval": (evaluate, evaluate, check_evaluated, copy_run)}
 
 
 def measure(out: Path, points: int, seed: int, env: dict[str, str], only: list[str] | None = None) -> dict:
@@ -186,16 +211,20 @@ def measure(out: Path, points: int, seed: int, env: dict[str, str], only: list[s
     train_window = None if train_ref.exists() else timed_reference(table["train"][0](train_ref), train_ref, env)
     results = {}
     for verb in only or list(table):
-        command, again, check = table[verb]
+        command, again, check, fresh = table[verb]
         name = verb.replace(" ", "-")
         reference = out / f"{name}-ref"
         if verb == "train":
             window = train_window or timed_reference(command(out / "train-timing"), out / "train-timing", env)
         else:
+            if fresh is not None:
+                fresh(reference)
             window = timed_reference(command(reference), reference, env)
         outcome = {"points": points, "killed": 0, "survived": 0, "problems": [], "window_seconds": window}
         for i in range(points):
             target = out / f"{name}-{i}"
+            if fresh is not None:
+                fresh(target)
             delay = rng.uniform(*window)
             killed, problems = killed_then_finished(command(target), again(target), delay, env)
             outcome["killed"] += killed
@@ -212,7 +241,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=20, help="kill points per verb")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of each difftrain process")
-    p.add_argument("--verbs", nargs="+", default=None, help="only these (train, synth, 'data prepare', sample)")
+    p.add_argument("--verbs", nargs="+", default=None, help="only these (train, synth, 'data prepare', sample, eval)")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
