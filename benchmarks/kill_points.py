@@ -143,11 +143,14 @@ def check_prepared(reference: Path, out: Path) -> list[str]:
     return problems + [f"left beside it: {name}" for name in strays]
 
 
-def check_samples(reference: Path, out: Path) -> list[str]:
-    """The same arrays and meta (`created` aside), nothing half-written beside the file."""
+def check_samples(reference: Path, out: Path, runs: tuple[Path, Path] | None = None) -> list[str]:
+    """The same arrays and meta (`created` aside, and the two `runs`' own paths), nothing half-written beside it."""
     with np.load(reference) as a, np.load(out) as b:
         problems = [f"{out.name}: {key} differs" for key in a.files if key != "meta" and not np.array_equal(a[key], b[key])]
-        meta = [{k: v for k, v in json.loads(str(f["meta"])).items() if k != "created"} for f in (a, b)]
+        texts = [str(f["meta"]) for f in (a, b)]
+        if runs is not None:
+            texts = [t.replace(str(run.resolve()), "RUN") for t, run in zip(texts, runs)]
+        meta = [{k: v for k, v in json.loads(t).items() if k != "created"} for t in texts]
     problems += [f"{out.name}: meta differs"] if meta[0] != meta[1] else []
     return problems + [f"left: {p.name}" for p in out.parent.glob(f".{out.name}.*")]
 
@@ -178,7 +181,7 @@ def check_evaluated(reference: Path, run: Path) -> list[str]:
         if name not in got:
             problems.append(f"eval/{name} is missing")
         elif name.endswith(".npz"):
-            problems += check_samples(reference / "eval" / name, run / "eval" / name)
+            problems += check_samples(reference / "eval" / name, run / "eval" / name, (reference, run))
         elif got[name] != ref[name]:
             problems.append(f"eval/{name} differs")
     problems += [f"stray eval/{name}" for name in got if name not in ref]
@@ -193,13 +196,14 @@ def verbs(out: Path, data: Path) -> dict[str, tuple]:
                             "--batch-size", "8", "--sampler", "euler", "--steps", "4", "--filter", "memorization,dedup",
                             "--no-report"]
     prepare = lambda folder: ["data", "prepare", str(image_source(out)), "--out", str(folder), "--overwrite"]  # noqa: E731
-    sample = lambda file: ["sample", str(out / "train-ref"), "--n", "3000", "--out", str(file)]  # noqa: E731
+    npz = lambda path: path.with_name(path.name + ".npz")  # noqa: E731 - a samples file's name
+    sample = lambda file: ["sample", str(out / "train-ref"), "--n", "3000", "--out", str(npz(file))]  # noqa: E731
     evaluate = lambda run: ["eval", str(run), "--n", "300", "--metrics", "fid,kid,pr"]  # noqa: E731
     copy_run = lambda run: shutil.copytree(out / "train-ref", run)  # noqa: E731 - eval writes into the run it scores
     return {"train": (train, lambda run: [*train(run), "--resume"], check_train, None),
             "synth": (synth, synth, check_synth, None),
             "data prepare": (prepare, prepare, check_prepared, None),
-            "sample": (sample, sample, check_samples, None),
+            "sample": (sample, sample, lambda ref, got: check_samples(npz(ref), npz(got)), None),
             "eval": (evaluate, evaluate, check_evaluated, copy_run)}
 
 
