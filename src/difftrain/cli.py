@@ -219,7 +219,6 @@ def train(
     """Train a diffusion model, from scratch or from --init weights; extra `key=value` arguments override
     config fields (see `difftrain config`), e.g. finetune.lora_rank=8 or finetune.train_only=[up_blocks]."""
     from difftrain.config import read_config
-    from difftrain.training.trainer import train as run_training
 
     if resume and out_dir is None:
         raise UserError("--resume needs --out RUN, the run to continue")
@@ -260,6 +259,11 @@ def train(
         import time
 
         out_dir = Path("runs") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Said before the libraries of training load (seconds): the first line comes at once.
+    console.print(f"{'resuming' if resume else 'starting'} {out_dir} (data {cfg.data.path}"
+                  + (f", preset {preset}" if preset else "") + "): loading the training libraries", highlight=False)
+    from difftrain.training.trainer import train as run_training
+
     try:
         result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console, source=source)
     except KeyboardInterrupt:

@@ -296,8 +296,10 @@ def write_grid(state: TrainingState) -> None:
         if ema_net is None:  # not the main process
             return
         spec = SamplingSpec.from_config(state.config.sample, seed=state.config.train.seed)
-        samples = generate(t.denoiser.with_net(ema_net), state.dataset.modality, grid_n, conditions, spec,
-                           device=t.device)
+        with Progress(console=state.console, transient=True) as bar:  # seconds to minutes at the end of a run: say so
+            task = bar.add_task(f"samples grid at {state.images:,} images", total=grid_n)
+            samples = generate(t.denoiser.with_net(ema_net), state.dataset.modality, grid_n, conditions, spec,
+                               device=t.device, progress=lambda k: bar.advance(task, k))
     state.dataset.modality.save_preview(samples, state.run_dir / "samples" / f"grid-{state.images:09d}.png", labels=rows,
                                         class_names=state.model_classes or (None if rows is None else [""] * int(rows.max() + 1)),
                                         reference=state.dataset.train_data)
