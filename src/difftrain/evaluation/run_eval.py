@@ -52,9 +52,9 @@ def sample_run(run_dir: str | Path, n: int, spec: SamplingSpec, out: str | Path,
     drawn in rounds until there are n: exact samples of the model's conditional, at the cost of the rejected draws.
     `prompts`: a captioned model's captions, sample i drawn for prompts[i % len(prompts)].
     """
-    check_fits_in_memory(n, open_run(run_dir).modality)
     warn = warn if is_main_process() else _quiet
     run = open_run(run_dir)
+    check_fits_in_memory(n, run.modality)
     ckpt = run.checkpoint(checkpoint, warn)
     denoiser = run.denoiser(ckpt, ema=ema, device=device)
     names = run.class_names if class_names is None else class_names
