@@ -1,4 +1,4 @@
-"""Kill -9 at random points of `train`, `synth`, `data prepare`, `sample` and `eval`, then run the same command again:
+"""Kill -9 at random points of `train`, `synth`, `data prepare`, `sample`, `eval` and `sweep`, then run the same command again:
 does every output survive?
 
 For each verb an uninterrupted reference runs first (its wall time sets the window). Then, at each point, the command
@@ -11,6 +11,9 @@ again to the end (`train --resume`; the same command for the others). A point su
     data prepare  the same arrays and manifest (`created` aside), nothing half-written left beside the folder
     sample  the same samples file, byte for byte, nothing half-written beside it
     eval    the run's evaluation records (timings aside) and eval/ files, as many as an uninterrupted evaluation's
+    sweep   (3 trials; run again: `sweep --resume`, or the same command where the kill came before sweep.json) every
+            trial complete, as many as the reference's; a trial drawn with a reference trial's settings ends on its
+            objective and EMA weights exactly; checkpoints load; no trial's log tells an image count twice
 
 Prints one JSON line: per verb, points tried, survived, and what differed where one did not.
 
@@ -31,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,10 @@ TINY = ["model.unet.channels=[16,32]", "model.unet.attention=[false,true]", "mod
         "train.compile=off", "train.duration_steps=40", "train.log_every_images=16", "train.grid_every_images=320",
         "train.checkpoint_every_images=64", "train.keep_checkpoints=20", "train.ema_halflife_images=64",
         "optim.warmup_images=32", "sample.steps=4", "sample.batch_size=64", "eval.every_images=0"]
+# A sweep's trials: 96 training images each, an evaluation every 32 (the objective, and where a killed trial resumes).
+SWEEP_TINY = [t for t in TINY if not t.startswith(("train.duration_steps", "eval.every_images", "train.checkpoint"))] + [
+    "eval.every_images=32", "eval.during_n=32", "eval.classifier_epochs=1", "train.log_every_images=32",
+    "train.checkpoint_every_images=32"]
 TIMINGS = {"images_per_s", "peak_memory_bytes", "seconds"}  # (metrics.jsonl fields that measure the machine, not the run)
 
 
@@ -65,9 +73,10 @@ def timed_reference(args: list[str], output: Path, env: dict[str, str]) -> tuple
     return 0.0, WINDOW * (time.perf_counter() - start)
 
 
-def killed_then_finished(args: list[str], again: list[str], delay: float, env: dict[str, str]) -> tuple[bool, list[str]]:
-    """Start `args`, SIGKILL it after `delay` s (unless it ended before), then run `again` to the end: (whether it was
-    killed, the problem when running it again failed)."""
+def killed_then_finished(args: list[str], again: Callable[[], list[str]], delay: float,
+                         env: dict[str, str]) -> tuple[bool, list[str]]:
+    """Start `args`, SIGKILL it after `delay` s (unless it ended before), then run `again()` (what the kill left decides
+    it) to the end: (whether it was killed, the problem when running it again failed)."""
     process = difftrain(*args, env=env)
     try:
         process.wait(timeout=delay)
@@ -77,7 +86,7 @@ def killed_then_finished(args: list[str], again: list[str], delay: float, env: d
         process.wait()
         killed = True
     try:
-        finish(difftrain(*again, env=env), "the command run again")
+        finish(difftrain(*again(), env=env), "the command run again")
     except RuntimeError as e:
         return killed, [" ".join(str(e).split())]
     return killed, []
@@ -155,6 +164,45 @@ def check_samples(reference: Path, out: Path, runs: tuple[Path, Path] | None = N
     return problems + [f"left: {p.name}" for p in out.parent.glob(f".{out.name}.*")]
 
 
+def sweep_space(out: Path) -> Path:
+    path = out / "sweep.yaml"
+    path.write_text("objective: fid\npruner: none\nsampler: random\nparams:\n"
+                    "  optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}\n  diffusion.p_mean: {low: -1.6, high: -0.8}\n")
+    return path
+
+
+def check_sweep(reference: Path, out: Path) -> list[str]:
+    """Every trial complete, as many as the reference's, none repeated; a trial with the reference's settings ends on its
+    objective and weights exactly (a killed trial resumed from its checkpoint); each trial's log tells its run once."""
+    from difftrain.store.checkpoint import CheckpointError, list_checkpoints, open_checkpoint
+    from difftrain.sweep.study import load
+
+    def trials(folder: Path) -> dict[str, tuple]:
+        return {json.dumps(t.params, sort_keys=True): (t.number, t.state.name, t.values) for t in load(folder).get_trials()}
+
+    ref, got = trials(reference), trials(out)
+    problems = [f"{len(got)} trials, the reference has {len(ref)}"] if len(got) != len(ref) else []
+    problems += [f"trial {n} is {state}" for n, state, _ in got.values() if state != "COMPLETE"]
+    for params, (n, _, values) in got.items():
+        trial = out / "trials" / f"trial-{n:04d}"
+        for path in list_checkpoints(trial):
+            try:
+                open_checkpoint(path)
+            except CheckpointError as e:
+                problems.append(f"trial {n} checkpoint {path.name}: {e}")
+        told = [(r.get("event"), r["images"]) for r in records(trial) if "loss" in r or r.get("during_training")]
+        if len(told) != len(set(told)):
+            problems.append(f"trial {n}: metrics.jsonl tells some images twice")
+        if params in ref:
+            twin = reference / "trials" / f"trial-{ref[params][0]:04d}"
+            if values != ref[params][2]:
+                problems.append(f"trial {n}: objective {values} where the reference's trial with its settings has {ref[params][2]}")
+            last, ref_last = list_checkpoints(trial)[-1], list_checkpoints(twin)[-1]
+            if (last / "ema.safetensors").read_bytes() != (ref_last / "ema.safetensors").read_bytes():
+                problems.append(f"trial {n}: {last.name}/ema.safetensors differs from the reference trial's")
+    return problems + [f"left: {p.relative_to(out)}" for p in out.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
 def image_source(out: Path, count: int = 3000) -> Path:
     """A folder of `count` small PNGs in 10 classes: long enough to prepare that a kill lands inside it."""
     from PIL import Image
@@ -200,11 +248,17 @@ def verbs(out: Path, data: Path) -> dict[str, tuple]:
     sample = lambda file: ["sample", str(out / "train-ref"), "--n", "3000", "--out", str(npz(file))]  # noqa: E731
     evaluate = lambda run: ["eval", str(run), "--n", "300", "--metrics", "fid,kid,pr"]  # noqa: E731
     copy_run = lambda run: shutil.copytree(out / "train-ref", run)  # noqa: E731 - eval writes into the run it scores
+    sweep = lambda folder: ["sweep", "--data", str(data), "--out", str(folder), "--trials", "3", "--budget-images", "96",  # noqa: E731
+                            "--space", str(sweep_space(out)), "--no-progress", *SWEEP_TINY]
+    # What its messages tell a user: a folder holding a sweep goes on with --resume; one killed before it did, afresh.
+    resume_sweep = lambda folder: ["sweep", "--resume", str(folder), "--no-progress"] \
+        if (folder / "sweep.json").is_file() else sweep(folder)  # noqa: E731
     return {"train": (train, lambda run: [*train(run), "--resume"], check_train, None),
             "synth": (synth, synth, check_synth, None),
             "data prepare": (prepare, prepare, check_prepared, None),
             "sample": (sample, sample, lambda ref, got: check_samples(npz(ref), npz(got)), None),
-            "eval": (evaluate, evaluate, check_evaluated, copy_run)}
+            "eval": (evaluate, evaluate, check_evaluated, copy_run),
+            "sweep": (sweep, resume_sweep, check_sweep, None)}
 
 
 def measure(out: Path, points: int, seed: int, env: dict[str, str], only: list[str] | None = None) -> dict:
@@ -233,7 +287,7 @@ def measure(out: Path, points: int, seed: int, env: dict[str, str], only: list[s
             if fresh is not None:
                 fresh(target)
             delay = rng.uniform(*window)
-            killed, problems = killed_then_finished(command(target), again(target), delay, env)
+            killed, problems = killed_then_finished(command(target), lambda: again(target), delay, env)
             outcome["killed"] += killed
             problems = problems or check(reference, target)
             outcome["survived"] += not problems
@@ -248,7 +302,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=20, help="kill points per verb")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of each difftrain process")
-    p.add_argument("--verbs", nargs="+", default=None, help="only these (train, synth, 'data prepare', sample, eval)")
+    p.add_argument("--verbs", nargs="+", default=None, help="only these (train, synth, 'data prepare', sample, eval, sweep)")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()

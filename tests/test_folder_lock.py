@@ -1,4 +1,4 @@
-"""One writer per folder: a second train, synth or data prepare on a folder in use is refused with the holder's process
+"""One writer per folder: a second train, synth, data prepare or eval on a folder in use is refused with the holder's process
 id, and a holder killed with -9 leaves nothing stuck."""
 
 from __future__ import annotations
@@ -55,17 +55,20 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_a_killed_holder_
     assert not folder.exists()  # the lock lives beside the folder: it makes no folder
 
 
-def test_train_synth_and_prepare_refuse_a_folder_in_use(tmp_path, holder, digits_dir):
+def test_train_synth_prepare_and_eval_refuse_a_folder_in_use(tmp_path, holder, digits_dir):
     run = train_tiny(tmp_path / "tiny", digits_dir)
-    for args in (["train", "--out", str(tmp_path / "run"), "train.duration_steps=1"],
-                 ["data", "prepare", "digits", "--out", str(tmp_path / "data")],
-                 ["synth", str(run), "--out", str(tmp_path / "synth"), "--per-class", "1"]):
-        folder = Path(args[args.index("--out") + 1])
+    log = (run / "metrics.jsonl").read_text()
+    for args, folder in ((["train", "--out", str(tmp_path / "run"), "train.duration_steps=1"], tmp_path / "run"),
+                         (["data", "prepare", "digits", "--out", str(tmp_path / "data")], tmp_path / "data"),
+                         (["synth", str(run), "--out", str(tmp_path / "synth"), "--per-class", "1"], tmp_path / "synth"),
+                         (["eval", str(run), "--n", "10", "--metrics", "fid"], run / "eval")):  # one eval of a run at a time
+        existed = folder.exists()
         process = holder(folder)
         result = subprocess.run([sys.executable, "-m", "difftrain", *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert f"in use by process {process.pid}" in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
-        assert not folder.exists()  # nothing written
+        assert folder.exists() == existed  # nothing written
+    assert (run / "metrics.jsonl").read_text() == log
 
 
 def test_a_lock_released_between_open_and_lock_is_taken_again(tmp_path, monkeypatch):

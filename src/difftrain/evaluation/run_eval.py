@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from difftrain import atomic
 from difftrain.conditioning import takes_captions
 from difftrain.config import EvalConfig
 from difftrain.data import PreparedDataset, load_dataset
@@ -24,12 +25,13 @@ from difftrain.diffusion import Denoiser
 from difftrain.distributed import from_main_process, is_main_process, on_main_process
 from difftrain.errors import UserError
 from difftrain.evaluation.suite import MODEL_METRICS, check_samples, evaluate_samples, parse_metrics
+from difftrain.folder_lock import folder_lock
 from difftrain.modalities import FeatureExtractor, modality_for
 from difftrain.store.run import Run, label_map, open_run
 from difftrain.sampling import (SamplingSpec, check_fits_in_memory, class_labels, generate, read_samples, spec_meta,
                                 write_samples)
 from difftrain.store.checkpoint import Checkpoint, CheckpointError, list_checkpoints, open_checkpoint, resolve_checkpoint
-from difftrain.store.metrics_log import MetricsLog
+from difftrain.store.metrics_log import EVALUATION, MetricsLog
 from difftrain.store.posthoc_ema import reconstructed_checkpoint, record_best
 
 
@@ -231,78 +233,83 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str = "latest", steps: lis
     warn = warn if main else _quiet
     run_dir = Path(run_dir)
     run = open_run(run_dir)
-    ec = run.config.eval
-    if nll_images:
-        ec = ec.model_copy(update={"nll_images": nll_images})
-    metrics = parse_metrics(metrics or ec.metrics)
-    n = n or ec.n_samples
-    # Every step count at every guidance weight (a sweep: quality against prompt following).
-    guidances = guidance if isinstance(guidance, list) else [guidance]
-    specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=g, temperature=temperature)
-             for s in (steps or [None]) for g in guidances]
-    # Each checkpoint to score, with its post-hoc EMA length (None: the run's own EMA).
-    chosen = [(ckpt, None) for ckpt in select_checkpoints(run, checkpoints, warn)]
-    if ema_lengths:
-        made = on_main_process(lambda: [(str(reconstructed_checkpoint(run_dir, length, ckpt.images)), length)
-                                        for ckpt, _ in chosen for length in ema_lengths])
-        chosen = [(open_checkpoint(Path(folder)), length) for folder, length in from_main_process(made)]
-    if data is None and not Path(run.dataset["path"]).is_dir():
-        raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
-                        "pass its new place with --data DIR")
-    ds = load_dataset(data or run.dataset["path"])
-    if not ds.modality.same_data(run.modality):
-        raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
-                        f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
-    if run.is_autoencoder:
-        return evaluate_autoencoder(run, ds, [ckpt for ckpt, _ in chosen], metrics, ec, extractor, inception_weights, device, warn)
-    if run.config.model.latent:  # latent diffusion: the data's images through the run's autoencoder
-        ds = ds.seen_as(modality_for({**ds.modality.spec, "latent": run.modality.spec["latent"]}))
-    to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
-    captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
-    if prompts is not None and captions is None:
-        raise UserError(f"--prompts gives captions; {run_dir} was not trained on captioned images")
-    # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
-    ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))
-    out_dir = run_dir / "eval"
-    log = MetricsLog(run_dir, enabled=main)
-    records = []
-    try:
-        for ckpt, length in chosen:
-            base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()), "eval_seed": seed,
-                    **({"ema_length": length} if length is not None else {})}
-            nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
-                             across_processes=True) if "nll" in metrics else {}
-            tasks = on_main_process(lambda: observed_tasks(run.denoiser(ckpt, device=device), ds, run.config, metrics,
-                                                           specs[0], device, seed, warn))
-            nll = {**nll, **(tasks or {})}
-            if set(metrics) <= set(MODEL_METRICS):
-                records.append({**base, **(spec_meta(specs[0]) if tasks else {}), **nll})
-                log.write(records[-1])
-                continue
-            for spec in specs:
-                tag = (f"{ckpt.path.name}-{spec.sampler}-{spec.steps}-g{spec.guidance:g}-n{n}-s{seed}"
-                       + (f"-t{spec.temperature:g}" if spec.temperature != 1 else ""))
-                samples_file = out_dir / f"samples-{tag}.npz"
-                with torch.inference_mode():
-                    sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
-                                         class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn,
-                                         prompts=None if captions is None else captions[0])
-                labels = sampled["labels"] if captions is None else captions[1](n)
-                scores = on_main_process(lambda: score(sampled["images"], labels, ds, ext, metrics, ec, seed,
-                                                       memorization_png=out_dir / f"memorization-{tag}.png",
-                                                       network=run.config.model, say=say)) or {}
-                records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
-                log.write(records[-1])
-    finally:
-        log.close()
-    if main:
-        from difftrain.evaluation.plots import plot_run
+    # One `difftrain eval` of a run at a time (training may go on beside it): what a killed one left in eval/ is removed.
+    with folder_lock(run_dir / "eval", "run"):
+        if main:
+            atomic.remove_leftovers(run_dir / "eval")
+        ec = run.config.eval
+        if nll_images:
+            ec = ec.model_copy(update={"nll_images": nll_images})
+        metrics = parse_metrics(metrics or ec.metrics)
+        n = n or ec.n_samples
+        # Every step count at every guidance weight (a sweep: quality against prompt following).
+        guidances = guidance if isinstance(guidance, list) else [guidance]
+        specs = [run.sampling_spec(seed, sampler=sampler, steps=s, guidance=g, temperature=temperature)
+                 for s in (steps or [None]) for g in guidances]
+        # Each checkpoint to score, with its post-hoc EMA length (None: the run's own EMA).
+        chosen = [(ckpt, None) for ckpt in select_checkpoints(run, checkpoints, warn)]
+        if ema_lengths:
+            made = on_main_process(lambda: [(str(reconstructed_checkpoint(run_dir, length, ckpt.images)), length)
+                                            for ckpt, _ in chosen for length in ema_lengths])
+            chosen = [(open_checkpoint(Path(folder)), length) for folder, length in from_main_process(made)]
+        if data is None and not Path(run.dataset["path"]).is_dir():
+            raise UserError(f"the run's dataset {run.dataset['path']} (named in {run_dir / 'dataset.json'}) is gone: "
+                            "pass its new place with --data DIR")
+        ds = load_dataset(data or run.dataset["path"])
+        if not ds.modality.same_data(run.modality):
+            raise UserError(f"{ds.path} holds {ds.modality.kind} data {ds.modality.spec_summary()}, the run {run_dir} makes "
+                            f"{run.modality.kind} data {run.modality.spec_summary()}: pass the dataset it was trained on with --data")
+        if run.is_autoencoder:
+            return evaluate_autoencoder(run, ds, [ckpt for ckpt, _ in chosen], metrics, ec, extractor, inception_weights, device, warn)
+        if run.config.model.latent:  # latent diffusion: the data's images through the run's autoencoder
+            ds = ds.seen_as(modality_for({**ds.modality.spec, "latent": run.modality.spec["latent"]}))
+        to_model = label_map(ds.class_names, run.class_names, str(ds.path)) if run.num_classes else None
+        captions = eval_captions(run, ds, prompts, warn) if run.captioned else None
+        if prompts is not None and captions is None:
+            raise UserError(f"--prompts gives captions; {run_dir} was not trained on captioned images")
+        # Only the main process scores, so only it builds the features (and trains the domain classifier, once).
+        ext = on_main_process(lambda: extractor_for(ds, ec, metrics, extractor, inception_weights, device))
+        out_dir = run_dir / "eval"
+        log = MetricsLog(run_dir, enabled=main)
+        records = []
+        try:
+            for ckpt, length in chosen:
+                base = {"event": "eval", "images": ckpt.images, "checkpoint": str(ckpt.path.resolve()),
+                        "data": str(ds.path.resolve()), "eval_seed": seed,
+                        **({"ema_length": length} if length is not None else {})}
+                nll = likelihood(run.denoiser(ckpt, device=device), ds, to_model, ec, device, seed,
+                                 across_processes=True) if "nll" in metrics else {}
+                tasks = on_main_process(lambda: observed_tasks(run.denoiser(ckpt, device=device), ds, run.config, metrics,
+                                                               specs[0], device, seed, warn))
+                nll = {**nll, **(tasks or {})}
+                if set(metrics) <= set(MODEL_METRICS):
+                    records.append({**base, **(spec_meta(specs[0]) if tasks else {}), **nll})
+                    log.write(records[-1], same=EVALUATION)
+                    continue
+                for spec in specs:
+                    tag = (f"{ckpt.path.name}-{spec.sampler}-{spec.steps}-g{spec.guidance:g}-n{n}-s{seed}"
+                           + (f"-t{spec.temperature:g}" if spec.temperature != 1 else ""))
+                    samples_file = out_dir / f"samples-{tag}.npz"
+                    with torch.inference_mode():
+                        sampled = sample_run(run_dir, n, spec, samples_file, checkpoint=str(ckpt.path), device=device,
+                                             class_names=ds.class_names if run.num_classes else None, progress=progress, warn=warn,
+                                             prompts=None if captions is None else captions[0])
+                    labels = sampled["labels"] if captions is None else captions[1](n)
+                    scores = on_main_process(lambda: score(sampled["images"], labels, ds, ext, metrics, ec, seed,
+                                                           memorization_png=out_dir / f"memorization-{tag}.png",
+                                                           network=run.config.model, say=say)) or {}
+                    records.append({**base, **spec_meta(spec), **scores, **nll, "samples_file": str(samples_file)})
+                    log.write(records[-1], same=EVALUATION)
+        finally:
+            log.close()
+        if main:
+            from difftrain.evaluation.plots import plot_run
 
-        plot_run(run_dir)
-        headline = next((m for m in ("fid", "kid") if m in metrics), None)  # (lower is better)
-        if ema_lengths and headline:
-            record_best(run_dir, records, headline)
-    return from_main_process(records)
+            plot_run(run_dir)
+            headline = next((m for m in ("fid", "kid") if m in metrics), None)  # (lower is better)
+            if ema_lengths and headline:
+                record_best(run_dir, records, headline)
+        return from_main_process(records)
 
 
 def evaluate_autoencoder(run: Run, ds: PreparedDataset, chosen: list, metrics: list[str], ec: EvalConfig,
