@@ -49,7 +49,28 @@ def test_a_training_sent_to_a_file_says_what_it_does_from_its_first_seconds(tmp_
     first = next(i for i, line in enumerate(said) if "config.yaml written" in line)
     announce = next(i for i, line in enumerate(said) if line.startswith("training the evaluation's feature classifier"))
     assert first < announce  # the run folder existed before the slow step
+    # Each message one line, however long (rich wraps at 80 columns where there is no terminal): grep finds it whole.
+    assert said[announce].endswith(f"cached in {data.path / 'classifier'})")
+    assert any(line.startswith("evaluation during training: fid of 32 samples every 64 images") and
+               line.endswith("(eval.every_images=0 turns it off)") for line in said)
     assert any(line.startswith("feature classifier: ") and "steps" not in line and "%" in line for line in said)
     train_lines = [line for line in said if line.startswith("train: ")]
     assert train_lines[-1].startswith("train: 128/128 (100%), loss ") and "elapsed" in train_lines[-1]
     assert any("left" in line for line in train_lines)
+
+
+def test_a_new_run_has_its_folder_and_config_before_the_first_line_and_a_refused_one_leaves_none(tmp_path, digits_dir):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "difftrain", "train", "--out", str(run), *tiny_overrides(digits_dir)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        first = process.stderr.readline()
+        assert first.startswith(f"starting {run}") and (run / "config.yaml").is_file()  # before torch has loaded
+    finally:
+        process.kill()
+        process.wait()
+    missing = tmp_path / "refused"
+    result = subprocess.run([sys.executable, "-m", "difftrain", "train", "--out", str(missing),
+                             *tiny_overrides(tmp_path / "no-such-data")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not missing.exists()  # a run refused before it began leaves no folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from difftrain.progress import Progress
+from difftrain.progress import Progress, stderr_console
 from difftrain.errors import UserError
 from difftrain.config import PRESETS
 
@@ -25,7 +26,7 @@ app.add_typer(data_app, name="data")
 rate_app = typer.Typer(no_args_is_help=True, help="Human ratings in the browser: runs compared in pairs, real or "
                        "generated (HYPE), faithfulness; rankings with 95% intervals (docs/rate.md).")
 app.add_typer(rate_app, name="rate")
-console = Console(stderr=True)
+console = stderr_console()
 out = Console()
 
 
@@ -117,6 +118,21 @@ def data_prepare(
 
 PROCESSES_HELP = ("Run on N processes of this machine through `accelerate launch` (one per GPU, or CPU cores "
                   "shared out); for several machines use `accelerate launch -m difftrain ...` (docs/scale.md).")
+
+
+def _new_run_folder(out_dir: Path, cfg) -> bool:
+    """A new run's folder and its config as given, from the command's first second (`ls`, TensorBoard, `difftrain
+    runs`); the trainer writes the config it settles on over it. Whether this command made the folder."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return False
+    from difftrain.config import save_config
+
+    try:
+        out_dir.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    save_config(cfg, out_dir / "config.yaml")
+    return True
 
 
 def _in_processes(processes: int, device: str) -> None:
@@ -259,13 +275,18 @@ def train(
         import time
 
         out_dir = Path("runs") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # Said before the libraries of training load (seconds): the first line comes at once.
+    # Before the libraries of training load (seconds): a new run's folder, and the first line, at once.
+    made = not resume and _new_run_folder(out_dir, cfg)
     console.print(f"{'resuming' if resume else 'starting'} {out_dir} (data {cfg.data.path}"
                   + (f", preset {preset}" if preset else "") + "): loading the training libraries", highlight=False)
     from difftrain.training.trainer import train as run_training
 
     try:
         result = run_training(cfg, out_dir, resume=resume, progress=progress, console=console, source=source)
+    except UserError:
+        if made and [p.name for p in out_dir.iterdir()] == ["config.yaml"]:  # refused before it began: nothing left
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: checkpoints already written stay valid; continue with "
                       f"`difftrain train --out {out_dir} --resume`")

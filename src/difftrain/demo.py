@@ -9,6 +9,7 @@ from rich.console import Console
 
 from difftrain.config import load_config
 from difftrain.evaluation.run_eval import evaluate_run
+from difftrain.progress import stderr_console
 from difftrain.report.card import write_report
 from difftrain.training.trainer import train
 
@@ -16,7 +17,7 @@ from difftrain.training.trainer import train
 def run_demo(out: Path | None = None, images: int | None = None, console: Console | None = None,
              overrides: list[str] = ()) -> Path:
     """Prepare digits, train a class-conditional model, sample every class, evaluate, report."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     out = Path(out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     config = load_config("digits", overrides=[*overrides, *([f"train.duration_images={images}"] if images else [])])
     console.rule("[bold]1/3 train (built-in digits, class-conditional)")

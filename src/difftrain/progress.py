@@ -90,9 +90,17 @@ class PlainProgress:
         self.console.print(", ".join(parts), highlight=False, markup=False, soft_wrap=True)
 
 
+def stderr_console() -> Console:
+    """The console of messages. In a job log rich would wrap each line at 80 columns (its width when there is no
+    terminal): there a message stays one line, for grep and for the reader."""
+    console = Console(stderr=True)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
 def Progress(*columns: Any, console: Console | None = None, **options: Any):  # noqa: N802 - rich's name, rich's call
     """rich's Progress on a terminal, PlainProgress anywhere else."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if console.is_terminal:
         return RichProgress(*columns, console=console, **options)
     return PlainProgress(*columns, console=console, **options)

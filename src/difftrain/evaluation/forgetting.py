@@ -15,6 +15,7 @@ from rich.console import Console
 from difftrain import atomic
 from difftrain.data import PreparedDataset, load_dataset
 from difftrain.evaluation.run_eval import evaluate_denoiser, extractor_for
+from difftrain.progress import stderr_console
 from difftrain.store.run import Run, label_map, open_run, source_run
 from difftrain.store.checkpoint import open_checkpoint
 from difftrain.store.metrics_log import MetricsLog
@@ -53,7 +54,7 @@ def forgetting_report(run_dir: Path, new_ds: PreparedDataset, log: MetricsLog, *
 
     Nothing to do (None) when the source is not a difftrain run or its data is gone.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     run = open_run(run_dir)
     fc = run.config.finetune
     source = source_run(fc.init) if fc.init else None

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -25,7 +24,7 @@ from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
 from difftrain.hashing import sha256_file
-from difftrain.progress import Progress
+from difftrain.progress import Progress, stderr_console
 
 FEATURES = 64
 
@@ -147,7 +146,7 @@ def load_or_train_classifier(ds, epochs: int = 20, seed: int = 0) -> tuple[Small
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(meta_file.read_text())
     # Minutes on a large dataset, before anything else can be scored: say what it is, once per dataset, with progress.
-    console = Console(stderr=True)
+    console = stderr_console()
     console.print(f"training the evaluation's feature classifier on the images of {ds.path} ({epochs} epochs; once per "
                   f"dataset, cached in {folder})", highlight=False)
     with Progress(TextColumn("feature classifier"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),

@@ -20,7 +20,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-from difftrain.progress import Progress
+from difftrain.progress import Progress, stderr_console
 from difftrain import atomic
 from difftrain.config import Config
 from difftrain.data import PreparedDataset
@@ -41,7 +41,7 @@ def latents_cache(run_dir: Path, name: str) -> Path:
 def latent_dataset(config: Config, dataset: PreparedDataset, run_dir: Path, *, resume: bool, device="cpu",
                    console: Console | None = None) -> tuple[Config, PreparedDataset]:
     """The config with model.latent pinned to a checkpoint, and `dataset` seen through that autoencoder."""
-    run_dir, console = Path(run_dir), console or Console(stderr=True)
+    run_dir, console = Path(run_dir), console or stderr_console()
     copy, summary = run_dir / LATENT_WEIGHTS, run_dir / "dataset.json"
     if resume and copy.is_file() and summary.is_file():
         spec = json.loads(summary.read_text())["modality"]

@@ -32,7 +32,12 @@ class DuringTraining:
         from difftrain.evaluation.run_eval import extractor_for
 
         # Built before training starts, so that a feature space that cannot work (an unlabelled
-        # dataset for the domain classifier, a missing weights file) stops the run at once.
+        # dataset for the domain classifier, a missing weights file) stops the run at once. Its first build on a
+        # large dataset takes minutes (announced, with progress): say how to do without it.
+        ec = config.eval
+        console.print(f"evaluation during training: {', '.join(ec.during_metrics)} of {ec.during_n:,} samples every "
+                      f"{ec.every_images:,} images, best kept by {self.metric} (eval.every_images=0 turns it off)",
+                      highlight=False)
         try:
             self.extractor = extractor_for(dataset, config.eval, list(config.eval.during_metrics), device=device)
         except UserError as e:

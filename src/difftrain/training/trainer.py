@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from difftrain.progress import Progress
+from difftrain.progress import Progress, stderr_console
 from difftrain import atomic
 from difftrain.conditioning import takes_captions
 from difftrain.config import Config, TrainConfig, save_config
@@ -117,7 +117,7 @@ def setup(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     """
     run_dir = Path(run_dir)
     tc = config.train
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}")  # noqa: E731
     if tc.threads:
         torch.set_num_threads(tc.threads)
