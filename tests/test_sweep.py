@@ -246,3 +246,19 @@ def test_several_objectives_give_the_pareto_front(tmp_path, digits_dir):
                  and rows[b]["values"] != rows[a]["values"]}
     assert sorted(summary["best"]) == sorted(set(rows) - dominated)
     assert (out / "pareto.png").is_file() and "Pareto front" in result.stdout
+
+
+def test_sweep_show_removes_what_a_killed_show_left_and_nothing_else(tmp_path, monkeypatch):
+    """Found by the kill points of `sweep`: a show killed in its plots left .slices.png.*.tmp beside them."""
+    from difftrain.sweep import show
+
+    out = tmp_path / "sweep"
+    leftovers = [out / ".slices.png.z8ewwsv1.tmp", out / ".summary.json.k2j4h5g6.tmp"]
+    others = [out / ".notes.txt.abcdefgh.tmp",  # not a show's file
+              out / "trials" / "trial-0000" / ".config.yaml.abcdefgh.tmp"]  # a trial's, which a worker may be writing
+    for path in leftovers + others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    monkeypatch.setattr(show, "_write_outputs", lambda out, summary: [])  # (the writing itself is tested above)
+    show.write_outputs(out, None)
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in others)

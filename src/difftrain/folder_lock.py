@@ -74,6 +74,19 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def taking_turns(folder: str | Path) -> Iterator[None]:
+    """Wait for, then hold, an flock on FOLDER itself: for writers that share a folder and take turns in it (training and
+    `eval` in a run's metrics.jsonl, a sweep's workers and `sweep show` in its summary files), where folder_lock would
+    refuse the second."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (gives the lock back)
+
+
 def lock_holder(folder: str | Path) -> str | None:
     """Who holds FOLDER's lock now ("process 123 on host ..."), or None when nobody does."""
     path = lock_path(Path(folder))

@@ -7,31 +7,20 @@ folder, so a rewrite never loses a line appended meanwhile.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from difftrain import atomic
+from difftrain.folder_lock import taking_turns
 
 # What names one evaluation by `difftrain eval`: run again with the same (a rerun after a crash, or with other metrics),
 # it replaces its record, the new scores merged into the old, instead of logging the same measurement twice.
 EVALUATION = ("event", "during_training", "checkpoint", "ema_length", "data", "eval_seed", "sampler", "steps", "schedule",
               "guidance", "temperature", "seed", "n_samples", "extractor_sha256")
-
-
-@contextmanager
-def _writing(run_dir: Path) -> Iterator[None]:
-    fd = os.open(run_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # (gives the lock back)
 
 
 class MetricsLog:
@@ -46,7 +35,7 @@ class MetricsLog:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
 
-            with _writing(self.path.parent):  # nobody rewrites it now: a temporary left beside it is a killed writer's
+            with taking_turns(self.path.parent):  # nobody rewrites it now: a temporary left beside it is a killed writer's
                 atomic.remove_leftovers(self.path, inside=False)
                 if resume_at is not None:
                     self._truncate(resume_at)
@@ -82,7 +71,7 @@ class MetricsLog:
         measurement: they leave the file, and what they hold that `record` does not is kept in it."""
         if not self.enabled:
             return
-        with _writing(self.path.parent):
+        with taking_turns(self.path.parent):
             if same:
                 for earlier in self._drop(lambda r: all(r.get(k) == record.get(k) for k in same)):
                     record = {**earlier, **record}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from difftrain import atomic
+from difftrain.folder_lock import taking_turns
 from difftrain.sweep.space import Space
 from difftrain.sweep.study import SweepSpec, load
 
@@ -88,8 +89,20 @@ def _decoded(value):
     return value
 
 
+OUTPUTS = ("leaderboard.csv", "best.yaml", "summary.json", "history.png", "slices.png", "intermediate.png",
+           "importances.png", "pareto.png")
+
+
 def write_outputs(out: Path, summary: Summary) -> list[str]:
-    """leaderboard.csv, summary.json, best.yaml and the plots; the files written."""
+    """leaderboard.csv, summary.json, best.yaml and the plots; the files written. One writer at a time (the sweep's
+    own show at its end, a user's `sweep show`), which first removes what a killed one left half-written."""
+    with taking_turns(out):
+        for name in OUTPUTS:
+            atomic.remove_leftovers(out / name, inside=False)
+        return _write_outputs(out, summary)
+
+
+def _write_outputs(out: Path, summary: Summary) -> list[str]:
     import optuna
 
     files = []

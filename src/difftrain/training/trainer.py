@@ -30,7 +30,7 @@ from difftrain.pretrained.source import Pretrained
 from difftrain.sampling import SamplingSpec, generate
 from difftrain.store.checkpoint import latest_checkpoint, save_checkpoint
 from difftrain.store.latent import latent_dataset, latents_cache
-from difftrain.store.metrics_log import MetricsLog
+from difftrain.store.metrics_log import MetricsLog, read_metrics
 from difftrain.store.run import label_map, resolve_dataset, save_run_info, with_data_defaults
 from difftrain.training.during_training import DuringTraining
 from difftrain.store.posthoc_ema import drop_snapshots_after, profile_key, write_snapshot
@@ -61,6 +61,18 @@ def total_images(cfg: TrainConfig) -> int:
 def _due(images: int, prev: int, every: int) -> bool:
     """True when a multiple of `every` lies in (prev, images]."""
     return every > 0 and images // every > prev // every
+
+
+def missed_evaluation(state: "TrainingState") -> bool:
+    """Whether the checkpoint the run resumes from was due an evaluation that its log lacks: a run killed between writing
+    that checkpoint and logging its evaluation (found by benchmarks/kill_points.py, a sweep's trial failing for want of
+    its objective). The checkpoint holds the weights it scored, so it is scored on resuming, as it would have been."""
+    every = state.config.eval.every_images
+    if not every or state.images == 0:
+        return False
+    if not (state.images >= state.goal or _due(state.images, state.images - state.config.train.batch_size, every)):
+        return False
+    return not any(r.get("during_training") and r.get("images") == state.images for r in read_metrics(state.run_dir))
 
 
 @dataclass
@@ -349,6 +361,8 @@ def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = Tr
     t, config, tc = state.trainee, state.config, state.config.train
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} img"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn()]
+    if missed_evaluation(state):  # (before the clocks start: evaluation time is not training time)
+        hooks.evaluate(state)
     bar = Progress(*columns, console=state.console, disable=not (progress and state.main), transient=False)
     window_start, window_images = time.perf_counter(), state.images
     start_time, start_images = time.perf_counter(), state.images
