@@ -1,7 +1,6 @@
 """Kill -9 at random points of `train`, `synth`, `data prepare`, `sample`, `eval` and `sweep`, then the same command
-again (`sweep --resume`): every
-checkpoint loads, the resumed run ends bit for bit where an uninterrupted one does, and the others write exactly the
-uninterrupted outputs. The harness is benchmarks/kill_points.py, whose full run (20 points per verb) is in
+again (`sweep --resume`): every checkpoint loads, the resumed run ends bit for bit where an uninterrupted one does, and
+the others write exactly the uninterrupted outputs. The harness is benchmarks/kill_points.py, whose full run (20 points per verb) is in
 docs/benchmarks.md."""
 
 from __future__ import annotations
