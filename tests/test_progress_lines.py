@@ -74,3 +74,12 @@ def test_a_new_run_has_its_folder_and_config_before_the_first_line_and_a_refused
                              *tiny_overrides(tmp_path / "no-such-data")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not missing.exists()  # a run refused before it began leaves no folder
+
+
+def test_a_wait_without_a_bar_is_one_plain_line_in_a_job_log():
+    from difftrain.progress import status
+
+    buffer = io.StringIO()
+    with status("doctor: probing the config with real training steps", Console(file=buffer)):
+        pass
+    assert buffer.getvalue() == "doctor: probing the config with real training steps ...\n"  # rich's spinner: nothing

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from difftrain.progress import Progress, stderr_console
+from difftrain.progress import Progress, status, stderr_console
 from difftrain.errors import UserError
 from difftrain.config import PRESETS
 
@@ -608,7 +608,7 @@ def evaluate(
             raise UserError(f"{', '.join(ignored)}: these choose how a run is sampled; a --samples file is scored as it is")
         if not main:
             return  # nothing to share out: the main process scores the file
-        with console.status("evaluating samples"):
+        with status("evaluating samples", console):
             records = [evaluate_samples_file(samples, data, metrics=metrics, seed=seed, extractor=extractor,
                                              inception_weights=inception_weights, device=dev)]
     else:
@@ -1123,7 +1123,7 @@ def _apply_auto_batch(cfg, preset: Optional[str]) -> None:
     """Set train.accumulation so that the micro-batch fits in memory, measured by real steps."""
     from difftrain.hardware.verdicts import fit_accumulation
 
-    with console.status("auto-batch: measuring memory at growing micro-batches"):
+    with status("auto-batch: measuring memory at growing micro-batches", console):
         message = fit_accumulation(cfg, preset)
     console.print(f"auto-batch: {message}")
 
@@ -1153,7 +1153,7 @@ def doctor(
         report = run_doctor(cfg, out_dir, preset=preset, memory_budget=budget)
         print(json.dumps(report.to_json(), indent=2))
     else:
-        with console.status("doctor: probing the config with real training steps"):
+        with status("doctor: probing the config with real training steps", console):
             report = run_doctor(cfg, out_dir, preset=preset, memory_budget=budget)
         _print_doctor(report)
     if not report.ok:

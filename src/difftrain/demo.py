@@ -9,7 +9,7 @@ from rich.console import Console
 
 from difftrain.config import load_config
 from difftrain.evaluation.run_eval import evaluate_run
-from difftrain.progress import stderr_console
+from difftrain.progress import status, stderr_console
 from difftrain.report.card import write_report
 from difftrain.training.trainer import train
 
@@ -24,7 +24,7 @@ def run_demo(out: Path | None = None, images: int | None = None, console: Consol
     result = train(config, out, console=console)
     console.print(f"trained {result.images:,} images in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s)")
     console.rule("[bold]2/3 sample and evaluate")
-    with console.status("sampling every class and scoring the samples"):
+    with status("sampling every class and scoring the samples", console):
         record = evaluate_run(out, warn=lambda m: console.print(f"[yellow]{m}"))[0]
     console.print(f"FID {record['fid']:.3f} (real-data floor {record['fid_floor']:.3f}), KID {record['kid']:.4f} "
                   f"(floor {record['kid_floor']:.4f}), precision {record['precision']:.2f} / recall {record['recall']:.2f}, "

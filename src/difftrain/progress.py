@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -96,6 +97,18 @@ def stderr_console() -> Console:
     console = Console(stderr=True)
     console.soft_wrap = not console.is_terminal
     return console
+
+
+@contextmanager
+def status(message: str, console: Console | None = None) -> Iterator[None]:
+    """rich's spinner with `message` on a terminal; elsewhere one plain line (a spinner prints nothing to a file)."""
+    console = console or stderr_console()
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        console.print(f"{message} ...", highlight=False, markup=False)
+        yield
 
 
 def Progress(*columns: Any, console: Console | None = None, **options: Any):  # noqa: N802 - rich's name, rich's call
