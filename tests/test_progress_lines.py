@@ -49,6 +49,10 @@ def test_a_training_sent_to_a_file_says_what_it_does_from_its_first_seconds(tmp_
     first = next(i for i, line in enumerate(said) if "config.yaml written" in line)
     announce = next(i for i, line in enumerate(said) if line.startswith("training the evaluation's feature classifier"))
     assert first < announce  # the run folder existed before the slow step
+    # ... and training did not wait for it: the classifier is trained at the first evaluation, said so at the start.
+    assert any(line.startswith("the evaluation's feature classifier is trained at the first evaluation")
+               for line in said[:announce])
+    assert any(line.startswith("train: ") for line in said[:announce])
     # Each message one line, however long (rich wraps at 80 columns where there is no terminal): grep finds it whole.
     assert said[announce].endswith(f"cached in {data.path / 'classifier'})")
     assert any(line.startswith("evaluation during training: fid of 32 samples every 64 images") and

@@ -48,6 +48,12 @@ class PlainProgress:
             for task in self.tasks:
                 self._say(task, force=True, final=True)
 
+    def start(self) -> None:
+        """(rich's: the bar drawn again after `stop`; a plain line has nothing to redraw)"""
+
+    def stop(self) -> None:
+        """(rich's: the bar held still while something else prints)"""
+
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields: Any) -> int:
         task = len(self.tasks)
         now = time.monotonic()

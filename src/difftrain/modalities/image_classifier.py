@@ -24,6 +24,7 @@ from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
 from difftrain.hashing import sha256_file
+from difftrain.modalities.deferred import defer_if_asked
 from difftrain.progress import Progress, stderr_console
 
 FEATURES = 64
@@ -145,6 +146,7 @@ def load_or_train_classifier(ds, epochs: int = 20, seed: int = 0) -> tuple[Small
     if weights.is_file() and meta_file.is_file():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(meta_file.read_text())
+    defer_if_asked("the evaluation's feature classifier")
     # Minutes on a large dataset, before anything else can be scored: say what it is, once per dataset, with progress.
     console = stderr_console()
     console.print(f"training the evaluation's feature classifier on the images of {ds.path} ({epochs} epochs; once per "

@@ -12,6 +12,7 @@ from difftrain.config import Config
 from difftrain.data import PreparedDataset
 from difftrain.diffusion import Denoiser
 from difftrain.errors import UserError
+from difftrain.modalities.deferred import Deferred, deferring
 from difftrain.store.checkpoint import best_record, save_best
 from difftrain.store.metrics_log import MetricsLog
 
@@ -29,19 +30,28 @@ class DuringTraining:
             raise UserError("eval.best_metric=cas needs a class-conditional model on labelled data; choose e.g. eval.best_metric=fid")
         previous = best_record(run_dir) or {}
         self.best = previous.get(self.metric)
-        from difftrain.evaluation.run_eval import extractor_for
-
-        # Built before training starts, so that a feature space that cannot work (an unlabelled
-        # dataset for the domain classifier, a missing weights file) stops the run at once. Its first build on a
-        # large dataset takes minutes (announced, with progress): say how to do without it.
         ec = config.eval
         console.print(f"evaluation during training: {', '.join(ec.during_metrics)} of {ec.during_n:,} samples every "
                       f"{ec.every_images:,} images, best kept by {self.metric} (eval.every_images=0 turns it off)",
                       highlight=False)
+        # Checked before training starts, so that a feature space that cannot work (an unlabelled dataset for the domain
+        # classifier, a missing weights file) stops the run at once; but a feature classifier still to be trained
+        # (minutes on a large dataset, once per dataset) is trained at the first evaluation, not before the first step.
+        with deferring():
+            try:
+                self.extractor, self.deferred = self._extractor(), None
+            except Deferred as put_off:
+                self.extractor, self.deferred = None, put_off.what
+                console.print(f"{self.deferred} is trained at the first evaluation (once per dataset): training starts now",
+                              highlight=False)
+
+    def _extractor(self):
+        from difftrain.evaluation.run_eval import extractor_for
+
         try:
-            self.extractor = extractor_for(dataset, config.eval, list(config.eval.during_metrics), device=device)
+            return extractor_for(self.dataset, self.config.eval, list(self.config.eval.during_metrics), device=self.device)
         except UserError as e:
-            raise UserError(f"evaluation during training (eval.every_images={config.eval.every_images}): {e}; "
+            raise UserError(f"evaluation during training (eval.every_images={self.config.eval.every_images}): {e}; "
                             "or turn it off with eval.every_images=0") from None
 
     def better(self, value: float) -> bool:
@@ -55,6 +65,8 @@ class DuringTraining:
         from difftrain.evaluation.run_eval import evaluate_during_training
 
         ec = self.config.eval
+        if self.deferred:
+            self.extractor, self.deferred = self._extractor(), None
         record = evaluate_during_training(denoiser, self.dataset, self.extractor, self.config, images_seen=images,
                                           to_model=self.data_labels, device=self.device)
         record["checkpoint"] = str(checkpoint_path.resolve())

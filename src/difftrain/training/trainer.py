@@ -417,7 +417,9 @@ def run(state: TrainingState, hooks: Hooks | None = None, *, progress: bool = Tr
                     hooks.checkpoint(state)
                 if evaluate_now:
                     paused = time.perf_counter()
+                    bar.stop()  # (an evaluation may show its own progress: a feature classifier trained at the first)
                     hooks.evaluate(state)
+                    bar.start()
                     # Evaluation time is not training time: keep it out of the speed figures.
                     paused = time.perf_counter() - paused
                     window_start, start_time = window_start + paused, start_time + paused
