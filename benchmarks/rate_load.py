@@ -164,6 +164,7 @@ def kill_points(args) -> None:
         counts = tally(work, acknowledged)
         problems += [f"point {point} ({delay:.2f} s): {k} {counts[k]}" for k in ("duplicates", "lost") if counts[k]]
         problems += [f"point {point}: integrity {counts['integrity']}"] if counts["integrity"] != "ok" else []
+    under_kills = len(acknowledged)
     server = start_server(work, port, "--quota", str(args.votes))  # the raters finish their quota
     try:
         raters = Raters(port, tokens)
@@ -176,7 +177,7 @@ def kill_points(args) -> None:
     shutil.rmtree(work.parent)
     finished = counts["stored"] == args.votes * len(tokens)
     common.emit({"benchmark": "rate_kill_points", "raters": len(tokens), "votes_each": args.votes, "points": args.kill_points,
-                 "killed_while_running": killed, "acknowledged": len(acknowledged), **counts, "every_rater_finished": finished,
+                 "killed_while_running": killed, "acknowledged_between_kills": under_kills, "acknowledged": len(acknowledged), **counts, "every_rater_finished": finished,
                  "problems": problems + ([] if finished else [f"{counts['stored']} votes at the end, not {args.votes * len(tokens)}"])})
 
 
