@@ -146,7 +146,7 @@ def kill_points(args) -> None:
     port = free_port()
     start_server(work, port, "--add-raters", str(max(0, args.raters - existing))).kill()
     tokens = [r["token"] for r in json.loads((work / "raters.json").read_text())][: args.raters]
-    acknowledged, problems, killed = [], [], 0
+    acknowledged, problems, killed, per_point = [], [], 0, []
     command = [sys.executable, "-m", "difftrain", "rate", "serve", str(work), "--port", str(port), "--quota", str(args.votes)]
     for point in range(args.kill_points):
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -161,6 +161,7 @@ def kill_points(args) -> None:
         server.wait()
         voting.join()
         acknowledged += raters.acknowledged
+        per_point.append(len(raters.acknowledged))
         counts = tally(work, acknowledged)
         problems += [f"point {point} ({delay:.2f} s): {k} {counts[k]}" for k in ("duplicates", "lost") if counts[k]]
         problems += [f"point {point}: integrity {counts['integrity']}"] if counts["integrity"] != "ok" else []
@@ -177,7 +178,7 @@ def kill_points(args) -> None:
     shutil.rmtree(work.parent)
     finished = counts["stored"] == args.votes * len(tokens)
     common.emit({"benchmark": "rate_kill_points", "raters": len(tokens), "votes_each": args.votes, "points": args.kill_points,
-                 "killed_while_running": killed, "acknowledged_between_kills": under_kills, "acknowledged": len(acknowledged), **counts, "every_rater_finished": finished,
+                 "killed_while_running": killed, "acknowledged_between_kills": under_kills, "acknowledged_per_point": per_point, "acknowledged": len(acknowledged), **counts, "every_rater_finished": finished,
                  "problems": problems + ([] if finished else [f"{counts['stored']} votes at the end, not {args.votes * len(tokens)}"])})
 
 
