@@ -10,7 +10,7 @@ import sys
 from typer.testing import CliRunner
 
 from difftrain.cli import app
-from difftrain.config import load_config
+from difftrain.config import load_config, save_config
 from difftrain.training.trainer import train
 from tests.conftest import tiny_overrides
 from tests.test_folder_lock import HOLD
@@ -28,6 +28,11 @@ def test_runs_lists_each_run_with_its_state_and_best_evaluation(tmp_path, digits
           progress=False, stop_at_step=3)
     busy = root / "busy"
     train(load_config(overrides=tiny_overrides(digits_dir)), busy, progress=False)
+    killed = root / "killed"  # killed while loading its libraries: its config.yaml alone
+    killed.mkdir()
+    save_config(load_config("mnist"), killed / "config.yaml")
+    (root / "project").mkdir()
+    (root / "project" / "config.yaml").write_text("model: resnet\nlr: 0.1\n")  # someone's other config: no run
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(busy)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -37,7 +42,8 @@ def test_runs_lists_each_run_with_its_state_and_best_evaluation(tmp_path, digits
         holder.kill()
         holder.wait()
     rows = {r["run"]: r for r in json.loads(result.stdout)}
-    assert list(rows) == ["busy", "done", "group/stopped"]
+    assert list(rows) == ["busy", "done", "group/stopped", "killed"]
+    assert rows["killed"]["state"] == "stopped before it began training" and rows["killed"]["preset"] == "mnist"
     assert rows["done"] == {"run": "done", "data": "digits", "preset": "digits", "images": 64, "goal": 64,
                             "metric": "fid", "best": 0.5, "floor": 0.2, "state": "finished"}
     assert rows["group/stopped"]["state"] == "resumable" and rows["group/stopped"]["images"] == 48

@@ -1,11 +1,15 @@
 """`difftrain runs FOLDER`: every run under a folder, one row each: its data, preset, images trained of its goal, its
-best evaluation beside the floor, and its state (running, finished, resumable, or stopped before any checkpoint)."""
+best evaluation beside the floor, and its state (running, finished, resumable, stopped before any checkpoint, or before
+it began training)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from difftrain.config import read_config
 from difftrain.errors import UserError
 from difftrain.evaluation.suite import LOWER_IS_BETTER
 from difftrain.folder_lock import lock_holder
@@ -15,12 +19,23 @@ from difftrain.store.run import open_run
 from difftrain.training.trainer import total_images
 
 
+def _run_config(path: Path) -> bool:
+    """Whether a config.yaml is a run's (a run stopped before its dataset.json has only that): a run's holds every section
+    of a config; anyone's other config.yaml rarely does."""
+    try:
+        top = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(top, dict) and {"data", "model", "diffusion", "train", "eval"} <= set(top)
+
+
 def find_runs(root: Path) -> list[Path]:
-    """Run folders (config.yaml beside dataset.json) under `root`, itself included, sorted; hidden folders skipped."""
+    """Run folders (config.yaml beside dataset.json, or a run's config.yaml alone) under `root`, itself included, sorted;
+    hidden folders skipped."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder: give the folder that holds the runs (e.g. runs)")
-    found = [p.parent for p in root.rglob("config.yaml") if (p.parent / "dataset.json").is_file()
+    found = [p.parent for p in root.rglob("config.yaml") if ((p.parent / "dataset.json").is_file() or _run_config(p))
              and not any(part.startswith(".") for part in p.parent.relative_to(root).parts)]
     return sorted(set(found))
 
@@ -35,6 +50,15 @@ def best_evaluation(path: Path, metric: str) -> dict[str, Any] | None:
 
 def run_row(path: Path, root: Path) -> dict[str, Any]:
     name = path.relative_to(root).as_posix() if path != root else path.name
+    if not (path / "dataset.json").is_file():  # starting, or stopped before it began training (killed, or refused)
+        try:
+            config = read_config(path / "config.yaml")
+        except UserError as e:
+            return {"run": name, "state": f"unreadable: {e}"}
+        holder = lock_holder(path)
+        return {"run": name, "data": str(config.data.path or "?").removeprefix("builtin:"), "preset": config.preset,
+                "images": 0, "goal": total_images(config.train), "metric": None, "best": None, "floor": None,
+                "state": f"running ({holder})" if holder else "stopped before it began training"}
     try:
         run = open_run(path)
     except UserError as e:
