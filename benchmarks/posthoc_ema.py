@@ -2,7 +2,8 @@
 
 Trains a preset with train.posthoc_ema=[0.05, 0.10] (the mnist preset keeps them already), then evaluates its last
 checkpoint with the run's own EMA (train.ema_halflife_images) and at each --lengths, reconstructed from the snapshots
-(`difftrain eval RUN --ema-length ...`), each over --eval-seeds sampling seeds. A finished run in OUT/run is reused.
+(`difftrain eval RUN --ema-length ...`), each over --eval-seeds sampling seeds: FID and, on class-labelled data,
+the agreement of the dataset's classifier with the asked labels. A finished run in OUT/run is reused.
 
 Prints one JSON line.
 
@@ -51,19 +52,26 @@ def main() -> None:
     trained = time.perf_counter() - start
     lengths = [float(v) for v in args.lengths.split(",")]
     scores: dict[str, list[float]] = {}
+    agreement: dict[str, list[float]] = {}  # class-labelled data: the dataset's classifier names the asked class
     start = time.perf_counter()
     for seed in range(args.eval_seeds):
-        for r in evaluate_run(out / "run", n=args.n, metrics="fid", seed=seed, warn=lambda m: None):
-            scores.setdefault("ema", []).append(r["fid"])
-            floor = r["fid_floor"]
-        for r in evaluate_run(out / "run", n=args.n, metrics="fid", seed=seed, ema_lengths=lengths, warn=lambda m: None):
-            scores.setdefault(f"{r['ema_length']:g}", []).append(r["fid"])
+        own = evaluate_run(out / "run", n=args.n, metrics="fid", seed=seed, warn=lambda m: None)
+        reconstructed = evaluate_run(out / "run", n=args.n, metrics="fid", seed=seed, ema_lengths=lengths,
+                                     warn=lambda m: None)
+        for r in [*own, *reconstructed]:
+            key = f"{r['ema_length']:g}" if "ema_length" in r else "ema"
+            scores.setdefault(key, []).append(r["fid"])
+            if "label_agreement" in r:
+                agreement.setdefault(key, []).append(r["label_agreement"])
+            floor, agreement_floor = r["fid_floor"], r.get("label_agreement_floor")
     summary = {k: {"fid_mean": float(np.mean(v)), "fid_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "fid": v}
+               | ({"label_agreement_mean": float(np.mean(agreement[k]))} if k in agreement else {})
                for k, v in scores.items()}
     best = min((k for k in summary if k != "ema"), key=lambda k: summary[k]["fid_mean"])
     common.emit({"benchmark": "posthoc_ema", "settings": vars(args), "train_seconds": trained,
                  "eval_seconds": time.perf_counter() - start, "ema_halflife_images": config.train.ema_halflife_images,
-                 "images": latest_checkpoint(out / "run").images, "fid_floor": floor, "fid": summary,
+                 "images": latest_checkpoint(out / "run").images, "fid_floor": floor,
+                 "label_agreement_floor": agreement_floor, "fid": summary,
                  "best_length": float(best), "gain_over_ema": summary["ema"]["fid_mean"] - summary[best]["fid_mean"]})
 
 
