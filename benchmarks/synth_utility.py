@@ -88,12 +88,12 @@ def real_data(args: argparse.Namespace, out: Path) -> PreparedDataset:
 
 
 def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int, filters: str, sampler: str | None,
-               steps: int | None, optimize_for: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+               steps: int | None, guidance: float | None, optimize_for: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
     """`difftrain synth` of the run into `out` (an interrupted one continues): its images, labels and manifest."""
     run = open_run(run_dir)
     if not run.num_classes:
         raise UserError(f"{run_dir} is an unconditional model: the utility report needs labelled samples")
-    spec = run.sampling_spec(seed, sampler=sampler, steps=steps)
+    spec = run.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
     # The report is written below, against the whole MNIST test split (the run's data has none).
     manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
                      optimize_for=optimize_for, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
@@ -118,6 +118,7 @@ def main() -> None:
                    help="train the generator with every image of the training split as data.unlabelled (their labels unused)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the run's)")
     p.add_argument("--utility-steps", type=int, default=None,
                    help="the most steps of any judge training (default: the judge's cap; early stopping ends it first)")
     p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")
@@ -147,7 +148,7 @@ def main() -> None:
     start = time.perf_counter()
     device = str(common.pick_device(args.device))
     images, labels, manifest = synthesize(out / "run", out / "synth", args.per_class, device, args.seed, args.filter,
-                                          args.sampler, args.steps, args.optimize_for)
+                                          args.sampler, args.steps, args.guidance, args.optimize_for)
     seconds["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
