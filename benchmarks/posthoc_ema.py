@@ -3,7 +3,8 @@
 Trains a preset with train.posthoc_ema=[0.05, 0.10] (the mnist preset keeps them already), then evaluates its last
 checkpoint with the run's own EMA (train.ema_halflife_images) and at each --lengths, reconstructed from the snapshots
 (`difftrain eval RUN --ema-length ...`), each over --eval-seeds sampling seeds: FID and, on class-labelled data,
-the agreement of the dataset's classifier with the asked labels. A finished run in OUT/run is reused.
+the agreement of the dataset's classifier with the asked labels. --guidance then scores the best length again at each
+of those classifier-free guidance weights. A finished run in OUT/run is reused.
 
 Prints one JSON line.
 
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--lengths", default="0.02,0.035,0.05,0.07,0.1,0.14,0.2")
     p.add_argument("--eval-seeds", type=int, default=3)
     p.add_argument("--n", type=int, default=None, help="samples per evaluation (default: eval.n_samples)")
+    p.add_argument("--guidance", default="", help="guidance weights to score the best length at too, e.g. 1.5,2")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     common.set_threads(args.threads)
@@ -68,11 +70,20 @@ def main() -> None:
                | ({"label_agreement_mean": float(np.mean(agreement[k]))} if k in agreement else {})
                for k, v in scores.items()}
     best = min((k for k in summary if k != "ema"), key=lambda k: summary[k]["fid_mean"])
+    guided: dict[str, dict[str, float]] = {}
+    for weight in [float(v) for v in args.guidance.split(",") if v]:
+        records = [r for seed in range(args.eval_seeds)
+                   for r in evaluate_run(out / "run", n=args.n, metrics="fid", seed=seed, ema_lengths=[float(best)],
+                                         guidance=weight, warn=lambda m: None)]
+        guided[f"{weight:g}"] = {"fid_mean": float(np.mean([r["fid"] for r in records]))} | (
+            {"label_agreement_mean": float(np.mean([r["label_agreement"] for r in records]))}
+            if "label_agreement" in records[0] else {})
     common.emit({"benchmark": "posthoc_ema", "settings": vars(args), "train_seconds": trained,
                  "eval_seconds": time.perf_counter() - start, "ema_halflife_images": config.train.ema_halflife_images,
                  "images": latest_checkpoint(out / "run").images, "fid_floor": floor,
                  "label_agreement_floor": agreement_floor, "fid": summary,
-                 "best_length": float(best), "gain_over_ema": summary["ema"]["fid_mean"] - summary[best]["fid_mean"]})
+                 "best_length": float(best), "gain_over_ema": summary["ema"]["fid_mean"] - summary[best]["fid_mean"],
+                 "best_length_guided": guided})
 
 
 if __name__ == "__main__":
