@@ -127,6 +127,8 @@ def main() -> None:
     args = p.parse_args()
     if not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.optimize_for is not None and args.guidance is not None:  # as `difftrain synth`: the search would replace it
+        raise UserError("--optimize-for utility chooses the guidance: leave --guidance out")
     common.set_threads(args.threads)
     out = Path(args.out)
     seconds = {}
