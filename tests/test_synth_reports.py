@@ -16,7 +16,7 @@ from difftrain.modalities import modality_for, segmentation
 from difftrain.synth.privacy import dcr_summary, privacy
 from difftrain.synth.report import report_markdown, write_report
 from difftrain.evaluation.arms import paired_test
-from difftrain.evaluation.convergence import train_to_convergence
+from difftrain.evaluation.convergence import check_schedule, train_to_convergence
 from difftrain.evaluation.utility import balanced_order, classification_utility, validation_split
 
 
@@ -79,6 +79,26 @@ def test_training_stops_after_patience_and_keeps_the_best_check():
     assert optimizer.param_groups[0]["lr"] == 0.5  # halved once the score stalled for more than 2 checks
     capped = train_to_convergence(model, optimizer, step, lambda: 1.0, max_steps=25, every=10)
     assert capped.steps == 25 and capped.stopped == "max_steps" and [s for s, _ in capped.history] == [10, 20, 25]
+
+
+def test_no_check_before_the_floor_stops_training_or_is_kept():
+    """A small validation split's best can come at the first check, from a model that has barely trained."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scores = iter([1.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+
+    def step():
+        with torch.no_grad():
+            model.weight += 1
+
+    result = train_to_convergence(model, optimizer, step, lambda: next(scores), max_steps=1000, every=10, min_steps=60,
+                                  patience=5, plateau=100)
+    assert result.best_step == 80 and model.weight.item() == 80  # not the first check's 1.0
+    assert result.stopped == "patience" and result.steps == 130 and len(result.history) == 13
+    assert check_schedule(130, 128) == (3000, 50, 500)  # 14 digits' worth of checks: 500 steps at least
+    assert check_schedule(60_000, 128) == (28_140, 469, 4_690)  # a large set: 10 epochs at least
+    assert check_schedule(130, 128, max_steps=80) == (80, 50, 80)  # a cap below the floor: the cap
 
 
 def test_the_validation_split_is_stratified_and_disjoint():

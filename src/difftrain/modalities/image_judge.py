@@ -77,7 +77,7 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
 
     Checked and capped as `check_schedule` says (`max_steps` None: the recipe's cap). The seed fixes everything.
     """
-    max_steps, every = check_schedule(len(images), batch, max_steps)
+    max_steps, every, min_steps = check_schedule(len(images), batch, max_steps)
     with torch.random.fork_rng(devices=[]):  # a private stream: nothing else's random numbers move
         torch.manual_seed(seed)
         model = ResNetJudge(images.shape[3], num_classes, width)
@@ -103,5 +103,6 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
             loss = float(F.cross_entropy(logits, y_val))
             return float((logits.argmax(1) == y_val).float().mean()) - loss / (loss + 1) / len(y_val)
 
-        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every)
+        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every,
+                                         min_steps=min_steps)
     return model, converged

@@ -98,7 +98,7 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, 
     if max_steps is not None and max_steps < 1:
         raise UserError(f"segmenter steps must be at least 1 (got {max_steps})")
     device = torch.device(device)
-    max_steps, every = check_schedule(len(images), batch, max_steps)
+    max_steps, every, min_steps = check_schedule(len(images), batch, max_steps)
     # A private RNG stream, as in fit_classifier: training a segmenter must not move anyone else's random numbers.
     # Only the CPU generator draws here (weights are made on the CPU), so only it is seeded and restored.
     with torch.random.fork_rng(devices=[]):
@@ -120,7 +120,8 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, num_mask_classes: int, 
         def validate() -> float:
             return iou(predict_masks(model, validation[0]), validation[1], num_mask_classes)["miou"]
 
-        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every)
+        converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every,
+                                         min_steps=min_steps)
     return model, converged
 
 
