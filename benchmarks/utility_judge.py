@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--mnist", help="folder of the MNIST IDX files (without it: digits only)")
     p.add_argument("--out", default="/tmp/utility-judge", help="folder for the prepared digits")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--mnist-fractions", default="0.01,0.1", help="labelled fractions of MNIST to measure")
     p.add_argument("--full", action="store_true", help="also the whole MNIST training split (about 15 CPU minutes a seed)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -86,7 +87,8 @@ def main() -> None:
     results = {"digits": [measure(digits(Path(args.out)), f, seeds) for f in (0.1, 0.3)]}
     if args.mnist:
         data = mnist(Path(args.mnist))
-        results["mnist"] = [measure(data, f, seeds) for f in (0.01, 0.1, *((1.0,) if args.full else ()))]
+        fractions = [float(f) for f in args.mnist_fractions.split(",")] + ([1.0] if args.full else [])
+        results["mnist"] = [measure(data, f, seeds) for f in fractions]
     common.emit({"benchmark": "utility_judge", "settings": vars(args), "results": results})
 
 
