@@ -96,7 +96,7 @@ def test_no_check_before_the_floor_stops_training_or_is_kept():
                                   patience=5, plateau=100)
     assert result.best_step == 80 and model.weight.item() == 80  # not the first check's 1.0
     assert result.stopped == "patience" and result.steps == 130 and len(result.history) == 13
-    assert check_schedule(130, 128) == (3000, 50, 500)  # 14 digits' worth of checks: 500 steps at least
+    assert check_schedule(130, 128) == (3000, 50, 500)  # 130 training digits (10% of the built-in set): 500 steps at least
     assert check_schedule(60_000, 128) == (28_140, 469, 4_690)  # a large set: 10 epochs at least
     assert check_schedule(130, 128, max_steps=80) == (80, 50, 80)  # a cap below the floor: the cap
 
