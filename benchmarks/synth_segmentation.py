@@ -35,7 +35,7 @@ from difftrain.data import load_dataset, prepare_dataset
 from difftrain.errors import UserError
 from difftrain.modalities.segmenter import segmentation_utility
 from difftrain.store.run import open_run
-from difftrain.synth.generate import synthesize as synth
+from difftrain.synth.generate import synth_spec, synthesize as synth
 
 
 def real_pairs(data: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
@@ -48,10 +48,10 @@ def real_pairs(data: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndar
 
 
 def synthesize(run_dir: Path, out: Path, pairs: int, device: str, sampler: str | None, steps: int | None,
-               filters: str) -> tuple[np.ndarray, np.ndarray]:
+               guidance: float | None, filters: str) -> tuple[np.ndarray, np.ndarray]:
     """`pairs` synthetic (images, masks) from the run by `difftrain synth` (balanced over the digits when conditional)."""
     run = open_run(run_dir)
-    spec = run.sampling_spec(0, sampler=sampler, steps=steps)
+    spec = synth_spec(run, 0, sampler=sampler, steps=steps, guidance=guidance)
     # --per-class rounds up: every digit equally often.
     amount = {"per_class": -(-pairs // run.num_classes)} if run.num_classes else {"n": pairs}
     manifest = synth(run_dir, out / "synth", spec=spec, filters=filters, device=device, report=False,
@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--sampler", default=None, help="sampler of `difftrain synth` (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight of `difftrain synth` (default: synth's)")
     p.add_argument("--filter", default="memorization,dedup", help="`difftrain synth --filter`")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
                                      f"train.duration_images={args.train_images}", f"train.device={device}",
                                      f"train.threads={args.threads}", "eval.every_images=0")
     start = time.perf_counter()
-    synth = synthesize(run, out, args.pairs, device, args.sampler, args.steps, args.filter)
+    synth = synthesize(run, out, args.pairs, device, args.sampler, args.steps, args.guidance, args.filter)
     seconds["synthesize"] = time.perf_counter() - start
 
     train_pairs, test_pairs, mask_classes = real_pairs(data)

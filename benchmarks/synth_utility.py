@@ -44,7 +44,7 @@ from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
 from difftrain.data.sources import open_source
 from difftrain.errors import UserError
 from difftrain.store.run import open_run
-from difftrain.synth.generate import synthesize as synth
+from difftrain.synth.generate import synth_spec, synthesize as synth
 from difftrain.synth.report import report_markdown, write_report
 from difftrain.training.trainer import train
 
@@ -93,7 +93,7 @@ def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int,
     run = open_run(run_dir)
     if not run.num_classes:
         raise UserError(f"{run_dir} is an unconditional model: the utility report needs labelled samples")
-    spec = run.sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance)
+    spec = synth_spec(run, seed, sampler=sampler, steps=steps, guidance=guidance)
     # The report is written below, against the whole MNIST test split (the run's data has none).
     manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
                      optimize_for=optimize_for, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
@@ -118,7 +118,7 @@ def main() -> None:
                    help="train the generator with every image of the training split as data.unlabelled (their labels unused)")
     p.add_argument("--sampler", default=None, help="sampler (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the run's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: synth's: the run's, or 2 for a run with data.unlabelled)")
     p.add_argument("--utility-steps", type=int, default=None,
                    help="the most steps of any judge training (default: the judge's cap; early stopping ends it first)")
     p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")

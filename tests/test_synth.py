@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -361,6 +363,29 @@ def test_the_cli_verb(run_dir, tmp_path):
                          (["--guidance", "-1"], "--guidance must be >= 0")]:
         result = runner.invoke(app, [*args[:6], *bad, "--no-report"])  # RUN --out OUT --per-class 2
         assert isinstance(result.exception, UserError) and message in str(result.exception), result.output
+
+
+def test_a_run_trained_with_unlabelled_images_is_sampled_at_guidance_2_unless_told_otherwise(run_dir, digits_dir,
+                                                                                         tmp_path):
+    """Such a model follows the asked class weakly at guidance 1 (docs/synth.md), so synth's default for it is 2;
+    --guidance, or a guidance in the run's config, is the user's choice and kept."""
+    def semi_run(name: str, **sample) -> Path:
+        path = shutil.copytree(run_dir, tmp_path / name)
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["data"]["unlabelled"] = str(digits_dir)
+        config["sample"].update(sample)
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+        return path
+
+    cases = [(run_dir, [], 1.0), (semi_run("semi"), [], 2.0), (tmp_path / "semi", ["--guidance", "1"], 1.0),
+             (semi_run("semi-configured", guidance=1.5), [], 1.5)]
+    for i, (run, extra, expected) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        result = runner.invoke(app, ["synth", str(run), "--out", str(out), "--per-class", "1", "--classes", "3",
+                                     "--sampler", "euler", "--steps", "2", "--no-report", *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert manifest_of(out)["guidance"] == expected, (run.name, extra)
+        assert (f"at guidance {expected:g}" in result.output) == (expected != 1), result.output
 
 
 def test_two_processes_write_the_files_of_one(run_dir, tmp_path):

@@ -458,7 +458,8 @@ def synth(
     per_class: Optional[int] = typer.Option(None, "--per-class", min=1, help="Images to keep of each class (class-conditional models)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Images to keep in all (unconditional models)."),
     classes: Optional[str] = typer.Option(None, help="Only these classes, comma-separated names (default: all the model's)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none (default: the run's config)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight; 1 = none (default: the run's config, "
+                                             "or 2 for a run trained with data.unlabelled and configured without guidance)."),
     temperature: Optional[float] = typer.Option(None, help="Text: divide the log-probabilities by this before each draw "
                                                 "(below 1: likelier, less varied text; default: sample.temperature, 1)."),
     sampler: Optional[str] = typer.Option(None, help="heun, euler, dpmpp_2m, ddim or ddpm (default: the run's config)."),
@@ -483,11 +484,11 @@ def synth(
     every file and filters against copies, duplicates and off-class samples (docs/synth.md)."""
     _in_processes(processes, device)
     from difftrain.store.run import open_run
-    from difftrain.synth.generate import synthesize
+    from difftrain.synth.generate import synth_spec, synthesize
 
     if optimize_for is not None and guidance is not None:
         raise UserError("--optimize-for utility chooses the guidance: leave --guidance out")
-    spec = open_run(run).sampling_spec(seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
+    spec = synth_spec(open_run(run), seed, sampler=sampler, steps=steps, guidance=guidance, temperature=temperature)
     state, dev = _join_launch(device)
     try:
         with Progress(console=console, disable=not state.is_main_process) as bar:
@@ -521,8 +522,9 @@ def _print_synth(manifest: dict, out_dir: Path, num_processes: int, as_json: boo
                       f"filter {confidence}, {chosen['per_class']} per class: held-back accuracy "
                       f"{search['chosen_trial']['accuracy']:.4f} against {search['real_only']['accuracy']:.4f} for the real "
                       f"images alone ({len(search['trials'])} trials; README.md lists them)")
+    guided = f" at guidance {manifest['guidance']:g}" if manifest["guidance"] != 1 else ""
     console.print(f"kept {totals['kept']} of {totals['generated']} samples" + (f" (removed: {removed})" if removed else "")
-                  + f"{shared}, from {manifest['checkpoint']}")
+                  + f"{shared}, from {manifest['checkpoint']}{guided}")
     out.print(str(out_dir))
 
 
