@@ -17,11 +17,13 @@ from kill_points import measure  # noqa: E402
 
 def test_the_long_verbs_survive_kill_9_at_random_points(tmp_path):
     verbs = ["train", "synth", "data prepare", "sample", "eval", "sweep"]
-    results = measure(tmp_path, points=2, seed=1, env={**os.environ, "OMP_NUM_THREADS": "1"}, only=verbs)
+    # One point per verb here (each point is two processes; the suite must stay well inside CI's 30 minutes);
+    # the benchmark's full run has 20.
+    results = measure(tmp_path, points=1, seed=1, env={**os.environ, "OMP_NUM_THREADS": "1"}, only=verbs)
     assert list(results) == verbs
     for verb, outcome in results.items():
-        assert outcome["problems"] == [] and outcome["survived"] == 2, (verb, outcome)
-    assert sum(o["killed"] for o in results.values()) >= 6  # most points fell inside the runs, not after them
+        assert outcome["problems"] == [] and outcome["survived"] == 1, (verb, outcome)
+    assert sum(o["killed"] for o in results.values()) >= 3  # most points fell inside the runs, not after them
 
 
 def test_resuming_a_run_killed_before_its_first_save_starts_it(tmp_path, digits_dir):
