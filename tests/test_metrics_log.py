@@ -1,9 +1,11 @@
-"""metrics.jsonl: a repeated evaluation replaces its record, a line a killed writer cut short does not swallow the next
+"""metrics.jsonl: a repeated evaluation replaces its record (and TensorBoard is not sent it twice), a line a killed writer cut short does not swallow the next
 record, and a killed rewrite's temporary goes."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from difftrain.store.metrics_log import EVALUATION, MetricsLog, read_metrics
 
@@ -24,6 +26,23 @@ def test_an_evaluation_run_again_replaces_its_record_and_keeps_its_other_scores(
     log.close()
     assert lines(tmp_path) == [{"event": "train", "images": 64, "loss": 0.5}, {**EVAL, "steps": 32, "fid": 7.0},
                                {**EVAL, "fid": 8.5, "kid": 0.1, "precision": 0.7}]
+
+
+def test_an_evaluation_run_again_sends_tensorboard_only_the_scores_it_does_not_hold(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path)
+    log.write({**EVAL, "during_training": True, "images": 32, "fid": 12.0})
+    log.write({**EVAL, "fid": 9.0, "kid": 0.1}, same=EVALUATION)
+    log.close()
+    log = MetricsLog(tmp_path)  # a later `difftrain eval`
+    log.write({**EVAL, "fid": 8.5, "kid": 0.1, "precision": 0.7}, same=EVALUATION)
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["fid", "kid", "precision"]  # not steps, guidance, seed...
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("fid", "kid", "precision")}
+    assert scalars == {"fid": [(32, 12.0), (64, 9.0), (64, 8.5)], "kid": [(64, pytest.approx(0.1))], "precision": [(64, pytest.approx(0.7))]}
 
 
 def test_training_records_are_never_merged(tmp_path):

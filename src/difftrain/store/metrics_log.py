@@ -71,15 +71,21 @@ class MetricsLog:
         measurement: they leave the file, and what they hold that `record` does not is kept in it."""
         if not self.enabled:
             return
+        logged = {}  # what the replaced records hold, so TensorBoard has it already
         with taking_turns(self.path.parent):
             if same:
                 for earlier in self._drop(lambda r: all(r.get(k) == record.get(k) for k in same)):
+                    logged |= earlier
                     record = {**earlier, **record}
             cut = _cut_short(self.path)
             with open(self.path, "a") as f:
                 f.write(("\n" if cut else "") + json.dumps(record) + "\n")
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key != step_key and math.isfinite(value):
+            # The fields that name an evaluation (steps, guidance, seed...) are not scores; and TensorBoard cannot
+            # replace an event, so a score it holds already is not sent again (a changed one is, beside the older).
+            if key in EVALUATION or key == step_key or (key in logged and logged[key] == value):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, record.get(step_key, 0))
         self._tb.flush()
 
