@@ -1,5 +1,5 @@
-"""metrics.jsonl: a repeated evaluation replaces its record (and TensorBoard is not sent it twice), a line a killed writer cut short does not swallow the next
-record, and a killed rewrite's temporary goes."""
+"""metrics.jsonl: a repeated evaluation replaces its record (and TensorBoard is not sent it twice), a line a killed
+writer cut short does not swallow the next record, and a killed rewrite's temporary goes."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def test_an_evaluation_run_again_sends_tensorboard_only_the_scores_it_does_not_h
     events.Reload()
     assert sorted(events.Tags()["scalars"]) == ["fid", "kid", "precision"]  # not steps, guidance, seed...
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("fid", "kid", "precision")}
-    assert scalars == {"fid": [(32, 12.0), (64, 9.0), (64, 8.5)], "kid": [(64, pytest.approx(0.1))], "precision": [(64, pytest.approx(0.7))]}
+    assert scalars == {"fid": [(32, 12.0), (64, 9.0), (64, 8.5)], "kid": [(64, pytest.approx(0.1))],
+                       "precision": [(64, pytest.approx(0.7))]}
 
 
 def test_training_records_are_never_merged(tmp_path):
