@@ -5,7 +5,7 @@
     2. train one joint image + mask diffusion model on it: `difftrain train --preset mnist` for --train-images
        training images, into OUT/run
     3. synthesize --pairs pairs from it with `difftrain synth` (library call) into OUT/synth, balanced over the
-       digits, with --filter, --sampler, --steps and --guidance (default: synth's, so the run's own)
+       digits, with --filter, --sampler, --steps and --guidance (default: synth's)
     4. segmentation_utility: the same small U-Net trained to convergence (early stopping on real validation pairs
        held back from the real training pairs) on real, synthetic and real+synthetic pairs, mIoU on the real test
        pairs, mean and std over --seeds, and the paired test of the gain
