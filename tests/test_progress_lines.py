@@ -57,7 +57,7 @@ def test_a_training_sent_to_a_file_says_what_it_does_from_its_first_seconds(tmp_
     assert said[announce].endswith(f"cached in {data.path / 'classifier'})")
     assert any(line.startswith("evaluation during training: fid of 32 samples every 64 images") and
                line.endswith("(eval.every_images=0 turns it off)") for line in said)
-    assert any(line.startswith("feature classifier: ") and "steps" not in line and "%" in line for line in said)
+    assert any(line.startswith("the evaluation's feature classifier: ") and "steps" not in line and "%" in line for line in said)
     train_lines = [line for line in said if line.startswith("train: ")]
     assert train_lines[-1].startswith("train: 128/128 (100%), loss ") and "elapsed" in train_lines[-1]
     assert any("left" in line for line in train_lines)

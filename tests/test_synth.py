@@ -149,7 +149,9 @@ def test_filters_remove_planted_copies_duplicates_and_unsure_samples():
 def test_the_dataset_its_manifest_and_card_describe_each_other(run_dir, digits_dir, tmp_path):
     before = tree(run_dir)
     out = tmp_path / "synth"
-    m = synth(run_dir, out, per_class=3, classes=["1", "7", "4"], filters="memorization,dedup,confidence:0.05", batch_size=4)
+    # The tiny run's samples are noise, which the confidence judge gives 4e-6 to 1e-3 for the asked digit (it is right):
+    # a threshold below that keeps all nine, with every filter still scoring each sample.
+    m = synth(run_dir, out, per_class=3, classes=["1", "7", "4"], filters="memorization,dedup,confidence:1e-7", batch_size=4)
     assert tree(run_dir) == before  # the run is read, never written
 
     written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
@@ -171,6 +173,7 @@ def test_the_dataset_its_manifest_and_card_describe_each_other(run_dir, digits_d
     assert t["generated"] == t["kept"] + sum(t["removed"].values()) + t["surplus"] == sum(c["generated"] for c in m["counts"])
     assert len(m["rejected"]) == sum(t["removed"].values())
     assert [f["removed"] for f in m["filters"]] == [t["removed"][name] for name in ("memorization", "dedup", "confidence")]
+    assert m["filters"][2]["classifier"].startswith("difftrain-resnet-judge")  # the confidence judge, not the feature classifier
     card = (out / "README.md").read_text()
     assert "ckpt-000000064" in card and m["weights_sha256"] in card and "difftrain data prepare" in card
     assert "| 7 | 7 | 3 | 3 | 0 |" in card  # class, label, requested, kept, shortfall

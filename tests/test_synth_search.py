@@ -43,7 +43,7 @@ class NearestMean(Classifier):
 
 @pytest.fixture
 def planted(monkeypatch, digits_dir):
-    """The judge and the domain classifier are NearestMean; sampling at guidance GOOD returns real held-out digits of the
+    """The judge and the confidence classifier are NearestMean; sampling at guidance GOOD returns real held-out digits of the
     asked class, any other guidance real digits of the next class (wrong labels, which hurt any judge)."""
     real = load_dataset(digits_dir)
     by_class = [real.test_data[real.test_labels == c] for c in range(10)]
@@ -53,7 +53,7 @@ def planted(monkeypatch, digits_dir):
         trainings.append(len(data))
         return NearestMean(data, labels, num_classes), {}
 
-    def domain_classifier(self, dataset, epochs):
+    def confidence_classifier(self, dataset, epochs):
         return NearestMean(dataset.train_data, dataset.train_labels, dataset.num_classes), {}
 
     def generate(denoiser, modality, n, labels, spec, **kwargs):
@@ -62,7 +62,7 @@ def planted(monkeypatch, digits_dir):
                          for i, label in enumerate(labels)])
 
     monkeypatch.setattr(ImageModality, "fit_downstream", fit_downstream)
-    monkeypatch.setattr(ImageModality, "domain_classifier", domain_classifier)
+    monkeypatch.setattr(ImageModality, "confidence_classifier", confidence_classifier)
     monkeypatch.setattr(search_module, "generate", generate)
     return trainings
 

@@ -466,8 +466,8 @@ def synth(
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the run's config)."),
     filters: Optional[str] = typer.Option(None, "--filter", help="Comma list, applied in this order: memorization[:R] (near-copies of "
                                           "training images, ratio R = 1/3), dedup[:D] (duplicates closer than pixel L2 D; default "
-                                          "0.02 x sqrt(pixel values)), confidence[:T] (the domain classifier's probability of the "
-                                          "class below T = 0.9). Rejected samples are replaced."),
+                                          "0.02 x sqrt(pixel values)), confidence[:T] (a classifier of the run's labelled data gives "
+                                          "the intended class a probability below T = 0.9; images: a ResNet trained to convergence). Rejected samples are replaced."),
     checkpoint: Optional[str] = typer.Option(None, help="'latest' (the default), 'best' or a checkpoint folder."),
     seed: int = typer.Option(0, help="Seed of the noise."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Samples per batch (default: the run's sample.batch_size)."),

@@ -315,7 +315,12 @@ class Modality(ABC):
 
     @abstractmethod
     def domain_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
-        """The dataset's own classifier (cached beside it when it trains): label agreement, confidence filter."""
+        """The dataset's own classifier (cached beside it when it trains): label agreement, the evaluation's features."""
+
+    def confidence_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
+        """The classifier whose probability of the intended class the confidence filter thresholds, and what it is
+        (`name`, `test_accuracy`, `weights_sha256`); the domain classifier unless the kind trains a stronger one."""
+        return self.domain_classifier(dataset, epochs)
 
     @abstractmethod
     def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,

@@ -241,6 +241,12 @@ class ImageModality(Modality):
         model, meta = load_or_train_classifier(dataset, epochs=epochs)
         return _TorchClassifier(model), meta
 
+    def confidence_classifier(self, dataset, epochs: int) -> tuple[Classifier, dict[str, Any]]:
+        from difftrain.modalities.image_confidence import load_or_train_confidence_judge
+
+        model, meta = load_or_train_confidence_judge(dataset)
+        return _TorchClassifier(model), meta
+
     def fit_classifier(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int, seed: int,
                        steps: int | None = None, batch: int = 128) -> Classifier:
         from difftrain.modalities.image_classifier import fit_classifier

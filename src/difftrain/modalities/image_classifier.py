@@ -8,24 +8,16 @@ The same network, trained on generated images instead, gives the Classification 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from difftrain import atomic
 from difftrain.errors import UserError
 from difftrain.evaluation.arms import step_budget
 from difftrain.modalities import image
-from difftrain.hashing import sha256_file
-from difftrain.modalities.deferred import defer_if_asked
-from difftrain.progress import Progress, stderr_console
+from difftrain.modalities.dataset_cache import load_or_train
 
 FEATURES = 64
 
@@ -137,33 +129,11 @@ def train_classifier(ds, epochs: int = 20, seed: int = 0, batch: int = 128,
 def load_or_train_classifier(ds, epochs: int = 20, seed: int = 0) -> tuple[SmallClassifier, dict]:
     """The dataset's cached classifier, trained and saved beside the dataset on first use."""
     _needs_labels(ds)
-    folder = Path(ds.path) / "classifier"
+
+    def train(progress: Callable[[int, int], None]) -> tuple[SmallClassifier, dict]:
+        model, test_accuracy = train_classifier(ds, epochs, seed, progress=progress)
+        return model, {"name": "difftrain-small-classifier", "test_accuracy": test_accuracy, "epochs": epochs, "seed": seed}
+
     # "floor-pool": trained without the floor pool's images (evaluation/reference.py); older caches are not reused.
-    key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), epochs, seed,
-                                     "floor-pool"]).encode()).hexdigest()[:12]
-    weights, meta_file = folder / f"classifier-{key}.safetensors", folder / f"classifier-{key}.json"
-    model = SmallClassifier(ds.sample_shape[2], ds.num_classes)
-    if weights.is_file() and meta_file.is_file():
-        model.load_state_dict(load_file(weights))
-        return model.eval(), json.loads(meta_file.read_text())
-    defer_if_asked("the evaluation's feature classifier")
-    # Minutes on a large dataset, before anything else can be scored: say what it is, once per dataset, with progress.
-    console = stderr_console()
-    console.print(f"training the evaluation's feature classifier on the images of {ds.path} ({epochs} epochs; once per "
-                  f"dataset, cached in {folder})", highlight=False)
-    with Progress(TextColumn("feature classifier"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("feature classifier", total=None)
-        model, test_accuracy = train_classifier(ds, epochs, seed,
-                                                progress=lambda done, steps: bar.update(task, completed=done, total=steps))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    meta = {"name": "difftrain-small-classifier", "test_accuracy": test_accuracy, "epochs": epochs, "seed": seed}
-    try:
-        with atomic.atomic_file(weights) as tmp:
-            save_file(state, tmp)
-        meta["weights_sha256"] = sha256_file(weights)
-        atomic.write_json(meta_file, meta)
-    except OSError:
-        # A read-only dataset folder: use the classifier without caching it, identified by its weights.
-        meta["weights_sha256"] = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
-    return model.eval(), meta
+    return load_or_train(ds, "classifier", [epochs, seed, "floor-pool"], SmallClassifier(ds.sample_shape[2], ds.num_classes),
+                         train, "the evaluation's feature classifier", f"{epochs} epochs")

@@ -7,7 +7,7 @@ from pathlib import Path
 from difftrain.modalities import modality_for
 
 NAMES = {"memorization": "near-copies of training {item}s", "dedup": "exact and near duplicates among the kept samples",
-         "confidence": "samples the domain classifier does not see as their class"}
+         "confidence": "samples the confidence classifier does not see as their class"}
 SETTING = {"memorization": ("ratio", "nearest training {item} closer than {:g} x the second nearest"),
            "dedup": ("distance", "L2 ({distance}) to a kept sample below {:g}"),
            "confidence": ("threshold", "probability of the intended class below {:g}")}

@@ -100,7 +100,7 @@ def _score(value: float) -> float | None:
 
 
 class Judge:
-    """The chosen filters with what they need: the training images (memorization), the domain classifier and its
+    """The chosen filters with what they need: the training images (memorization), the confidence classifier and its
     label of each requested class (confidence); `info` is what the manifest records of them (the classifier's hash)."""
 
     def __init__(self, specs: list[FilterSpec], modality, train_images: np.ndarray | None = None, classifier=None,

@@ -351,7 +351,7 @@ def _optimize(run: Run, out: Path, goal: str, names: list[str | None], per_class
 
 
 def _judge(run: Run, specs: list[FilterSpec], names: list[str | None]) -> Judge:
-    """The filters with the run's training images and the domain classifier, as they need."""
+    """The filters with the run's training images and the confidence classifier, as they need."""
     chosen = {s.name for s in specs}
     train_images, classifier, classifier_labels, info = None, None, None, {}
     if "confidence" in chosen:
@@ -359,7 +359,7 @@ def _judge(run: Run, specs: list[FilterSpec], names: list[str | None]) -> Judge:
             raise UserError(f"--filter confidence needs a class-conditional model; {run.path} is unconditional: "
                             "leave confidence out")
         ds = _labelled_training_data(run, names, "--filter confidence")
-        classifier, meta = ds.modality.domain_classifier(ds, epochs=run.config.eval.classifier_epochs)
+        classifier, meta = ds.modality.confidence_classifier(ds, epochs=run.config.eval.classifier_epochs)
         classifier_labels = [ds.class_names.index(c) for c in names]
         info["confidence"] = {"classifier": meta["name"], "classifier_sha256": meta["weights_sha256"],
                               "classifier_test_accuracy": meta["test_accuracy"]}

@@ -9,7 +9,7 @@ starting from the best candidate so far:
 
     guidance     GUIDANCE and the run's own weight, from the latest checkpoint, per_class items of each class, unfiltered
     checkpoint   the run's earlier kept checkpoints, its best one and its best post-hoc EMA reconstruction, when it has them
-    confidence   the confidence filter at THRESHOLDS (the domain classifier's probability of the intended class)
+    confidence   the confidence filter at THRESHOLDS (the confidence classifier's probability of the intended class)
     count        fewer synthetic items per class (COUNTS, as shares of per_class)
 
 A pool of per_class samples of each class is drawn once per (checkpoint, guidance); the confidence and count stages take
@@ -127,15 +127,15 @@ class Search:
         items, labels = self.pool(c.checkpoint, c.guidance)
         keep = np.ones(len(items), bool)
         if c.confidence is not None:
-            keep = class_probability(self.domain_classifier(), items, labels) >= c.confidence
+            keep = class_probability(self.confidence_classifier(), items, labels) >= c.confidence
         chosen = np.concatenate([np.flatnonzero(keep & (labels == label))[:c.per_class] for label in self.data_labels])
         chosen.sort()
         return items[chosen], labels[chosen]
 
-    def domain_classifier(self):
+    def confidence_classifier(self):
         if self.classifier is None:
-            self.progress("search: the domain classifier (for the confidence filter)")
-            self.classifier, _ = self.modality.domain_classifier(self.dataset, epochs=self.run.config.eval.classifier_epochs)
+            self.progress("search: the confidence filter's classifier")
+            self.classifier, _ = self.modality.confidence_classifier(self.dataset, epochs=self.run.config.eval.classifier_epochs)
         return self.classifier
 
     def trial(self, stage: str, c: Candidate) -> Trial:
