@@ -4,11 +4,13 @@ training image, with probabilities a threshold can be read against, cached besid
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from difftrain.data import load_dataset
+from difftrain.modalities import image_confidence
 
 
-def test_the_confidence_judge_knows_the_classes_reads_sharp_probabilities_and_is_cached(digits_dir):
+def test_the_confidence_judge_knows_the_classes_reads_sharp_probabilities_and_is_cached(digits_dir, monkeypatch):
     ds = load_dataset(digits_dir)
     classifier, meta = ds.modality.confidence_classifier(ds, epochs=10)
     assert meta["name"].startswith("difftrain-resnet-judge") and meta["test_accuracy"] > 0.95
@@ -23,7 +25,9 @@ def test_the_confidence_judge_knows_the_classes_reads_sharp_probabilities_and_is
     assert np.mean(own >= 0.95) > 0.8
     files = sorted(p.name for p in (digits_dir / "classifier").glob("confidence-judge-*"))
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".safetensors")
+    # A second use loads the cached weights: training again would fail here.
+    monkeypatch.setattr(image_confidence, "fit_judge", lambda *a, **k: pytest.fail("the cached judge was trained again"))
     again_classifier, again = ds.modality.confidence_classifier(ds, epochs=10)
-    assert again == meta  # loaded, not trained again
+    assert again == meta
     assert np.array_equal(again_classifier.probabilities(ds.test_data[:50]), p[:50])
 
