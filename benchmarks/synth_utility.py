@@ -19,6 +19,11 @@ training 80% and every arm is tested on the whole held-out 20% (360 images). --o
 the guidance, checkpoint, confidence filter and count (at most --per-class) by its search on held-back training images
 (synth/search.py) before it writes the set the report scores.
 
+--real-share S scores the same run and synthetic set with the real+synthetic arm drawing real images a share S of the
+time, whatever the counts (evaluation/utility.py `real_share`), into OUT/report-real-share-S/utility.json: the same
+seeds, validation splits and initial weights, so its arms pair with the report's. Neither privacy nor the size curve
+is repeated there.
+
 Run:
     python benchmarks/synth_utility.py --mnist ../shared/data/mnist --out /tmp/synth-utility \
         --fraction 0.1 --train-images 100000 --per-class 600 --sampler dpmpp_2m --steps 10
@@ -43,6 +48,7 @@ from difftrain.config import load_config
 from difftrain.data import PreparedDataset, load_dataset, prepare_dataset
 from difftrain.data.sources import open_source
 from difftrain.errors import UserError
+from difftrain.evaluation.utility import classification_utility
 from difftrain.store.run import open_run
 from difftrain.synth.generate import synth_spec, synthesize as synth
 from difftrain.synth.report import report_markdown, write_report
@@ -122,11 +128,15 @@ def main() -> None:
     p.add_argument("--utility-steps", type=int, default=None,
                    help="the most steps of any judge training (default: the judge's cap; early stopping ends it first)")
     p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")
+    p.add_argument("--real-share", type=float, default=None,
+                   help="the mixed arm's share of real draws (default: by count), reported in OUT/report-real-share-S")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.real_share is not None and not 0 < args.real_share < 1:
+        raise UserError(f"--real-share must be between 0 and 1 (exclusive), got {args.real_share}")
     if args.optimize_for is not None and args.guidance is not None:  # as `difftrain synth`: the search would replace it
         raise UserError("--optimize-for utility chooses the guidance: leave --guidance out")
     common.set_threads(args.threads)
@@ -154,12 +164,23 @@ def main() -> None:
     seconds["synthesize"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    summary = write_report(out / "report", real, images, labels, seed=args.seed, steps=args.utility_steps, repeats=args.repeats,
-                           progress=lambda stage: print(f"report: {stage}", file=sys.stderr, flush=True))
-    atomic.write_text(out / "report" / "report.md", report_markdown(summary))
+    say = lambda stage: print(f"report: {stage}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.real_share is None:
+        report = out / "report" / "report.json"
+        summary = write_report(report.parent, real, images, labels, seed=args.seed, steps=args.utility_steps,
+                               repeats=args.repeats, progress=say)
+        atomic.write_text(report.parent / "report.md", report_markdown(summary))
+        u, priv = summary["utility"], summary["privacy"]
+    else:  # the report's utility (same seeds) with the mixed arm's draws weighted
+        report = out / f"report-real-share-{args.real_share:g}" / "utility.json"
+        u = classification_utility((real.train_data, real.train_labels), (real.test_data, real.test_labels),
+                                   (images, labels), real.num_classes, modality=real.modality,
+                                   seeds=tuple(range(args.seed, args.seed + args.repeats)), steps=args.utility_steps,
+                                   fractions=(1.0,), real_share=args.real_share, progress=say)
+        atomic.write_json(report, u)
+        priv = None
     seconds["report"] = time.perf_counter() - start
 
-    u, priv = summary["utility"], summary["privacy"]
     common.emit({
         "benchmark": "synth_utility", "settings": vars(args), "seconds": seconds,
         "real_train_images": len(real.train_data), "real_test_images": len(real.test_data), "synthetic_images": len(images),
@@ -171,9 +192,10 @@ def main() -> None:
         "judge_real_score": u["judge_real_score"], "real_plus_synthetic_gain": u["real_plus_synthetic_gain"],
         "gain_ci95": u["gain_ci95"], "gain_p_value": u["gain_p_value"], "synthetic_helps": u["synthetic_helps"],
         "judge_training": {arm: r["training"] for arm, r in u["arms"].items()},
-        "privacy": {k: priv[k] for k in ("synthetic_dcr", "held_out_dcr", "fraction_below_held_out_p5", "exact_copies",
-                                         "memorized_fraction")},
-        "report": str((out / "report" / "report.json").resolve()),
+        "real_share": u["real_share"],
+        "privacy": priv and {k: priv[k] for k in ("synthetic_dcr", "held_out_dcr", "fraction_below_held_out_p5",
+                                                  "exact_copies", "memorized_fraction")},
+        "report": str(report.resolve()),
     })
 
 

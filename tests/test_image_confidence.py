@@ -10,9 +10,17 @@ from difftrain.data import load_dataset
 from difftrain.modalities import image_confidence
 
 
-def test_the_confidence_judge_knows_the_classes_reads_sharp_probabilities_and_is_cached(digits_dir, monkeypatch):
+def test_the_confidence_judge_knows_the_classes_reads_sharp_probabilities_and_is_cached(digits_dir, monkeypatch,
+                                                                                        capsys):
     ds = load_dataset(digits_dir)
     classifier, meta = ds.modality.confidence_classifier(ds, epochs=10)
+    # Its progress counts steps until early stopping, not towards the step cap it stops long before (no share of
+    # the cap done, no time left guessed from it).
+    said = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("the confidence filter's classifier: ")]
+    assert said and all("until the validation score stalls" in line for line in said)
+    assert not any("%" in line or " left" in line for line in said)
+    assert f"{meta['steps']:,}, until the validation score stalls (at most 3,000)" in said[-1]
     assert meta["name"].startswith("difftrain-resnet-judge") and meta["test_accuracy"] > 0.95
     # Every labelled training image is used (a tenth to stop on), not the feature classifier's half.
     assert meta["training_items"] + meta["validation_items"] == len(ds.train_data)

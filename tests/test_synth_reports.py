@@ -156,6 +156,27 @@ def test_classification_utility_on_digits_is_sensible_and_reproducible(digits):
         assert again["arms"][arm]["accuracy_per_seed"] == u["arms"][arm]["accuracy_per_seed"][1:]
 
 
+def test_the_real_share_sets_how_often_the_mixed_arm_draws_real_images(digits):
+    # Synthetic images that can only harm: copies of training digits labelled as the next class, so that the judge
+    # cannot tell them from the real ones and learns whichever label it sees more often.
+    idx = np.random.default_rng(0).choice(len(digits.train_data), 1200, replace=False)
+    wrong = (digits.train_data[idx], (digits.train_labels[idx] + 1) % 10)
+    real_train, real_test = (digits.train_data, digits.train_labels), (digits.test_data, digits.test_labels)
+    by_count, mostly_real = (classification_utility(real_train, real_test, wrong, 10, seeds=(0,), steps=300,
+                                                    fractions=(1.0,), real_share=share, modality=digits.modality)
+                             for share in (None, 0.95))
+    assert by_count["real_share"] is None and mostly_real["real_share"] == 0.95
+    assert "95% of the time" in mostly_real["fairness"] and "of the time" not in by_count["fairness"]
+    mixed = [u["arms"]["real+synthetic"]["accuracy_mean"] for u in (by_count, mostly_real)]
+    # Drawn by count, the wrong labels are nearly half of what the judge sees; at a real share of 0.95, a twentieth.
+    assert mixed[0] < 0.75 and mixed[1] > 0.9
+    # The share weights only the mixed arm: the real and synthetic arms train as before.
+    for arm in ("real", "synthetic"):
+        assert mostly_real["arms"][arm]["accuracy_per_seed"] == by_count["arms"][arm]["accuracy_per_seed"]
+    with pytest.raises(UserError, match="real share .* between 0 and 1"):
+        classification_utility(real_train, real_test, wrong, 10, real_share=1.0, modality=digits.modality)
+
+
 def test_classification_utility_refuses_labels_outside_the_classes(digits):
     images, labels = fake_synthetic(digits, 20)
     with pytest.raises(UserError, match="synthetic images: label 10"):

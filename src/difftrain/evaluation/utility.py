@@ -61,13 +61,15 @@ def validation_split(labels: np.ndarray, seed: int, fraction: float = 0.1) -> tu
 
 def classification_utility(real_train: Labelled, real_test: Labelled, synth: Labelled, num_classes: int, *, modality,
                            seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None,
-                           fractions: tuple[float, ...] = FRACTIONS,
+                           fractions: tuple[float, ...] = FRACTIONS, real_share: float | None = None,
                            progress: Callable[[str], None] | None = None) -> dict:
     """Accuracy on the real test images of the modality's judge (`fit_downstream`) trained on real, synthetic and
     real+synthetic images, per seed, mean and std over `seeds`, and against the synthetic set's size (nested,
     class-balanced `fractions` of it, with the first seed).
 
     `steps`: the most optimizer steps of any training (None: the judge's own cap; early stopping ends it first).
+    `real_share`: the share of the real+synthetic arm's training draws that are real images, whatever the counts
+    (None: every image alike, so the larger set dominates).
     "synthetic_helps": real+synthetic beats real in a paired t-test over the seeds (arms.verdict).
     `progress(stage)` is called before each training.
     """
@@ -79,6 +81,9 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
         raise UserError("classification utility: give at least one seed")
     if steps is not None and steps < 1:
         raise UserError(f"classification utility: steps must be at least 1 (got {steps})")
+    if real_share is not None and not 0 < real_share < 1:
+        raise UserError(f"classification utility: the real share of the mixed arm's draws must be between 0 and 1 "
+                        f"(exclusive), got {real_share}")
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise UserError(f"classification utility: fractions of the synthetic set must be in (0, 1], got {list(fractions)}")
     splits = {seed: validation_split(real_train[1], seed) for seed in seeds}
@@ -92,10 +97,15 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
             train, validation = splits[seed]
             parts = ([(real_train[0][train], real_train[1][train])] if with_real else []) + ([part] if part else [])
             images, labels = (np.concatenate(p) for p in zip(*parts))
+            weights = None
+            if real_share is not None and with_real and part:  # each real image drawn as often as the share asks
+                weights = np.concatenate([np.full(len(train), real_share / len(train)),
+                                          np.full(len(part[0]), (1 - real_share) / len(part[0]))])
             if progress is not None:
                 progress(f"{arm}, seed {seed}")
             model, training = modality.fit_downstream(images, labels, num_classes, seed=seed, max_steps=steps,
-                                                      validation=(real_train[0][validation], real_train[1][validation]))
+                                                      validation=(real_train[0][validation], real_train[1][validation]),
+                                                      weights=weights)
             values.append(model.accuracy(*real_test))
             trainings.append(training)
         return {**seed_summary("accuracy", values), "images": len(images), "training": trainings}
@@ -117,13 +127,16 @@ def classification_utility(real_train: Labelled, real_test: Labelled, synth: Lab
     return {
         "task": "classification", "model": modality.downstream_name or modality.classifier_name, "items": f"{modality.item}s",
         "metric": "accuracy", "metric_name": "accuracy", "num_classes": num_classes, "seeds": list(seeds), "steps": steps,
+        "real_share": real_share,
         "counts": {"real_train": len(real_train[0]) - validation, "real_validation": validation,
                    "synthetic": len(synth[0]), "real_test": len(real_test[0])},
         "judge_real_score": results["real"]["accuracy_mean"],
         "fairness": (f"every arm trains the same judge with the same seeds, stopping early on the same {validation} real "
                      f"validation {modality.item}s held back from the real training {modality.item}s (drawn anew per "
                      f"seed); only the training {modality.item}s differ; all are tested on the same real held-out "
-                     f"{modality.item}s"),
+                     f"{modality.item}s"
+                     + (f"; the real+synthetic arm draws real {modality.item}s {real_share:.0%} of the time, whatever "
+                        "the counts" if real_share is not None else "")),
         "arms": results,
         "size_curve": curve,
         **verdict(results, "accuracy", "accuracy", len(seeds)),

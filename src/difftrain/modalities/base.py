@@ -331,11 +331,16 @@ class Modality(ABC):
     downstream_name: ClassVar[str] = ""  # the utility reports' classifier, for reports ("": the classifier_name)
 
     def fit_downstream(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None
-                       ) -> tuple[Classifier, dict[str, Any]]:
+                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None,
+                       weights: np.ndarray | None = None) -> tuple[Classifier, dict[str, Any]]:
         """The utility reports' classifier (the judge of synthetic data) trained on labelled items, and what its
         training did. Kinds with a neural judge stop early on `validation` (real held-back items); the default is
-        `fit_classifier`'s recipe, for `max_steps` steps (None: 20 epochs), which does not look at `validation`."""
+        `fit_classifier`'s recipe, for `max_steps` steps (None: 20 epochs), which does not look at `validation`.
+        `weights`: how often each item is drawn, relative to the others (None: all alike); a kind whose judge cannot
+        weight its items refuses them."""
+        if weights is not None:
+            raise UserError(f"the utility report's classifier of {self.kind} data cannot weight its training items; "
+                            "leave the real share unset")
         return self.fit_classifier(data, labels, num_classes, epochs=20, seed=seed, steps=max_steps), {}
 
     def extra_metrics(self, samples: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, Callable[[np.ndarray], float]]:

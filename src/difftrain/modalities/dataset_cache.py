@@ -26,12 +26,14 @@ from difftrain.progress import Progress, stderr_console
 Train = Callable[[Callable[[int, int], None]], tuple[nn.Module, dict[str, Any]]]
 
 
-def load_or_train(ds, stem: str, recipe: list, model: nn.Module, train: Train, what: str, how: str
-                  ) -> tuple[nn.Module, dict]:
+def load_or_train(ds, stem: str, recipe: list, model: nn.Module, train: Train, what: str, how: str, *,
+                  converges: bool = False) -> tuple[nn.Module, dict]:
     """`model` (an untrained network of the right shape) with the cached weights of `stem` for this dataset and
     `recipe`, or `train(progress)`'s network, saved there first. `train` returns the network and the JSON-able facts
     kept with it (its held-out accuracy, ...); `what` names it and `how` says how long it trains, in the message shown
-    first. The returned facts always hold `weights_sha256`, which identifies the weights in manifests."""
+    first. `progress(done, steps)` counts its steps towards `steps`, or towards a cap that early stopping ends long
+    before when it `converges` (then no bar fills towards it and no time left is guessed from it). The returned facts
+    always hold `weights_sha256`, which identifies the weights in manifests."""
     folder = Path(ds.path) / "classifier"
     key = hashlib.sha256(json.dumps([ds.manifest.get("source", {}).get("sha256"), ds.manifest.get("count"), *recipe])
                          .encode()).hexdigest()[:12]
@@ -44,10 +46,22 @@ def load_or_train(ds, stem: str, recipe: list, model: nn.Module, train: Train, w
     console = stderr_console()
     console.print(f"training {what} on the images of {ds.path} ({how}; once per dataset, cached in {folder})",
                   highlight=False)
-    with Progress(TextColumn(what), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(what, total=None)
-        model, meta = train(lambda done, steps: bar.update(task, completed=done, total=steps))
+    if converges:
+        columns = (TextColumn(what), BarColumn(), TextColumn("{task.completed:,} steps, until {task.fields[until]}"),
+                   TimeElapsedColumn())
+    else:
+        columns = (TextColumn(what), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(what, total=None, **({"until": "the validation score stalls"} if converges else {}))
+
+        def progress(done: int, steps: int) -> None:
+            if converges:
+                bar.update(task, completed=done, until=f"the validation score stalls (at most {steps:,})")
+            else:
+                bar.update(task, completed=done, total=steps)
+
+        model, meta = train(progress)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     try:
         with atomic.atomic_file(weights) as tmp:

@@ -254,11 +254,12 @@ class ImageModality(Modality):
         return _TorchClassifier(fit_classifier(data, labels, num_classes, epochs=epochs, seed=seed, steps=steps, batch=batch))
 
     def fit_downstream(self, data: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None
-                       ) -> tuple[Classifier, dict[str, Any]]:
+                       validation: tuple[np.ndarray, np.ndarray], seed: int, max_steps: int | None = None,
+                       weights: np.ndarray | None = None) -> tuple[Classifier, dict[str, Any]]:
         from difftrain.modalities.image_judge import fit_judge
 
-        model, converged = fit_judge(data, labels, num_classes, validation=validation, seed=seed, max_steps=max_steps)
+        model, converged = fit_judge(data, labels, num_classes, validation=validation, seed=seed, max_steps=max_steps,
+                                     weights=weights)
         return _TorchClassifier(model), converged.as_dict()
 
     def dequantize(self, batch: torch.Tensor, generator: torch.Generator) -> Dequantized:

@@ -39,4 +39,5 @@ def load_or_train_confidence_judge(ds, seed: int = 0) -> tuple[ResNetJudge, dict
                        "training_items": len(fit), "validation_items": len(held), **converged.as_dict()}
 
     return load_or_train(ds, "confidence-judge", [seed, "no-smoothing"], ResNetJudge(ds.sample_shape[2], ds.num_classes),
-                         train, "the confidence filter's classifier", "a ResNet, to convergence")
+                         train, "the confidence filter's classifier", "a ResNet, to convergence",
+                         converges=True)

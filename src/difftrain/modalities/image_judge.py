@@ -73,14 +73,15 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, validation: tuple[np.ndarray, np.ndarray],
               seed: int = 0, batch: int = 128, max_steps: int | None = None, width: int = 16,
-              label_smoothing: float = 0.1, progress: Callable[[int, int], None] | None = None
-              ) -> tuple[ResNetJudge, Converged]:
+              label_smoothing: float = 0.1, weights: np.ndarray | None = None,
+              progress: Callable[[int, int], None] | None = None) -> tuple[ResNetJudge, Converged]:
     """Train a ResNetJudge on uint8 (N, H, W, C) images until its accuracy on `validation` (ties broken by the
     cross-entropy) stops improving.
 
     Checked and capped as `check_schedule` says (`max_steps` None: the recipe's cap). The seed fixes everything.
     `label_smoothing` 0 when the probabilities themselves are read (smoothing 0.1 caps the true class's near 0.91).
-    `progress(done, max_steps)` is called every 10 steps.
+    `weights`: how often each image is drawn into a batch, relative to the others (None: all alike).
+    `progress(done, max_steps)` is called every 10 steps and at the end.
     """
     max_steps, every, min_steps = check_schedule(len(images), batch, max_steps)
     with torch.random.fork_rng(devices=[]):  # a private stream: nothing else's random numbers move
@@ -89,6 +90,7 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
         x_all = image.to_model(torch.from_numpy(np.ascontiguousarray(images)))
         y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        draw = None if weights is None else torch.as_tensor(np.asarray(weights, np.float64))
         x_val = image.to_model(torch.from_numpy(np.ascontiguousarray(validation[0])))
         y_val = torch.from_numpy(np.asarray(validation[1], dtype=np.int64))
         generator = torch.Generator().manual_seed(seed)
@@ -100,7 +102,9 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
             if progress is not None and taken % 10 == 0:
                 progress(taken, max_steps)
             taken += 1
-            idx = torch.randint(len(x_all), (min(batch, len(x_all)),), generator=generator)
+            size = min(batch, len(x_all))
+            idx = (torch.randint(len(x_all), (size,), generator=generator) if draw is None
+                   else torch.multinomial(draw, size, replacement=True, generator=generator))
             loss = F.cross_entropy(model(augment(x_all[idx], generator)), y_all[idx], label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,4 +120,6 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, *, valid
 
         converged = train_to_convergence(model, optimizer, step, validate, max_steps=max_steps, every=every,
                                          min_steps=min_steps)
+        if progress is not None:
+            progress(converged.steps, max_steps)  # the count it stopped at, not the last tenth
     return model, converged
