@@ -19,10 +19,10 @@ training 80% and every arm is tested on the whole held-out 20% (360 images). --o
 the guidance, checkpoint, confidence filter and count (at most --per-class) by its search on held-back training images
 (synth/search.py) before it writes the set the report scores.
 
---real-share S scores the same run and synthetic set with the real+synthetic arm drawing real images a share S of the
-time, whatever the counts (evaluation/utility.py `real_share`), into OUT/report-real-share-S/utility.json: the same
-seeds, validation splits and initial weights, so its arms pair with the report's. Neither privacy nor the size curve
-is repeated there.
+--utility-only writes the report's three arms alone (evaluation/utility.py; no privacy, no size curve) into
+OUT/report-utility/utility.json. --real-share S (implies it) has the real+synthetic arm draw real images a share S of
+the time, whatever the counts, into OUT/report-real-share-S/utility.json. Both train with the report's seeds,
+validation splits and initial weights, so their arms pair with the report's.
 
 Run:
     python benchmarks/synth_utility.py --mnist ../shared/data/mnist --out /tmp/synth-utility \
@@ -128,8 +128,11 @@ def main() -> None:
     p.add_argument("--utility-steps", type=int, default=None,
                    help="the most steps of any judge training (default: the judge's cap; early stopping ends it first)")
     p.add_argument("--repeats", type=int, default=3, help="classifier seeds per arm")
+    p.add_argument("--utility-only", action="store_true",
+                   help="the three arms alone (no privacy, no size curve), in OUT/report-utility")
     p.add_argument("--real-share", type=float, default=None,
-                   help="the mixed arm's share of real draws (default: by count), reported in OUT/report-real-share-S")
+                   help="the mixed arm's share of real draws (default: by count); implies --utility-only, in "
+                        "OUT/report-real-share-S")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -165,14 +168,15 @@ def main() -> None:
 
     start = time.perf_counter()
     say = lambda stage: print(f"report: {stage}", file=sys.stderr, flush=True)  # noqa: E731
-    if args.real_share is None:
+    if args.real_share is None and not args.utility_only:
         report = out / "report" / "report.json"
         summary = write_report(report.parent, real, images, labels, seed=args.seed, steps=args.utility_steps,
                                repeats=args.repeats, progress=say)
         atomic.write_text(report.parent / "report.md", report_markdown(summary))
         u, priv = summary["utility"], summary["privacy"]
-    else:  # the report's utility (same seeds) with the mixed arm's draws weighted
-        report = out / f"report-real-share-{args.real_share:g}" / "utility.json"
+    else:  # the report's three arms (same seeds), the mixed arm's draws weighted when asked
+        name = "report-utility" if args.real_share is None else f"report-real-share-{args.real_share:g}"
+        report = out / name / "utility.json"
         u = classification_utility((real.train_data, real.train_labels), (real.test_data, real.test_labels),
                                    (images, labels), real.num_classes, modality=real.modality,
                                    seeds=tuple(range(args.seed, args.seed + args.repeats)), steps=args.utility_steps,
