@@ -103,6 +103,7 @@ def synthesize(run_dir: Path, out: Path, per_class: int, device: str, seed: int,
     # The report is written below, against the whole MNIST test split (the run's data has none).
     manifest = synth(run_dir, out, per_class=per_class, spec=spec, filters=filters, device=device, report=False,
                      optimize_for=optimize_for, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+                     progress=lambda kept, asked: print(f"synth: {kept:,}/{asked:,} kept", file=sys.stderr, flush=True),
                      report_progress=lambda stage: print(stage, file=sys.stderr, flush=True))
     images = run.modality.synth_read(out, manifest["files"])
     labels = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
